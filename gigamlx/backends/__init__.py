@@ -1,0 +1,28 @@
+"""Engines behind one interface (see base.py). Engines are imported only when asked for."""
+
+from __future__ import annotations
+
+from gigamlx.backends.base import Backend
+
+BACKENDS = ("mlx", "cuda-um")
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called `name` ("mlx" or "cuda-um")."""
+    if name == "mlx":
+        from gigamlx.backends.mlx.backend import MLXBackend
+
+        return MLXBackend()
+    if name == "cuda-um":
+        from gigamlx.backends.cuda_um.backend import CudaUMBackend
+
+        return CudaUMBackend()
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def backend_for(model) -> Backend:
+    """The backend a model was built by (models carry a `backend_name`)."""
+    name = getattr(model, "backend_name", None)
+    if name is None:
+        raise TypeError(f"{type(model).__name__} is not a gigamlx model (no backend_name)")
+    return get_backend(name)

@@ -1,0 +1,116 @@
+"""Tile size from a memory budget, by measuring what a tile costs instead of guessing.
+
+A tile's peak memory is affine in its input-window pixels (every activation is a fixed number
+of bytes per pixel at its scale). Two small probe tiles measure the line; the largest tile on
+it that fits the budget is chosen. The probes run on zeros, before the image is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from gigamlx.backends.base import Backend, TileData
+from gigamlx.losses import Objective
+from gigamlx.spec import GIGAUNET_4492, Layer, halo_px, total_stride
+from gigamlx.tiling.geometry import Box, Tile
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["grad", "stats", "predict"]
+# Measured peaks wobble with allocator rounding; keep this much of the budget in reserve.
+SAFETY = 0.85
+_PROBE_TILES_PX = (64, 256)
+_cost_cache: dict[tuple[str, Mode], TileCost] = {}
+
+
+class TileCost(NamedTuple):
+    """Peak bytes of one tile = fixed_bytes + bytes_per_px * input-window pixels."""
+
+    fixed_bytes: float
+    bytes_per_px: float
+
+    def peak_bytes(self, tile_px: int, halo: int) -> float:
+        return self.fixed_bytes + self.bytes_per_px * (tile_px + 2 * halo) ** 2
+
+
+def probe_data(tile_px: int, halo: int) -> tuple[TileData, tuple[int, int]]:
+    """A corner tile of a tile-sized image: zeroing is needed on every side (the dearer path)."""
+    window = tile_px + 2 * halo
+    tile = Tile(Box(0, 0, tile_px, tile_px), Box(-halo, -halo, tile_px + halo, tile_px + halo))
+    image = np.zeros((window, window, 3), np.uint8)
+    target = np.zeros((tile_px, tile_px), np.float32)
+    return TileData(tile, image, target), (tile_px, tile_px)
+
+
+def measure_peak(backend: Backend, model, mode: Mode, tile_px: int, halo: int) -> int:
+    """Peak bytes above the resting level while one probe tile runs."""
+    data, padded = probe_data(tile_px, halo)
+    backend.release_cache()
+    resting = backend.memory().active_bytes
+    backend.reset_peak_memory()
+    if mode == "grad":
+        backend.tile_grad(model, data, padded, Objective(1.0, 1.0, 1.0))
+    elif mode == "stats":
+        backend.tile_stats(model, data, padded)
+    else:
+        backend.tile_predict(model, data, padded)
+    return backend.memory().peak_bytes - resting
+
+
+def tile_cost(
+    backend: Backend, model, mode: Mode, spec: tuple[Layer, ...] = GIGAUNET_4492
+) -> TileCost:
+    """Fit the affine cost line from two probe tiles (cached per backend and mode)."""
+    key = (backend.name, mode)
+    if key not in _cost_cache:
+        halo = halo_px(spec)
+        small, large = _PROBE_TILES_PX
+        peak_small = measure_peak(backend, model, mode, small, halo)
+        peak_large = measure_peak(backend, model, mode, large, halo)
+        px_small, px_large = (small + 2 * halo) ** 2, (large + 2 * halo) ** 2
+        per_px = max((peak_large - peak_small) / (px_large - px_small), 0.0)
+        _cost_cache[key] = TileCost(peak_large - per_px * px_large, per_px)
+        log.debug("tile cost %s/%s: %s", backend.name, mode, _cost_cache[key])
+    return _cost_cache[key]
+
+
+def choose_tile_hw(
+    cost: TileCost,
+    budget_bytes: int,
+    resting_bytes: int,
+    image_hw: tuple[int, int],
+    spec: tuple[Layer, ...] = GIGAUNET_4492,
+) -> tuple[int, int]:
+    """Tile (rows, cols) for this image whose predicted peak fits the budget.
+
+    The largest square tile that fits sets how many tiles each axis needs; the tiles are then
+    shrunk to split each axis evenly, so no tile is mostly padding.
+
+    Raises:
+        ValueError: if even the smallest tile does not fit; names the budget and the minimum.
+    """
+    stride, halo = total_stride(spec), halo_px(spec)
+    usable = budget_bytes * SAFETY - resting_bytes
+    minimum = (cost.peak_bytes(stride, halo) + resting_bytes) / SAFETY
+    if cost.peak_bytes(stride, halo) > usable:
+        raise ValueError(
+            f"memory budget {format_bytes(budget_bytes)} is too small: the smallest tile "
+            f"({stride}x{stride} px) needs about {format_bytes(minimum)}; raise the budget"
+        )
+    padded = [-(-n // stride) * stride for n in image_hw]
+    side = stride
+    while side < max(padded) and cost.peak_bytes(side + stride, halo) <= usable:
+        side += stride
+    rows, cols = (-(-n // (-(-n // side) * stride)) * stride for n in padded)
+    return rows, cols
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n} TB"

@@ -1,0 +1,171 @@
+"""The scheduler: one tile's graph at a time, exact whole-image losses and gradients.
+
+It owns every evaluation of a step (through the backend's tile methods), accumulates sums and
+gradients in float64, and measures the peak memory of what it ran. Dice takes two passes:
+forward-only sums, then per-tile gradients with the exact per-pixel cotangent from those sums.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gigamlx.backends.base import Backend, FlatParams, TileData
+from gigamlx.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
+from gigamlx.spec import GIGAUNET_4492, Layer
+from gigamlx.tiling.budget import Mode, choose_tile_hw, tile_cost
+from gigamlx.tiling.geometry import TilePlan, plan_tiles
+from gigamlx.tiling.window import read_window
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TILE_PX = 1024
+Progress = Callable[[str, int, int], None]  # (phase, tiles done, tiles in phase)
+
+
+class StepResult(NamedTuple):
+    """One exact tiled step, with what it cost."""
+
+    loss: float
+    stats: TileStats  # sums over the whole image's real pixels
+    grads: FlatParams  # float64, summed over tiles
+    plan: TilePlan
+    peak_bytes: int  # engine peak while the step ran
+    seconds: float
+    read_seconds: float  # time spent reading image and mask windows
+
+
+def check_image(image, mask=None) -> tuple[int, int]:
+    """Validate an (H, W, 3) uint8 image and optional (H, W) mask; return (H, W)."""
+    shape = tuple(getattr(image, "shape", ()))
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {shape}")
+    if np.dtype(image.dtype) != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"image is empty: shape {shape}")
+    if mask is not None:
+        mask_shape = tuple(getattr(mask, "shape", ()))
+        if mask_shape != shape[:2]:
+            raise ValueError(f"mask shape {mask_shape} does not match image grid {shape[:2]}")
+    return shape[0], shape[1]
+
+
+def resolve_plan(
+    backend: Backend,
+    model: Any,
+    mode: Mode,
+    image_hw: tuple[int, int],
+    tile: int | tuple[int, int] | None,
+    budget_bytes: int | None,
+    spec: tuple[Layer, ...] = GIGAUNET_4492,
+) -> TilePlan:
+    """Tiles for this image: `tile` if given, else the largest that fit `budget_bytes`."""
+    if tile is None and budget_bytes is not None:
+        resting = backend.memory().active_bytes
+        cost = tile_cost(backend, model, mode, spec)
+        tile = choose_tile_hw(cost, budget_bytes, resting, image_hw, spec)
+    return plan_tiles(image_hw, tile or DEFAULT_TILE_PX, spec)
+
+
+def iter_tile_data(plan: TilePlan, image, mask, timer: list[float]) -> Iterator[TileData]:
+    """Read each tile's input window (zero beyond the image) and its owned target box."""
+    for tile in plan.tiles:
+        start = time.perf_counter()
+        window = read_window(image, tile.in_box)
+        target = None
+        if mask is not None:
+            target = (read_window(mask, tile.out_box) != 0).astype(np.float32)
+        timer[0] += time.perf_counter() - start
+        yield TileData(tile, window, target)
+
+
+def tiled_step(
+    backend: Backend,
+    model: Any,
+    image,
+    mask,
+    loss: str = "dice",
+    tile: int | None = None,
+    budget_bytes: int | None = None,
+    progress: Progress | None = None,
+) -> StepResult:
+    """Exact loss and parameter gradients of one whole image, computed tile by tile.
+
+    Args:
+        backend: the engine.
+        model: the engine's model.
+        image: (H, W, 3) uint8 array-like (numpy, zarr...), read one window at a time.
+        mask: (H, W) array-like; non-zero is tissue.
+        loss: "dice", "bce" or "dice+bce".
+        tile: owned tile side in pixels (multiple of 64); overrides `budget_bytes`.
+        budget_bytes: peak engine memory to stay under when choosing the tile.
+        progress: optional callback (phase, done, total).
+    """
+    check_loss(loss)
+    image_hw = check_image(image, mask)
+    plan = resolve_plan(backend, model, "grad", image_hw, tile, budget_bytes)
+    start, timer = time.perf_counter(), [0.0]
+    backend.reset_peak_memory()
+    pixels = image_hw[0] * image_hw[1]
+    sums = None
+    if needs_two_passes(loss):
+        sums = TileStats()
+        for done, data in enumerate(iter_tile_data(plan, image, mask, timer), 1):
+            sums = sums + backend.tile_stats(model, data, plan.padded_hw)
+            _report(progress, "forward", done, len(plan.tiles))
+    coefficients = objective(loss, sums, pixels)
+    grads: FlatParams = {}
+    stats = TileStats()
+    for done, data in enumerate(iter_tile_data(plan, image, mask, timer), 1):
+        tile_stats, tile_grads = backend.tile_grad(model, data, plan.padded_hw, coefficients)
+        stats = stats + tile_stats
+        for name, g in tile_grads.items():
+            grads[name] = grads[name] + g if name in grads else g
+        _report(progress, "backward", done, len(plan.tiles))
+    peak = backend.memory().peak_bytes
+    seconds = time.perf_counter() - start
+    return StepResult(loss_value(loss, stats), stats, grads, plan, peak, seconds, timer[0])
+
+
+def tiled_predict(
+    backend: Backend,
+    model: Any,
+    image,
+    tile: int | None = None,
+    budget_bytes: int | None = None,
+    out=None,
+    progress: Progress | None = None,
+):
+    """Tissue probabilities for a whole image, tile by tile.
+
+    Args:
+        out: optional (H, W) array-like (numpy, zarr) written tile by tile; float32 unless its
+            dtype is uint8, in which case probabilities are stored as round(255 * p).
+
+    Returns:
+        `out` if given, else a new (H, W) float32 numpy array.
+    """
+    image_hw = check_image(image)
+    if out is None:
+        out = np.zeros(image_hw, np.float32)
+    elif tuple(out.shape) != image_hw:
+        raise ValueError(f"out shape {tuple(out.shape)} does not match image grid {image_hw}")
+    plan = resolve_plan(backend, model, "predict", image_hw, tile, budget_bytes)
+    for done, data in enumerate(iter_tile_data(plan, image, None, [0.0]), 1):
+        probs = backend.tile_predict(model, data, plan.padded_hw)
+        box = data.tile.out_box
+        if np.dtype(out.dtype) == np.uint8:
+            probs = np.rint(probs * 255.0).astype(np.uint8)
+        out[box.y0 : box.y1, box.x0 : box.x1] = probs
+        _report(progress, "predict", done, len(plan.tiles))
+    return out
+
+
+def _report(progress: Progress | None, phase: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(phase, done, total)

@@ -67,7 +67,10 @@ def _is_transpose(model: TorchGigaUNet, name: str) -> bool:
 
 
 def to_torch_layout(model: TorchGigaUNet, name: str, value: np.ndarray) -> np.ndarray:
-    """MLX (C_out, kH, kW, C_in) -> torch: conv (C_out, C_in, kH, kW), transpose (C_in, C_out, kH, kW)."""
+    """MLX layout (C_out, kH, kW, C_in) to torch's.
+
+    Torch convs want (C_out, C_in, kH, kW); torch conv-transposes want (C_in, C_out, kH, kW).
+    """
     if value.ndim != 4:
         return np.ascontiguousarray(value)
     axes = (3, 0, 1, 2) if _is_transpose(model, name) else (0, 3, 1, 2)

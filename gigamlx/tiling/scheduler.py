@@ -37,6 +37,7 @@ class StepResult(NamedTuple):
     peak_bytes: int  # engine peak while the step ran
     seconds: float
     read_seconds: float  # time spent reading image and mask windows
+    forward_seconds: float  # Dice pass 1 (forward-only sums), reads included
 
 
 def check_image(image, mask=None) -> tuple[int, int]:
@@ -113,11 +114,13 @@ def tiled_step(
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
     sums = None
+    forward_seconds = 0.0
     if needs_two_passes(loss):
         sums = TileStats()
         for done, data in enumerate(iter_tile_data(plan, image, mask, timer), 1):
             sums = sums + backend.tile_stats(model, data, plan.padded_hw)
             _report(progress, "forward", done, len(plan.tiles))
+        forward_seconds = time.perf_counter() - start
     coefficients = objective(loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
@@ -129,7 +132,8 @@ def tiled_step(
         _report(progress, "backward", done, len(plan.tiles))
     peak = backend.memory().peak_bytes
     seconds = time.perf_counter() - start
-    return StepResult(loss_value(loss, stats), stats, grads, plan, peak, seconds, timer[0])
+    value = loss_value(loss, stats)
+    return StepResult(value, stats, grads, plan, peak, seconds, timer[0], forward_seconds)
 
 
 def tiled_predict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -52,6 +53,32 @@ class MLXBackend:
 
     def to_tree(self, model: GigaUNet, flat: FlatParams):
         return tree_unflatten([(name, mx.array(v, dtype=mx.float32)) for name, v in flat.items()])
+
+    def build_model(self, seed: int) -> GigaUNet:
+        mx.random.seed(seed)
+        model = GigaUNet()
+        mx.eval(model.parameters())
+        return model
+
+    def load_params(self, model: GigaUNet, flat: FlatParams) -> None:
+        model.update(self.to_tree(model, flat))
+        mx.eval(model.parameters())
+
+    def make_optimizer(self, model: GigaUNet, lr: float) -> optim.Adam:
+        optimizer = optim.Adam(learning_rate=lr)
+        optimizer.init(model.trainable_parameters())
+        return optimizer
+
+    def apply_gradients(self, model: GigaUNet, optimizer: optim.Adam, grads: FlatParams) -> None:
+        optimizer.update(model, self.to_tree(model, grads))
+        mx.eval(model.parameters(), optimizer.state)  # sync point: the update
+
+    def optimizer_state(self, optimizer: optim.Adam) -> FlatParams:
+        return {name: np.array(v) for name, v in tree_flatten(optimizer.state)}
+
+    def load_optimizer_state(self, optimizer: optim.Adam, flat: FlatParams) -> None:
+        optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in flat.items()])
+        mx.eval(optimizer.state)
 
     def memory(self) -> MemoryReading:
         limit = mx.get_memory_limit()

@@ -1,0 +1,209 @@
+"""The `gigamlx` command line: train, synth, ingest, info. Nothing imports this module."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from gigamlx.config import DEFAULTS, TrainConfig, help_of, parse_region
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train GigaUNet-4492 on whole gigapixel slide regions with exact gradients "
+    "and a peak memory you choose.",
+)
+err = Console(stderr=True)
+log = logging.getLogger("gigamlx")
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=err, show_path=False, show_time=False)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
+    )
+
+
+@contextmanager
+def _user_errors():
+    """Known bad input ends the command with one line on stderr and exit code 2, no trace."""
+    from gigamlx.slide.store import StoreError
+    from gigamlx.train.checkpoint import CheckpointError
+    from gigamlx.train.loop import Interrupted, TrainingError
+
+    try:
+        yield
+    except Interrupted as stop:
+        err.print(f"[yellow]interrupted[/]: {stop}. Continue with --resume.")
+        raise typer.Exit(130) from None
+    except TrainingError as error:
+        err.print(f"[red]error[/]: {error}")
+        raise typer.Exit(1) from None
+    except (ValueError, StoreError, CheckpointError, FileNotFoundError, FileExistsError) as error:
+        err.print(f"[red]error[/]: {error}")
+        raise typer.Exit(2) from None
+
+
+def _progress_bar(description: str):
+    """A (callback, context) pair for chunk-by-chunk work like synth and ingest."""
+    from rich.progress import Progress
+
+    progress = Progress(console=err)
+    task = progress.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return update, progress
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Argument(
+        None, help="ingested slide stores (default: a synthetic slide)"
+    ),
+    region: str = typer.Option(DEFAULTS.region, help=help_of("region")),
+    steps: int = typer.Option(
+        None,
+        help=f"{help_of('steps')} [default: {DEFAULTS.steps}; on --resume the saved target]",
+        show_default=False,
+    ),
+    memory_budget: str = typer.Option(DEFAULTS.memory_budget, help=help_of("memory_budget")),
+    loss: str = typer.Option(DEFAULTS.loss, help=help_of("loss")),
+    lr: float = typer.Option(DEFAULTS.lr, help=help_of("lr")),
+    seed: int = typer.Option(DEFAULTS.seed, help=help_of("seed")),
+    out: Path = typer.Option(Path(DEFAULTS.out), help=help_of("out")),
+    resume: bool = typer.Option(False, help="continue the run in --out from its newest checkpoint"),
+    checkpoint_every: int = typer.Option(
+        DEFAULTS.checkpoint_every, help=help_of("checkpoint_every")
+    ),
+    accumulate: int = typer.Option(DEFAULTS.accumulate, help=help_of("accumulate")),
+    augment: bool = typer.Option(DEFAULTS.augment, help=help_of("augment")),
+    tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
+    backend: str = typer.Option(DEFAULTS.backend, help=help_of("backend")),
+    device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
+    profile: bool = typer.Option(False, help="print where the seconds of a step went"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    verbose: bool = typer.Option(False, help="debug logging"),
+) -> None:
+    """Train on regions sampled from slides, one exact tiled step at a time.
+
+    With no DATA, a synthetic 16384x65536 slide is generated once into ~/.cache/gigamlx
+    (or $GIGAMLX_CACHE) and reused. Each step: a random region (flipped/rotated), exact loss
+    and gradients over the whole region computed tile by tile within --memory-budget, one Adam
+    update. Checkpoints go to OUT/checkpoints; metrics to OUT/metrics.jsonl; Ctrl-C saves.
+    """
+    from gigamlx.train.loop import train as run_training
+    from gigamlx.train.profile import print_profile
+    from gigamlx.train.progress import train_progress
+    from gigamlx.train.run import start_run
+
+    _setup_logging(verbose)
+    config = TrainConfig(
+        data=tuple(str(p) for p in data or ()),
+        region=region,
+        steps=steps or DEFAULTS.steps,
+        memory_budget=memory_budget,
+        loss=loss,
+        lr=lr,
+        seed=seed,
+        out=str(out),
+        checkpoint_every=checkpoint_every,
+        accumulate=accumulate,
+        augment=augment,
+        tile=tile,
+        backend=backend,
+        device=device,
+    )
+    with _user_errors():
+        if not resume:
+            config.validate()
+        slide_bar, slide_progress = _progress_bar("making the default synthetic slide (once)")
+        with slide_progress:
+            run = start_run(config, resume, steps, slide_progress=slide_bar)
+        log.info(
+            "run %s: steps %d..%d, region %s, budget %s, loss %s",
+            run.run_dir,
+            run.step,
+            run.config.steps,
+            run.config.region,
+            run.config.memory_budget,
+            run.config.loss,
+        )
+        with train_progress(run.step, run.config.steps, enabled=not quiet, console=err) as bar:
+            history = run_training(run, on_step=bar.on_step, tile_progress=bar.on_tile)
+        if profile:
+            print_profile(history, Console())
+        err.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="store to create, e.g. slide.zarr"),
+    size: str = typer.Option("16384x65536", help="slide size HxW in pixels"),
+    seed: int = typer.Option(0, help="same seed and size give the same bytes"),
+    chunk: int = typer.Option(1024, help="chunk side in pixels"),
+    overwrite: bool = typer.Option(False, help="replace an existing store"),
+) -> None:
+    """Make a reproducible H&E-like slide with its true tissue mask (OME-Zarr)."""
+    from gigamlx.slide.synth import synth_slide
+
+    _setup_logging(False)
+    with _user_errors():
+        size_hw = parse_region(size)
+        update, progress = _progress_bar(f"synth {size_hw[0]}x{size_hw[1]}")
+        with progress:
+            path = synth_slide(
+                out, size_hw, seed, chunk_px=chunk, progress=update, overwrite=overwrite
+            )
+    err.print(f"wrote {path}")
+
+
+@app.command()
+def ingest(
+    slide: Path = typer.Argument(
+        ..., help="OpenSlide format (.svs, .ndpi, .mrxs, ...) or TIFF/OME-TIFF"
+    ),
+    out: Path = typer.Argument(..., help="store to create, e.g. slide.zarr"),
+    level: int = typer.Option(0, help="pyramid level of the slide to ingest"),
+    mask: Path = typer.Option(
+        None, help="mask image (TIFF/PNG) on that level's grid; non-zero = tissue"
+    ),
+    geojson: Path = typer.Option(
+        None, help="GeoJSON polygons (QuPath export), level-0 coordinates"
+    ),
+    otsu: bool = typer.Option(False, help="classical Otsu-on-saturation tissue mask as the mask"),
+    chunk: int = typer.Option(1024, help="chunk side in pixels"),
+    reader: str = typer.Option(None, help="force 'openslide' or 'tifffile'", show_default=False),
+    overwrite: bool = typer.Option(False, help="replace an existing store"),
+) -> None:
+    """Convert a slide (and its tissue mask) into OME-Zarr, chunk by chunk, atomically."""
+    from gigamlx.slide.ingest import ingest as run_ingest
+
+    _setup_logging(False)
+    with _user_errors():
+        update, progress = _progress_bar(f"ingest {slide.name}")
+        with progress:
+            path = run_ingest(
+                slide, out, level, mask, geojson, otsu, chunk, update, reader, overwrite
+            )
+    err.print(f"wrote {path}")
+
+
+@app.command()
+def info() -> None:
+    """Versions, engine, BLAS, memory and the model's geometry."""
+    from gigamlx.info import collect_info
+
+    for key, value in collect_info().items():
+        typer.echo(f"{key:>22}: {value}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    sys.exit(app())

@@ -1,0 +1,78 @@
+"""Training configuration: the one home for defaults. The CLI builds its options from it, and
+the resolved config is written beside every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from gigamlx.losses import check_loss
+from gigamlx.memory import parse_bytes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: tuple[str, ...] = field(default=(), metadata={"help": "ingested slide stores"})
+    region: str = field(default="16000x64000", metadata={"help": "region per step, HxW pixels"})
+    steps: int = field(default=5000, metadata={"help": "optimizer steps to train to"})
+    memory_budget: str = field(default="4GB", metadata={"help": "peak engine memory, e.g. 8GB"})
+    loss: str = field(default="dice", metadata={"help": "dice, bce or dice+bce"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    seed: int = field(default=0, metadata={"help": "seed of weights and region sampling"})
+    out: str = field(default="runs/gigaunet", metadata={"help": "run directory"})
+    checkpoint_every: int = field(default=25, metadata={"help": "steps between checkpoints"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept"})
+    augment: bool = field(default=True, metadata={"help": "random flips and 90° rotations"})
+    accumulate: int = field(default=1, metadata={"help": "regions averaged per update"})
+    tile: int | None = field(default=None, metadata={"help": "tile side px (overrides budget)"})
+    backend: str = field(default="mlx", metadata={"help": "mlx or cuda-um"})
+    device: str = field(default="auto", metadata={"help": "cuda-um only: auto, cuda or cpu"})
+
+    @property
+    def region_hw(self) -> tuple[int, int]:
+        return parse_region(self.region)
+
+    @property
+    def budget_bytes(self) -> int:
+        return parse_bytes(self.memory_budget)
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the bad value and the fix; return self."""
+        self.region_hw  # noqa: B018 - parses or raises
+        self.budget_bytes  # noqa: B018
+        check_loss(self.loss)
+        for name in ("steps", "checkpoint_every", "keep_checkpoints", "accumulate"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.tile is not None and (self.tile <= 0 or self.tile % 64):
+            raise ValueError(f"--tile must be a positive multiple of 64, got {self.tile}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"data": list(self.data)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if k == "data" else v for k, v in values.items() if k in known})
+
+
+DEFAULTS = TrainConfig()
+
+
+def parse_region(text: str) -> tuple[int, int]:
+    """'16000x64000' -> (16000, 64000): rows x cols."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match or 0 in (int(match[1]), int(match[2])):
+        raise ValueError(
+            f"cannot read a region from {text!r}; write HxW in pixels, e.g. 16000x64000"
+        )
+    return int(match[1]), int(match[2])
+
+
+def help_of(name: str) -> str:
+    """The help text of a TrainConfig field, for the CLI."""
+    return next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == name)

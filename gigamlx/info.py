@@ -1,0 +1,49 @@
+"""What `gigamlx info` prints: versions, engine, BLAS, memory, and the model's geometry."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _total_ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def collect_info() -> dict[str, str]:
+    from gigamlx.backends.mlx.blas import blas_info, preload_blas
+
+    preload_blas()
+    import mlx.core as mx
+
+    from gigamlx.spec import halo_px, param_count, receptive_field_px, total_stride
+
+    blas = blas_info()
+    ram = _total_ram_bytes()
+    return {
+        "gigamlx": _version("gigamlx"),
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "mlx": _version("mlx"),
+        "mlx device": str(mx.default_device()),
+        "mlx metal available": str(mx.metal.is_available()),
+        "BLAS (mlx cpu)": f"{blas.name} {blas.path or ''} ({blas.reason})",
+        "torch (cuda-um)": _version("torch"),
+        "RAM": f"{ram / 1e9:.1f} GB" if ram else "unknown",
+        "model parameters": str(param_count()),
+        "total stride px": str(total_stride()),
+        "receptive field px": f"{receptive_field_px()} (one side)",
+        "tile halo px": str(halo_px()),
+    }

@@ -1,0 +1,94 @@
+"""Convert a slide (OpenSlide formats, TIFF/OME-TIFF) and its mask into a slide store.
+
+Reads the slide tile by tile, never a whole level; the store appears only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from gigamlx.slide.masks import GeoJsonMask, ImageMask, MaskSource, OtsuMask
+from gigamlx.slide.readers import SlideReader, open_slide
+from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
+from gigamlx.tiling.geometry import Box
+
+log = logging.getLogger(__name__)
+
+
+def _file_mask(reader: SlideReader, level: int, mask, geojson) -> MaskSource | None:
+    """The mask read from a file (image or GeoJSON) on the ingested level's grid, if any."""
+    hw = reader.level_hw(level)
+    if mask is not None:
+        return ImageMask(mask, hw)
+    if geojson is not None:
+        return GeoJsonMask(geojson, hw, downsample=reader.level_hw(0)[1] / hw[1])
+    return None
+
+
+def _low_res(reader: SlideReader, max_pixels: int = 4096 * 4096):
+    """The slide's smallest level as (h, w, 3) numpy if it is small enough, else None."""
+    small = reader.level_count - 1
+    h, w = reader.level_hw(small)
+    if small == 0 or h * w > max_pixels or min(h, w) < 64:
+        return None
+    return reader.read(small, Box(0, 0, h, w))
+
+
+def ingest(
+    slide_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    level: int = 0,
+    mask: str | os.PathLike | None = None,
+    geojson: str | os.PathLike | None = None,
+    otsu: bool = False,
+    chunk_px: int = 1024,
+    progress: Progress | None = None,
+    backend: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write one level of a slide, plus an optional tissue mask, as a slide store.
+
+    Args:
+        slide_path: an OpenSlide format or TIFF/OME-TIFF file.
+        out_path: the store to create (atomic: a killed run leaves nothing there).
+        level: the slide's pyramid level that becomes the store's level 0.
+        mask: a mask image on that level's grid (any non-zero = tissue).
+        geojson: GeoJSON polygons in level-0 pixel coordinates (QuPath export).
+        otsu: compute the Otsu saturation baseline mask instead.
+        chunk_px: tile side read from the slide and chunk side of the store.
+        progress: optional callable(done_chunks, total_chunks).
+        backend: force "openslide" or "tifffile"; None picks by file type.
+        overwrite: replace an existing store at `out_path`.
+
+    Returns:
+        The store path; `open_store(out_path).image` is (H, W, 3) uint8 of that level.
+    """
+    asked = [n for n, v in (("mask", mask), ("geojson", geojson), ("otsu", otsu)) if v]
+    if len(asked) > 1:
+        raise ValueError(f"choose one mask source, got {', '.join(asked)}")
+    start = time.perf_counter()
+    reader = open_slide(slide_path, backend)
+    try:
+        if not 0 <= level < reader.level_count:
+            raise ValueError(f"{slide_path} has levels 0..{reader.level_count - 1}, not {level}")
+        hw = reader.level_hw(level)
+        source = _file_mask(reader, level, mask, geojson)  # fails before any slow work
+        mpp = reader.mpp * reader.level_hw(0)[1] / hw[1] if reader.mpp else None
+        attrs = {"source": str(Path(slide_path).resolve()), "source_level": level, "mpp": mpp}
+        with StoreWriter(
+            out_path, hw, chunk_px, bool(asked), attrs, overwrite, progress=progress
+        ) as writer:
+            for box in chunk_boxes(hw, chunk_px):
+                writer.write_image(box, reader.read(level, box))
+            if otsu:
+                source = OtsuMask.fit(writer.image_view(0), fit_image=_low_res(reader))
+            for box in chunk_boxes(hw, chunk_px) if source is not None else ():
+                writer.write_mask(box, source.read(box))
+            out = writer.finish()
+    finally:
+        reader.close()
+    log.info("ingested %s -> %s in %.1f s", slide_path, out, time.perf_counter() - start)
+    return out

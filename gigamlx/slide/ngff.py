@@ -1,0 +1,70 @@
+"""OME-Zarr 0.5 (NGFF) metadata for the slide store: RGB multiscales and a tissue label image.
+
+Pure dictionaries, written into the `attributes` of zarr v3 `zarr.json` files by store.py.
+"""
+
+from __future__ import annotations
+
+NGFF_VERSION = "0.5"
+
+
+def _axes(names: str, mpp: float | None) -> list[dict]:
+    unit = {"unit": "micrometer"} if mpp else {}
+    return [
+        {"name": "c", "type": "channel"} if n == "c" else {"name": n, "type": "space", **unit}
+        for n in names
+    ]
+
+
+def _multiscales(name: str, axes: str, n_levels: int, mpp: float | None) -> list[dict]:
+    datasets = [
+        {
+            "path": str(n),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0] * ("c" in axes) + [(mpp or 1.0) * 2**n] * 2}
+            ],
+        }
+        for n in range(n_levels)
+    ]
+    method = "2x2 mean" if "c" in axes else "2x2 top-left pick"
+    return [
+        {
+            "name": name,
+            "axes": _axes(axes, mpp),
+            "datasets": datasets,
+            "type": "mean" if "c" in axes else "nearest",
+            "metadata": {"method": method},
+        }
+    ]
+
+
+def _omero() -> dict:
+    channels = [
+        {"label": name, "color": color, "active": True, "coefficient": 1.0, "family": "linear"}
+        | {"inverted": False, "window": {"start": 0, "end": 255, "min": 0, "max": 255}}
+        for name, color in (("R", "FF0000"), ("G", "00FF00"), ("B", "0000FF"))
+    ]
+    return {"channels": channels, "rdefs": {"model": "color"}}
+
+
+def image_attrs(n_levels: int, mpp: float | None) -> dict:
+    """Group attributes of a (c, y, x) RGB image with `n_levels` 2x levels."""
+    multiscales = _multiscales("image", "cyx", n_levels, mpp)
+    return {"ome": {"version": NGFF_VERSION, "multiscales": multiscales, "omero": _omero()}}
+
+
+def labels_attrs(names: list[str]) -> dict:
+    """Attributes of the `labels` group listing the label images under it."""
+    return {"ome": {"version": NGFF_VERSION, "labels": names}}
+
+
+def label_attrs(name: str, n_levels: int, mpp: float | None) -> dict:
+    """Attributes of a (y, x) label image: 0 = background, 1 = `name`, source two levels up."""
+    image_label = {
+        "colors": [{"label-value": 1, "rgba": [0, 200, 80, 128]}],
+        "source": {"image": "../../"},
+    }
+    multiscales = _multiscales(name, "yx", n_levels, mpp)
+    return {
+        "ome": {"version": NGFF_VERSION, "multiscales": multiscales, "image-label": image_label}
+    }

@@ -1,0 +1,304 @@
+"""The on-disk slide store: OME-Zarr 0.5 (zarr v3), RGB pyramid plus a tissue label pyramid.
+
+Arrays are (c, y, x) on disk as NGFF wants; callers get channels-last (H, W, 3) views. Writers
+build the store under a hidden temporary name and rename it into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from gigamlx.slide import ngff
+from gigamlx.tiling.geometry import Box
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+MASK_NAME = "tissue"
+Progress = Callable[[int, int], None]
+
+
+class StoreError(RuntimeError):
+    """A path that is not a complete, readable slide store."""
+
+
+class ChannelsLast:
+    """Read-only (H, W, 3) uint8 view of an on-disk image array of any NGFF axis order."""
+
+    def __init__(self, array, axes: str):
+        self.array, self.axes = array, axes
+        self.shape = (array.shape[axes.index("y")], array.shape[axes.index("x")], 3)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = 3
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys, xs = key
+        index = tuple(
+            {"y": ys, "x": xs, "c": slice(None)}.get(axis, 0) for axis in self.axes
+        )  # t and z, if any, are singletons: take the first.
+        kept = [a for a in self.axes if a in "cyx"]
+        block = np.asarray(self.array[index])
+        block = block.transpose([kept.index(a) for a in "yxc" if a in kept])
+        if "c" not in kept:
+            block = block[..., None]
+        channels = block.shape[-1]
+        if channels in (1, 2):
+            block = np.repeat(block[..., :1], 3, axis=-1)
+        return np.ascontiguousarray(block[..., :3])
+
+
+class Level(NamedTuple):
+    """One pyramid level: (H, W, 3) image view, (H, W) mask or None, downsample factor."""
+
+    image: ChannelsLast
+    mask: object | None
+    downsample: int
+
+
+class SlideStore:
+    """An opened store. `image` (H, W, 3) and `mask` (H, W) are level 0."""
+
+    def __init__(self, path: Path, levels: list[Level], attrs: dict):
+        self.path, self.levels, self.attrs = path, levels, attrs
+        self.image, self.mask = levels[0].image, levels[0].mask
+        self.mpp: float | None = attrs.get("mpp")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.levels)
+
+    def level(self, n: int) -> Level:
+        return self.levels[n]
+
+
+def _what_to_do(path: Path) -> str:
+    if path.is_file():
+        return f"if it is a slide, convert it first: `gigamlx ingest {path} OUT.zarr`"
+    if ".partial-" in path.name:
+        return "it is an interrupted write; delete it and run ingest/synth again"
+    partial = sorted(path.parent.glob(f".{path.name}.partial-*"))
+    hint = f" (interrupted writes left {', '.join(p.name for p in partial)}: delete them)"
+    return f"create it with `gigamlx ingest SLIDE {path}` or `gigamlx synth {path}`" + (
+        hint if partial else ""
+    )
+
+
+def _multiscale_levels(group, ome: dict) -> tuple[list, str]:
+    multiscale = ome["multiscales"][0]
+    axes = "".join(a["name"] if isinstance(a, dict) else a for a in multiscale["axes"])
+    return [group[d["path"]] for d in multiscale["datasets"]], axes
+
+
+def _mask_levels(group) -> list:
+    try:
+        labels = group["labels"]
+        names = dict(labels.attrs).get("ome", dict(labels.attrs)).get("labels", [])
+        name = MASK_NAME if MASK_NAME in names else names[0]
+        label = labels[name]
+    except (KeyError, IndexError):
+        return []
+    arrays, axes = _multiscale_levels(label, dict(label.attrs).get("ome", dict(label.attrs)))
+    return [_MaskView(a, axes) for a in arrays]
+
+
+class _MaskView(ChannelsLast):
+    """Read-only (H, W) uint8 view of a label array."""
+
+    def __init__(self, array, axes: str):
+        super().__init__(array, axes)
+        self.shape, self.ndim = self.shape[:2], 2
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return super().__getitem__(key)[..., 0]
+
+
+def open_store(path: str | os.PathLike) -> SlideStore:
+    """Open a slide store for reading.
+
+    Accepts gigamlx stores, other OME-Zarr images (any axis order over t, c, z, y, x) and a
+    plain zarr array of shape (H, W, 3).
+
+    Raises:
+        StoreError: the path is missing, incomplete (an interrupted write) or not a slide store;
+            the message names the path and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no slide store at {path}: {_what_to_do(path)}")
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as err:  # zarr raises several types for non-stores
+        raise StoreError(f"{path} is not a zarr store ({err}): {_what_to_do(path)}") from err
+    if isinstance(node, zarr.Array):
+        if node.ndim != 3 or node.shape[2] not in (1, 3, 4):
+            raise StoreError(f"{path} holds a {node.shape} array, expected (H, W, 3) RGB")
+        return SlideStore(path, [Level(ChannelsLast(node, "yxc"), None, 1)], {})
+    attrs = dict(node.attrs)
+    ome = attrs.get("ome", attrs)
+    if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
+        raise StoreError(f"{path} is an incomplete or foreign zarr group: {_what_to_do(path)}")
+    arrays, axes = _multiscale_levels(node, ome)
+    masks = _mask_levels(node)
+    levels = [
+        Level(ChannelsLast(a, axes), masks[n] if n < len(masks) else None, 2**n)
+        for n, a in enumerate(arrays)
+    ]
+    return SlideStore(path, levels, attrs.get("gigamlx", {}))
+
+
+def pyramid_hws(image_hw: tuple[int, int], min_side_px: int = 1024) -> list[tuple[int, int]]:
+    """Level sizes: level 0, then 2x downsamples (ceil) while the smaller side >= min_side_px."""
+    hws = [tuple(image_hw)]
+    while min(hws[-1]) >= min_side_px and min(hws[-1]) > 1:
+        hws.append(tuple(-(-n // 2) for n in hws[-1]))
+    return hws  # type: ignore[return-value]
+
+
+def chunk_boxes(image_hw: tuple[int, int], chunk_px: int) -> Iterator[Box]:
+    """Row-major chunk grid over an (H, W) image; edge chunks are clipped."""
+    h, w = image_hw
+    for y0 in range(0, h, chunk_px):
+        for x0 in range(0, w, chunk_px):
+            yield Box(y0, x0, min(y0 + chunk_px, h), min(x0 + chunk_px, w))
+
+
+def _downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.ndarray:
+    """2x2 block mean (rounded) or top-left pick of (..., 2h, 2w); odd edges replicate."""
+    h, w = out_hw
+    if not mean:
+        return block[..., ::2, ::2][..., :h, :w]
+    pad = [(0, 0)] * (block.ndim - 2) + [(0, 2 * h - block.shape[-2]), (0, 2 * w - block.shape[-1])]
+    block = np.pad(block, pad, mode="edge").astype(np.uint16)
+    summed = block.reshape(block.shape[:-2] + (h, 2, w, 2)).sum(axis=(-3, -1))
+    return ((summed + 2) // 4).astype(np.uint8)
+
+
+class StoreWriter:
+    """Writes a store under a hidden sibling name; `finish` renames it into place.
+
+    Write level 0 with `write_image` / `write_mask` (any boxes, ideally `chunk_boxes`), then
+    call `finish`, which builds both pyramids chunk by chunk from level 0, writes the NGFF
+    metadata last and renames. Used as a context manager, an exception deletes the partial store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        image_hw: tuple[int, int],
+        chunk_px: int = 1024,
+        with_mask: bool = True,
+        attrs: dict | None = None,
+        overwrite: bool = False,
+        min_side_px: int = 1024,
+        progress: Progress | None = None,
+    ):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        token = f"{os.getpid()}-{secrets.token_hex(3)}"
+        self.tmp_path = self.path.parent / f".{self.path.name}.partial-{token}"
+        self.chunk_px, self.overwrite, self.progress = chunk_px, overwrite, progress
+        self.attrs = {"format": STORE_FORMAT, **(attrs or {})}
+        self.hws = pyramid_hws(image_hw, min_side_px)
+        self.group = zarr.open_group(
+            self.tmp_path, mode="w-", zarr_format=3, attributes={"gigamlx": {"complete": False}}
+        )
+        self.images = [self._create(self.group, n, (3, *hw)) for n, hw in enumerate(self.hws)]
+        self.masks = []
+        if with_mask:
+            label = self.group.create_group("labels").create_group(MASK_NAME)
+            self.masks = [self._create(label, n, hw) for n, hw in enumerate(self.hws)]
+        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
+        self.done, self.total = 0, n_chunks * (1 + with_mask)
+
+    def _create(self, group, level: int, shape: tuple[int, ...]):
+        chunks = (shape[0],) * (len(shape) == 3) + (self.chunk_px, self.chunk_px)
+        return group.create_array(
+            str(level),
+            shape=shape,
+            chunks=chunks,
+            dtype="uint8",
+            fill_value=0,
+            compressors=ZstdCodec(level=3),
+            dimension_names=("c", "y", "x")[-len(shape) :],
+        )
+
+    def _tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def write_image(self, box: Box, rgb: np.ndarray) -> None:
+        """Write an (h, w, 3) uint8 block of level 0 at `box`."""
+        self.images[0][:, box.y0 : box.y1, box.x0 : box.x1] = np.moveaxis(rgb, -1, 0)
+        self._tick()
+
+    def image_view(self, level: int = 0) -> ChannelsLast:
+        """(H, W, 3) view of what has been written so far (e.g. to fit a mask on level 0)."""
+        return ChannelsLast(self.images[level], "cyx")
+
+    def write_mask(self, box: Box, mask: np.ndarray) -> None:
+        """Write an (h, w) block of the level-0 tissue mask (non-zero = tissue) at `box`."""
+        self.masks[0][box.y0 : box.y1, box.x0 : box.x1] = (np.asarray(mask) != 0).view(np.uint8)
+        self._tick()
+
+    def _build_pyramid(self, arrays: list, mean: bool) -> None:
+        for n in range(1, len(arrays)):
+            src, dst = arrays[n - 1], arrays[n]
+            for box in chunk_boxes(self.hws[n], self.chunk_px):
+                block = src[..., 2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
+                dst[..., box.y0 : box.y1, box.x0 : box.x1] = _downsample2(block, box.hw, mean)
+                self._tick()
+
+    def finish(self) -> Path:
+        """Build the pyramids, write the metadata and rename the store into place."""
+        self._build_pyramid(self.images, mean=True)
+        self._build_pyramid(self.masks, mean=False)
+        mpp, levels = self.attrs.get("mpp"), len(self.hws)
+        self.group.update_attributes(ngff.image_attrs(levels, mpp))
+        if self.masks:
+            self.group["labels"].update_attributes(ngff.labels_attrs([MASK_NAME]))
+            self.group["labels"][MASK_NAME].update_attributes(
+                ngff.label_attrs(MASK_NAME, levels, mpp)
+            )
+        self.group.update_attributes({"gigamlx": self.attrs | {"complete": True}})
+        self._rename_into_place()
+        log.info("wrote %s (%d levels)", self.path, len(self.hws))
+        return self.path
+
+    def _rename_into_place(self) -> None:
+        old = None
+        if self.path.exists():
+            if not self.overwrite:
+                raise FileExistsError(f"{self.path} appeared while writing; kept it")
+            old = self.path.parent / f".{self.path.name}.old-{secrets.token_hex(3)}"
+            os.rename(self.path, old)
+        os.rename(self.tmp_path, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Delete the partial store."""
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,255 @@
+"""Reproducible H&E-like synthetic slides with a known tissue mask, rendered chunk by chunk.
+
+Every pixel is a pure function of (seed, y, x): the same seed gives the same bytes whatever
+`chunk_px`, and memory stays bounded by one chunk whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gigamlx.slide.noise import fbm, uniform, value_noise
+from gigamlx.slide.store import Progress, StoreError, StoreWriter, chunk_boxes, open_store
+from gigamlx.slide.synth_scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
+from gigamlx.tiling.geometry import Box
+
+log = logging.getLogger(__name__)
+
+SYNTH_VERSION = 1
+DEFAULT_SLIDE_HW = (16384, 65536)
+BACKGROUND_RGB = np.array([243.0, 241.0, 245.0], np.float32)
+EOSIN_OD = np.array([22.0, 110.0, 55.0], np.float32)  # RGB removed per unit of eosin
+HEMATOXYLIN_OD = np.array([125.0, 150.0, 70.0], np.float32)
+DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
+NUCLEUS_CELL_PX = 16
+EDGE_FADE = 0.015  # stain fades in over this normalized distance inside the edge
+DUST_CELL_PX = 64
+F32 = np.float32
+
+
+def _window(ys: np.ndarray, xs: np.ndarray, box: Box) -> tuple[slice, slice] | None:
+    """Index window of the sampled coordinates that fall inside `box`, or None."""
+    r0, r1 = np.searchsorted(ys, [box.y0, box.y1])
+    c0, c1 = np.searchsorted(xs, [box.x0, box.x1])
+    return (slice(r0, r1), slice(c0, c1)) if r0 < r1 and c0 < c1 else None
+
+
+def _ellipse_field(e: Ellipse, ysf: np.ndarray, xsf: np.ndarray) -> np.ndarray:
+    """1 - normalized distance to the ellipse center: > 0 inside. (h, w) float32."""
+    dy, dx = ysf[:, None] - F32(e.cy), xsf[None, :] - F32(e.cx)
+    u = (dy * F32(e.cos) + dx * F32(e.sin)) * F32(1 / e.a)
+    v = (dx * F32(e.cos) - dy * F32(e.sin)) * F32(1 / e.b)
+    return F32(1) - np.sqrt(u * u + v * v)
+
+
+def _max_field(ellipses, ys, xs, ysf, xsf, grow: float, values=None):
+    """Max of the ellipse fields (-2 where none reaches) and, optionally, the argmax's value."""
+    best = np.full((len(ys), len(xs)), -2.0, np.float32)
+    chosen = np.zeros_like(best)
+    for i, e in enumerate(ellipses):
+        win = _window(ys, xs, e.bbox(grow))
+        if win is None:
+            continue
+        field = _ellipse_field(e, ysf[win[0]], xsf[win[1]])
+        better = field > best[win]
+        best[win] = np.where(better, field, best[win])
+        if values is not None:
+            chosen[win] = np.where(better, F32(values[i]), chosen[win])
+    return best, chosen
+
+
+def _tissue(scene: Scene, ys, xs, ysf, xsf):
+    """Tissue mask (h, w) bool, stain density (h, w) float32 and fold factor (h, w)."""
+    noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5) * F32(BOUNDARY_NOISE)
+    lobes = [(lobe, p.stain) for p in scene.pieces for lobe in p.lobes]
+    best, stain = _max_field(
+        [e for e, _ in lobes], ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE, [s for _, s in lobes]
+    )
+    strength = best + noise
+    hole_best, _ = _max_field(scene.holes, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
+    tissue = (strength > 0) & ~(hole_best - noise * F32(0.5) > 0)
+    density = np.clip(strength * F32(1 / EDGE_FADE), 0, 1) * stain * tissue
+    fold_best, _ = _max_field(scene.folds, ys, xs, ysf, xsf, 1.0)
+    fold = np.clip(fold_best * F32(4), 0, 1)
+    return tissue, density, F32(1) + F32(0.9) * fold
+
+
+def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
+    """Per-pixel gather helper: cell indices and a function drawing per-cell uniforms."""
+    cy, cx = ys // cell_px, xs // cell_px
+    ly, lx = np.arange(cy[0], cy[-1] + 1), np.arange(cx[0], cx[-1] + 1)
+    iy, ix = np.ix_(cy - cy[0], cx - cx[0])
+
+    def draw(salt: int) -> np.ndarray:
+        return uniform(key + salt, ly[:, None], lx[None, :])[iy, ix]  # (h, w)
+
+    return cy, cx, ly, lx, draw
+
+
+def _discs(key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, float], presence):
+    """One soft disc per cell at a hashed position, kept with probability `presence`.
+
+    Returns:
+        (h, w) float32 coverage in [0, 1].
+    """
+    cy, cx, ly, lx, draw = _cells(key, ys, xs, cell_px)
+    r = F32(radius_px[0]) + F32(radius_px[1] - radius_px[0]) * draw(1)
+    span = F32(cell_px) - F32(2) * r
+    oy = (cy * cell_px).astype(np.float32)[:, None] + r + span * draw(2)
+    ox = (cx * cell_px).astype(np.float32)[None, :] + r + span * draw(3)
+    dy, dx = ysf[:, None] - oy, xsf[None, :] - ox
+    disc = np.clip((r * r - dy * dy - dx * dx) / (F32(2) * r) + F32(0.5), 0, 1)
+    keep = draw(4) < (presence(ly, lx) if callable(presence) else F32(presence))
+    return disc * keep
+
+
+def _nuclei(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
+    """Nuclei-like purple texture in [0, 1], denser in 'cellular' regions. (h, w) float32."""
+    key = scene.seed * 977 + 5
+    cell = NUCLEUS_CELL_PX
+
+    def presence(ly, lx):  # cellularity sampled at cell centers, so a nucleus is whole or absent
+        cellular = value_noise(key + 2, ly * cell + cell // 2, lx * cell + cell // 2, (384, 384))
+        return (F32(0.15) + F32(0.75) * cellular)[np.ix_(ys // cell - ly[0], xs // cell - lx[0])]
+
+    disc = _discs(key, ys, xs, ysf, xsf, cell, (2.5, 5.5), presence)
+    chromatin = F32(0.7) + F32(0.3) * uniform(key + 3, ys[:, None], xs[None, :])
+    return disc * chromatin
+
+
+def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf, alpha: np.ndarray) -> None:
+    """Raise `alpha` (h, w) to the coverage of a pen stroke (distance to its polyline)."""
+    hw = stroke.half_width_px
+    for (y0, x0), (y1, x1) in zip(stroke.points[:-1], stroke.points[1:], strict=True):
+        box = Box(
+            int(min(y0, y1) - hw - 2),
+            int(min(x0, x1) - hw - 2),
+            int(max(y0, y1) + hw + 2),
+            int(max(x0, x1) + hw + 2),
+        )
+        win = _window(ys, xs, box)
+        if win is None:
+            continue
+        vy, vx = F32(y1 - y0), F32(x1 - x0)
+        py, px = ysf[win[0]][:, None] - F32(y0), xsf[win[1]][None, :] - F32(x0)
+        t = np.clip((py * vy + px * vx) * F32(1 / max(float(vy * vy + vx * vx), 1e-6)), 0, 1)
+        ey, ex = py - t * vy, px - t * vx
+        cover = np.clip(F32(hw) - np.sqrt(ey * ey + ex * ex) + F32(0.5), 0, 1) * F32(0.8)
+        alpha[win] = np.maximum(alpha[win], cover)
+
+
+def _illumination(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
+    """Uneven illumination: vignette plus a slow drift, about 0.85-1.0. (h, w) float32."""
+    h, w = scene.image_hw
+    ry = ysf * F32(2 / h) - F32(1)
+    rx = xsf * F32(2 / w) - F32(1)
+    vignette = F32(1) - F32(0.06) * (ry * ry)[:, None] - F32(0.06) * (rx * rx)[None, :]
+    drift_px = int(2 ** max(6, round(np.log2(max(min(h, w), 2) / 2))))
+    return vignette + F32(0.03) * fbm(scene.seed * 977 + 7, ys, xs, drift_px, 2)
+
+
+def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Render the slide at sampled global coordinates.
+
+    Args:
+        scene: layout from `make_scene`.
+        ys: (h,) ascending row coordinates, ints >= 0 (a chunk's rows, or a strided preview).
+        xs: (w,) ascending column coordinates.
+
+    Returns:
+        rgb (h, w, 3) uint8 and tissue mask (h, w) uint8 (0/1).
+    """
+    ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
+    ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
+    tissue, density, fold = _tissue(scene, ys, xs, ysf, xsf)
+    rgb = np.broadcast_to(BACKGROUND_RGB, (len(ys), len(xs), 3)).copy()
+    if density.any():
+        fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
+        eosin = density * fold * (F32(0.45) + F32(0.55) * fiber)
+        hema = density * fold * (F32(0.08) + F32(0.9) * _nuclei(scene, ys, xs, ysf, xsf))
+        rgb -= eosin[..., None] * EOSIN_OD + hema[..., None] * HEMATOXYLIN_OD
+    grain = (uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :]) - F32(0.5)) * F32(12)
+    rgb = rgb * _illumination(scene, ys, xs, ysf, xsf)[..., None] + grain[..., None]
+    dust = _discs(scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), 0.05)
+    rgb += (dust * F32(0.85))[..., None] * (DUST_RGB - rgb)
+    alpha = np.zeros_like(dust)
+    for stroke in scene.strokes:
+        alpha[:] = 0
+        _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha)
+        rgb += alpha[..., None] * (np.array(stroke.ink_rgb, np.float32) - rgb)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tissue.view(np.uint8)
+
+
+def synth_slide(
+    path: str | os.PathLike,
+    size_hw: tuple[int, int] = DEFAULT_SLIDE_HW,
+    seed: int = 0,
+    chunk_px: int = 1024,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a synthetic H&E-like slide and its true tissue mask as a slide store.
+
+    Args:
+        path: where the store goes (created atomically: a killed run leaves no store there).
+        size_hw: (H, W) in pixels, any size; memory stays around one chunk.
+        seed: the same seed and size give the same pixels whatever `chunk_px`.
+        chunk_px: side of the square chunks rendered, written and stored.
+        progress: optional callable(done_chunks, total_chunks).
+        overwrite: replace an existing store at `path`.
+
+    Returns:
+        The store path; `open_store(path).image` is (H, W, 3) uint8, `.mask` (H, W) 0/1.
+    """
+    scene = make_scene(size_hw, seed)
+    attrs = {"source": "synth", "seed": seed, "synth_version": SYNTH_VERSION, "mpp": 0.5}
+    start = time.perf_counter()
+    with StoreWriter(
+        path, size_hw, chunk_px, attrs=attrs, overwrite=overwrite, progress=progress
+    ) as writer:
+        for box in chunk_boxes(size_hw, chunk_px):
+            rgb, mask = render(scene, np.arange(box.y0, box.y1), np.arange(box.x0, box.x1))
+            writer.write_image(box, rgb)
+            writer.write_mask(box, mask)
+        out = writer.finish()
+    log.info("synth %dx%d seed %d: %.1f s", *size_hw, seed, time.perf_counter() - start)
+    return out
+
+
+def cache_dir() -> Path:
+    """$GIGAMLX_CACHE, else ~/.cache/gigamlx."""
+    return Path(os.environ.get("GIGAMLX_CACHE") or Path.home() / ".cache" / "gigamlx")
+
+
+def default_slide(
+    cache: str | os.PathLike | None = None,
+    size_hw: tuple[int, int] = DEFAULT_SLIDE_HW,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Path:
+    """The default synthetic slide, generated once into the cache and reused afterwards.
+
+    The default (16384, 65536) holds the headline 16000x64000 region. Generating it takes
+    minutes (see the project README); later calls only open it.
+    """
+    path = (
+        Path(cache or cache_dir())
+        / f"synth-v{SYNTH_VERSION}-s{seed}-{size_hw[0]}x{size_hw[1]}.zarr"
+    )
+    try:
+        open_store(path)
+        return path
+    except StoreError:
+        if path.exists():
+            raise
+    log.info("generating the default synthetic slide %s (once)", path)
+    try:
+        return synth_slide(path, size_hw, seed, progress=progress)
+    except FileExistsError:  # another process finished first
+        open_store(path)
+        return path

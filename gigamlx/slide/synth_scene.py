@@ -1,0 +1,145 @@
+"""The layout of a synthetic slide: tissue pieces, holes, folds and pen strokes as shapes.
+
+A scene is a short list of parameters in slide coordinates, drawn once from the seed; the
+renderer (synth.py) evaluates it per chunk, so pixels never depend on the chunking.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from gigamlx.tiling.geometry import Box
+
+BOUNDARY_NOISE = 0.35  # amplitude of the boundary noise, in units of normalized ellipse radius
+
+
+class Ellipse(NamedTuple):
+    """Rotated ellipse: center (cy, cx) px, semi-axes (a, b) px, rotation as (cos, sin)."""
+
+    cy: float
+    cx: float
+    a: float
+    b: float
+    cos: float
+    sin: float
+
+    def bbox(self, grow: float = 1.0) -> Box:
+        """Box outside which the normalized distance is >= `grow`."""
+        r = max(self.a, self.b) * grow + 1
+        return Box(
+            math.floor(self.cy - r),
+            math.floor(self.cx - r),
+            math.ceil(self.cy + r),
+            math.ceil(self.cx + r),
+        )
+
+
+class Piece(NamedTuple):
+    """One tissue fragment: the union of lobes; `stain` scales dye uptake (pale < 0.5)."""
+
+    lobes: tuple[Ellipse, ...]
+    stain: float
+
+
+class Stroke(NamedTuple):
+    """A pen mark: polyline vertices (y, x) px, half width px, ink RGB."""
+
+    points: tuple[tuple[float, float], ...]
+    half_width_px: float
+    ink_rgb: tuple[float, float, float]
+
+
+class Scene(NamedTuple):
+    image_hw: tuple[int, int]
+    seed: int
+    boundary_px: int
+    pieces: tuple[Piece, ...]
+    holes: tuple[Ellipse, ...]
+    folds: tuple[Ellipse, ...]
+    strokes: tuple[Stroke, ...]
+
+
+INKS = ((40.0, 70.0, 170.0), (30.0, 120.0, 60.0), (35.0, 35.0, 45.0))
+
+
+def _ellipse(rng: np.random.Generator, cy: float, cx: float, a: float, b: float) -> Ellipse:
+    angle = rng.uniform(0, math.pi)
+    return Ellipse(cy, cx, a, b, math.cos(angle), math.sin(angle))
+
+
+def _piece(rng: np.random.Generator, cy: float, cx: float, radius_px: float) -> Piece:
+    lobes = []
+    for _ in range(int(rng.integers(3, 8))):
+        offset, angle = rng.uniform(0, 0.55 * radius_px), rng.uniform(0, 2 * math.pi)
+        a, b = rng.uniform(0.4, 0.8, size=2) * radius_px
+        lobes.append(
+            _ellipse(rng, cy + offset * math.sin(angle), cx + offset * math.cos(angle), a, b)
+        )
+    stain = float(rng.uniform(0.3, 0.45) if rng.random() < 0.2 else rng.uniform(0.75, 1.1))
+    return Piece(tuple(lobes), stain)
+
+
+def _holes_and_folds(rng: np.random.Generator, piece: Piece, radius_px: float):
+    holes = []
+    for _ in range(int(rng.integers(0, 4))):
+        lobe = piece.lobes[int(rng.integers(len(piece.lobes)))]
+        a, b = rng.uniform(0.05, 0.16, size=2) * radius_px
+        holes.append(
+            _ellipse(
+                rng, lobe.cy + rng.normal(0, lobe.b / 3), lobe.cx + rng.normal(0, lobe.a / 3), a, b
+            )
+        )
+    folds = []
+    if rng.random() < 0.6:
+        lobe = piece.lobes[0]
+        folds.append(
+            _ellipse(rng, lobe.cy, lobe.cx, 0.7 * radius_px, rng.uniform(0.02, 0.05) * radius_px)
+        )
+    return holes, folds
+
+
+def _stroke(rng: np.random.Generator, image_hw: tuple[int, int], short_px: int) -> Stroke:
+    y, x = rng.uniform(0, image_hw[0]), rng.uniform(0, image_hw[1])
+    heading = rng.uniform(0, 2 * math.pi)
+    points = [(y, x)]
+    for _ in range(int(rng.integers(2, 6))):
+        heading += rng.normal(0, 0.6)
+        step = rng.uniform(0.05, 0.15) * short_px
+        y, x = y + step * math.sin(heading), x + step * math.cos(heading)
+        points.append((y, x))
+    half_width = max(2.0, rng.uniform(0.004, 0.01) * short_px)
+    return Stroke(tuple(points), half_width, INKS[int(rng.integers(len(INKS)))])
+
+
+def make_scene(image_hw: tuple[int, int], seed: int) -> Scene:
+    """Draw the slide layout from `seed`: about 30-60 % of the area is tissue.
+
+    Args:
+        image_hw: (H, W) of the slide in pixels.
+        seed: any non-negative int; the same seed and size give the same scene.
+    """
+    h, w = image_hw
+    short, long = min(h, w), max(h, w)
+    rng = np.random.default_rng([seed, h, w])
+    slots = max(1, round(1.4 * long / short))
+    pieces, holes, folds = [], [], []
+    for slot in range(slots):
+        along = (slot + 0.5 + rng.uniform(-0.2, 0.2)) * long / slots
+        across = short * rng.uniform(0.4, 0.6)
+        radius = short * rng.uniform(0.3, 0.42)
+        cy, cx = (across, along) if w >= h else (along, across)
+        pieces.append(_piece(rng, cy, cx, radius))
+        piece_holes, piece_folds = _holes_and_folds(rng, pieces[-1], radius)
+        holes += piece_holes
+        folds += piece_folds
+    for _ in range(2 * slots):  # small fragments anywhere
+        radius = short * rng.uniform(0.03, 0.08)
+        pieces.append(_piece(rng, rng.uniform(0, h), rng.uniform(0, w), radius))
+    strokes = [_stroke(rng, image_hw, short) for _ in range(1 + slots // 2)]
+    boundary_px = int(2 ** np.clip(round(math.log2(max(short, 1) / 6)), 4, 11))
+    return Scene(
+        (h, w), seed, boundary_px, tuple(pieces), tuple(holes), tuple(folds), tuple(strokes)
+    )

@@ -1,0 +1,276 @@
+"""Streaming Dice evaluation of predicted probability maps against tissue masks, per slide.
+
+Shared by `scripts/evaluate_dice.py` and `gigamlx eval`: `run_evaluation` evaluates, prints a
+rich table (per-slide rows and a mean ± std row) and writes the JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from gigamlx.slide.prediction_io import ArrayReadError, LazyPlane, open_plane
+from gigamlx.train.baseline import BASELINES, baseline_plane
+from gigamlx.train.metrics import (
+    METRIC_NAMES,
+    EvaluationError,
+    PixelCounts,
+    check_threshold,
+    evaluate_pair,
+    summarize,
+)
+
+logger = logging.getLogger(__name__)
+
+EDGE_CASES = (
+    "prediction and mask both empty: dice = iou = precision = recall = 1; "
+    "nothing predicted but mask non-empty: precision = recall = dice = iou = 0; "
+    "mask empty but prediction non-empty: recall = precision = dice = iou = 0; "
+    "soft dice = 1 when sum(p) + sum(g) = 0; "
+    "std is the sample std (ddof=1), null in JSON and '—' in the table for one slide"
+)
+
+
+@dataclass
+class SlideResult:
+    """One prediction/mask pair: its paths, grid and summed pixel counts."""
+
+    pred_path: str
+    mask_path: str
+    shape_hw: tuple[int, int]
+    counts: PixelCounts
+    baseline_counts: PixelCounts | None = None
+
+
+@dataclass
+class Report:
+    """All slides of one evaluation run and the settings they were scored with."""
+
+    slides: list[SlideResult]
+    threshold: float
+    level: int
+    baseline: str | None = None
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return summarize([s.counts.metrics() for s in self.slides])
+
+    def baseline_summary(self) -> dict[str, dict[str, Any]] | None:
+        if self.baseline is None:
+            return None
+        return summarize([s.baseline_counts.metrics() for s in self.slides])
+
+
+def _open(path: str | Path, level: int) -> LazyPlane:
+    try:
+        return open_plane(path, level)
+    except ArrayReadError as err:
+        raise EvaluationError(str(err)) from err
+
+
+def _check_inputs(preds: Sequence, masks: Sequence, threshold: float, baseline: str | None):
+    check_threshold(threshold)
+    if not preds:
+        raise EvaluationError("no prediction files given")
+    if len(preds) != len(masks):
+        raise EvaluationError(
+            f"{len(preds)} prediction file(s) but {len(masks)} mask file(s); give one mask each"
+        )
+    if baseline is not None and baseline not in BASELINES:
+        raise EvaluationError(f"unknown baseline {baseline!r}; choose from {list(BASELINES)}")
+
+
+def evaluate_slide(
+    pred_path: str | Path,
+    mask_path: str | Path,
+    threshold: float = 0.5,
+    baseline: str | None = None,
+    level: int = 0,
+    block_hw: tuple[int, int] | None = None,
+) -> SlideResult:
+    """Score one prediction file against one mask file, streamed block by block.
+
+    Args:
+        pred_path: probability map (OME-Zarr, zarr, TIFF/OME-TIFF, PNG), uint8 0-255 or float.
+        mask_path: mask in the same formats (non-zero = tissue) or an ingested gigamlx store.
+        threshold: p >= threshold counts as predicted tissue.
+        baseline: "otsu" to also score the Otsu-on-saturation mask of the store's image.
+        level: pyramid level both files are read at (0 = full resolution).
+        block_hw: (rows, cols) per streamed block; default follows the prediction's chunks.
+
+    Raises:
+        EvaluationError: unreadable files, grids that differ, NaN or out-of-range values.
+    """
+    pred = _open(pred_path, level)
+    try:
+        mask = _open(mask_path, level)
+        try:
+            return _score(pred, mask, threshold, baseline, level, block_hw)
+        finally:
+            mask.close()
+    except ArrayReadError as err:  # a chunk that fails to decode mid-stream
+        raise EvaluationError(str(err)) from err
+    finally:
+        pred.close()
+
+
+def _score(
+    pred: LazyPlane,
+    mask: LazyPlane,
+    threshold: float,
+    baseline: str | None,
+    level: int,
+    block_hw: tuple[int, int] | None,
+) -> SlideResult:
+    if pred.shape != mask.shape:
+        raise EvaluationError(
+            f"grids differ at level {level}: prediction {pred.source} is {pred.shape} "
+            f"(H, W) but mask {mask.source} is {mask.shape}"
+        )
+    counts = evaluate_pair(pred, mask, threshold, block_hw, pred_name=pred.source)
+    base = None
+    if baseline is not None:
+        base_pred = baseline_plane(baseline, mask.source, level, mask.chunk_hw)
+        # the baseline is a hard 0/1 mask: 0.5 splits it whatever --threshold is
+        base = evaluate_pair(base_pred, mask, 0.5, block_hw, pred_name=baseline)
+    logger.info("%s: dice %.4f", pred.source, counts.metrics()["dice"])
+    return SlideResult(pred.source, mask.source, pred.shape, counts, base)
+
+
+def evaluate_files(
+    preds: Sequence[str | Path],
+    masks: Sequence[str | Path],
+    threshold: float = 0.5,
+    baseline: str | None = None,
+    level: int = 0,
+    block_hw: tuple[int, int] | None = None,
+) -> Report:
+    """Score each prediction against the mask at the same position (see `evaluate_slide`).
+
+    Raises:
+        EvaluationError: bad threshold or baseline, counts that differ, or any slide's error.
+    """
+    _check_inputs(preds, masks, threshold, baseline)
+    slides = [
+        evaluate_slide(p, m, threshold, baseline, level, block_hw)
+        for p, m in zip(preds, masks, strict=True)
+    ]
+    return Report(slides, threshold, level, baseline)
+
+
+def _fmt_mean_std(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "—"
+    std = "—" if stats["std"] is None else f"{stats['std']:.4f}"
+    return f"{stats['mean']:.4f}\n± {std}"
+
+
+def render_table(report: Report) -> Table:
+    """Rich table: one row per slide, then `mean ± std` over slides (std '—' for one slide).
+
+    Grid sizes and counts are left to the JSON report, to keep the table in 80 columns.
+    """
+    title = f"Dice at threshold {report.threshold}, level {report.level}"
+    table = Table(title=title)
+    table.add_column("slide", overflow="fold", min_width=12)
+    for name in METRIC_NAMES:
+        table.add_column(name.replace("_", " "), justify="right")
+    if report.baseline:
+        table.add_column(f"{report.baseline} dice", justify="right")
+    for slide in report.slides:
+        metrics = slide.counts.metrics()
+        cells = [Path(slide.pred_path).name]
+        cells += [f"{metrics[name]:.4f}" for name in METRIC_NAMES]
+        if report.baseline:
+            cells.append(f"{slide.baseline_counts.metrics()['dice']:.4f}")
+        table.add_row(*cells)
+    summary = report.summary()
+    cells = [f"mean ± std (n={len(report.slides)})"]
+    cells += [_fmt_mean_std(summary[name]) for name in METRIC_NAMES]
+    if report.baseline:
+        cells.append(_fmt_mean_std(report.baseline_summary()["dice"]))
+    table.add_row(*cells, style="bold", end_section=True)
+    return table
+
+
+def _counts_json(counts: PixelCounts) -> dict[str, Any]:
+    return {
+        "metrics": counts.metrics(),
+        "counts": {"tp": counts.tp, "fp": counts.fp, "fn": counts.fn, "tn": counts.tn},
+        "soft_sums": {"sum_p": counts.sum_p, "sum_g": counts.sum_g, "sum_pg": counts.sum_pg},
+    }
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    """JSON-ready dict: settings, edge-case rules, per-slide metrics/counts, summary."""
+    slides = []
+    for slide in report.slides:
+        row = {"pred": slide.pred_path, "mask": slide.mask_path, "shape_hw": slide.shape_hw}
+        row.update(_counts_json(slide.counts))
+        if slide.baseline_counts is not None:
+            row["baseline"] = _counts_json(slide.baseline_counts)
+        slides.append(row)
+    return {
+        "threshold": report.threshold,
+        "level": report.level,
+        "baseline": report.baseline,
+        "edge_cases": EDGE_CASES,
+        "n_slides": len(report.slides),
+        "slides": slides,
+        "summary": report.summary(),
+        "baseline_summary": report.baseline_summary(),
+    }
+
+
+def write_json(report: Report, path: str | Path) -> None:
+    """Write `report_to_json(report)` to `path` (indented UTF-8)."""
+    try:
+        Path(path).write_text(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))
+    except OSError as err:
+        raise EvaluationError(f"{path}: cannot write JSON ({err.strerror})") from err
+
+
+def run_evaluation(
+    preds: Sequence[str | Path],
+    masks: Sequence[str | Path],
+    threshold: float = 0.5,
+    json_path: str | Path | None = None,
+    baseline: str | None = None,
+    level: int = 0,
+    console: Console | None = None,
+) -> Report:
+    """Evaluate, print the table to `console` (stdout by default) and write `json_path`.
+
+    The one entry point for `scripts/evaluate_dice.py` and `gigamlx eval`.
+
+    Raises:
+        EvaluationError: any bad input; the message is one line, fit for the user.
+    """
+    report = evaluate_files(preds, masks, threshold, baseline, level)
+    (console or Console()).print(render_table(report))
+    if json_path is not None:
+        write_json(report, json_path)
+        logger.info("wrote %s", json_path)
+    return report
+
+
+def expand_multi_value_option(args: Sequence[str], option: str) -> list[str]:
+    """Rewrite `OPT a b c` into `OPT a OPT b OPT c`, so `--masks M1 M2` works with click.
+
+    Values run from `option` up to the next token starting with "-".
+    """
+    out, in_option = [], False
+    for token in args:
+        if token == option:
+            in_option = True
+            continue
+        if token.startswith("-"):
+            in_option = False
+        out += [option, token] if in_option else [token]
+    return out

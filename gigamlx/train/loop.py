@@ -1,0 +1,161 @@
+"""The training loop: per step, draw regions, exact tiled gradients, one Adam update.
+
+The loop reads top to bottom: `train` runs steps until the target, checkpointing every few;
+Ctrl-C saves the last completed step; a non-finite loss stops without touching the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from gigamlx.backends.base import FlatParams
+from gigamlx.losses import TileStats, hard_dice
+from gigamlx.memory import peak_rss_bytes
+from gigamlx.tiling.scheduler import tiled_step
+from gigamlx.train.checkpoint import list_checkpoints
+from gigamlx.train.regions import RegionView
+from gigamlx.train.run import Run, save_run
+from gigamlx.train.world import World
+
+log = logging.getLogger(__name__)
+TileProgress = Callable[[str, int, int], None]
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says why and where the last good checkpoint is."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: the last completed step was saved."""
+
+    def __init__(self, step: int, checkpoint):
+        super().__init__(f"interrupted after step {step}; saved {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StepMetrics(NamedTuple):
+    step: int
+    loss: float
+    dice: float  # hard Dice of this step's regions at 0.5
+    seconds: float
+    read_seconds: float
+    forward_seconds: float  # Dice pass 1
+    update_seconds: float  # optimizer
+    peak_engine_bytes: int
+    peak_rss_bytes: int
+    tile_hw: tuple[int, int]
+    tiles: int
+    regions: int
+    world_size: int
+
+
+def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
+    """One optimizer step on `accumulate` regions per rank; returns its metrics."""
+    start = time.perf_counter()
+    config = run.config
+    share = config.accumulate
+    regions = run.sampler.draw(share * world.size)[world.rank * share : (world.rank + 1) * share]
+    grads: FlatParams = {}
+    losses, stats, results = [], TileStats(), []
+    for region in regions:
+        slide = run.slides[region.slide]
+        image, mask = RegionView(slide.image, region), RegionView(slide.mask, region)
+        result = tiled_step(
+            run.backend,
+            run.model,
+            image,
+            mask,
+            config.loss,
+            config.tile,
+            config.budget_bytes,
+            tile_progress,
+        )
+        for name, g in result.grads.items():
+            grads[name] = grads.get(name, 0.0) + g / share
+        losses.append(result.loss)
+        stats = stats + result.stats
+        results.append(result)
+    loss = world.mean(float(np.mean(losses)))
+    grads = world.mean_grads(grads)
+    _check_finite(run, loss, grads)
+    update_start = time.perf_counter()
+    run.backend.apply_gradients(run.model, run.optimizer, grads)
+    run.step += 1
+    now = time.perf_counter()
+    return StepMetrics(
+        step=run.step,
+        loss=loss,
+        dice=hard_dice(stats),
+        seconds=now - start,
+        read_seconds=sum(r.read_seconds for r in results),
+        forward_seconds=sum(r.forward_seconds for r in results),
+        update_seconds=now - update_start,
+        peak_engine_bytes=max(r.peak_bytes for r in results),
+        peak_rss_bytes=peak_rss_bytes(),
+        tile_hw=results[0].plan.tile_hw,
+        tiles=sum(len(r.plan.tiles) for r in results),
+        regions=len(regions),
+        world_size=world.size,
+    )
+
+
+def _check_finite(run: Run, loss: float, grads: FlatParams) -> None:
+    if math.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values()):
+        return
+    saved = list_checkpoints(run.run_dir)
+    last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
+    raise TrainingError(
+        f"loss is {loss} at step {run.step + 1}: stopped before updating the weights; {last}. "
+        "Lower --lr, or check the slides for empty or corrupt regions."
+    )
+
+
+def train(
+    run: Run,
+    world: World | None = None,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    tile_progress: TileProgress | None = None,
+) -> list[StepMetrics]:
+    """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only)."""
+    world = world or World.single()
+    history = []
+    saved_step = run.step
+    try:
+        while run.step < run.config.steps:
+            before = run.sampler.state()
+            try:
+                metrics = train_step(run, world, tile_progress)
+            except KeyboardInterrupt:
+                run.sampler.restore(before)  # redo this step's regions on resume
+                raise
+            history.append(metrics)
+            if world.is_main:
+                _append_metrics(run, metrics)
+            if on_step:
+                on_step(metrics)
+            if run.step % run.config.checkpoint_every == 0 or run.step == run.config.steps:
+                if world.is_main:
+                    save_run(run)
+                saved_step = run.step
+    except KeyboardInterrupt:
+        path = save_run(run) if world.is_main and run.step != saved_step else None
+        raise Interrupted(run.step, path or _newest(run)) from None
+    return history
+
+
+def _newest(run: Run):
+    saved = list_checkpoints(run.run_dir)
+    return saved[-1] if saved else None
+
+
+def _append_metrics(run: Run, metrics: StepMetrics) -> None:
+    row = metrics._asdict() | {"tile_hw": list(metrics.tile_hw)}
+    with open(run.metrics_path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,206 @@
+"""Segmentation metrics streamed block by block: Dice, IoU, precision, recall, soft Dice.
+
+Counts are exact integers and soft sums float64, so a streamed pass over a 100000 x 200000
+pair gives the counts of an in-memory pass exactly and its soft sums to rounding.
+
+Edge cases (P = predicted tissue pixels, G = mask tissue pixels, both at the threshold):
+    - P and G both empty: Dice = IoU = precision = recall = 1 (a perfect "no tissue").
+    - P empty, G not: Dice = IoU = recall = 0, precision = 0 (nothing predicted, so no
+      credit; undefined 0/0 is scored as a miss).
+    - G empty, P not: Dice = IoU = precision = 0, recall = 0 (likewise).
+    - soft Dice = 2 sum(p g) / (sum(p) + sum(g)), and 1 when sum(p) + sum(g) = 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from gigamlx.slide.prediction_io import aligned_block_hw, iter_blocks
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES = ("dice", "iou", "precision", "recall", "soft_dice")
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input (NaN, threshold, shapes, counts, files); one line, no traceback."""
+
+
+@dataclass
+class PixelCounts:
+    """Confusion counts (exact ints) and soft sums (float64) over some pixels.
+
+    Attributes:
+        tp, fp, fn, tn: pixels by (prediction >= threshold, mask != 0).
+        sum_p: sum of probabilities p in [0, 1].
+        sum_g: number of mask tissue pixels, as float (= tp + fn).
+        sum_pg: sum of p over mask tissue pixels.
+    """
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+    sum_p: float = 0.0
+    sum_g: float = 0.0
+    sum_pg: float = 0.0
+
+    def __iadd__(self, other: PixelCounts) -> PixelCounts:
+        for field in fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        return self
+
+    @property
+    def n_px(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def metrics(self) -> dict[str, float]:
+        """Dice, IoU, precision, recall and soft Dice, with the module's edge-case rules."""
+        tp, fp, fn = self.tp, self.fp, self.fn
+        both_empty = tp + fp + fn == 0
+        soft_den = self.sum_p + self.sum_g
+        return {
+            "dice": _ratio(2 * tp, 2 * tp + fp + fn, both_empty),
+            "iou": _ratio(tp, tp + fp + fn, both_empty),
+            "precision": _ratio(tp, tp + fp, both_empty),
+            "recall": _ratio(tp, tp + fn, both_empty),
+            "soft_dice": 2.0 * self.sum_pg / soft_den if soft_den > 0 else 1.0,
+        }
+
+
+def _ratio(num: int, den: int, both_empty: bool) -> float:
+    """num / den; an undefined 0/0 is 1 when prediction and mask are both empty, else 0."""
+    if den == 0:
+        return 1.0 if both_empty else 0.0
+    return num / den
+
+
+def to_probability(block: np.ndarray, source: str = "prediction") -> np.ndarray:
+    """Prediction block as float64 probabilities in [0, 1].
+
+    Args:
+        block: (h, w) uint8 in 0..255 (divided by 255), bool, or float in [0, 1].
+        source: name used in error messages.
+
+    Raises:
+        EvaluationError: another dtype.
+    """
+    if block.dtype == np.uint8:
+        prob = block.astype(np.float64)
+        prob /= 255.0  # in place: one float64 block, not two
+        return prob
+    if block.dtype == np.bool_ or np.issubdtype(block.dtype, np.floating):
+        return block.astype(np.float64)
+    raise EvaluationError(
+        f"{source}: dtype {block.dtype} not supported (uint8 0-255 or float 0-1 expected)"
+    )
+
+
+def block_counts(prob: np.ndarray, tissue: np.ndarray, threshold: float) -> PixelCounts:
+    """Counts and soft sums of one block.
+
+    Args:
+        prob: (h, w) float64 probabilities in [0, 1].
+        tissue: (h, w) bool mask.
+        threshold: a pixel is predicted tissue when prob >= threshold.
+    """
+    predicted = prob >= threshold
+    tp = int(np.count_nonzero(predicted & tissue))
+    n_pred = int(np.count_nonzero(predicted))
+    n_true = int(np.count_nonzero(tissue))
+    fp, fn = n_pred - tp, n_true - tp
+    return PixelCounts(
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        tn=prob.size - tp - fp - fn,
+        sum_p=float(prob.sum(dtype=np.float64)),
+        sum_g=float(n_true),
+        sum_pg=float(prob.sum(where=tissue, dtype=np.float64)),
+    )
+
+
+def check_threshold(threshold: float) -> None:
+    """Raise EvaluationError unless 0 <= threshold <= 1 (and not NaN)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise EvaluationError(f"threshold must be in [0, 1], got {threshold}")
+
+
+def _check_block(prob: np.ndarray, source: str, rows: slice, cols: slice) -> None:
+    where = f"block rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop}"
+    if np.isnan(prob).any():
+        raise EvaluationError(f"{source}: NaN in prediction ({where})")
+    low, high = float(prob.min(initial=0.0)), float(prob.max(initial=0.0))
+    if low < 0.0 or high > 1.0:
+        raise EvaluationError(
+            f"{source}: probabilities outside [0, 1] (min {low}, max {high}; {where})"
+        )
+
+
+def evaluate_pair(
+    pred: Any,
+    mask: Any,
+    threshold: float = 0.5,
+    block_hw: tuple[int, int] | None = None,
+    pred_name: str = "prediction",
+) -> PixelCounts:
+    """Stream a prediction and a mask of the same (H, W) grid block by block.
+
+    Memory is bounded by one block of each (float64 for the prediction), whatever (H, W).
+
+    Args:
+        pred: (H, W) sliceable probabilities (uint8 0-255, bool or float 0-1), e.g. a
+            `LazyPlane`, a zarr array or a numpy array.
+        mask: (H, W) sliceable mask; any non-zero value is tissue.
+        threshold: hard-prediction threshold in [0, 1]; p >= threshold is tissue.
+        block_hw: (rows, cols) per block; default: the prediction's chunks grown to ~2048 px.
+        pred_name: name for error messages.
+
+    Returns:
+        Summed `PixelCounts` of all blocks.
+
+    Raises:
+        EvaluationError: bad threshold, shapes differ, NaN or out-of-range probabilities.
+    """
+    check_threshold(threshold)
+    pred_hw, mask_hw = tuple(pred.shape), tuple(mask.shape)
+    if pred_hw != mask_hw:
+        raise EvaluationError(f"shape mismatch: prediction {pred_hw} vs mask {mask_hw}")
+    if block_hw is None:
+        block_hw = aligned_block_hw(getattr(pred, "chunk_hw", None) or _chunks_hw(pred))
+    total = PixelCounts()
+    for rows, cols in iter_blocks(pred_hw, block_hw):
+        prob = to_probability(np.asarray(pred[rows, cols]), pred_name)
+        _check_block(prob, pred_name, rows, cols)
+        total += block_counts(prob, np.asarray(mask[rows, cols]) != 0, threshold)
+    logger.debug("%s: %d px, tp=%d fp=%d fn=%d", pred_name, total.n_px, *astuple(total)[:3])
+    return total
+
+
+def _chunks_hw(array: Any) -> tuple[int, int]:
+    chunks = getattr(array, "chunks", None)
+    return tuple(chunks[:2]) if chunks and len(chunks) >= 2 else tuple(array.shape[:2])
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float | int | None]]:
+    """Mean and sample std (ddof=1) of each metric over slides.
+
+    Args:
+        rows: one dict of metrics (as from `PixelCounts.metrics`) per slide.
+
+    Returns:
+        {metric: {"mean": m, "std": s, "n": n}}. The sample std of one slide is undefined:
+        std is None for n = 1 (shown as "—"), and mean is None too for n = 0.
+    """
+    summary = {}
+    for name in METRIC_NAMES:
+        values = [row[name] for row in rows]
+        mean = statistics.fmean(values) if values else None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        summary[name] = {"mean": mean, "std": std, "n": len(values)}
+    return summary

@@ -1,0 +1,52 @@
+"""The run's one rich progress bar: steps with loss, Dice, s/step, peak memory and ETA,
+plus the tiles of the step in flight (a 16000x64000 step is minutes of tiles)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from gigamlx.train.loop import StepMetrics
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+class TrainProgress:
+    """Callbacks for `train`: `on_step` after each step, `on_tile` inside a step."""
+
+    def __init__(self, progress: Progress, first_step: int, total_steps: int):
+        self.progress = progress
+        self.steps = progress.add_task("train", total=total_steps, completed=first_step, info="")
+        self.tiles = progress.add_task("  tiles", total=1, info="", visible=False)
+
+    def on_tile(self, phase: str, done: int, total: int) -> None:
+        self.progress.update(self.tiles, completed=done, total=total, info=phase, visible=True)
+
+    def on_step(self, m: StepMetrics) -> None:
+        info = (
+            f"loss {m.loss:.4f}  dice {m.dice:.4f}  {m.seconds:.1f} s/step  "
+            f"peak {_gb(m.peak_engine_bytes)} (RSS {_gb(m.peak_rss_bytes)})  "
+            f"{m.tiles} tiles of {m.tile_hw[0]}x{m.tile_hw[1]}"
+        )
+        self.progress.update(self.steps, completed=m.step, info=info)
+        self.progress.update(self.tiles, visible=False)
+
+
+@contextmanager
+def train_progress(
+    first_step: int, total_steps: int, enabled: bool = True, console: Console | None = None
+):
+    """Yields TrainProgress; the bar is drawn only when `enabled` (rank 0, not --quiet)."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=console, disable=not enabled) as progress:
+        yield TrainProgress(progress, first_step, total_steps)

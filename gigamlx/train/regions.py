@@ -1,0 +1,121 @@
+"""Region sampling and tile-wise augmentation.
+
+A region is never copied whole: `RegionView` is an (H, W[, C]) array-like over a slide that
+maps each window the scheduler asks for back to the slide, reads only that, and flips/rotates
+the small window. The eight flips/rotations of the square (D4) map boxes to boxes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+
+from gigamlx.tiling.geometry import Box
+
+log = logging.getLogger(__name__)
+
+
+class Region(NamedTuple):
+    """Where one training region comes from and how it is turned."""
+
+    slide: int  # index into the training slides
+    origin_yx: tuple[int, int]
+    source_hw: tuple[int, int]  # rows x cols read from the slide (before rotation)
+    flip: bool  # mirror left-right first
+    rot90: int  # then rotate counter-clockwise this many quarter turns (np.rot90)
+
+
+def _turn_point(y: int, x: int, hw: tuple[int, int], flip: bool, rot90: int):
+    """Where pixel (y, x) of an (h, w) array lands after the flip then the rotations."""
+    h, w = hw
+    if flip:
+        x = w - 1 - x
+    for _ in range(rot90 % 4):
+        y, x, h, w = w - 1 - x, y, w, h
+    return y, x, (h, w)
+
+
+def turned_hw(source_hw: tuple[int, int], rot90: int) -> tuple[int, int]:
+    return source_hw if rot90 % 2 == 0 else (source_hw[1], source_hw[0])
+
+
+def source_box(out_box: Box, source_hw: tuple[int, int], flip: bool, rot90: int) -> Box:
+    """The box of the unturned region that turns into `out_box` (inclusive corners mapped)."""
+    out_hw = turned_hw(source_hw, rot90)
+    # the inverse of (flip, then k turns) is (4 - k turns, then flip), applied to the turned array
+    ys, xs = [], []
+    for y, x in ((out_box.y0, out_box.x0), (out_box.y1 - 1, out_box.x1 - 1)):
+        y, x, mid_hw = _turn_point(y, x, out_hw, False, (4 - rot90) % 4)
+        y, x, _ = _turn_point(y, x, mid_hw, flip, 0)
+        ys.append(y)
+        xs.append(x)
+    return Box(min(ys), min(xs), max(ys) + 1, max(xs) + 1)
+
+
+def turn(block: np.ndarray, flip: bool, rot90: int) -> np.ndarray:
+    """Apply the flip then the rotations to a (h, w[, C]) block."""
+    if flip:
+        block = block[:, ::-1]
+    return np.ascontiguousarray(np.rot90(block, rot90 % 4, axes=(0, 1)))
+
+
+class RegionView:
+    """Array-like (H, W[, C]) view of one turned region of a slide array; reads lazily."""
+
+    def __init__(self, array, region: Region):
+        self.array, self.region = array, region
+        self.shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = key
+        r = self.region
+        box = source_box(
+            Box(rows.start, cols.start, rows.stop, cols.stop), r.source_hw, r.flip, r.rot90
+        )
+        y, x = r.origin_yx
+        block = np.asarray(self.array[y + box.y0 : y + box.y1, x + box.x0 : x + box.x1])
+        return turn(block, r.flip, r.rot90)
+
+
+class RegionSampler:
+    """Draws regions uniformly among the positions where they fit, one RNG stream per run.
+
+    Each step draws `count` regions in a fixed order; with data-parallel ranks, rank r takes
+    its share of that order, so K ranks and one process accumulating K regions see the same.
+    """
+
+    def __init__(
+        self, slide_hws: list[tuple[int, int]], region_hw: tuple[int, int], seed: int, augment: bool
+    ):
+        self.slide_hws, self.region_hw, self.augment = slide_hws, region_hw, augment
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._warned: set[int] = set()
+
+    def draw(self, count: int) -> list[Region]:
+        return [self._one() for _ in range(count)]
+
+    def _one(self) -> Region:
+        slide = int(self.rng.integers(len(self.slide_hws)))
+        h, w = self.slide_hws[slide]
+        rh, rw = min(self.region_hw[0], h), min(self.region_hw[1], w)
+        if (rh, rw) != self.region_hw and slide not in self._warned:
+            self._warned.add(slide)
+            log.warning(
+                "slide %d is %dx%d, smaller than the region: using %dx%d", slide, h, w, rh, rw
+            )
+        y0 = int(self.rng.integers(h - rh + 1))
+        x0 = int(self.rng.integers(w - rw + 1))
+        flip, rot90 = False, 0
+        if self.augment:
+            flip, rot90 = bool(self.rng.integers(2)), int(self.rng.integers(4))
+        return Region(slide, (y0, x0), (rh, rw), flip, rot90)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state

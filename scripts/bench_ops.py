@@ -1,0 +1,116 @@
+"""Time the model's hot ops, MLX reference vs the formulations in kernels/, forward and fwd+bwd.
+
+Usage: python scripts/bench_ops.py [--repeat 3] [--json out/bench_ops.json] [--only k16,head]
+Set GIGAMLX_BLAS=none to time MLX's bundled BLAS instead of a preloaded OpenBLAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from gigamlx.backends.mlx.blas import preload_blas
+
+BLAS = preload_blas()  # must run before mlx.core is imported
+
+import mlx.core as mx  # noqa: E402
+
+from kernels import conv, conv_transpose  # noqa: E402
+
+
+class Case(NamedTuple):
+    """One op at one tile shape. `pad` None marks a conv-transpose."""
+
+    name: str
+    x_shape: tuple[int, int, int, int]  # (N, H, W, C_in)
+    weight_shape: tuple[int, int, int, int]  # (C_out, k, k, C_in)
+    stride: int
+    pad: int | None
+
+
+CASES = (
+    Case("down1 k16", (1, 1280, 1280, 3), (2, 16, 16, 3), 4, 6),
+    Case("down2 k8", (1, 320, 320, 2), (4, 8, 8, 2), 4, 2),
+    Case("down3 k8", (1, 80, 80, 4), (6, 8, 8, 4), 4, 2),
+    Case("up3 ct", (1, 20, 20, 6), (4, 4, 4, 6), 4, None),
+    Case("up2 ct", (1, 80, 80, 8), (2, 4, 4, 8), 4, None),
+    Case("up1 ct", (1, 320, 320, 4), (3, 4, 4, 4), 4, None),
+    Case("head k3", (1, 1280, 1280, 6), (1, 3, 3, 6), 1, 1),
+)
+
+
+def best_seconds(fn: Callable[[], object], repeat: int) -> float:
+    """Minimum wall time of `mx.eval(fn())` over `repeat` runs, after one warm-up."""
+    mx.eval(fn())
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_op(op: Callable, case: Case, repeat: int) -> dict[str, float]:
+    """Forward seconds, and forward+backward (vjp for x, weight, bias) seconds of one op."""
+    x = mx.random.normal(case.x_shape)
+    weight = mx.random.normal(case.weight_shape) * 0.1
+    bias = mx.random.normal(case.weight_shape[:1])
+    extra = (case.stride,) if case.pad is None else (case.stride, case.pad)
+    mx.eval(x, weight, bias)
+
+    out_shape = op(x, weight, bias, *extra).shape
+    cotangent = mx.random.normal(out_shape)  # a dense cotangent, as the layers above send
+
+    def forward_backward():
+        return mx.vjp(lambda *p: op(*p, *extra), [x, weight, bias], [cotangent])
+
+    return {
+        "forward_s": best_seconds(lambda: op(x, weight, bias, *extra), repeat),
+        "forward_backward_s": best_seconds(forward_backward, repeat),
+    }
+
+
+def ops_for(case: Case) -> tuple[Callable, Callable]:
+    if case.pad is None:
+        return conv_transpose.conv_transpose2d_reference, conv_transpose.conv_transpose2d
+    return conv.conv2d_reference, conv.conv2d
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=Path("out/bench_ops.json"))
+    parser.add_argument("--only", default="", help="comma-separated name prefixes")
+    args = parser.parse_args()
+    prefixes = [p for p in args.only.split(",") if p]
+    print(f"BLAS: {BLAS.name} {BLAS.path or BLAS.reason}")
+    print(
+        f"{'op':10s} {'x shape':20s} {'ref fwd':>9s} {'fast fwd':>9s} "
+        f"{'ref f+b':>9s} {'fast f+b':>9s} {'speedup f+b':>11s}"
+    )
+    rows = []
+    for case in CASES:
+        if prefixes and not any(case.name.startswith(p) for p in prefixes):
+            continue
+        reference, fast = ops_for(case)
+        ref = time_op(reference, case, args.repeat)
+        new = time_op(fast, case, args.repeat)
+        speedup = ref["forward_backward_s"] / new["forward_backward_s"]
+        print(
+            f"{case.name:10s} {str(case.x_shape):20s} {ref['forward_s']:9.4f} "
+            f"{new['forward_s']:9.4f} {ref['forward_backward_s']:9.4f} "
+            f"{new['forward_backward_s']:9.4f} {speedup:10.1f}x",
+            flush=True,
+        )
+        rows.append({"op": case.name, "x_shape": case.x_shape, "reference": ref, "fast": new})
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"blas": BLAS._asdict(), "cases": rows}, indent=2))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,6 +30,11 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def _say_error(error: BaseException) -> None:
+    """One line on stderr, never wrapped, never read as rich markup (paths have brackets)."""
+    err.print(f"error: {error}", soft_wrap=True, markup=False, highlight=False)
+
+
 @contextmanager
 def _user_errors():
     """Known bad input ends the command with one line on stderr and exit code 2, no trace."""
@@ -43,10 +48,10 @@ def _user_errors():
         err.print(f"[yellow]interrupted[/]: {stop}. Continue with --resume.")
         raise typer.Exit(130) from None
     except TrainingError as error:
-        err.print(f"[red]error[/]: {error}")
+        _say_error(error)
         raise typer.Exit(1) from None
     except (ValueError, StoreError, CheckpointError, FileNotFoundError, FileExistsError) as error:
-        err.print(f"[red]error[/]: {error}")
+        _say_error(error)
         raise typer.Exit(2) from None
 
 
@@ -85,6 +90,7 @@ def train(
     ),
     accumulate: int = typer.Option(DEFAULTS.accumulate, help=help_of("accumulate")),
     augment: bool = typer.Option(DEFAULTS.augment, help=help_of("augment")),
+    pad: bool = typer.Option(DEFAULTS.pad, help=help_of("pad")),
     tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
     backend: str = typer.Option(DEFAULTS.backend, help=help_of("backend")),
     device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
@@ -117,6 +123,7 @@ def train(
         checkpoint_every=checkpoint_every,
         accumulate=accumulate,
         augment=augment,
+        pad=pad,
         tile=tile,
         backend=backend,
         device=device,
@@ -207,3 +214,7 @@ def info() -> None:
 
 def main() -> None:  # pragma: no cover - console script entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # python -m gigamlx.cli
+    app()

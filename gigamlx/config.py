@@ -24,6 +24,9 @@ class TrainConfig:
     checkpoint_every: int = field(default=25, metadata={"help": "steps between checkpoints"})
     keep_checkpoints: int = field(default=3, metadata={"help": "newest checkpoints kept"})
     augment: bool = field(default=True, metadata={"help": "random flips and 90° rotations"})
+    pad: bool = field(
+        default=True, metadata={"help": "use slides smaller than the region whole, zero-padded"}
+    )
     accumulate: int = field(default=1, metadata={"help": "regions averaged per update"})
     tile: int | None = field(default=None, metadata={"help": "tile side px (overrides budget)"})
     backend: str = field(default="mlx", metadata={"help": "mlx or cuda-um"})

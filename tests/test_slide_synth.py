@@ -16,6 +16,8 @@ def test_synth_same_bytes_whatever_chunking(tmp_path):
     b = open_store(synth_slide(tmp_path / "b.zarr", (700, 900), seed=3, chunk_px=384))
     assert a.image[:, :].tobytes() == b.image[:, :].tobytes()
     assert a.mask[:, :].tobytes() == b.mask[:, :].tobytes()
+    rgb, mask = render(make_scene((700, 900), 3), np.arange(700), np.arange(900))  # one chunk
+    assert a.image[:, :].tobytes() == rgb.tobytes() and a.mask[:, :].tobytes() == mask.tobytes()
 
 
 def test_synth_seed_changes_pixels():

@@ -68,3 +68,10 @@ def label_attrs(name: str, n_levels: int, mpp: float | None) -> dict:
     return {
         "ome": {"version": NGFF_VERSION, "multiscales": multiscales, "image-label": image_label}
     }
+
+
+def probability_attrs(n_levels: int, mpp: float | None) -> dict:
+    """Group attributes of a (y, x) uint8 probability map, round(255 p), with 2x2-mean levels."""
+    multiscales = _multiscales("tissue probability", "yx", n_levels, mpp)
+    multiscales[0] |= {"type": "mean", "metadata": {"method": "2x2 mean"}}
+    return {"ome": {"version": NGFF_VERSION, "multiscales": multiscales}}

@@ -42,7 +42,7 @@ class ChannelsLast:
         self.ndim = 3
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key
+        ys, xs = key if isinstance(key, tuple) else (key, slice(None))
         index = tuple(
             {"y": ys, "x": xs, "c": slice(None)}.get(axis, 0) for axis in self.axes
         )  # t and z, if any, are singletons: take the first.
@@ -115,15 +115,20 @@ def _mask_levels(group) -> list:
     return [_MaskView(a, axes) for a in arrays]
 
 
-class _MaskView(ChannelsLast):
-    """Read-only (H, W) uint8 view of a label array."""
+class _MaskView:
+    """Read-only (H, W) uint8 0/1 view of a label array (extra axes are size-1, taken at 0)."""
 
     def __init__(self, array, axes: str):
-        super().__init__(array, axes)
-        self.shape, self.ndim = self.shape[:2], 2
+        self.array, self.axes = array, axes
+        self.shape = (array.shape[axes.index("y")], array.shape[axes.index("x")])
+        self.dtype, self.ndim = np.dtype(np.uint8), 2
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        return super().__getitem__(key)[..., 0]
+        ys, xs = key if isinstance(key, tuple) else (key, slice(None))
+        block = np.asarray(self.array[tuple({"y": ys, "x": xs}.get(a, 0) for a in self.axes)])
+        if self.axes.index("y") > self.axes.index("x"):
+            block = block.T
+        return block if block.dtype == np.uint8 else (block != 0).view(np.uint8)
 
 
 def open_store(path: str | os.PathLike) -> SlideStore:

@@ -18,12 +18,15 @@ from gigamlx.backends.base import Backend, FlatParams, TileData
 from gigamlx.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
 from gigamlx.spec import GIGAUNET_4492, Layer
 from gigamlx.tiling.budget import Mode, choose_tile_hw, tile_cost
-from gigamlx.tiling.geometry import TilePlan, plan_tiles
+from gigamlx.tiling.geometry import Tile, TilePlan, plan_tiles
+from gigamlx.tiling.prefetch import Prefetcher
 from gigamlx.tiling.window import read_window
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE_PX = 1024
+DEFAULT_CACHE_BYTES = 512 * 10**6  # Dice pass-2 cache when no budget is given
+PREFETCH_DEPTH = 2  # windows read ahead: one in flight, one ready
 Progress = Callable[[str, int, int], None]  # (phase, tiles done, tiles in phase)
 
 
@@ -36,7 +39,8 @@ class StepResult(NamedTuple):
     plan: TilePlan
     peak_bytes: int  # engine peak while the step ran
     seconds: float
-    read_seconds: float  # time spent reading image and mask windows
+    read_seconds: float  # reading image and mask windows (on the prefetch thread)
+    read_wait_seconds: float  # of which compute waited for (0 when reads fully overlap)
     forward_seconds: float  # Dice pass 1 (forward-only sums), reads included
 
 
@@ -73,16 +77,49 @@ def resolve_plan(
     return plan_tiles(image_hw, tile or DEFAULT_TILE_PX, spec)
 
 
-def iter_tile_data(plan: TilePlan, image, mask, timer: list[float]) -> Iterator[TileData]:
-    """Read each tile's input window (zero beyond the image) and its owned target box."""
-    for tile in plan.tiles:
-        start = time.perf_counter()
+class ReadClock:
+    """Seconds spent reading windows (on the prefetch thread) and waiting for them."""
+
+    def __init__(self) -> None:
+        self.read_s = 0.0
+        self.wait_s = 0.0
+
+
+def _reader(image, mask) -> Callable[[Tile], TileData]:
+    def read(tile: Tile) -> TileData:
         window = read_window(image, tile.in_box)
         target = None
         if mask is not None:
             target = (read_window(mask, tile.out_box) != 0).astype(np.float32)
-        timer[0] += time.perf_counter() - start
-        yield TileData(tile, window, target)
+        return TileData(tile, window, target)
+
+    return read
+
+
+def iter_tile_data(plan: TilePlan, image, mask, clock: ReadClock) -> Iterator[TileData]:
+    """Each tile's input window (zero beyond the image) and owned target, read one tile ahead.
+
+    Reading tile n+1 (zarr decompression, disk) runs on a thread while tile n computes.
+    """
+    prefetcher = Prefetcher(_reader(image, mask), plan.tiles, depth=PREFETCH_DEPTH)
+    try:
+        yield from prefetcher
+    finally:
+        prefetcher.close()
+        clock.read_s += prefetcher.read_s
+        clock.wait_s += prefetcher.wait_s
+
+
+def _cache_limit_bytes(image, budget_bytes: int | None) -> int:
+    """Host bytes the Dice pass-2 cache may take: none for in-memory images (rereading is a
+    copy), else a quarter of the budget (the budget's engine side leaves host room)."""
+    if isinstance(image, np.ndarray):
+        return 0
+    return (budget_bytes or DEFAULT_CACHE_BYTES * 4) // 4
+
+
+def _window_bytes(plan: TilePlan) -> int:
+    return sum(t.in_box.area() * 3 + t.out_box.area() * 4 for t in plan.tiles)
 
 
 def tiled_step(
@@ -110,21 +147,26 @@ def tiled_step(
     check_loss(loss)
     image_hw = check_image(image, mask)
     plan = resolve_plan(backend, model, "grad", image_hw, tile, budget_bytes)
-    start, timer = time.perf_counter(), [0.0]
+    start, clock = time.perf_counter(), ReadClock()
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
-    sums = None
+    sums, cache = None, None
     forward_seconds = 0.0
     if needs_two_passes(loss):
         sums = TileStats()
-        for done, data in enumerate(iter_tile_data(plan, image, mask, timer), 1):
+        keep = _window_bytes(plan) <= _cache_limit_bytes(image, budget_bytes)
+        cache = [] if keep else None
+        for done, data in enumerate(iter_tile_data(plan, image, mask, clock), 1):
             sums = sums + backend.tile_stats(model, data, plan.padded_hw)
+            if keep:
+                cache.append(data)
             _report(progress, "forward", done, len(plan.tiles))
         forward_seconds = time.perf_counter() - start
     coefficients = objective(loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
-    for done, data in enumerate(iter_tile_data(plan, image, mask, timer), 1):
+    second_pass = cache if cache is not None else iter_tile_data(plan, image, mask, clock)
+    for done, data in enumerate(second_pass, 1):
         tile_stats, tile_grads = backend.tile_grad(model, data, plan.padded_hw, coefficients)
         stats = stats + tile_stats
         for name, g in tile_grads.items():
@@ -133,7 +175,9 @@ def tiled_step(
     peak = backend.memory().peak_bytes
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
-    return StepResult(value, stats, grads, plan, peak, seconds, timer[0], forward_seconds)
+    return StepResult(
+        value, stats, grads, plan, peak, seconds, clock.read_s, clock.wait_s, forward_seconds
+    )
 
 
 def tiled_predict(
@@ -160,7 +204,7 @@ def tiled_predict(
     elif tuple(out.shape) != image_hw:
         raise ValueError(f"out shape {tuple(out.shape)} does not match image grid {image_hw}")
     plan = resolve_plan(backend, model, "predict", image_hw, tile, budget_bytes)
-    for done, data in enumerate(iter_tile_data(plan, image, None, [0.0]), 1):
+    for done, data in enumerate(iter_tile_data(plan, image, None, ReadClock()), 1):
         probs = backend.tile_predict(model, data, plan.padded_hw)
         box = data.tile.out_box
         if np.dtype(out.dtype) == np.uint8:

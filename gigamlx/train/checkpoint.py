@@ -89,7 +89,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         return Checkpoint(
             path, int(state["step"]), weights, optimizer, state["config"], state["rng_state"]
         )
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # safetensors raises its own error types
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({error}); "
             "delete that folder to fall back to an older one"
@@ -102,6 +102,6 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
-        except (OSError, ValueError) as error:
+        except Exception as error:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read weights from {path}: {error}") from error
     return load_checkpoint(path).weights

@@ -46,6 +46,7 @@ class StepMetrics(NamedTuple):
     dice: float  # hard Dice of this step's regions at 0.5
     seconds: float
     read_seconds: float
+    read_wait_seconds: float  # compute stalled on reads (prefetch overlaps the rest)
     forward_seconds: float  # Dice pass 1
     update_seconds: float  # optimizer
     peak_engine_bytes: int
@@ -95,6 +96,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         dice=hard_dice(stats),
         seconds=now - start,
         read_seconds=sum(r.read_seconds for r in results),
+        read_wait_seconds=sum(r.read_wait_seconds for r in results),
         forward_seconds=sum(r.forward_seconds for r in results),
         update_seconds=now - update_start,
         peak_engine_bytes=max(r.peak_bytes for r in results),

@@ -18,11 +18,13 @@ def profile_rows(history: list[StepMetrics]) -> list[tuple[str, float]]:
 
     step = median([m.seconds for m in history])
     read = median([m.read_seconds for m in history])
+    waited = median([m.read_wait_seconds for m in history])
     forward = median([m.forward_seconds for m in history])
     update = median([m.update_seconds for m in history])
     backward = max(step - forward - update, 0.0)
     return [
-        ("read windows (within the passes)", read),
+        ("read windows (prefetch thread, overlapped)", read),
+        ("  of which compute waited for", waited),
         ("pass 1: forward sums (Dice)", forward),
         ("pass 2: forward + backward", backward),
         ("optimizer update", update),

@@ -89,17 +89,30 @@ class RegionSampler:
     """
 
     def __init__(
-        self, slide_hws: list[tuple[int, int]], region_hw: tuple[int, int], seed: int, augment: bool
+        self,
+        slide_hws: list[tuple[int, int]],
+        region_hw: tuple[int, int],
+        seed: int,
+        augment: bool = True,
+        pad: bool = True,
     ):
         self.slide_hws, self.region_hw, self.augment = slide_hws, region_hw, augment
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._warned: set[int] = set()
+        fits = [i for i, (h, w) in enumerate(slide_hws) if h >= region_hw[0] and w >= region_hw[1]]
+        self.eligible = list(range(len(slide_hws))) if pad else fits
+        if not self.eligible:
+            largest = max(slide_hws, key=lambda hw: hw[0] * hw[1])
+            raise ValueError(
+                f"region {region_hw[0]}x{region_hw[1]} is larger than every slide (largest "
+                f"{largest[0]}x{largest[1]}); lower --region or drop --no-pad"
+            )
 
     def draw(self, count: int) -> list[Region]:
         return [self._one() for _ in range(count)]
 
     def _one(self) -> Region:
-        slide = int(self.rng.integers(len(self.slide_hws)))
+        slide = self.eligible[int(self.rng.integers(len(self.eligible)))]
         h, w = self.slide_hws[slide]
         rh, rw = min(self.region_hw[0], h), min(self.region_hw[1], w)
         if (rh, rw) != self.region_hw and slide not in self._warned:

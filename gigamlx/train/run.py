@@ -74,7 +74,7 @@ def start_run(
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
     sampler = RegionSampler(
-        [s.image_hw for s in slides], config.region_hw, config.seed, config.augment
+        [s.image_hw for s in slides], config.region_hw, config.seed, config.augment, config.pad
     )
     step = 0
     if checkpoint is not None:

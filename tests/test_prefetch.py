@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from gigamlx.slide.prefetch import Prefetcher
 from gigamlx.slide.store import StoreWriter, chunk_boxes, open_store
 from gigamlx.tiling.geometry import plan_tiles
+from gigamlx.tiling.prefetch import Prefetcher
 from gigamlx.tiling.window import read_window
 
 

@@ -1,0 +1,227 @@
+"""Writers for predicted tissue probabilities: an OME-Zarr pyramid, a pyramidal OME-TIFF and a
+PNG overlay thumbnail. Each streams chunk by chunk: nothing the size of the slide is in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from gigamlx.slide import ngff
+from gigamlx.slide.store import _downsample2, chunk_boxes, pyramid_hws
+
+log = logging.getLogger(__name__)
+
+CHUNK_PX = 512  # zarr chunk side = OME-TIFF tile side: each TIFF tile decodes one chunk
+MIN_LEVEL_SIDE_PX = 512
+OVERLAY_MAX_SIDE_PX = 2048
+TISSUE_RGB = np.array([0.0, 190.0, 90.0], np.float32)
+OUTLINE_RGB = np.array([0.0, 110.0, 40.0], np.float32)
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def _hidden_sibling(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def replace_path(tmp_path: Path, path: Path) -> None:
+    """Rename `tmp_path` (file or folder) to `path`, replacing what was there."""
+    old = None
+    if path.exists():
+        old = _hidden_sibling(path, "old")
+        os.rename(path, old)
+    os.rename(tmp_path, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+class ProbabilityMapWriter:
+    """A (y, x) uint8 OME-Zarr probability pyramid, written under a hidden name until `finish`.
+
+    Write level 0 through `level0` (an (H, W) uint8 zarr array, any boxes), then `finish`
+    builds the 2x2-mean pyramid chunk by chunk, writes the NGFF metadata and renames into place.
+    Used as a context manager, an exception deletes the partial store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        image_hw: tuple[int, int],
+        mpp: float | None = None,
+        chunk_px: int = CHUNK_PX,
+        min_side_px: int = MIN_LEVEL_SIDE_PX,
+    ):
+        self.path, self.mpp, self.chunk_px = Path(path), mpp, chunk_px
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = _hidden_sibling(self.path, "partial")
+        self.hws = pyramid_hws(image_hw, min_side_px)
+        self.group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3)
+        self.levels = [self._create(n, hw) for n, hw in enumerate(self.hws)]
+        self.level0 = self.levels[0]
+
+    def _create(self, level: int, hw: tuple[int, int]):
+        return self.group.create_array(
+            str(level),
+            shape=hw,
+            chunks=(self.chunk_px, self.chunk_px),
+            dtype="uint8",
+            fill_value=0,
+            compressors=ZstdCodec(level=3),
+            dimension_names=("y", "x"),
+        )
+
+    def finish(self, progress: Progress | None = None) -> Path:
+        """Build levels 1.. from level 0, write the metadata, rename into place."""
+        boxes = [(n, b) for n in range(1, len(self.hws)) for b in chunk_boxes(self.hws[n], 2048)]
+        for done, (n, box) in enumerate(boxes, 1):
+            block = self.levels[n - 1][2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
+            self.levels[n][box.y0 : box.y1, box.x0 : box.x1] = _downsample2(block, box.hw, True)
+            if progress is not None:
+                progress("pyramid", done, len(boxes))
+        self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))
+        replace_path(self.tmp_path, self.path)
+        log.info("wrote %s (%d levels)", self.path, len(self.hws))
+        return self.path
+
+    def __enter__(self) -> ProbabilityMapWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+
+def open_probability_levels(path: str | os.PathLike) -> list:
+    """The (H, W) uint8 zarr arrays of a probability pyramid, finest first."""
+    group = zarr.open_group(path, mode="r")
+    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+    return [group[d["path"]] for d in datasets]
+
+
+def _tiles(array, tile_px: int) -> Iterator[np.ndarray]:
+    """Row-major (<= tile_px, <= tile_px) tiles of an (H, W) array, as TIFF stores them."""
+    for box in chunk_boxes(tuple(array.shape), tile_px):
+        yield np.asarray(array[box.y0 : box.y1, box.x0 : box.x1])
+
+
+def write_ome_tiff(
+    levels: list,
+    path: str | os.PathLike,
+    mpp: float | None = None,
+    tile_px: int = CHUNK_PX,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a tiled, deflate-compressed pyramidal OME-TIFF of (H, W) uint8 `levels`, streamed.
+
+    The reduced levels are stored twice: as SubIFDs of the full-resolution page (the OME-TIFF
+    pyramid that QuPath/Bio-Formats and tifffile read) and as top-level reduced-resolution
+    pages (the generic tiled-TIFF pyramid that OpenSlide reads). They add ~1/3 to the size.
+    """
+    import tifffile
+
+    path = Path(path)
+    tmp_path = _hidden_sibling(path, "partial")
+    hw = tuple(levels[0].shape)
+    ome = tifffile.OmeXml()
+    sizes = {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp} if mpp else {}
+    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name="tissue probability", **sizes)
+    options = {
+        "dtype": np.uint8,
+        "tile": (tile_px, tile_px),
+        "compression": "zlib",
+        "photometric": "minisblack",
+        "metadata": None,
+    }
+    if mpp:
+        options |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    pages = [(levels[0], {"subifds": len(levels) - 1, "description": ome.tostring()})]
+    pages += [(a, {"subfiletype": 1}) for a in levels[1:]] * 2
+    try:
+        with tifffile.TiffWriter(tmp_path, bigtiff=True) as writer:
+            for done, (array, extra) in enumerate(pages, 1):
+                writer.write(_tiles(array, tile_px), shape=array.shape, **options, **extra)
+                if progress is not None:
+                    progress("ome-tiff", done, len(pages))
+        replace_path(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    log.info("wrote %s (%d levels)", path, len(levels))
+    return path
+
+
+def thumbnail_hw(image_hw: tuple[int, int], max_side_px: int) -> tuple[int, int]:
+    """(h, w) of a thumbnail of `image_hw` with its longer side at most `max_side_px`."""
+    scale = min(1.0, max_side_px / max(image_hw))
+    return max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale))
+
+
+def sample_nearest(levels: list, target_hw: tuple[int, int], block_px: int = 2048) -> np.ndarray:
+    """Nearest-neighbour thumbnail (h, w[, C]) of a pyramid, read block by block.
+
+    Args:
+        levels: (H, W[, C]) array-likes, finest first; the coarsest level at least `target_hw`
+            in both sides is sampled (level 0 if none is).
+        target_hw: thumbnail size.
+    """
+    array = levels[0]
+    for level in levels:
+        if level.shape[0] >= target_hw[0] and level.shape[1] >= target_hw[1]:
+            array = level
+    src_h, src_w = array.shape[:2]
+    rows = np.minimum(((np.arange(target_hw[0]) + 0.5) * src_h / target_hw[0]).astype(int), src_h - 1)
+    cols = np.minimum(((np.arange(target_hw[1]) + 0.5) * src_w / target_hw[1]).astype(int), src_w - 1)
+    out = np.zeros(tuple(target_hw) + tuple(array.shape[2:]), np.dtype(array.dtype))
+    for box in chunk_boxes((src_h, src_w), block_px):
+        r0, r1 = np.searchsorted(rows, [box.y0, box.y1])
+        c0, c1 = np.searchsorted(cols, [box.x0, box.x1])
+        if r0 == r1 or c0 == c1:
+            continue
+        ys, xs = rows[r0:r1], cols[c0:c1]
+        block = np.asarray(array[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1])
+        out[r0:r1, c0:c1] = block[np.ix_(ys - ys[0], xs - xs[0])]
+    return out
+
+
+def _outline(tissue: np.ndarray, width_px: int = 2) -> np.ndarray:
+    """Pixels of the (h, w) bool `tissue` within `width_px` of its border, (h, w) bool."""
+    inner = tissue.copy()
+    for _ in range(width_px):
+        padded = np.pad(inner, 1, mode="edge")
+        inner &= padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return tissue & ~inner
+
+
+def write_overlay(
+    slide_levels: list,
+    prob_levels: list,
+    path: str | os.PathLike,
+    max_side_px: int = OVERLAY_MAX_SIDE_PX,
+    threshold_u8: int = 128,
+) -> Path:
+    """PNG thumbnail of the slide with predicted tissue (p >= threshold) tinted and outlined.
+
+    Args:
+        slide_levels: (H, W, 3) uint8 array-likes of the slide, finest first.
+        prob_levels: (H, W) uint8 probability arrays (round(255 p)), finest first.
+        path: PNG to write.
+        max_side_px: longer side of the thumbnail.
+        threshold_u8: tissue where round(255 p) >= this.
+    """
+    from PIL import Image
+
+    target_hw = thumbnail_hw(tuple(slide_levels[0].shape[:2]), max_side_px)
+    rgb = sample_nearest(slide_levels, target_hw).astype(np.float32)  # (h, w, 3)
+    tissue = sample_nearest(prob_levels, target_hw) >= threshold_u8  # (h, w)
+    rgb[tissue] = 0.7 * rgb[tissue] + 0.3 * TISSUE_RGB
+    rgb[_outline(tissue)] = OUTLINE_RGB
+    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(path)
+    log.info("wrote %s (%dx%d)", path, *target_hw)
+    return Path(path)

@@ -1,0 +1,1 @@
+"""CUDA sources for the cuda-um backend: the managed-memory allocator and migration hints."""

@@ -23,23 +23,16 @@ def _total_ram_bytes() -> int | None:
 
 
 def collect_info() -> dict[str, str]:
-    from gigamlx.backends.mlx.blas import blas_info, preload_blas
-
-    preload_blas()
-    import mlx.core as mx
-
+    from gigamlx.backends import get_backend
     from gigamlx.spec import halo_px, param_count, receptive_field_px, total_stride
 
-    blas = blas_info()
     ram = _total_ram_bytes()
     return {
         "gigamlx": _version("gigamlx"),
         "python": sys.version.split()[0],
         "platform": f"{platform.system()} {platform.machine()}",
         "mlx": _version("mlx"),
-        "mlx device": str(mx.default_device()),
-        "mlx metal available": str(mx.metal.is_available()),
-        "BLAS (mlx cpu)": f"{blas.name} {blas.path or ''} ({blas.reason})",
+        **get_backend("mlx").describe(),
         "torch (cuda-um)": _version("torch"),
         "RAM": f"{ram / 1e9:.1f} GB" if ram else "unknown",
         "model parameters": str(param_count()),

@@ -3,6 +3,8 @@
 A tile's peak memory is affine in its input-window pixels (every activation is a fixed number
 of bytes per pixel at its scale). Two small probe tiles measure the line; the largest tile on
 it that fits the budget is chosen. The probes run on zeros, before the image is touched.
+The budget is for the whole process: the host's own memory (interpreter, libraries) measured at
+the probes, and the scheduler's pass-2 cache, come out of it before the engine's share.
 """
 
 from __future__ import annotations
@@ -14,23 +16,28 @@ import numpy as np
 
 from gigamlx.backends.base import Backend, TileData
 from gigamlx.losses import Objective
+from gigamlx.memory import current_rss_bytes
 from gigamlx.spec import GIGAUNET_4492, Layer, halo_px, total_stride
 from gigamlx.tiling.geometry import Box, Tile
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["grad", "stats", "predict"]
-# Measured peaks wobble with allocator rounding; keep this much of the budget in reserve.
-SAFETY = 0.85
+# Of the budget left after the host's own memory: the engine's tiles get this share, the
+# scheduler's pass-2 cache CACHE_SHARE, and the rest absorbs allocator rounding and prefetch.
+ENGINE_SHARE = 0.8
+CACHE_SHARE = 0.1
 _PROBE_TILES_PX = (64, 256)
 _cost_cache: dict[tuple[str, Mode], TileCost] = {}
 
 
 class TileCost(NamedTuple):
-    """Peak bytes of one tile = fixed_bytes + bytes_per_px * input-window pixels."""
+    """Peak bytes of one tile = fixed_bytes + bytes_per_px * input-window pixels, plus the
+    process's memory outside the engine (host_bytes) when it was measured."""
 
     fixed_bytes: float
     bytes_per_px: float
+    host_bytes: float = 0.0
 
     def peak_bytes(self, tile_px: int, halo: int) -> float:
         return self.fixed_bytes + self.bytes_per_px * (tile_px + 2 * halo) ** 2
@@ -72,9 +79,20 @@ def tile_cost(
         peak_large = measure_peak(backend, model, mode, large, halo)
         px_small, px_large = (small + 2 * halo) ** 2, (large + 2 * halo) ** 2
         per_px = max((peak_large - peak_small) / (px_large - px_small), 0.0)
-        _cost_cache[key] = TileCost(peak_large - per_px * px_large, per_px)
+        _cost_cache[key] = TileCost(peak_large - per_px * px_large, per_px, _host_bytes(backend))
         log.debug("tile cost %s/%s: %s", backend.name, mode, _cost_cache[key])
     return _cost_cache[key]
+
+
+def _host_bytes(backend: Backend) -> float:
+    """Resident memory that is not the engine's (None-safe: 0 where RSS is unknown)."""
+    rss = current_rss_bytes()
+    return 0.0 if rss is None else max(rss - backend.memory().active_bytes, 0)
+
+
+def engine_bytes(cost: TileCost, budget_bytes: int, resting_bytes: int) -> float:
+    """What one tile's graph may peak at within the budget."""
+    return (budget_bytes - cost.host_bytes) * ENGINE_SHARE - resting_bytes
 
 
 def choose_tile_hw(
@@ -93,8 +111,8 @@ def choose_tile_hw(
         ValueError: if even the smallest tile does not fit; names the budget and the minimum.
     """
     stride, halo = total_stride(spec), halo_px(spec)
-    usable = budget_bytes * SAFETY - resting_bytes
-    minimum = (cost.peak_bytes(stride, halo) + resting_bytes) / SAFETY
+    usable = engine_bytes(cost, budget_bytes, resting_bytes)
+    minimum = (cost.peak_bytes(stride, halo) + resting_bytes) / ENGINE_SHARE + cost.host_bytes
     if cost.peak_bytes(stride, halo) > usable:
         raise ValueError(
             f"memory budget {format_bytes(budget_bytes)} is too small: the smallest tile "

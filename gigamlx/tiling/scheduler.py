@@ -17,7 +17,7 @@ import numpy as np
 from gigamlx.backends.base import Backend, FlatParams, TileData
 from gigamlx.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
 from gigamlx.spec import GIGAUNET_4492, Layer
-from gigamlx.tiling.budget import Mode, choose_tile_hw, tile_cost
+from gigamlx.tiling.budget import CACHE_SHARE, Mode, choose_tile_hw, tile_cost
 from gigamlx.tiling.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.tiling.prefetch import Prefetcher
 from gigamlx.tiling.window import read_window
@@ -112,10 +112,10 @@ def iter_tile_data(plan: TilePlan, image, mask, clock: ReadClock) -> Iterator[Ti
 
 def _cache_limit_bytes(image, budget_bytes: int | None) -> int:
     """Host bytes the Dice pass-2 cache may take: none for in-memory images (rereading is a
-    copy), else a quarter of the budget (the budget's engine side leaves host room)."""
+    copy), else its share of the budget (the tile size was chosen leaving that room)."""
     if isinstance(image, np.ndarray):
         return 0
-    return (budget_bytes or DEFAULT_CACHE_BYTES * 4) // 4
+    return int(budget_bytes * CACHE_SHARE) if budget_bytes else DEFAULT_CACHE_BYTES
 
 
 def _window_bytes(plan: TilePlan) -> int:

@@ -8,7 +8,9 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from gigamlx.backends.base import FlatParams, MemoryReading, TileData
+from gigamlx.backends.base import FlatParams, MemoryReading, TileData, World
+from gigamlx.backends.mlx.blas import blas_info
+from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
 from gigamlx.losses import Objective, TileStats
 from gigamlx.tiling.geometry import Tile
@@ -79,6 +81,18 @@ class MLXBackend:
     def load_optimizer_state(self, optimizer: optim.Adam, flat: FlatParams) -> None:
         optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in flat.items()])
         mx.eval(optimizer.state)
+
+    def describe(self) -> dict[str, str]:
+        """Device and BLAS, for `gigamlx info`."""
+        blas = blas_info()
+        return {
+            "mlx device": str(mx.default_device()),
+            "mlx metal available": str(mx.metal.is_available()),
+            "BLAS (mlx cpu)": f"{blas.name} {blas.path or ''} ({blas.reason})",
+        }
+
+    def world(self, timeout_s: float) -> World:
+        return mlx_world(timeout_s)
 
     def memory(self) -> MemoryReading:
         limit = mx.get_memory_limit()

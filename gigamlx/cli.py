@@ -60,10 +60,11 @@ def _progress_bar(description: str):
     from rich.progress import Progress
 
     progress = Progress(console=err)
-    task = progress.add_task(description, total=None)
+    task = progress.add_task(description, total=None, visible=False)
 
     def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
+        # shown from the first chunk on: work that turns out to be cached draws nothing
+        progress.update(task, completed=done, total=total, visible=True)
 
     return update, progress
 
@@ -95,6 +96,10 @@ def train(
     backend: str = typer.Option(DEFAULTS.backend, help=help_of("backend")),
     device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
+    rank_timeout: float = typer.Option(
+        600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"
+    ),
+    dump_weights: str = typer.Option(None, hidden=True, help="test hook: PATH with {rank}"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
@@ -104,7 +109,12 @@ def train(
     (or $GIGAMLX_CACHE) and reused. Each step: a random region (flipped/rotated), exact loss
     and gradients over the whole region computed tile by tile within --memory-budget, one Adam
     update. Checkpoints go to OUT/checkpoints; metrics to OUT/metrics.jsonl; Ctrl-C saves.
+    Under `mlx.launch -n N` each rank trains on its share of the regions of every step and
+    the gradients are averaged (docs/distributed.md); rank 0 alone writes OUT.
     """
+    from gigamlx.backends import get_backend
+    from gigamlx.backends.base import WorldError
+    from gigamlx.train.loop import TrainingError
     from gigamlx.train.loop import train as run_training
     from gigamlx.train.profile import print_profile
     from gigamlx.train.progress import train_progress
@@ -131,23 +141,43 @@ def train(
     with _user_errors():
         if not resume:
             config.validate()
+        try:  # under mlx.launch the ranks meet here
+            world = get_backend(backend, device).world(rank_timeout)
+        except WorldError as error:
+            raise TrainingError(str(error)) from error
+        main = world.is_main
         slide_bar, slide_progress = _progress_bar("making the default synthetic slide (once)")
         with slide_progress:
-            run = start_run(config, resume, steps, slide_progress=slide_bar)
-        log.info(
-            "run %s: steps %d..%d, region %s, budget %s, loss %s",
-            run.run_dir,
-            run.step,
-            run.config.steps,
-            run.config.region,
-            run.config.memory_budget,
-            run.config.loss,
-        )
-        with train_progress(run.step, run.config.steps, enabled=not quiet, console=err) as bar:
-            history = run_training(run, on_step=bar.on_step, tile_progress=bar.on_tile)
-        if profile:
+            run = start_run(config, resume, steps, slide_progress=slide_bar, writes=main)
+        if main:
+            log.info(
+                "run %s: steps %d..%d, region %s, budget %s, loss %s, %d rank(s)",
+                run.run_dir,
+                run.step,
+                run.config.steps,
+                run.config.region,
+                run.config.memory_budget,
+                run.config.loss,
+                world.size,
+            )
+        bar_on = main and not quiet
+        with train_progress(run.step, run.config.steps, enabled=bar_on, console=err) as bar:
+            history = run_training(
+                run, world, bar.on_step if main else None, bar.on_tile if main else None
+            )
+        if dump_weights:
+            _dump_weights(run, dump_weights.format(rank=world.rank))
+        if profile and main:
             print_profile(history, Console())
-        err.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
+        if main:
+            err.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
+
+
+def _dump_weights(run, path: str) -> None:
+    """Test hook for data-parallel runs: this rank's final weights as .npz."""
+    import numpy as np
+
+    np.savez(path, **run.backend.flat_params(run.model))
 
 
 @app.command()
@@ -210,6 +240,101 @@ def info() -> None:
 
     for key, value in collect_info().items():
         typer.echo(f"{key:>22}: {value}")
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(
+        ..., help="run folder (its newest checkpoint), checkpoint folder or weights .safetensors"
+    ),
+    slides: list[Path] = typer.Argument(
+        ..., help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)"
+    ),
+    out: Path = typer.Option(..., help="output folder: NAME.zarr per slide (and the extras)"),
+    memory_budget: str = typer.Option(DEFAULTS.memory_budget, help=help_of("memory_budget")),
+    tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
+    tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
+    overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
+    overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    verbose: bool = typer.Option(False, help="debug logging"),
+) -> None:
+    """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
+
+    Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
+    (napari opens it). --tiff adds an OME-TIFF that QuPath and OpenSlide open; --overlay a PNG
+    of the slide (longer side 2048 px) with tissue (p >= 0.5) tinted and outlined. Slides of
+    any size: tiles go straight to disk, the pyramid is built chunk by chunk.
+    """
+    from gigamlx.train.predict import predict_slides
+
+    _setup_logging(verbose)
+    with _user_errors():
+        _, progress = _progress_bar("predict")
+
+        def on_slide(source):
+            def update(phase: str, done: int, total: int) -> None:
+                description = f"{source.name}: {phase}"
+                progress.update(progress.task_ids[0], description=description, total=total)
+                progress.update(progress.task_ids[0], completed=done)
+
+            if quiet:
+                return None
+            progress.start()  # only once the inputs are checked: errors come without a bar
+            return update
+
+        try:
+            results = predict_slides(
+                checkpoint, slides, out, memory_budget, tiff, overlay, overwrite, tile, on_slide
+            )
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+    for result in results:
+        outputs = ", ".join(str(p) for p in result.outputs if p is not None)
+        err.print(
+            f"{result.source}: {result.image_hw[0]}x{result.image_hw[1]} in "
+            f"{result.seconds:.1f} s, peak RSS {result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+
+
+class _MasksCommand(typer.core.TyperCommand):
+    """Lets `--masks M1 M2 ...` take several values after one flag."""
+
+    def parse_args(self, ctx, args):
+        from gigamlx.train.evaluate import expand_multi_value_option
+
+        return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
+
+
+@app.command("eval", cls=_MasksCommand)
+def evaluate(
+    preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
+    masks: list[Path] = typer.Option(
+        ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
+    ),
+    threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
+    json_path: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
+    baseline: str = typer.Option(
+        None, help="'otsu': also score Otsu on saturation (masks must be slide stores)"
+    ),
+    level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
+) -> None:
+    """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
+
+    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 or float 0-1. Masks: the
+    same (any non-zero value is tissue) or slide stores. Per-slide rows, then mean ± sample std.
+    Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
+    but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
+    """
+    from gigamlx.train.evaluate import run_evaluation
+
+    _setup_logging(False)
+    with _user_errors():
+        run_evaluation(preds, masks, threshold, json_path, baseline, level)
 
 
 def main() -> None:  # pragma: no cover - console script entry

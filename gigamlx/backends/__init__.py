@@ -7,16 +7,24 @@ from gigamlx.backends.base import Backend
 BACKENDS = ("mlx", "cuda-um")
 
 
-def get_backend(name: str) -> Backend:
-    """The backend called `name` ("mlx" or "cuda-um")."""
+def get_backend(name: str, device: str = "auto") -> Backend:
+    """The backend called `name` ("mlx" or "cuda-um").
+
+    Args:
+        device: cuda-um only: "auto" or "cuda[:N]" (needs CUDA), or "cpu"; mlx picks its own.
+    """
     if name == "mlx":
         from gigamlx.backends.mlx.backend import MLXBackend
 
         return MLXBackend()
     if name == "cuda-um":
-        from gigamlx.backends.cuda_um.backend import CudaUMBackend
-
-        return CudaUMBackend()
+        try:
+            from gigamlx.backends.cuda_um.backend import CudaUMBackend
+        except ImportError as error:
+            raise ValueError(
+                f"--backend cuda-um needs PyTorch ({error}); pip install 'gigamlx[torch]'"
+            ) from error
+        return CudaUMBackend(device)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -25,4 +33,4 @@ def backend_for(model) -> Backend:
     name = getattr(model, "backend_name", None)
     if name is None:
         raise TypeError(f"{type(model).__name__} is not a gigamlx model (no backend_name)")
-    return get_backend(name)
+    return get_backend(name, getattr(model, "backend_device", "auto"))

@@ -7,6 +7,9 @@ step) and lets it go before returning, so one tile's activations are alive at a 
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -15,6 +18,7 @@ from gigamlx.losses import Objective, TileStats
 from gigamlx.tiling.geometry import Tile
 
 FlatParams = dict[str, np.ndarray]  # "down1.weight" -> array, engine layout, float64 or float32
+AllSum = Callable[[np.ndarray], np.ndarray]  # float64 (n,) -> the same on every rank, summed
 
 
 class MemoryReading(NamedTuple):
@@ -29,6 +33,70 @@ class TileData(NamedTuple):
     tile: Tile
     image: np.ndarray  # (h_in, w_in, 3) uint8, zero outside the image
     target: np.ndarray | None  # (h_out, w_out) float32 in {0, 1}; None for prediction
+
+
+class WorldError(RuntimeError):
+    """The ranks of a data-parallel run lost each other or disagree; the message says which."""
+
+
+@dataclass(frozen=True)
+class World:
+    """The data-parallel world a run lives in: this rank, how many, and how to sum across them.
+
+    Engine-free: the sum across ranks is a callable the backend supplies (mx.distributed on the
+    mlx backend). A single process is a world of one whose sum is the identity.
+    """
+
+    rank: int
+    size: int
+    all_sum: AllSum | None = None  # None: a world of one
+
+    @classmethod
+    def single(cls) -> World:
+        return cls(0, 1)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: tuple[float, ...]) -> tuple[float, ...]:
+        """Element-wise sum of `values` over ranks (one collective)."""
+        if self.all_sum is None:
+            return tuple(values)
+        return tuple(float(v) for v in self.all_sum(np.array(values, np.float64)))
+
+    def mean(self, value: float) -> float:
+        return self.sum((value,))[0] / self.size
+
+    def mean_grads(self, grads: FlatParams) -> FlatParams:
+        """Average gradients over ranks in one flat float64 buffer (one collective per step)."""
+        if self.all_sum is None:
+            return grads
+        names = sorted(grads)
+        flat = np.concatenate([np.ravel(grads[n]) for n in names]).astype(np.float64)
+        summed = self.all_sum(flat) / self.size
+        out, offset = {}, 0
+        for name in names:
+            size = grads[name].size
+            out[name] = summed[offset : offset + size].reshape(grads[name].shape)
+            offset += size
+        return out
+
+    def check_same(self, what: str, payload: bytes) -> None:
+        """Raise WorldError unless every rank passed the same `payload` (one tiny collective).
+
+        Sums a 20-bit hash h and h*h over ranks: both sums are exact in float64, and the
+        ranks agree iff the variance size*sum(h^2) - sum(h)^2 is zero (up to hash collisions).
+        """
+        if self.all_sum is None:
+            return
+        h = float(zlib.crc32(payload) & 0xFFFFF)
+        total, squares = (int(v) for v in self.all_sum(np.array([h, h * h], np.float64)))
+        if self.size * squares != total * total:
+            raise WorldError(
+                f"the {self.size} ranks disagree on {what} (seen by rank {self.rank}): they "
+                "must start from the same checkpoint and config and apply the same updates"
+            )
 
 
 class Backend(Protocol):
@@ -73,6 +141,15 @@ class Backend(Protocol):
     def optimizer_state(self, optimizer: Any) -> FlatParams: ...
 
     def load_optimizer_state(self, optimizer: Any, flat: FlatParams) -> None: ...
+
+    def world(self, timeout_s: float) -> World:
+        """The data-parallel world this process was launched into (a world of one if none).
+
+        Args:
+            timeout_s: a collective waiting longer than this for the other ranks ends the
+                process with a clear error (a peer hung or became unreachable).
+        """
+        ...
 
     def memory(self) -> MemoryReading: ...
 

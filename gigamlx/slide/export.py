@@ -163,6 +163,11 @@ def thumbnail_hw(image_hw: tuple[int, int], max_side_px: int) -> tuple[int, int]
     return max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale))
 
 
+def _nearest(n_out: int, n_src: int) -> np.ndarray:
+    """(n_out,) ascending source indices of the nearest source pixel centres."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_src / n_out).astype(np.int64), n_src - 1)
+
+
 def sample_nearest(levels: list, target_hw: tuple[int, int], block_px: int = 2048) -> np.ndarray:
     """Nearest-neighbour thumbnail (h, w[, C]) of a pyramid, read block by block.
 
@@ -176,8 +181,7 @@ def sample_nearest(levels: list, target_hw: tuple[int, int], block_px: int = 204
         if level.shape[0] >= target_hw[0] and level.shape[1] >= target_hw[1]:
             array = level
     src_h, src_w = array.shape[:2]
-    rows = np.minimum(((np.arange(target_hw[0]) + 0.5) * src_h / target_hw[0]).astype(int), src_h - 1)
-    cols = np.minimum(((np.arange(target_hw[1]) + 0.5) * src_w / target_hw[1]).astype(int), src_w - 1)
+    rows, cols = _nearest(target_hw[0], src_h), _nearest(target_hw[1], src_w)
     out = np.zeros(tuple(target_hw) + tuple(array.shape[2:]), np.dtype(array.dtype))
     for box in chunk_boxes((src_h, src_w), block_px):
         r0, r1 = np.searchsorted(rows, [box.y0, box.y1])

@@ -15,14 +15,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gigamlx.backends.base import FlatParams
+from gigamlx.backends.base import FlatParams, World, WorldError
 from gigamlx.losses import TileStats, hard_dice
 from gigamlx.memory import peak_rss_bytes
 from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.checkpoint import list_checkpoints
 from gigamlx.train.regions import RegionView
 from gigamlx.train.run import Run, save_run
-from gigamlx.train.world import World
 
 log = logging.getLogger(__name__)
 TileProgress = Callable[[str, int, int], None]
@@ -83,7 +82,9 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         losses.append(result.loss)
         stats = stats + result.stats
         results.append(result)
-    loss = world.mean(float(np.mean(losses)))
+    # one collective: the mean loss and the Dice sums over every rank's regions
+    loss_sum, *stat_sums = world.sum((float(np.mean(losses)), *stats))
+    loss, stats = loss_sum / world.size, TileStats(*stat_sums)
     grads = world.mean_grads(grads)
     _check_finite(run, loss, grads)
     update_start = time.perf_counter()
@@ -111,10 +112,9 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
 def _check_finite(run: Run, loss: float, grads: FlatParams) -> None:
     if math.isfinite(loss) and all(np.isfinite(g).all() for g in grads.values()):
         return
-    saved = list_checkpoints(run.run_dir)
-    last = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
     raise TrainingError(
-        f"loss is {loss} at step {run.step + 1}: stopped before updating the weights; {last}. "
+        f"loss is {loss} at step {run.step + 1}: stopped before updating the weights; "
+        f"{_last_good(run)}. "
         "Lower --lr, or check the slides for empty or corrupt regions."
     )
 
@@ -125,11 +125,17 @@ def train(
     on_step: Callable[[StepMetrics], None] | None = None,
     tile_progress: TileProgress | None = None,
 ) -> list[StepMetrics]:
-    """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only)."""
+    """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only).
+
+    Every rank applies the same averaged gradient to the same weights; that is checked before
+    the first step and after every step, and ranks that disagree or lose each other stop with
+    a TrainingError.
+    """
     world = world or World.single()
     history = []
     saved_step = run.step
     try:
+        _check_same_weights(run, world)
         while run.step < run.config.steps:
             before = run.sampler.state()
             try:
@@ -137,6 +143,7 @@ def train(
             except KeyboardInterrupt:
                 run.sampler.restore(before)  # redo this step's regions on resume
                 raise
+            _check_same_weights(run, world)
             history.append(metrics)
             if world.is_main:
                 _append_metrics(run, metrics)
@@ -149,7 +156,25 @@ def train(
     except KeyboardInterrupt:
         path = save_run(run) if world.is_main and run.step != saved_step else None
         raise Interrupted(run.step, path or _newest(run)) from None
+    except WorldError as error:
+        raise TrainingError(f"{error}; {_last_good(run)}") from error
     return history
+
+
+def _check_same_weights(run: Run, world: World) -> None:
+    """One tiny collective: every rank holds the same step and weights (bit for bit)."""
+    if world.size == 1:
+        return
+    weights = run.backend.flat_params(run.model)
+    payload = [str(run.step).encode()] + [
+        np.ascontiguousarray(weights[n]).tobytes() for n in sorted(weights)
+    ]
+    world.check_same(f"the weights after step {run.step}", b"".join(payload))
+
+
+def _last_good(run: Run) -> str:
+    saved = list_checkpoints(run.run_dir)
+    return f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint was written yet"
 
 
 def _newest(run: Run):

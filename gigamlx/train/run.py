@@ -50,7 +50,12 @@ def _check_fresh(run_dir: Path) -> None:
 
 
 def start_run(
-    config: TrainConfig, resume: bool, steps: int | None = None, slide_progress=None
+    config: TrainConfig,
+    resume: bool,
+    steps: int | None = None,
+    slide_progress=None,
+    engine: tuple[str, str] | None = None,
+    writes: bool = True,
 ) -> Run:
     """Build a run from `config`, or from the newest checkpoint in `config.out` when resuming.
 
@@ -59,6 +64,10 @@ def start_run(
         resume: continue the run in `config.out`.
         steps: on resume, a new target step count (default: the saved one).
         slide_progress: progress callback for generating the default slide.
+        engine: on resume, (backend, device) to continue on instead of the saved ones;
+            checkpoints are engine-neutral, so a run may switch backends.
+        writes: False on data-parallel ranks other than 0: they neither check nor write the
+            run folder (rank 0 does, and only it writes checkpoints and metrics).
     """
     run_dir = Path(config.out)
     checkpoint = None
@@ -66,11 +75,13 @@ def start_run(
         checkpoint = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(checkpoint.config)
         config = dataclasses.replace(saved, steps=steps or saved.steps, out=config.out)
-    else:
+        if engine is not None:
+            config = dataclasses.replace(config, backend=engine[0], device=engine[1])
+    elif writes:
         _check_fresh(run_dir)
     config.validate()
     slides = open_training_slides(config.data, slide_progress)
-    backend = get_backend(config.backend)
+    backend = get_backend(config.backend, device=config.device)
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
     sampler = RegionSampler(
@@ -82,10 +93,12 @@ def start_run(
         backend.load_optimizer_state(optimizer, checkpoint.optimizer)
         sampler.restore(checkpoint.rng_state)
         step = checkpoint.step
-        _truncate_metrics(run_dir / METRICS, step)
+        if writes:
+            _truncate_metrics(run_dir / METRICS, step)
         log.info("resuming %s at step %d", checkpoint.path, step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
+    if writes:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
     return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
 
 

@@ -97,6 +97,16 @@ int um_is_managed(const void* ptr) {
   return attributes.type == cudaMemoryTypeManaged ? 1 : 0;
 }
 
+// 1 if the host may touch managed memory while kernels run and prefetch works (Pascal+ on
+// Linux), 0 if not, minus the cudaError_t on failure (e.g. a driver older than this build's
+// CUDA). Staging tile n+1 during tile n's compute relies on it.
+int um_concurrent_access(int device) {
+  int value = 0;
+  cudaError_t code = cudaDeviceGetAttribute(&value, cudaDevAttrConcurrentManagedAccess, device);
+  if (code != cudaSuccess) return -static_cast<int>(code);
+  return value != 0 ? 1 : 0;
+}
+
 long long um_active_bytes() { return g_active.load(); }
 long long um_peak_bytes() { return g_peak.load(); }
 void um_reset_peak() { g_peak.store(g_active.load()); }

@@ -14,14 +14,14 @@ from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
 from gigamlx.losses import Objective, TileStats
 from gigamlx.tiling.geometry import Tile
+from kernels import fused
 
 
 class MLXBackend:
     name = "mlx"
 
     def tile_stats(self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
-        z = _owned_logits(model, data, padded_hw)
-        rows = _stat_rows(z, mx.array(data.target))
+        _, rows = _surrogate(model, data, padded_hw, Objective(), mx.array(data.target))
         mx.eval(rows)  # sync point: one tile's forward graph
         return _to_stats(rows, data.tile)
 
@@ -29,14 +29,10 @@ class MLXBackend:
         self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int], objective: Objective
     ) -> tuple[TileStats, FlatParams]:
         target = mx.array(data.target)
-        a, b, c = objective
 
         def surrogate(params_model: GigaUNet):
-            z = _owned_logits(params_model, data, padded_hw)
-            p = mx.sigmoid(z)
-            # the per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE)
-            value = mx.sum((a * target + b) * p) + c * mx.sum(_bce(z, target))
-            return value, mx.stop_gradient(_stat_rows(z, target))
+            value, rows = _surrogate(params_model, data, padded_hw, objective, target)
+            return value, mx.stop_gradient(rows)
 
         (_, rows), grads = nn.value_and_grad(model, surrogate)(model)
         mx.eval(rows, grads)  # sync point: one tile's forward + backward graph
@@ -83,9 +79,11 @@ class MLXBackend:
         mx.eval(optimizer.state)
 
     def describe(self) -> dict[str, str]:
-        """Device and BLAS, for `gigamlx info`."""
+        """Device, BLAS and the fused tail kernel, for `gigamlx info`."""
         blas = blas_info()
+        fused_on, fused_reason = fused.status()
         return {
+            "fused tail kernel (cpu)": f"{'active' if fused_on else 'inactive'} ({fused_reason})",
             "mlx device": str(mx.default_device()),
             "mlx metal available": str(mx.metal.is_available()),
             "BLAS (mlx cpu)": f"{blas.name} {blas.path or ''} ({blas.reason})",
@@ -103,6 +101,30 @@ class MLXBackend:
 
     def release_cache(self) -> None:
         mx.clear_cache()
+
+
+def _surrogate(
+    model: GigaUNet,
+    data: TileData,
+    padded_hw: tuple[int, int],
+    objective: Objective,
+    target: mx.array,
+) -> tuple[mx.array, mx.array]:
+    """Surrogate value () and stat rows (6, h_out) of one tile, fused on the CPU when built.
+
+    The per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE).
+    """
+    if fused.active():
+        tile: Tile = data.tile
+        x = mx.array(data.image)[None].astype(mx.float32) / 255.0  # (1, h_in, w_in, 3)
+        z = model.logits(x, tile.in_box, padded_hw)  # (1, h_in, w_in, 1): the crop is fused
+        if z.dtype == mx.float32:
+            return fused.tile_loss(z, target, tile.crop_yx, objective)
+    a, b, c = objective
+    z = _owned_logits(model, data, padded_hw)
+    p = mx.sigmoid(z)
+    value = mx.sum((a * target + b) * p) + c * mx.sum(_bce(z, target))
+    return value, _stat_rows(z, target)
 
 
 def _owned_logits(model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> mx.array:

@@ -8,6 +8,7 @@ import mlx.nn as nn
 from gigamlx.backends.mlx import ops
 from gigamlx.spec import GIGAUNET_4492, Layer, check_spec, scales
 from gigamlx.tiling.geometry import Box, inside_at_scale
+from kernels import fused
 
 
 class GigaUNet(nn.Module):
@@ -26,6 +27,7 @@ class GigaUNet(nn.Module):
         # plain attributes (not module state): the table is geometry, not parameters
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_scales", scales(spec))
+        object.__setattr__(self, "_fusable_tail", _fusable_tail(spec))
         for layer in spec:
             kind = nn.Conv2d if layer.kind == "conv" else nn.ConvTranspose2d
             setattr(
@@ -52,7 +54,11 @@ class GigaUNet(nn.Module):
         """
         saved = {"input": x}
         h = x
+        fusable = self._fusable_tail and x.dtype == mx.float32 and fused.active()
+        fuse_at = len(self._spec) - 2 if fusable else None
         for index, layer in enumerate(self._spec):
+            if index == fuse_at:
+                return self._fused_tail(h, x, in_box, padded_hw)
             module = getattr(self, layer.name)
             if layer.kind == "conv":
                 h = ops.conv2d(h, module.weight, module.bias, layer.stride, layer.pad)
@@ -70,6 +76,38 @@ class GigaUNet(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return mx.sigmoid(self.logits(x))
+
+    def _fused_tail(
+        self, h: mx.array, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
+    ) -> mx.array:
+        """The last up-sampling layer and the head as one compiled kernel (kernels/fused.py).
+
+        h: (N, H/s, W/s, C) the up-sampling layer's input; x: (N, H, W, 3) -> (N, H, W, 1).
+        """
+        up_layer, head_layer = self._spec[-2:]
+        up, head = getattr(self, up_layer.name), getattr(self, head_layer.name)
+        keep = None
+        if in_box is not None:
+            keep = inside_at_scale(in_box, padded_hw, self._scales[up_layer.name])
+        keep_yx = (0, 0, x.shape[1], x.shape[2]) if keep is None else tuple(keep)
+        return fused.head_logits(h, x, up.weight, up.bias, head.weight, head.bias, keep_yx)
+
+
+def _fusable_tail(spec: tuple[Layer, ...]) -> bool:
+    """Whether the spec ends the way the fused kernel computes: an up-sampling conv-transpose
+    (kernel == stride, ReLU) joined with the input, then a 3x3 single-channel head."""
+    if len(spec) < 2:
+        return False
+    up, head = spec[-2:]
+    return (
+        up.kind == "conv_transpose"
+        and up.kernel == up.stride
+        and up.pad == 0
+        and up.activation == "relu"
+        and up.skip == "input"
+        and head.kind == "conv"
+        and (head.kernel, head.stride, head.pad, head.out_ch) == (3, 1, 1, 1)
+    )
 
 
 def _zero_outside(h: mx.array, in_box: Box, padded_hw: tuple[int, int], scale: int) -> mx.array:

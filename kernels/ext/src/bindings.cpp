@@ -1,0 +1,28 @@
+// Python bindings of the fused kernels (module gigamlx_fused), in MLX's nanobind domain so
+// mlx.core.array converts both ways.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/array.h>
+#include <nanobind/stl/vector.h>
+
+#include "head.h"
+#include "loss.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(gigamlx_fused, m) {
+  m.doc() = "Fused full-resolution tail of GigaUNet for MLX on the CPU (forward and vjp).";
+  m.attr("__version__") = "0.1.0";
+  m.def("head_logits", &gigamlx::head_logits, "h2"_a, "x"_a, "w_up"_a, "b_up"_a, "w_head"_a,
+        "b_head"_a, "keep"_a,
+        "Logits (N, H, W, 1) of up-sample + ReLU + zero outside keep (y0, x0, y1, x1) + "
+        "concat x + 3x3 head conv.");
+  m.def(
+      "tile_loss",
+      [](const gigamlx::mx::array& z, const gigamlx::mx::array& g, int cy, int cx, float a, float b, float c) {
+        auto out = gigamlx::tile_loss(z, g, gigamlx::LossParams{cy, cx, a, b, c});
+        return nb::make_tuple(out[0], out[1]);
+      },
+      "z"_a, "g"_a, "cy"_a, "cx"_a, "a"_a, "b"_a, "c"_a,
+      "(value, rows (6, h)) of the surrogate loss and per-row statistics on a crop of z.");
+}

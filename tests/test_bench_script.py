@@ -1,0 +1,49 @@
+"""scripts/bench.py: its lazy random region, and one tiny end-to-end run in a subprocess."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "bench.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_region_windows_match_whole_read():
+    bench = _bench_module()
+    image, mask = bench.RandomRegion((700, 1300), 3), bench.RandomRegion((700, 1300), 0)
+    whole = image[:, :]
+    assert whole.shape == (700, 1300, 3) and whole.dtype == np.uint8
+    np.testing.assert_array_equal(image[100:650, 500:1290], whole[100:650, 500:1290])
+    assert set(np.unique(mask[:, :])) == {0, 1}
+    assert whole.std() > 50  # random bytes, not a constant
+
+
+def test_bench_script_small_run(tmp_path):
+    pytest.importorskip("torch", reason="the PyTorch peer is an optional benchmark dependency")
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "256", "--big", "256x512", "--steps", "1"]
+    done = subprocess.run(cmd + ["--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "profile of one 256x512 gigamlx step" in done.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["hw"]) for r in rows] == [
+        ("torch", [256, 256]),
+        ("gigamlx", [256, 256]),
+        ("mlx-whole", [256, 256]),
+        ("gigamlx", [256, 512]),
+    ]
+    losses = [r["loss"] for r in rows[:3]]  # same weights, data and loss: same value
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-4)
+    assert rows[1]["speedup_vs_torch"] > 0 and rows[1]["rss_ratio_vs_torch"] > 0
+    assert rows[3]["profile"]["total"] > 0

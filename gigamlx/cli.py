@@ -69,23 +69,37 @@ def _progress_bar(description: str):
     return update, progress
 
 
+def _typed_options(ctx: typer.Context) -> dict:
+    """TrainConfig fields the user typed on the command line (they override a resumed run)."""
+    def typed_here(name: str) -> bool:
+        # by name: typer may bring its own copy of click, with its own ParameterSource enum
+        return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+
+    fields = set(DEFAULTS.to_dict())
+    typed = {name: v for name, v in ctx.params.items() if name in fields and typed_here(name)}
+    if "data" in typed:
+        typed["data"] = tuple(str(p) for p in typed["data"])
+    return {name: str(v) if isinstance(v, Path) else v for name, v in typed.items()}
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     data: list[Path] = typer.Argument(
         None, help="ingested slide stores (default: a synthetic slide)"
     ),
     region: str = typer.Option(DEFAULTS.region, help=help_of("region")),
-    steps: int = typer.Option(
-        None,
-        help=f"{help_of('steps')} [default: {DEFAULTS.steps}; on --resume the saved target]",
-        show_default=False,
-    ),
+    steps: int = typer.Option(DEFAULTS.steps, help=help_of("steps")),
     memory_budget: str = typer.Option(DEFAULTS.memory_budget, help=help_of("memory_budget")),
     loss: str = typer.Option(DEFAULTS.loss, help=help_of("loss")),
     lr: float = typer.Option(DEFAULTS.lr, help=help_of("lr")),
     seed: int = typer.Option(DEFAULTS.seed, help=help_of("seed")),
     out: Path = typer.Option(Path(DEFAULTS.out), help=help_of("out")),
-    resume: bool = typer.Option(False, help="continue the run in --out from its newest checkpoint"),
+    resume: bool = typer.Option(
+        False,
+        help="continue the run in --out from its newest checkpoint; options typed here "
+        "(e.g. --steps, --accumulate) override the saved ones",
+    ),
     checkpoint_every: int = typer.Option(
         DEFAULTS.checkpoint_every, help=help_of("checkpoint_every")
     ),
@@ -124,7 +138,7 @@ def train(
     config = TrainConfig(
         data=tuple(str(p) for p in data or ()),
         region=region,
-        steps=steps or DEFAULTS.steps,
+        steps=steps,
         memory_budget=memory_budget,
         loss=loss,
         lr=lr,
@@ -148,7 +162,8 @@ def train(
         main = world.is_main
         slide_bar, slide_progress = _progress_bar("making the default synthetic slide (once)")
         with slide_progress:
-            run = start_run(config, resume, steps, slide_progress=slide_bar, writes=main)
+            overrides = _typed_options(ctx)
+            run = start_run(config, resume, overrides, slide_progress=slide_bar, writes=main)
         if main:
             log.info(
                 "run %s: steps %d..%d, region %s, budget %s, loss %s, %d rank(s)",

@@ -41,9 +41,12 @@ def test_cli_train_runs_and_checkpoints(slide, tmp_path):
 def test_cli_train_resume_extends_the_run(slide, tmp_path):
     out = str(tmp_path / "run")
     assert runner.invoke(app, ["train", slide, *SMALL, "--steps", "1", "--out", out]).exit_code == 0
-    result = runner.invoke(app, ["train", "--resume", "--steps", "2", "--out", out, "--quiet"])
+    resume = ["train", "--resume", "--steps", "2", "--accumulate", "2", "--out", out, "--quiet"]
+    result = runner.invoke(app, resume)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 2
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["accumulate"] == 2  # typed options win
+    assert saved["region"] == "256x320"  # the rest comes from the checkpoint
 
 
 def test_cli_missing_slide(tmp_path):

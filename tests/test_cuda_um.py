@@ -137,12 +137,21 @@ def test_checkpoint_resumes_in_the_other_backend(slide, mlx_straight, tmp_path, 
     init, expected = mlx_straight
     train(_start(slide, tmp_path / "run", first, 1, init))
     config = TrainConfig(out=str(tmp_path / "run"))
-    run = start_run(config, resume=True, steps=2, engine=(second, "cpu"))
+    run = start_run(config, resume=True, overrides={"steps": 2, "backend": second, "device": "cpu"})
     assert run.backend.name == second and run.step == 1
     train(run)
     _assert_weights_close(expected, run.backend.flat_params(run.model))
     saved = load_checkpoint(tmp_path / "run").optimizer
     assert saved["step"].item() == 2 and saved["down1.weight.m"].shape == (2, 16, 16, 3)
+
+
+def test_cuda_um_cpu_memory_readings_drive_the_budget(pair):
+    """On the CPU the budget is measured on the process RSS; a tile must cost bytes per pixel."""
+    _, _, backend, model = pair
+    cost = tile_cost(backend, model, "grad")
+    assert cost.bytes_per_px > 0
+    reading = backend.memory()
+    assert 0 < reading.active_bytes <= reading.peak_bytes
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -229,12 +238,3 @@ def _stage_next(backend, tiles, n):
 def _tile_data(tile, image, mask) -> TileData:
     target = (read_window(mask, tile.out_box) != 0).astype(np.float32)
     return TileData(tile, read_window(image, tile.in_box), target)
-
-
-def test_cuda_um_cpu_memory_readings_drive_the_budget(pair):
-    """On the CPU the budget is measured on the process RSS; a tile must cost bytes per pixel."""
-    _, _, backend, model = pair
-    cost = tile_cost(backend, model, "grad")
-    assert cost.bytes_per_px > 0
-    reading = backend.memory()
-    assert 0 < reading.active_bytes <= reading.peak_bytes

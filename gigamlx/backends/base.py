@@ -104,6 +104,11 @@ class Backend(Protocol):
 
     name: str
 
+    def stage(self, data: TileData) -> TileData:
+        """Start moving a tile's data to the device; called on the prefetch thread, one tile
+        ahead. Identity where host and device share memory (mlx)."""
+        ...
+
     def tile_stats(self, model: Any, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
         """Forward only: loss sums over the tile's owned real pixels."""
         ...

@@ -96,12 +96,17 @@ def _reader(image, mask) -> Callable[[Tile], TileData]:
     return read
 
 
-def iter_tile_data(plan: TilePlan, image, mask, clock: ReadClock) -> Iterator[TileData]:
-    """Each tile's input window (zero beyond the image) and owned target, read one tile ahead.
+def _staged(read: Callable[[Tile], TileData], stage: Callable[[TileData], TileData]):
+    return lambda tile: stage(read(tile))
 
-    Reading tile n+1 (zarr decompression, disk) runs on a thread while tile n computes.
+
+def iter_tile_data(items, load: Callable, clock: ReadClock) -> Iterator[TileData]:
+    """`load(item)` for each item, one tile ahead on a thread, while the caller computes.
+
+    Reading tile n+1 (zarr decompression, disk) and staging it on the device (the backend's
+    `stage`: a prefetch to the GPU for cuda-um) overlap the compute of tile n.
     """
-    prefetcher = Prefetcher(_reader(image, mask), plan.tiles, depth=PREFETCH_DEPTH)
+    prefetcher = Prefetcher(load, items, depth=PREFETCH_DEPTH)
     try:
         yield from prefetcher
     finally:
@@ -148,6 +153,7 @@ def tiled_step(
     image_hw = check_image(image, mask)
     plan = resolve_plan(backend, model, "grad", image_hw, tile, budget_bytes)
     start, clock = time.perf_counter(), ReadClock()
+    read = _reader(image, mask)
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
     sums, cache = None, None
@@ -156,7 +162,9 @@ def tiled_step(
         sums = TileStats()
         keep = _window_bytes(plan) <= _cache_limit_bytes(image, budget_bytes)
         cache = [] if keep else None
-        for done, data in enumerate(iter_tile_data(plan, image, mask, clock), 1):
+        # a cached window stays on the host: staged, it would hold device memory till pass 2
+        load = read if keep else _staged(read, backend.stage)
+        for done, data in enumerate(iter_tile_data(plan.tiles, load, clock), 1):
             sums = sums + backend.tile_stats(model, data, plan.padded_hw)
             if keep:
                 cache.append(data)
@@ -165,7 +173,10 @@ def tiled_step(
     coefficients = objective(loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
-    second_pass = cache if cache is not None else iter_tile_data(plan, image, mask, clock)
+    if cache is not None:
+        second_pass = iter_tile_data(cache, backend.stage, clock)
+    else:
+        second_pass = iter_tile_data(plan.tiles, _staged(read, backend.stage), clock)
     for done, data in enumerate(second_pass, 1):
         tile_stats, tile_grads = backend.tile_grad(model, data, plan.padded_hw, coefficients)
         stats = stats + tile_stats
@@ -204,7 +215,8 @@ def tiled_predict(
     elif tuple(out.shape) != image_hw:
         raise ValueError(f"out shape {tuple(out.shape)} does not match image grid {image_hw}")
     plan = resolve_plan(backend, model, "predict", image_hw, tile, budget_bytes)
-    for done, data in enumerate(iter_tile_data(plan, image, None, ReadClock()), 1):
+    load = _staged(_reader(image, None), backend.stage)
+    for done, data in enumerate(iter_tile_data(plan.tiles, load, ReadClock()), 1):
         probs = backend.tile_predict(model, data, plan.padded_hw)
         box = data.tile.out_box
         if np.dtype(out.dtype) == np.uint8:

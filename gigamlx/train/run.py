@@ -52,9 +52,8 @@ def _check_fresh(run_dir: Path) -> None:
 def start_run(
     config: TrainConfig,
     resume: bool,
-    steps: int | None = None,
+    overrides: dict | None = None,
     slide_progress=None,
-    engine: tuple[str, str] | None = None,
     writes: bool = True,
 ) -> Run:
     """Build a run from `config`, or from the newest checkpoint in `config.out` when resuming.
@@ -62,10 +61,10 @@ def start_run(
     Args:
         config: the requested configuration (on resume only `out` is read from it).
         resume: continue the run in `config.out`.
-        steps: on resume, a new target step count (default: the saved one).
+        overrides: on resume, config fields to change from the saved ones (what the user
+            typed: a new --steps target, more --accumulate, another --backend: checkpoints
+            are engine-neutral).
         slide_progress: progress callback for generating the default slide.
-        engine: on resume, (backend, device) to continue on instead of the saved ones;
-            checkpoints are engine-neutral, so a run may switch backends.
         writes: False on data-parallel ranks other than 0: they neither check nor write the
             run folder (rank 0 does, and only it writes checkpoints and metrics).
     """
@@ -74,9 +73,7 @@ def start_run(
     if resume:
         checkpoint = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(checkpoint.config)
-        config = dataclasses.replace(saved, steps=steps or saved.steps, out=config.out)
-        if engine is not None:
-            config = dataclasses.replace(config, backend=engine[0], device=engine[1])
+        config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
     elif writes:
         _check_fresh(run_dir)
     config.validate()

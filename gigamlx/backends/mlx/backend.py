@@ -20,6 +20,9 @@ from kernels import fused
 class MLXBackend:
     name = "mlx"
 
+    def stage(self, data: TileData) -> TileData:
+        return data  # unified memory: nothing to move
+
     def tile_stats(self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
         _, rows = _surrogate(model, data, padded_hw, Objective(), mx.array(data.target))
         mx.eval(rows)  # sync point: one tile's forward graph

@@ -1,0 +1,163 @@
+"""The compiled fused tail (kernels/ext via kernels/fused.py) against the pure-MLX path."""
+
+import os
+import sys
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from gigamlx.backends.base import TileData
+from gigamlx.backends.mlx.backend import MLXBackend, _bce, _stat_rows
+from gigamlx.losses import Objective
+from gigamlx.tiling.geometry import Box, plan_tiles
+from kernels import conv, conv_transpose, fused
+
+VALUE_RTOL = 1e-5
+GRAD_RTOL = 1e-4
+
+
+def _require_ext():
+    module, reason = fused._load()
+    if module is None:
+        pytest.skip(f"fused extension not built: {reason}")
+
+
+def _rel(actual: mx.array, expected: mx.array) -> float:
+    """Largest error relative to the largest reference magnitude."""
+    a, e = np.array(actual, dtype=np.float64), np.array(expected, dtype=np.float64)
+    return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-30))
+
+
+def _reference_tail(h2, x, w_up, b_up, w_head, b_head, keep_yx):
+    """Pure-MLX up-sample + ReLU + zeroing + concat + 3x3 head: (N, H, W, 1)."""
+    a = nn.relu(conv_transpose.conv_transpose2d(h2, w_up, b_up, w_up.shape[1]))
+    rows, cols = mx.arange(a.shape[1]), mx.arange(a.shape[2])
+    y0, x0, y1, x1 = keep_yx
+    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    a = mx.where(inside[None, :, :, None], a, mx.zeros_like(a))
+    return conv.conv2d(mx.concatenate([a, x], axis=-1), w_head, b_head, 1, 1)
+
+
+def _tail_inputs(n, h, w, seed):
+    mx.random.seed(seed)
+    return [
+        mx.random.normal((n, h, w, 4)),  # h2
+        mx.random.uniform(shape=(n, 4 * h, 4 * w, 3)),  # x
+        mx.random.normal((3, 4, 4, 4)) * 0.3,
+        mx.random.normal((3,)) * 0.1,
+        mx.random.normal((1, 3, 3, 6)) * 0.3,
+        mx.random.normal((1,)),
+    ]
+
+
+def test_fused_extension_is_built_when_required():
+    """CI sets GIGAMLX_REQUIRE_EXT=1 after setup.sh: there the extension must load on Linux."""
+    if os.environ.get("GIGAMLX_REQUIRE_EXT") != "1" or not sys.platform.startswith("linux"):
+        pytest.skip("GIGAMLX_REQUIRE_EXT=1 is not set (or not Linux)")
+    module, reason = fused._load()
+    assert module is not None, f"fused extension required but not usable: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("n", "h", "w", "keep_yx"),
+    [
+        (1, 8, 8, None),
+        (1, 6, 13, None),  # non-square
+        (2, 9, 5, (3, 6, 30, 17)),  # batch of two, a box cutting rows and cols
+        (1, 16, 10, (0, 0, 64, 21)),  # box on one side only
+        (1, 4, 4, (0, 0, 0, 0)),  # everything outside the image
+    ],
+)
+def test_fused_tail_matches_pure_mlx(n, h, w, keep_yx):
+    _require_ext()
+    inputs = _tail_inputs(n, h, w, seed=n * 100 + h + w)
+    keep_yx = keep_yx or (0, 0, 4 * h, 4 * w)
+    z = fused.head_logits(*inputs, keep_yx)
+    z_ref = _reference_tail(*inputs, keep_yx)
+    assert z.shape == z_ref.shape == (n, 4 * h, 4 * w, 1)
+    assert _rel(z, z_ref) <= VALUE_RTOL
+
+    x = inputs[1]
+    params = [inputs[0], *inputs[2:]]
+    cotangent = mx.random.normal(z_ref.shape)
+
+    def grads(fn):
+        def call(h2, w_up, b_up, w_head, b_head):
+            return fn(h2, x, w_up, b_up, w_head, b_head, keep_yx)
+
+        return mx.vjp(call, params, [cotangent])[1]
+
+    names = ("h2", "w_up", "b_up", "w_head", "b_head")
+    for name, got, want in zip(
+        names, grads(fused.head_logits), grads(_reference_tail), strict=True
+    ):
+        assert got.shape == want.shape, name
+        assert _rel(got, want) <= GRAD_RTOL, name
+
+
+@pytest.mark.parametrize(("crop_yx", "crop_hw"), [((0, 0), (32, 48)), ((5, 7), (20, 33))])
+def test_fused_tile_loss_matches_pure_mlx(crop_yx, crop_hw):
+    _require_ext()
+    mx.random.seed(7)
+    z = mx.random.normal((1, 32, 48, 1)) * 4
+    g = (mx.random.uniform(shape=crop_hw) > 0.4).astype(mx.float32)
+    (cy, cx), (h, w) = crop_yx, crop_hw
+    a, b, c = 0.7, -0.2, 0.3
+
+    def reference(z):
+        zc = z[0, cy : cy + h, cx : cx + w, 0]
+        value = mx.sum((a * g + b) * mx.sigmoid(zc)) + c * mx.sum(_bce(zc, g))
+        return value, _stat_rows(zc, g)
+
+    value, rows = fused.tile_loss(z, g, crop_yx, (a, b, c))
+    value_ref, rows_ref = reference(z)
+    assert rows.shape == rows_ref.shape == (6, h)
+    assert _rel(value, value_ref) <= VALUE_RTOL and _rel(rows, rows_ref) <= VALUE_RTOL
+    dz = mx.grad(lambda z: fused.tile_loss(z, g, crop_yx, (a, b, c))[0])(z)
+    assert _rel(dz, mx.grad(lambda z: reference(z)[0])(z)) <= GRAD_RTOL
+
+
+def _edge_tile_data():
+    """An edge tile of a non-square image: its window reaches past the image (zeroing on)."""
+    rng = np.random.default_rng(3)
+    plan = plan_tiles((150, 230), 128)
+    tile = plan.tiles[-1]
+    image = rng.integers(0, 256, (*tile.in_box.hw, 3), dtype=np.uint8)
+    target = (rng.random(tile.out_box.hw) > 0.5).astype(np.float32)
+    return plan, TileData(tile, image, target)
+
+
+def test_fused_model_and_backend_match_pure_mlx(model, monkeypatch):
+    """GigaUNet.logits and tile_grad with the fused path on vs GIGAMLX_FUSED=0."""
+    _require_ext()
+    plan, data = _edge_tile_data()
+    x = mx.array(data.image)[None].astype(mx.float32) / 255.0
+    backend, objective = MLXBackend(), Objective(0.5, -0.25, 1.0)
+
+    def run():
+        z = model.logits(x, data.tile.in_box, plan.padded_hw)
+        stats, grads = backend.tile_grad(model, data, plan.padded_hw, objective)
+        return z, stats, grads
+
+    z, stats, grads = run()
+    monkeypatch.setenv("GIGAMLX_FUSED", "0")
+    z_ref, stats_ref, grads_ref = run()
+    assert _rel(z, z_ref) <= VALUE_RTOL
+    np.testing.assert_allclose(np.array(stats[:6]), np.array(stats_ref[:6]), rtol=VALUE_RTOL)
+    for name, g in grads.items():
+        assert _rel(mx.array(g), mx.array(grads_ref[name])) <= GRAD_RTOL, name
+    assert len(tree_flatten(model.trainable_parameters())) == len(grads)
+
+
+def test_fused_model_matches_pure_mlx_inside_the_image(model, monkeypatch):
+    """A window fully inside the image (no zeroing box) and a whole-image pass (no box)."""
+    _require_ext()
+    x = mx.random.uniform(shape=(1, 128, 192, 3))
+    cases = [(Box(64, 64, 192, 256), (512, 512)), (None, None)]
+    fused_z = [model.logits(x, box, padded) for box, padded in cases]
+    monkeypatch.setenv("GIGAMLX_FUSED", "0")
+    for z, (box, padded) in zip(fused_z, cases, strict=True):
+        assert _rel(z, model.logits(x, box, padded)) <= VALUE_RTOL

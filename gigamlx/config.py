@@ -17,7 +17,9 @@ class TrainConfig:
     region: str = field(default="16000x64000", metadata={"help": "region per step, HxW pixels"})
     steps: int = field(default=5000, metadata={"help": "optimizer steps to train to"})
     memory_budget: str = field(default="4GB", metadata={"help": "peak engine memory, e.g. 8GB"})
-    loss: str = field(default="dice", metadata={"help": "dice, bce or dice+bce"})
+    # soft Dice alone pushes every probability up at initialisation (its bias gradient is
+    # -2G^2 there) and can saturate at "all tissue"; BCE beside it keeps 0.5 meaningful
+    loss: str = field(default="dice+bce", metadata={"help": "dice+bce, dice or bce"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     seed: int = field(default=0, metadata={"help": "seed of weights and region sampling"})
     out: str = field(default="runs/gigaunet", metadata={"help": "run directory"})

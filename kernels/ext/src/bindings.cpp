@@ -19,7 +19,8 @@ NB_MODULE(gigamlx_fused, m) {
         "concat x + 3x3 head conv.");
   m.def(
       "tile_loss",
-      [](const gigamlx::mx::array& z, const gigamlx::mx::array& g, int cy, int cx, float a, float b, float c) {
+      [](const gigamlx::mx::array& z, const gigamlx::mx::array& g, int cy, int cx, float a,
+         float b, float c) {
         auto out = gigamlx::tile_loss(z, g, gigamlx::LossParams{cy, cx, a, b, c});
         return nb::make_tuple(out[0], out[1]);
       },

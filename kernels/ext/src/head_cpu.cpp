@@ -1,13 +1,11 @@
 // Row kernels of the fused tail. Features are held per row in planar layout [c_f][W + 2]
 // (one zero column each side = the head's padding), so every inner loop is a contiguous,
 // vectorizable pass over a row that stays in L1/L2.
-#include "head_cpu.h"
-#include "head_rows.h"
-
 #include <algorithm>
-#include <cstring>
 
 #include "common.h"
+#include "head_cpu.h"
+#include "head_rows.h"
 
 namespace gigamlx {
 
@@ -67,7 +65,8 @@ void head_forward(const HeadArgs& a, float b_head, float* z) {
       const int n = r / H, y = r % H;
       const float* rows[3];
       for (int dy = 0; dy < 3; ++dy) {
-        rows[dy] = ring.get(n, y + dy - 1, [&](float* dst) { fill_features(a, n, y + dy - 1, dst); });
+        const int yy = y + dy - 1;
+        rows[dy] = ring.get(n, yy, [&](float* dst) { fill_features(a, n, yy, dst); });
       }
       forward_row(a, rows, b_head, z + static_cast<long>(r) * W);
     }

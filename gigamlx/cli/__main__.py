@@ -1,0 +1,5 @@
+"""python -m gigamlx.cli"""
+
+from gigamlx.cli import app
+
+app()

@@ -1,0 +1,105 @@
+"""`gigamlx predict` and `gigamlx eval`: probability maps of whole slides, and their Dice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.config import DEFAULTS, help_of
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Argument(
+        ..., help="run folder (its newest checkpoint), checkpoint folder or weights .safetensors"
+    ),
+    slides: list[Path] = typer.Argument(
+        ..., help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)"
+    ),
+    out: Path = typer.Option(..., help="output folder: NAME.zarr per slide (and the extras)"),
+    memory_budget: str = typer.Option(DEFAULTS.memory_budget, help=help_of("memory_budget")),
+    tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
+    tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
+    overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
+    overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    verbose: bool = typer.Option(False, help="debug logging"),
+) -> None:
+    """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
+
+    Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
+    (napari opens it). --tiff adds an OME-TIFF that QuPath and OpenSlide open; --overlay a PNG
+    of the slide (longer side 2048 px) with tissue (p >= 0.5) tinted and outlined. Slides of
+    any size: tiles go straight to disk, the pyramid is built chunk by chunk.
+    """
+    from gigamlx.train.predict import predict_slides
+
+    setup_logging(verbose)
+    with user_errors():
+        _, progress = progress_bar("predict")
+
+        def on_slide(source):
+            def update(phase: str, done: int, total: int) -> None:
+                description = f"{source.name}: {phase}"
+                progress.update(progress.task_ids[0], description=description, total=total)
+                progress.update(progress.task_ids[0], completed=done)
+
+            if quiet:
+                return None
+            progress.start()  # only once the inputs are checked: errors come without a bar
+            return update
+
+        try:
+            results = predict_slides(
+                checkpoint, slides, out, memory_budget, tiff, overlay, overwrite, tile, on_slide
+            )
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+    for result in results:
+        outputs = ", ".join(str(p) for p in result.outputs if p is not None)
+        err.print(
+            f"{result.source}: {result.image_hw[0]}x{result.image_hw[1]} in "
+            f"{result.seconds:.1f} s, peak RSS {result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+
+
+class _MasksCommand(typer.core.TyperCommand):
+    """Lets `--masks M1 M2 ...` take several values after one flag."""
+
+    def parse_args(self, ctx, args):
+        from gigamlx.train.evaluate import expand_multi_value_option
+
+        return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
+
+
+@app.command("eval", cls=_MasksCommand)
+def evaluate(
+    preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
+    masks: list[Path] = typer.Option(
+        ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
+    ),
+    threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
+    json_path: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
+    baseline: str = typer.Option(
+        None, help="'otsu': also score Otsu on saturation (masks must be slide stores)"
+    ),
+    level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
+) -> None:
+    """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
+
+    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 or float 0-1. Masks: the
+    same (any non-zero value is tissue) or slide stores. Per-slide rows, then mean ± sample std.
+    Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
+    but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
+    """
+    from gigamlx.train.evaluate import run_evaluation
+
+    setup_logging(False)
+    with user_errors():
+        run_evaluation(preds, masks, threshold, json_path, baseline, level)

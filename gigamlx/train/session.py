@@ -1,0 +1,79 @@
+"""One training session as `gigamlx train` runs it: meet the other ranks, start or resume the
+run, train with the progress bar, then report. Rank 0 alone writes and draws."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from rich.console import Console
+
+from gigamlx.backends import get_backend
+from gigamlx.backends.base import World, WorldError
+from gigamlx.config import TrainConfig
+from gigamlx.train.loop import StepMetrics, TrainingError, train
+from gigamlx.train.profile import print_profile
+from gigamlx.train.progress import train_progress
+from gigamlx.train.run import Run, start_run
+
+log = logging.getLogger(__name__)
+
+
+def join_world(config: TrainConfig, rank_timeout_s: float) -> World:
+    """This process's data-parallel world (a world of one unless under mlx.launch)."""
+    try:  # under mlx.launch the ranks meet here
+        return get_backend(config.backend, config.device).world(rank_timeout_s)
+    except WorldError as error:
+        raise TrainingError(str(error)) from error
+
+
+def train_session(
+    config: TrainConfig,
+    resume: bool,
+    overrides: dict,
+    console: Console,
+    slide_progress,
+    show_progress: bool = True,
+    profile: bool = False,
+    rank_timeout_s: float = 600.0,
+    dump_weights: str | None = None,
+) -> list[StepMetrics]:
+    """Train as the CLI asked; returns the steps this session ran.
+
+    Args:
+        config: the requested configuration (validated unless resuming).
+        resume: continue the run in `config.out`; `overrides` are the options typed anew.
+        console: where the progress bar and the closing line go (stderr).
+        slide_progress: (callback, rich Progress) for making the default slide.
+        dump_weights: test hook, a path with {rank}: each rank's final weights as .npz.
+    """
+    world = join_world(config, rank_timeout_s)
+    update, bar = slide_progress
+    with bar:
+        run = start_run(config, resume, overrides, slide_progress=update, writes=world.is_main)
+    if world.is_main:
+        _log_start(run, world)
+    main = world.is_main
+    with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
+        history = train(run, world, bar.on_step if main else None, bar.on_tile if main else None)
+    if dump_weights:
+        np.savez(dump_weights.format(rank=world.rank), **run.backend.flat_params(run.model))
+    if main and profile:
+        print_profile(history, Console())
+    if main:
+        console.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
+    return history
+
+
+def _log_start(run: Run, world: World) -> None:
+    c = run.config
+    log.info(
+        "run %s: steps %d..%d, region %s, budget %s, loss %s, %d rank(s)",
+        run.run_dir,
+        run.step,
+        c.steps,
+        c.region,
+        c.memory_budget,
+        c.loss,
+        world.size,
+    )

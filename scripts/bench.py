@@ -229,12 +229,13 @@ def _in_subprocess(kind: str, hw, steps: int, warmup: int, budget_bytes: int, we
 
 
 def _needs_bytes(kind: str, pixels: int, rows: list[dict]) -> float:
-    """Estimated peak RSS of a whole-image peer: base + bytes/px of its largest measured run."""
+    """Estimated peak RSS of a whole-image peer: base + bytes/px of its largest measured run
+    (the prior from the issue only until a large enough run has been measured)."""
     seen = [r for r in rows if r["kind"] == kind and "rss_peak_bytes" in r]
     per_px, base = PRIOR_BYTES_PER_PX[kind], 0.5e9
     if seen and seen[-1]["pixels"] >= TRUST_PX:
         base = seen[-1]["rss_base_bytes"]
-        per_px = max(per_px, (seen[-1]["rss_peak_bytes"] - base) / seen[-1]["pixels"])
+        per_px = (seen[-1]["rss_peak_bytes"] - base) / seen[-1]["pixels"]
     return base + per_px * pixels
 
 

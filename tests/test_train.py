@@ -15,7 +15,7 @@ from gigamlx.config import TrainConfig
 from gigamlx.slide.synth import synth_slide
 from gigamlx.train import loop
 from gigamlx.train.checkpoint import list_checkpoints, load_checkpoint
-from gigamlx.train.loop import TrainingError, train
+from gigamlx.train.loop import Interrupted, TrainingError, train
 from gigamlx.train.run import RunDirError, start_run
 
 
@@ -112,3 +112,25 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(slide, tmp_path):
     for name in straight:
         np.testing.assert_array_equal(straight[name], split[name])
     assert os.path.exists(out / "config.json")
+
+
+def test_ctrl_c_during_the_update_keeps_step_and_regions_together(slide, tmp_path, monkeypatch):
+    """SIGINT raised inside the optimizer update: the step still counts, its regions stay drawn,
+    so resuming ends exactly where an uninterrupted run does."""
+    run = start_run(_config(slide, tmp_path / "run", 4), resume=False)
+    real_apply = run.backend.apply_gradients
+
+    def apply_then_interrupt(*args):
+        real_apply(*args)
+        if run.step == 1:  # inside the second update, before its step is counted
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(run.backend, "apply_gradients", apply_then_interrupt)
+    with pytest.raises(Interrupted):
+        train(run)
+    assert load_checkpoint(tmp_path / "run").step == 2
+    train(start_run(_config(slide, tmp_path / "run", 4), resume=True))
+    train(start_run(_config(slide, tmp_path / "straight", 4), resume=False))
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "run")
+    for name in straight:
+        np.testing.assert_array_equal(straight[name], resumed[name])

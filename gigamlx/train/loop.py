@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -88,8 +91,9 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     grads = world.mean_grads(grads)
     _check_finite(run, loss, grads)
     update_start = time.perf_counter()
-    run.backend.apply_gradients(run.model, run.optimizer, grads)
-    run.step += 1
+    with _interrupt_deferred():  # the update and its count land together or not at all
+        run.backend.apply_gradients(run.model, run.optimizer, grads)
+        run.step += 1
     now = time.perf_counter()
     return StepMetrics(
         step=run.step,
@@ -107,6 +111,24 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         regions=len(regions),
         world_size=world.size,
     )
+
+
+@contextmanager
+def _interrupt_deferred():
+    """Hold Ctrl-C (SIGINT) back until the block ends, on the main thread where POSIX allows.
+
+    A Ctrl-C between the optimizer update and the step count would save weights one step
+    ahead of the sampler state; deferred, it arrives just after and the step is whole.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _check_finite(run: Run, loss: float, grads: FlatParams) -> None:
@@ -137,11 +159,12 @@ def train(
     try:
         _check_same_weights(run, world)
         while run.step < run.config.steps:
-            before = run.sampler.state()
+            before, before_step = run.sampler.state(), run.step
             try:
                 metrics = train_step(run, world, tile_progress)
             except KeyboardInterrupt:
-                run.sampler.restore(before)  # redo this step's regions on resume
+                if run.step == before_step:  # no update: its regions are redrawn on resume
+                    run.sampler.restore(before)
                 raise
             _check_same_weights(run, world)
             history.append(metrics)

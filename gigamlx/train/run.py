@@ -117,7 +117,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines of steps after the checkpoint: they are about to be redone."""
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
+    kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> float:
+    """A metrics line's step; a line cut short by a crash counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

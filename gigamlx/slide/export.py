@@ -16,7 +16,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from gigamlx.slide import ngff
-from gigamlx.slide.store import _downsample2, chunk_boxes, pyramid_hws
+from gigamlx.slide.store import chunk_boxes, downsample2, pyramid_hws
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class ProbabilityMapWriter:
         boxes = [(n, b) for n in range(1, len(self.hws)) for b in chunk_boxes(self.hws[n], 2048)]
         for done, (n, box) in enumerate(boxes, 1):
             block = self.levels[n - 1][2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
-            self.levels[n][box.y0 : box.y1, box.x0 : box.x1] = _downsample2(block, box.hw, True)
+            self.levels[n][box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, True)
             if progress is not None:
                 progress("pyramid", done, len(boxes))
         self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))

@@ -181,7 +181,7 @@ def chunk_boxes(image_hw: tuple[int, int], chunk_px: int) -> Iterator[Box]:
             yield Box(y0, x0, min(y0 + chunk_px, h), min(x0 + chunk_px, w))
 
 
-def _downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.ndarray:
+def downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.ndarray:
     """2x2 block mean (rounded) or top-left pick of (..., 2h, 2w); odd edges replicate."""
     h, w = out_hw
     if not mean:
@@ -267,7 +267,7 @@ class StoreWriter:
             src, dst = arrays[n - 1], arrays[n]
             for box in chunk_boxes(self.hws[n], self.chunk_px):
                 block = src[..., 2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
-                dst[..., box.y0 : box.y1, box.x0 : box.x1] = _downsample2(block, box.hw, mean)
+                dst[..., box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, mean)
                 self._tick()
 
     def finish(self) -> Path:

@@ -66,6 +66,34 @@ def active() -> bool:
     return ok
 
 
+def down1_active() -> bool:
+    """Whether to take the fused first layer: `active()`, unless GIGAMLX_FUSED_DOWN1=0."""
+    return os.environ.get("GIGAMLX_FUSED_DOWN1", "1") != "0" and active()
+
+
+def down1(
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array,
+    stride: int,
+    pad: int,
+    keep_yx: tuple[int, int, int, int],
+) -> mx.array:
+    """Fused strided conv + bias + ReLU + zeroing (call only if `active()`).
+
+    Args:
+        x: (N, H, W, C_in) the network input; it gets no gradient.
+        weight: (C_out, k, k, C_in) with k a multiple of `stride`; bias: (C_out,).
+        keep_yx: (y0, x0, y1, x1) output box kept; outside it the activations are zeroed.
+
+    Returns:
+        (N, Ho, Wo, C_out) as relu(mx.conv2d(x, weight, stride, pad) + bias), zeroed outside
+        `keep_yx`; differentiable in weight and bias only.
+    """
+    module, _ = _load()
+    return module.down1(x, weight, bias, stride, pad, keep_yx)
+
+
 def head_logits(
     h2: mx.array,
     x: mx.array,

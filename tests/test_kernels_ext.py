@@ -31,6 +31,15 @@ def _rel(actual: mx.array, expected: mx.array) -> float:
     return float(np.abs(a - e).max() / max(np.abs(e).max(), 1e-30))
 
 
+def _reference_down1(x, weight, bias, keep_yx, stride=4, pad=6):
+    """Pure-MLX first layer as GigaUNet.logits computes it: conv + ReLU + zeroing."""
+    a = nn.relu(conv.conv2d(x, weight, bias, stride, pad))
+    rows, cols = mx.arange(a.shape[1]), mx.arange(a.shape[2])
+    y0, x0, y1, x1 = keep_yx
+    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    return mx.where(inside[None, :, :, None], a, mx.zeros_like(a))
+
+
 def _reference_tail(h2, x, w_up, b_up, w_head, b_head, keep_yx):
     """Pure-MLX up-sample + ReLU + zeroing + concat + 3x3 head: (N, H, W, 1)."""
     a = nn.relu(conv_transpose.conv_transpose2d(h2, w_up, b_up, w_up.shape[1]))
@@ -96,6 +105,79 @@ def test_fused_tail_matches_pure_mlx(n, h, w, keep_yx):
     ):
         assert got.shape == want.shape, name
         assert _rel(got, want) <= GRAD_RTOL, name
+
+
+@pytest.mark.parametrize(
+    ("n", "h", "w", "keep_yx"),
+    [
+        (1, 32, 32, None),
+        (1, 24, 52, None),  # non-square
+        (2, 36, 20, (2, 1, 7, 4)),  # batch of two, a box cutting rows and cols
+        (1, 40, 28, (0, 0, 10, 5)),  # box on one side only
+        (1, 16, 16, (0, 0, 0, 0)),  # everything outside the image
+    ],
+)
+def test_fused_down1_matches_pure_mlx(n, h, w, keep_yx):
+    _require_ext()
+    mx.random.seed(n * 100 + h + w)
+    x = mx.random.uniform(shape=(n, h, w, 3))
+    weight = mx.random.normal((2, 16, 16, 3)) * 0.05
+    bias = mx.random.normal((2,)) * 0.1
+    keep_yx = keep_yx or (0, 0, h // 4, w // 4)
+    y = fused.down1(x, weight, bias, 4, 6, keep_yx)
+    y_ref = _reference_down1(x, weight, bias, keep_yx)
+    assert y.shape == y_ref.shape == (n, h // 4, w // 4, 2)
+    assert _rel(y, y_ref) <= VALUE_RTOL
+
+    cotangent = mx.random.normal(y_ref.shape)
+
+    def grads(fn):
+        return mx.vjp(lambda w, b: fn(x, w, b), [weight, bias], [cotangent])[1]
+
+    def fused_fn(x, w, b):
+        return fused.down1(x, w, b, 4, 6, keep_yx)
+
+    def reference_fn(x, w, b):
+        return _reference_down1(x, w, b, keep_yx)
+
+    for name, got, want in zip(
+        ("weight", "bias"), grads(fused_fn), grads(reference_fn), strict=True
+    ):
+        assert got.shape == want.shape, name
+        if float(mx.abs(want).max()) > 0:
+            assert _rel(got, want) <= GRAD_RTOL, name
+        else:
+            assert float(mx.abs(got).max()) == 0.0, name
+
+
+def test_fused_down1_generic_shape_matches_pure_mlx():
+    """Other channel counts and kernels take the generic (non-blocked) loops."""
+    _require_ext()
+    mx.random.seed(11)
+    x = mx.random.uniform(shape=(2, 20, 28, 2))
+    weight, bias = mx.random.normal((3, 8, 8, 2)) * 0.2, mx.random.normal((3,)) * 0.1
+    keep_yx = (1, 0, 5, 6)
+    cotangent = mx.random.normal((2, 5, 7, 3))
+
+    def fused_fn(w, b):
+        return fused.down1(x, w, b, 4, 2, keep_yx)
+
+    def reference_fn(w, b):
+        return _reference_down1(x, w, b, keep_yx, stride=4, pad=2)
+
+    (y,), got = mx.vjp(fused_fn, [weight, bias], [cotangent])
+    (y_ref,), want = mx.vjp(reference_fn, [weight, bias], [cotangent])
+    assert y.shape == y_ref.shape and _rel(y, y_ref) <= VALUE_RTOL
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) <= GRAD_RTOL
+
+
+def test_fused_down1_refuses_an_input_gradient():
+    _require_ext()
+    x = mx.random.uniform(shape=(1, 16, 16, 3))
+    weight, bias = mx.random.normal((2, 16, 16, 3)), mx.zeros((2,))
+    with pytest.raises(ValueError, match="no gradient with respect to x"):
+        mx.grad(lambda x: fused.down1(x, weight, bias, 4, 6, (0, 0, 4, 4)).sum())(x)
 
 
 @pytest.mark.parametrize(("crop_yx", "crop_hw"), [((0, 0), (32, 48)), ((5, 7), (20, 33))])

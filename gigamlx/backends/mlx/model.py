@@ -28,6 +28,7 @@ class GigaUNet(nn.Module):
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_scales", scales(spec))
         object.__setattr__(self, "_fusable_tail", _fusable_tail(spec))
+        object.__setattr__(self, "_fusable_first", _fusable_first(spec))
         for layer in spec:
             kind = nn.Conv2d if layer.kind == "conv" else nn.ConvTranspose2d
             setattr(
@@ -56,10 +57,14 @@ class GigaUNet(nn.Module):
         h = x
         fusable = self._fusable_tail and x.dtype == mx.float32 and fused.active()
         fuse_at = len(self._spec) - 2 if fusable else None
+        fuse_first = self._fusable_first and x.dtype == mx.float32 and fused.down1_active()
         for index, layer in enumerate(self._spec):
             if index == fuse_at:
                 return self._fused_tail(h, x, in_box, padded_hw)
             module = getattr(self, layer.name)
+            if index == 0 and fuse_first:
+                h = saved[layer.name] = self._fused_first(x, in_box, padded_hw)
+                continue
             if layer.kind == "conv":
                 h = ops.conv2d(h, module.weight, module.bias, layer.stride, layer.pad)
             else:
@@ -76,6 +81,22 @@ class GigaUNet(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return mx.sigmoid(self.logits(x))
+
+    def _fused_first(
+        self, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
+    ) -> mx.array:
+        """The first conv + ReLU + zeroing as one compiled kernel (kernels/fused.py).
+
+        x: (N, H, W, 3) -> (N, H/s, W/s, C); no gradient flows to x.
+        """
+        layer = self._spec[0]
+        module = getattr(self, layer.name)
+        out_hw = [(n + 2 * layer.pad - layer.kernel) // layer.stride + 1 for n in x.shape[1:3]]
+        keep = None
+        if in_box is not None:
+            keep = inside_at_scale(in_box, padded_hw, self._scales[layer.name])
+        keep_yx = (0, 0, *out_hw) if keep is None else tuple(keep)
+        return fused.down1(x, module.weight, module.bias, layer.stride, layer.pad, keep_yx)
 
     def _fused_tail(
         self, h: mx.array, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
@@ -107,6 +128,19 @@ def _fusable_tail(spec: tuple[Layer, ...]) -> bool:
         and up.skip == "input"
         and head.kind == "conv"
         and (head.kernel, head.stride, head.pad, head.out_ch) == (3, 1, 1, 1)
+    )
+
+
+def _fusable_first(spec: tuple[Layer, ...]) -> bool:
+    """Whether the spec starts the way the fused first-layer kernel computes: a conv on the
+    input with kernel a multiple of the stride, then ReLU, joined with nothing."""
+    first = spec[0] if spec else None
+    return (
+        first is not None
+        and first.kind == "conv"
+        and first.kernel % first.stride == 0
+        and first.activation == "relu"
+        and first.skip is None
     )
 
 

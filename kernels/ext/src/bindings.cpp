@@ -4,6 +4,7 @@
 #include <nanobind/stl/array.h>
 #include <nanobind/stl/vector.h>
 
+#include "down1.h"
 #include "head.h"
 #include "loss.h"
 
@@ -26,4 +27,13 @@ NB_MODULE(gigamlx_fused, m) {
       },
       "z"_a, "g"_a, "cy"_a, "cx"_a, "a"_a, "b"_a, "c"_a,
       "(value, rows (6, h)) of the surrogate loss and per-row statistics on a crop of z.");
+  m.def(
+      "down1",
+      [](const gigamlx::mx::array& x, const gigamlx::mx::array& weight,
+         const gigamlx::mx::array& bias, int stride, int pad, std::array<int, 4> keep) {
+        return gigamlx::down1(x, weight, bias, gigamlx::Down1Params{stride, pad, keep});
+      },
+      "x"_a, "weight"_a, "bias"_a, "stride"_a, "pad"_a, "keep"_a,
+      "relu(conv(x) + bias) zeroed outside keep (y0, x0, y1, x1) at the output's resolution; "
+      "differentiable in weight and bias only.");
 }

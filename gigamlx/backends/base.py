@@ -32,7 +32,7 @@ class TileData(NamedTuple):
 
     tile: Tile
     image: np.ndarray  # (h_in, w_in, 3) uint8, zero outside the image
-    target: np.ndarray | None  # (h_out, w_out) float32 in {0, 1}; None for prediction
+    target: np.ndarray | None  # (h_out, w_out) uint8 in {0, 1}; None for prediction
 
 
 class WorldError(RuntimeError):

@@ -19,6 +19,7 @@ from gigamlx.losses import Objective
 from gigamlx.memory import current_rss_bytes
 from gigamlx.spec import GIGAUNET_4492, Layer, halo_px, total_stride
 from gigamlx.tiling.geometry import Box, Tile
+from gigamlx.tiling.prefetch import PREFETCH_DEPTH
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ Mode = Literal["grad", "stats", "predict"]
 # scheduler's pass-2 cache CACHE_SHARE, and the rest absorbs allocator rounding and prefetch.
 ENGINE_SHARE = 0.8
 CACHE_SHARE = 0.1
+# Host bytes per input-window pixel while tiles are in flight: the uint8 window (3 B) and target
+# (<= 1 B) of the tile computing, of the PREFETCH_DEPTH tiles queued and of the one being read,
+# plus the reader's transient copies (a zero-filled window, a turned region block)
+HOST_BYTES_PER_WINDOW_PX = 4 * (PREFETCH_DEPTH + 2) + 8
 _PROBE_TILES_PX = (64, 256)
 _cost_cache: dict[tuple[str, Mode], TileCost] = {}
 
@@ -40,7 +45,13 @@ class TileCost(NamedTuple):
     host_bytes: float = 0.0
 
     def peak_bytes(self, tile_px: int, halo: int) -> float:
+        """Engine peak of one square tile."""
         return self.fixed_bytes + self.bytes_per_px * (tile_px + 2 * halo) ** 2
+
+    def in_flight_bytes(self, tile_px: int, halo: int) -> float:
+        """Engine peak plus the host's windows in flight (prefetch queue and reads)."""
+        window_px = (tile_px + 2 * halo) ** 2
+        return self.peak_bytes(tile_px, halo) + HOST_BYTES_PER_WINDOW_PX * window_px
 
 
 def probe_data(tile_px: int, halo: int) -> tuple[TileData, tuple[int, int]]:
@@ -48,7 +59,7 @@ def probe_data(tile_px: int, halo: int) -> tuple[TileData, tuple[int, int]]:
     window = tile_px + 2 * halo
     tile = Tile(Box(0, 0, tile_px, tile_px), Box(-halo, -halo, tile_px + halo, tile_px + halo))
     image = np.zeros((window, window, 3), np.uint8)
-    target = np.zeros((tile_px, tile_px), np.float32)
+    target = np.zeros((tile_px, tile_px), np.uint8)
     return TileData(tile, image, target), (tile_px, tile_px)
 
 
@@ -112,15 +123,15 @@ def choose_tile_hw(
     """
     stride, halo = total_stride(spec), halo_px(spec)
     usable = engine_bytes(cost, budget_bytes, resting_bytes)
-    minimum = (cost.peak_bytes(stride, halo) + resting_bytes) / ENGINE_SHARE + cost.host_bytes
-    if cost.peak_bytes(stride, halo) > usable:
+    minimum = (cost.in_flight_bytes(stride, halo) + resting_bytes) / ENGINE_SHARE + cost.host_bytes
+    if cost.in_flight_bytes(stride, halo) > usable:
         raise ValueError(
             f"memory budget {format_bytes(budget_bytes)} is too small: the smallest tile "
             f"({stride}x{stride} px) needs about {format_bytes(minimum)}; raise the budget"
         )
     padded = [-(-n // stride) * stride for n in image_hw]
     side = stride
-    while side < max(padded) and cost.peak_bytes(side + stride, halo) <= usable:
+    while side < max(padded) and cost.in_flight_bytes(side + stride, halo) <= usable:
         side += stride
     rows, cols = (-(-n // (-(-n // side) * stride)) * stride for n in padded)
     return rows, cols

@@ -14,6 +14,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+PREFETCH_DEPTH = 2  # the scheduler's windows read ahead: one in flight, one ready
 _DONE = object()
 _POLL_S = 0.05
 

@@ -19,14 +19,13 @@ from gigamlx.losses import TileStats, check_loss, loss_value, needs_two_passes, 
 from gigamlx.spec import GIGAUNET_4492, Layer
 from gigamlx.tiling.budget import CACHE_SHARE, Mode, choose_tile_hw, tile_cost
 from gigamlx.tiling.geometry import Tile, TilePlan, plan_tiles
-from gigamlx.tiling.prefetch import Prefetcher
+from gigamlx.tiling.prefetch import PREFETCH_DEPTH, Prefetcher
 from gigamlx.tiling.window import read_window
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE_PX = 1024
 DEFAULT_CACHE_BYTES = 512 * 10**6  # Dice pass-2 cache when no budget is given
-PREFETCH_DEPTH = 2  # windows read ahead: one in flight, one ready
 Progress = Callable[[str, int, int], None]  # (phase, tiles done, tiles in phase)
 
 
@@ -90,7 +89,7 @@ def _reader(image, mask) -> Callable[[Tile], TileData]:
         window = read_window(image, tile.in_box)
         target = None
         if mask is not None:
-            target = (read_window(mask, tile.out_box) != 0).astype(np.float32)
+            target = (read_window(mask, tile.out_box) != 0).view(np.uint8)
         return TileData(tile, window, target)
 
     return read
@@ -124,7 +123,7 @@ def _cache_limit_bytes(image, budget_bytes: int | None) -> int:
 
 
 def _window_bytes(plan: TilePlan) -> int:
-    return sum(t.in_box.area() * 3 + t.out_box.area() * 4 for t in plan.tiles)
+    return sum(t.in_box.area() * 3 + t.out_box.area() for t in plan.tiles)
 
 
 def tiled_step(

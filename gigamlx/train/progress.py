@@ -27,10 +27,10 @@ class TrainProgress:
         self.progress.update(self.tiles, completed=done, total=total, info=phase, visible=True)
 
     def on_step(self, m: StepMetrics) -> None:
+        # short enough for 80 columns; the metrics log has every field
         info = (
-            f"loss {m.loss:.4f}  dice {m.dice:.4f}  {m.seconds:.1f} s/step  "
-            f"peak {_gb(m.peak_engine_bytes)} (RSS {_gb(m.peak_rss_bytes)})  "
-            f"{m.tiles} tiles of {m.tile_hw[0]}x{m.tile_hw[1]}"
+            f"loss {m.loss:.4f} dice {m.dice:.3f} {m.seconds:.1f} s/step "
+            f"RSS {_gb(m.peak_rss_bytes)}"
         )
         self.progress.update(self.steps, completed=m.step, info=info)
         self.progress.update(self.tiles, visible=False)
@@ -43,7 +43,7 @@ def train_progress(
     """Yields TrainProgress; the bar is drawn only when `enabled` (rank 0, not --quiet)."""
     columns = (
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),

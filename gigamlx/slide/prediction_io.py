@@ -181,12 +181,7 @@ def _open_tiff(path: Path, level: int) -> LazyPlane:
     store = tifffile.imread(str(path), aszarr=True)
     try:
         node = zarr.open(store, mode="r")
-        if isinstance(node, zarr.Group):
-            array, axes = _multiscale_level(node, level, str(path))
-        elif level != 0:
-            raise ArrayReadError(f"{path}: single-level TIFF has no pyramid level {level}")
-        else:
-            array, axes = node, None
+        array, axes = _level_of(node, level, path, "single-level TIFF")
         return LazyPlane(str(path), array, _index_template(array.shape, axes, str(path)), store)
     except BaseException:
         store.close()
@@ -197,13 +192,17 @@ def _open_zarr(path: Path, level: int) -> LazyPlane:
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Group) and is_store_group(node):
         return _open_store_mask(path, level)
-    if isinstance(node, zarr.Group):
-        array, axes = _multiscale_level(node, level, str(path))
-    elif level != 0:
-        raise ArrayReadError(f"{path}: plain zarr array has no pyramid level {level}")
-    else:
-        array, axes = node, None
+    array, axes = _level_of(node, level, path, "plain zarr array")
     return LazyPlane(str(path), array, _index_template(array.shape, axes, str(path)))
+
+
+def _level_of(node, level: int, path: Path, kind: str) -> tuple[Any, list | None]:
+    """Pyramid `level` of a multiscale group, or a single array (`kind`), which has only 0."""
+    if isinstance(node, zarr.Group):
+        return _multiscale_level(node, level, str(path))
+    if level != 0:
+        raise ArrayReadError(f"{path}: {kind} has no pyramid level {level}")
+    return node, None
 
 
 def _open_store_mask(path: Path, level: int) -> LazyPlane:

@@ -31,8 +31,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gigamlx.losses import DICE_SMOOTH
-from gigamlx.memory import current_rss_bytes, parse_bytes, peak_rss_bytes
+from gigamlx.core.losses import DICE_SMOOTH
+from gigamlx.core.memory import current_rss_bytes, parse_bytes, peak_rss_bytes
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 KINDS = ("torch", "gigamlx", "mlx-whole")  # torch first: the others' ratios refer to it

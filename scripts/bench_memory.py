@@ -36,7 +36,7 @@ def run_one(kind: str, side: int, budget_bytes: int, loss: str) -> dict:
 
     import gigamlx
     from gigamlx.backends.mlx.backend import MLXBackend
-    from gigamlx.memory import peak_rss_bytes
+    from gigamlx.core.memory import peak_rss_bytes
     from gigamlx.tiling.scheduler import tiled_step
 
     mx.random.seed(0)
@@ -113,7 +113,7 @@ def main(
     budget_bytes: int = typer.Option(0, hidden=True),
 ) -> None:
     """Tiled step time and peak memory next to a whole-image step, one process per row."""
-    from gigamlx.memory import parse_bytes
+    from gigamlx.core.memory import parse_bytes
 
     if one:
         kind, side = one.split(":")

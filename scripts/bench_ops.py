@@ -1,4 +1,4 @@
-"""Time the model's hot ops, MLX reference vs the formulations in kernels/, forward and fwd+bwd.
+"""Time the hot ops, MLX reference vs the formulations in gigamlx/backends/mlx/, fwd and fwd+bwd.
 
 Usage: python scripts/bench_ops.py [--repeat 3] [--json out/bench_ops.json] [--only k16,head]
 Set GIGAMLX_BLAS=none to time MLX's bundled BLAS instead of a preloaded OpenBLAS.
@@ -19,7 +19,7 @@ BLAS = preload_blas()  # must run before mlx.core is imported
 
 import mlx.core as mx  # noqa: E402
 
-from kernels import conv, conv_transpose  # noqa: E402
+from gigamlx.backends.mlx import conv, conv_transpose  # noqa: E402
 
 
 class Case(NamedTuple):

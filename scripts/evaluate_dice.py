@@ -2,7 +2,7 @@
 
 Usage: python scripts/evaluate_dice.py PRED... --masks MASK... [--threshold 0.5]
 [--json FILE] [--baseline otsu] [--level N]. The same as `gigamlx eval` (both call
-`gigamlx.train.evaluate.run_evaluation`).
+`gigamlx.eval.report.run_evaluation`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand
 
-from gigamlx.train.evaluate import EvaluationError, expand_multi_value_option, run_evaluation
+from gigamlx.eval.report import EvaluationError, expand_multi_value_option, run_evaluation
 
 HELP = "\n\n".join(
     (

@@ -22,12 +22,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gigamlx.config import TrainConfig
-from gigamlx.memory import peak_rss_bytes
-from gigamlx.slide.synth import synth_slide
-from gigamlx.train.evaluate import Report, run_evaluation
+from gigamlx.core.config import TrainConfig
+from gigamlx.core.memory import peak_rss_bytes
+from gigamlx.eval.report import Report, run_evaluation
+from gigamlx.infer.predict import open_source, output_paths, predict_slide
+from gigamlx.synth.render import synth_slide
 from gigamlx.train.loop import StepMetrics, train
-from gigamlx.train.predict import open_source, output_paths, predict_slide
 from gigamlx.train.run import start_run
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import torch
 from mlx.utils import tree_flatten
 
 from gigamlx.backends.cuda_um.model import TorchGigaUNet, from_torch_layout
-from gigamlx.losses import DICE_SMOOTH
-from gigamlx.tiling.geometry import padded_hw
+from gigamlx.core.geometry import padded_hw
+from gigamlx.core.losses import DICE_SMOOTH
 
 
 def _pad(image: np.ndarray) -> np.ndarray:

@@ -9,9 +9,9 @@ import tifffile
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
+from gigamlx.core.geometry import Box
 from gigamlx.slide.store import StoreWriter
-from gigamlx.slide.synth import synth_slide
-from gigamlx.tiling.geometry import Box
+from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()
 SMALL = ["--region", "256x320", "--memory-budget", "300MB", "--tile", "128", "--quiet"]

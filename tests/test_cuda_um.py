@@ -15,18 +15,18 @@ from reference import loss_terms, mlx_whole_image, random_case
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import TileData
+from gigamlx.backends.cuda_um.build import NvccNotFound, build_library, find_nvcc
 from gigamlx.backends.cuda_um.model import from_torch_layout
-from gigamlx.config import TrainConfig
-from gigamlx.losses import Objective
-from gigamlx.slide.synth import synth_slide
+from gigamlx.core.arrays import read_window
+from gigamlx.core.checkpoint import load_checkpoint
+from gigamlx.core.config import TrainConfig
+from gigamlx.core.geometry import padded_hw
+from gigamlx.core.losses import Objective
+from gigamlx.synth.render import synth_slide
 from gigamlx.tiling.budget import tile_cost
-from gigamlx.tiling.geometry import padded_hw
 from gigamlx.tiling.scheduler import tiled_predict, tiled_step
-from gigamlx.tiling.window import read_window
-from gigamlx.train.checkpoint import load_checkpoint
 from gigamlx.train.loop import train
 from gigamlx.train.run import start_run
-from kernels.cuda.build import NvccNotFound, build_library, find_nvcc
 
 HW = (200, 330)  # tiles of 128 do not divide it, nor does the stride
 needs_gpu = pytest.mark.skipif(

@@ -19,7 +19,7 @@ import pytest
 
 from gigamlx.backends.base import World, WorldError
 from gigamlx.backends.mlx.distributed import RANK_LOST_EXIT, launched_backend
-from gigamlx.slide.synth import synth_slide
+from gigamlx.synth.render import synth_slide
 
 LIMIT_S = 240  # any one command of these tests
 CLI = [sys.executable, "-c", "from gigamlx.cli import app; app()"]

@@ -14,14 +14,14 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from gigamlx.train.evaluate import (
+from gigamlx.eval.metrics import PixelCounts, evaluate_pair, summarize
+from gigamlx.eval.report import (
     EvaluationError,
     evaluate_files,
     expand_multi_value_option,
     render_table,
     report_to_json,
 )
-from gigamlx.train.metrics import PixelCounts, evaluate_pair, summarize
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_dice.py"
 
@@ -217,7 +217,7 @@ def test_report_json_and_table(tmp_path):
 
 def _write_store(path: Path) -> np.ndarray:
     store = pytest.importorskip("gigamlx.slide.store")
-    from gigamlx.tiling.geometry import Box
+    from gigamlx.core.geometry import Box
 
     yy, xx = np.mgrid[:96, :128]
     tissue = (yy - 48) ** 2 + (xx - 64) ** 2 < 35**2

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from gigamlx.spec import halo_px, receptive_field_px, total_stride
-from gigamlx.tiling.geometry import Box, inside_at_scale, padded_hw, plan_tiles
-from gigamlx.tiling.window import read_window
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import Box, inside_at_scale, padded_hw, plan_tiles
+from gigamlx.core.spec import halo_px, receptive_field_px, total_stride
 
 
 def _ownership(plan) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gigamlx.losses import TileStats, hard_dice, loss_value, objective, soft_dice_loss
+from gigamlx.core.losses import TileStats, hard_dice, loss_value, objective, soft_dice_loss
 
 
 def _stats(p: np.ndarray, g: np.ndarray) -> TileStats:

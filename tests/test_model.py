@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from gigamlx.spec import GIGAUNET_4492, Layer, check_spec, param_count, scales, window_margins_px
+from gigamlx.core.spec import (
+    GIGAUNET_4492,
+    Layer,
+    check_spec,
+    param_count,
+    scales,
+    window_margins_px,
+)
 
 
 def test_model_has_4492_trainable_parameters(model):

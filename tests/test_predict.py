@@ -13,11 +13,9 @@ from typer.testing import CliRunner
 import gigamlx
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.slide.export import open_probability_levels, sample_nearest, thumbnail_hw
-from gigamlx.slide.store import open_store
-from gigamlx.slide.synth import synth_slide
-from gigamlx.train.checkpoint import CheckpointError, save_checkpoint
-from gigamlx.train.predict import (
+from gigamlx.core.checkpoint import CheckpointError, save_checkpoint
+from gigamlx.infer.export import open_probability_levels, sample_nearest, thumbnail_hw
+from gigamlx.infer.predict import (
     PredictError,
     load_model,
     open_source,
@@ -26,6 +24,8 @@ from gigamlx.train.predict import (
     predict_slides,
     slide_name,
 )
+from gigamlx.slide.store import open_store
+from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()
 SLIDE_HW = (600, 1100)  # two pyramid levels at the default 512 px minimum side

@@ -6,10 +6,10 @@ import time
 import numpy as np
 import pytest
 
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import plan_tiles
 from gigamlx.slide.store import StoreWriter, chunk_boxes, open_store
-from gigamlx.tiling.geometry import plan_tiles
 from gigamlx.tiling.prefetch import Prefetcher
-from gigamlx.tiling.window import read_window
 
 
 @pytest.fixture

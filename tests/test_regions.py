@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from gigamlx.tiling.geometry import Box
-from gigamlx.tiling.window import read_window
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import Box
 from gigamlx.train.regions import Region, RegionSampler, RegionView, turn
 
 

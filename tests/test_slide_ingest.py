@@ -10,8 +10,8 @@ from PIL import Image
 from gigamlx.slide.ingest import ingest
 from gigamlx.slide.masks import MaskError
 from gigamlx.slide.store import open_store
-from gigamlx.slide.synth import render
-from gigamlx.slide.synth_scene import make_scene
+from gigamlx.synth.render import render
+from gigamlx.synth.scene import make_scene
 
 
 def _pyramid_tiff(path, rgb, levels=3):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from gigamlx.core.geometry import Box
 from gigamlx.slide.masks import (
     GeoJsonMask,
     ImageMask,
@@ -15,9 +16,8 @@ from gigamlx.slide.masks import (
     saturation,
 )
 from gigamlx.slide.store import chunk_boxes
-from gigamlx.slide.synth import render
-from gigamlx.slide.synth_scene import make_scene
-from gigamlx.tiling.geometry import Box
+from gigamlx.synth.render import render
+from gigamlx.synth.scene import make_scene
 
 
 def _square(x0, y0, x1, y1):

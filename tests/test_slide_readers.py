@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from gigamlx.core.geometry import Box
 from gigamlx.slide.readers import OpenSlideReader, SlideFormatError, TiffReader, open_slide
-from gigamlx.tiling.geometry import Box
 
 
 def _pyramid_tiff(path, rgb, levels=3):

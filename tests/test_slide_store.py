@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import zarr
 
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import Box
 from gigamlx.slide.store import StoreError, StoreWriter, chunk_boxes, open_store, pyramid_hws
-from gigamlx.tiling.geometry import Box
-from gigamlx.tiling.window import read_window
 
 
 def _write(path, rgb, mask=None, chunk_px=128, min_side_px=100, **kwargs):

@@ -11,10 +11,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gigamlx.config import TrainConfig
-from gigamlx.slide.synth import synth_slide
+from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
+from gigamlx.core.config import TrainConfig
+from gigamlx.synth.render import synth_slide
 from gigamlx.train import loop
-from gigamlx.train.checkpoint import list_checkpoints, load_checkpoint
 from gigamlx.train.loop import Interrupted, TrainingError, train
 from gigamlx.train.run import RunDirError, start_run
 

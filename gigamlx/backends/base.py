@@ -14,8 +14,8 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from gigamlx.losses import Objective, TileStats
-from gigamlx.tiling.geometry import Tile
+from gigamlx.core.geometry import Tile
+from gigamlx.core.losses import Objective, TileStats
 
 FlatParams = dict[str, np.ndarray]  # "down1.weight" -> array, engine layout, float64 or float32
 AllSum = Callable[[np.ndarray], np.ndarray]  # float64 (n,) -> the same on every rank, summed

@@ -34,8 +34,8 @@ def say_error(error: BaseException) -> None:
 @contextmanager
 def user_errors():
     """Known bad input ends the command with one line on stderr and exit code 2, no trace."""
+    from gigamlx.core.checkpoint import CheckpointError
     from gigamlx.slide.store import StoreError
-    from gigamlx.train.checkpoint import CheckpointError
     from gigamlx.train.loop import Interrupted, TrainingError
 
     try:

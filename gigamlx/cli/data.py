@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
-from gigamlx.config import parse_region
+from gigamlx.core.config import parse_region
 
 
 @app.command()
@@ -19,7 +19,7 @@ def synth(
     overwrite: bool = typer.Option(False, help="replace an existing store"),
 ) -> None:
     """Make a reproducible H&E-like slide with its true tissue mask (OME-Zarr)."""
-    from gigamlx.slide.synth import synth_slide
+    from gigamlx.synth.render import synth_slide
 
     setup_logging(False)
     with user_errors():
@@ -66,7 +66,7 @@ def ingest(
 @app.command()
 def info() -> None:
     """Versions, engine, BLAS, memory and the model's geometry."""
-    from gigamlx.info import collect_info
+    from gigamlx.cli.info import collect_info
 
     for key, value in collect_info().items():
         typer.echo(f"{key:>22}: {value}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
-from gigamlx.config import DEFAULTS, help_of
+from gigamlx.core.config import DEFAULTS, help_of
 
 
 @app.command()
@@ -34,7 +34,7 @@ def predict(
     of the slide (longer side 2048 px) with tissue (p >= 0.5) tinted and outlined. Slides of
     any size: tiles go straight to disk, the pyramid is built chunk by chunk.
     """
-    from gigamlx.train.predict import predict_slides
+    from gigamlx.infer.predict import predict_slides
 
     setup_logging(verbose)
     with user_errors():
@@ -73,7 +73,7 @@ class _MasksCommand(typer.core.TyperCommand):
     """Lets `--masks M1 M2 ...` take several values after one flag."""
 
     def parse_args(self, ctx, args):
-        from gigamlx.train.evaluate import expand_multi_value_option
+        from gigamlx.eval.report import expand_multi_value_option
 
         return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
 
@@ -98,7 +98,7 @@ def evaluate(
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
     but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
     """
-    from gigamlx.train.evaluate import run_evaluation
+    from gigamlx.eval.report import run_evaluation
 
     setup_logging(False)
     with user_errors():

@@ -10,10 +10,10 @@ import os
 import time
 from pathlib import Path
 
+from gigamlx.core.geometry import Box
 from gigamlx.slide.masks import GeoJsonMask, ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide
 from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
-from gigamlx.tiling.geometry import Box
 
 log = logging.getLogger(__name__)
 

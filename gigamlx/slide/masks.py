@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import Box
 from gigamlx.slide.store import chunk_boxes
-from gigamlx.tiling.geometry import Box
-from gigamlx.tiling.window import read_window
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
-from gigamlx.tiling.geometry import Box
-from gigamlx.tiling.window import read_window
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import Box
 
 log = logging.getLogger(__name__)
 

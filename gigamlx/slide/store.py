@@ -18,8 +18,8 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from gigamlx.core.geometry import Box
 from gigamlx.slide import ngff
-from gigamlx.tiling.geometry import Box
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from gigamlx.backends.base import Backend, TileData
-from gigamlx.losses import Objective
-from gigamlx.memory import current_rss_bytes
-from gigamlx.spec import GIGAUNET_4492, Layer, halo_px, total_stride
-from gigamlx.tiling.geometry import Box, Tile
+from gigamlx.core.geometry import Box, Tile
+from gigamlx.core.losses import Objective
+from gigamlx.core.memory import current_rss_bytes
+from gigamlx.core.spec import GIGAUNET_4492, Layer, halo_px, total_stride
 from gigamlx.tiling.prefetch import PREFETCH_DEPTH
 
 log = logging.getLogger(__name__)

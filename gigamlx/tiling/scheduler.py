@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gigamlx.backends.base import Backend, FlatParams, TileData
-from gigamlx.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
-from gigamlx.spec import GIGAUNET_4492, Layer
+from gigamlx.core.arrays import read_window
+from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
+from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
+from gigamlx.core.spec import GIGAUNET_4492, Layer
 from gigamlx.tiling.budget import CACHE_SHARE, Mode, choose_tile_hw, tile_cost
-from gigamlx.tiling.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.tiling.prefetch import PREFETCH_DEPTH, Prefetcher
-from gigamlx.tiling.window import read_window
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gigamlx.slide.store import SlideStore, StoreError, open_store
-from gigamlx.slide.synth import default_slide
+from gigamlx.synth.render import default_slide
 
 log = logging.getLogger(__name__)
 SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".vms", ".bif", ".svslide"}

@@ -19,10 +19,10 @@ from typing import NamedTuple
 import numpy as np
 
 from gigamlx.backends.base import FlatParams, World, WorldError
-from gigamlx.losses import TileStats, hard_dice
-from gigamlx.memory import peak_rss_bytes
+from gigamlx.core.checkpoint import list_checkpoints
+from gigamlx.core.losses import TileStats, hard_dice
+from gigamlx.core.memory import peak_rss_bytes
 from gigamlx.tiling.scheduler import tiled_step
-from gigamlx.train.checkpoint import list_checkpoints
 from gigamlx.train.regions import RegionView
 from gigamlx.train.run import Run, save_run
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gigamlx.tiling.geometry import Box
+from gigamlx.core.geometry import Box
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
-from gigamlx.config import TrainConfig
+from gigamlx.core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from gigamlx.core.config import TrainConfig
 from gigamlx.slide.store import SlideStore
-from gigamlx.train.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from gigamlx.train.data import open_training_slides
 from gigamlx.train.regions import RegionSampler
 

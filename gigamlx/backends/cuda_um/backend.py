@@ -23,9 +23,9 @@ from gigamlx.backends.cuda_um import managed
 from gigamlx.backends.cuda_um.managed import ManagedMemory, resolve_device
 from gigamlx.backends.cuda_um.model import TorchGigaUNet, from_torch_layout, to_torch_layout
 from gigamlx.backends.cuda_um.optim import MLXAdam
-from gigamlx.losses import Objective, TileStats
-from gigamlx.spec import halo_px, total_stride
-from gigamlx.tiling.geometry import Box, Tile
+from gigamlx.core.geometry import Box, Tile
+from gigamlx.core.losses import Objective, TileStats
+from gigamlx.core.spec import halo_px, total_stride
 
 
 class StagedTile(NamedTuple):

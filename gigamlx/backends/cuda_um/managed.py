@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gigamlx.memory import current_rss_bytes, peak_rss_bytes
-from kernels.cuda.build import NvccNotFound, build_library
+from gigamlx.backends.cuda_um.build import NvccNotFound, build_library
+from gigamlx.core.memory import current_rss_bytes, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 

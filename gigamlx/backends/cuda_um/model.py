@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gigamlx.spec import GIGAUNET_4492, Layer, check_spec, scales
-from gigamlx.tiling.geometry import Box, inside_at_scale
+from gigamlx.core.geometry import Box, inside_at_scale
+from gigamlx.core.spec import GIGAUNET_4492, Layer, check_spec, scales
 
 
 class TorchGigaUNet(nn.Module):

@@ -9,12 +9,12 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from gigamlx.backends.base import FlatParams, MemoryReading, TileData, World
+from gigamlx.backends.mlx import fused
 from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
-from gigamlx.losses import Objective, TileStats
-from gigamlx.tiling.geometry import Tile
-from kernels import fused
+from gigamlx.core.geometry import Tile
+from gigamlx.core.losses import Objective, TileStats
 
 
 class MLXBackend:

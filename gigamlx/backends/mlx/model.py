@@ -1,14 +1,13 @@
-"""GigaUNet-4492 as an mlx.nn.Module, built from the layer table in gigamlx.spec."""
+"""GigaUNet-4492 as an mlx.nn.Module, built from the layer table in gigamlx.core.spec."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from gigamlx.backends.mlx import ops
-from gigamlx.spec import GIGAUNET_4492, Layer, check_spec, scales
-from gigamlx.tiling.geometry import Box, inside_at_scale
-from kernels import fused
+from gigamlx.backends.mlx import fused, ops
+from gigamlx.core.geometry import Box, inside_at_scale
+from gigamlx.core.spec import GIGAUNET_4492, Layer, check_spec, scales
 
 
 class GigaUNet(nn.Module):
@@ -85,7 +84,7 @@ class GigaUNet(nn.Module):
     def _fused_first(
         self, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
     ) -> mx.array:
-        """The first conv + ReLU + zeroing as one compiled kernel (kernels/fused.py).
+        """The first conv + ReLU + zeroing as one compiled kernel (backends/mlx/fused.py).
 
         x: (N, H, W, 3) -> (N, H/s, W/s, C); no gradient flows to x.
         """
@@ -101,7 +100,7 @@ class GigaUNet(nn.Module):
     def _fused_tail(
         self, h: mx.array, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
     ) -> mx.array:
-        """The last up-sampling layer and the head as one compiled kernel (kernels/fused.py).
+        """The last up-sampling layer and the head as one compiled kernel (backends/mlx/fused.py).
 
         h: (N, H/s, W/s, C) the up-sampling layer's input; x: (N, H, W, 3) -> (N, H, W, 1).
         """

@@ -1,17 +1,17 @@
 """The two hot ops of the MLX model, in one place so faster formulations can replace them.
 
 Both are channels-last. Weights follow MLX's layout (C_out, kH, kW, C_in) for conv and
-conv-transpose alike. They route to kernels/ (matmul formulations with their own vjp, which
-avoid MLX's scalar CPU paths for strided-conv input gradients and conv-transposes) and fall
-back to MLX's ops for shapes those formulations do not cover.
+conv-transpose alike. They route to conv.py / conv_transpose.py (matmul formulations with
+their own vjp, which avoid MLX's scalar CPU paths for strided-conv input gradients and
+conv-transposes) and fall back to MLX's ops for shapes those formulations do not cover.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from kernels import conv as fast_conv
-from kernels import conv_transpose as fast_conv_transpose
+from gigamlx.backends.mlx import conv as fast_conv
+from gigamlx.backends.mlx import conv_transpose as fast_conv_transpose
 
 
 def conv2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int) -> mx.array:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gigamlx.slide.prediction_io import aligned_block_hw, iter_blocks
+from gigamlx.slide.planes import aligned_block_hw, iter_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gigamlx.slide.prediction_io import ArrayReadError, LazyPlane, open_plane
-from gigamlx.train.baseline import BASELINES, baseline_plane
-from gigamlx.train.metrics import (
+from gigamlx.eval.baseline import BASELINES, baseline_plane
+from gigamlx.eval.metrics import (
     METRIC_NAMES,
     EvaluationError,
     PixelCounts,
@@ -26,6 +25,7 @@ from gigamlx.train.metrics import (
     evaluate_pair,
     summarize,
 )
+from gigamlx.slide.planes import ArrayReadError, LazyPlane, open_plane
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ def _total_ram_bytes() -> int | None:
 
 def collect_info() -> dict[str, str]:
     from gigamlx.backends import get_backend
-    from gigamlx.spec import halo_px, param_count, receptive_field_px, total_stride
+    from gigamlx.core.spec import halo_px, param_count, receptive_field_px, total_stride
 
     ram = _total_ram_bytes()
     return {

@@ -1,6 +1,6 @@
 """Compile kernels/cuda/managed_alloc.cu into a shared library with nvcc.
 
-Run `python -m kernels.cuda.build [OUT_DIR]` or `make -C kernels/cuda` (both write to
+Run `python -m gigamlx.backends.cuda_um.build [OUT_DIR]` or `make -C kernels/cuda` (both write to
 kernels/cuda/build/ by default); the cuda-um backend calls `build_library` itself on first use.
 Host code only, so it compiles where nvcc exists and no GPU does; running it needs a driver at
 least as new as that nvcc.
@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("managed_alloc.cu")
+# the native source stays in the repository's kernels/ (native sources only; editable install)
+SOURCE = Path(__file__).resolve().parents[3] / "kernels" / "cuda" / "managed_alloc.cu"
 LIBRARY = "libgigamlx_um.so"
 NVCC_FLAGS = ("-shared", "-Xcompiler", "-fPIC", "-O2")
 

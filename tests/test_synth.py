@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from gigamlx.slide.store import open_store
-from gigamlx.slide.synth import default_slide, render, synth_slide
-from gigamlx.slide.synth_scene import make_scene
+from gigamlx.synth.render import default_slide, render, synth_slide
+from gigamlx.synth.scene import make_scene
 
 
 def test_synth_same_bytes_whatever_chunking(tmp_path):
@@ -45,7 +45,7 @@ def test_synth_bounded_memory(tmp_path):
     """A 3072x4096 synth (36 MB of RGB) grows peak RSS by about one chunk's temporaries."""
     code = (
         "import resource\n"
-        "from gigamlx.slide.synth import synth_slide\n"
+        "from gigamlx.synth.render import synth_slide\n"
         f"synth_slide({str(tmp_path / 'warm.zarr')!r}, (300, 300), chunk_px=256)\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"synth_slide({str(tmp_path / 'm.zarr')!r}, (3072, 4096), chunk_px=256)\n"

@@ -8,7 +8,7 @@ import tifffile
 import zarr
 from PIL import Image
 
-from gigamlx.slide.prediction_io import (
+from gigamlx.slide.planes import (
     ArrayReadError,
     aligned_block_hw,
     iter_blocks,
@@ -121,7 +121,7 @@ def test_open_plane_unreadable_file(tmp_path):
 
 def test_open_plane_store_mask_and_image(tmp_path):
     store = pytest.importorskip("gigamlx.slide.store")
-    from gigamlx.tiling.geometry import Box
+    from gigamlx.core.geometry import Box
 
     rgb = np.random.default_rng(2).integers(0, 256, (128, 96, 3), dtype=np.uint8)
     mask = (rgb[..., 0] > 100).astype(np.uint8)

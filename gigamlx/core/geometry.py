@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from gigamlx.spec import GIGAUNET_4492, Layer, halo_px, total_stride
+from gigamlx.core.spec import GIGAUNET_4492, Layer, halo_px, total_stride
 
 
 class Box(NamedTuple):

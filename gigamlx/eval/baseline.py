@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from gigamlx.slide.prediction_io import DEFAULT_BLOCK_PX, ArrayReadError, open_store_image
-from gigamlx.tiling.geometry import Box
-from gigamlx.train.metrics import EvaluationError
+from gigamlx.core.geometry import Box
+from gigamlx.eval.metrics import EvaluationError
+from gigamlx.slide.planes import DEFAULT_BLOCK_PX, ArrayReadError, open_store_image
 
 logger = logging.getLogger(__name__)
 

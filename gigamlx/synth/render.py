@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gigamlx.slide.noise import fbm, uniform, value_noise
+from gigamlx.core.geometry import Box
 from gigamlx.slide.store import Progress, StoreError, StoreWriter, chunk_boxes, open_store
-from gigamlx.slide.synth_scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
-from gigamlx.tiling.geometry import Box
+from gigamlx.synth.noise import fbm, uniform, value_noise
+from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from gigamlx.losses import check_loss
-from gigamlx.memory import parse_bytes
+from gigamlx.core.losses import check_loss
+from gigamlx.core.memory import parse_bytes
 
 
 @dataclass(frozen=True)

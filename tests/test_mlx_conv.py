@@ -5,8 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from gigamlx.backends.mlx import ops
-from kernels import conv, conv_transpose
+from gigamlx.backends.mlx import conv, conv_transpose, ops
 
 VALUE_RTOL = 1e-5
 GRAD_RTOL = 1e-4

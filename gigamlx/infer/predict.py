@@ -17,8 +17,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gigamlx.backends import get_backend
-from gigamlx.memory import parse_bytes, peak_rss_bytes
-from gigamlx.slide.export import (
+from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
+from gigamlx.core.geometry import Box
+from gigamlx.core.memory import parse_bytes, peak_rss_bytes
+from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
     ProbabilityMapWriter,
     open_probability_levels,
@@ -27,9 +29,7 @@ from gigamlx.slide.export import (
 )
 from gigamlx.slide.readers import open_slide
 from gigamlx.slide.store import StoreError, open_store
-from gigamlx.tiling.geometry import Box
 from gigamlx.tiling.scheduler import tiled_predict
-from gigamlx.train.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
 
 log = logging.getLogger(__name__)
 

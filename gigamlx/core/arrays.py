@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gigamlx.tiling.geometry import Box
+from gigamlx.core.geometry import Box
 
 
 def read_window(array, box: Box, fill: int | float = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gigamlx.tiling.geometry import Box
+from gigamlx.core.geometry import Box
 
 BOUNDARY_NOISE = 0.35  # amplitude of the boundary noise, in units of normalized ellipse radius
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gigamlx.train.checkpoint import (
+from gigamlx.core.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,

@@ -10,10 +10,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from gigamlx.backends.base import TileData
+from gigamlx.backends.mlx import conv, conv_transpose, fused
 from gigamlx.backends.mlx.backend import MLXBackend, _bce, _stat_rows
-from gigamlx.losses import Objective
-from gigamlx.tiling.geometry import Box, plan_tiles
-from kernels import conv, conv_transpose, fused
+from gigamlx.core.geometry import Box, plan_tiles
+from gigamlx.core.losses import Objective
 
 VALUE_RTOL = 1e-5
 GRAD_RTOL = 1e-4

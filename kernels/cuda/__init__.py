@@ -1,1 +1,0 @@
-"""CUDA sources for the cuda-um backend: the managed-memory allocator and migration hints."""

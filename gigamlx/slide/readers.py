@@ -15,6 +15,7 @@ import numpy as np
 
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
+from gigamlx.core.units import to_um
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,34 @@ def _check_axes(shape: tuple[int, ...], axes: str, path: Path) -> None:
             raise SlideFormatError(f"{path}: axis {axis} has size {n}; expected one RGB image")
 
 
+def ome_mpp(ome_xml: str, source: Path | str = "OME-XML") -> float | None:
+    """µm per pixel (X) of the first image of an OME-XML document, parsed with its unit.
+
+    `PhysicalSizeXUnit` defaults to µm as the OME schema says; nm, mm, ... are converted.
+    A size that cannot be read is logged and ignored (the slide has no calibration).
+    """
+    import tifffile
+
+    try:
+        images = tifffile.xml2dict(ome_xml)["OME"].get("Image", [])
+    except Exception as err:  # malformed XML: the pixels may still be fine
+        log.warning("%s: unreadable OME-XML (%s); no pixel size", source, err)
+        return None
+    image = images[0] if isinstance(images, list) else images
+    pixels = (image or {}).get("Pixels", {})
+    if "PhysicalSizeX" not in pixels:
+        return None
+    mpp = to_um(pixels["PhysicalSizeX"], pixels.get("PhysicalSizeXUnit"))
+    if mpp is None:
+        log.warning(
+            "%s: PhysicalSizeX %r %s is not a length; no pixel size",
+            source,
+            pixels["PhysicalSizeX"],
+            pixels.get("PhysicalSizeXUnit", "µm"),
+        )
+    return mpp
+
+
 class TiffReader:
     """TIFF / OME-TIFF through tifffile: pyramidal (levels or subifds) or a single level."""
 
@@ -106,9 +135,9 @@ class TiffReader:
         self.mpp = self._mpp()
 
     def _mpp(self) -> float | None:
-        ome = self._tif.ome_metadata
-        if ome and 'PhysicalSizeX="' in ome:
-            return float(ome.split('PhysicalSizeX="')[1].split('"')[0])
+        """µm per pixel of level 0: OME-XML PhysicalSizeX with its unit, else the TIFF tags."""
+        if self._tif.ome_metadata:
+            return ome_mpp(self._tif.ome_metadata, self.path)
         tags = self._tif.pages.first.tags
         if "XResolution" in tags and tags.get("ResolutionUnit") is not None:
             num, den = tags["XResolution"].value

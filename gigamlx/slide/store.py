@@ -58,11 +58,11 @@ class ChannelsLast:
 
 
 class Level(NamedTuple):
-    """One pyramid level: (H, W, 3) image view, (H, W) mask or None, downsample factor."""
+    """One pyramid level: (H, W, 3) image view, (H, W) mask or None, downsample vs level 0."""
 
     image: ChannelsLast
     mask: object | None
-    downsample: int
+    downsample: float
 
 
 class SlideStore:
@@ -71,7 +71,11 @@ class SlideStore:
     def __init__(self, path: Path, levels: list[Level], attrs: dict):
         self.path, self.levels, self.attrs = path, levels, attrs
         self.image, self.mask = levels[0].image, levels[0].mask
-        self.mpp: float | None = attrs.get("mpp")
+        self.mpp: float | None = attrs.get("mpp")  # µm per pixel of level 0
+
+    def level_mpp(self, n: int) -> float | None:
+        """µm per pixel of level `n` (None when the store has no calibration)."""
+        return self.mpp * self.levels[n].downsample if self.mpp else None
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -101,6 +105,14 @@ def _multiscale_levels(group, ome: dict) -> tuple[list, str]:
     multiscale = ome["multiscales"][0]
     axes = "".join(a["name"] if isinstance(a, dict) else a for a in multiscale["axes"])
     return [group[d["path"]] for d in multiscale["datasets"]], axes
+
+
+def _downsamples(ome: dict, widths_px: list[int]) -> list[float]:
+    """Each level's downsample vs level 0: from the NGFF x scales, else from the widths."""
+    scales, _ = ngff.level_scales_x(ome["multiscales"][0])
+    if len(set(scales)) > 1 or len(scales) == 1:
+        return [s / scales[0] for s in scales]
+    return [widths_px[0] / w for w in widths_px]
 
 
 def _mask_levels(group) -> list:
@@ -158,11 +170,16 @@ def open_store(path: str | os.PathLike) -> SlideStore:
         raise StoreError(f"{path} is an incomplete or foreign zarr group: {_what_to_do(path)}")
     arrays, axes = _multiscale_levels(node, ome)
     masks = _mask_levels(node)
+    images = [ChannelsLast(a, axes) for a in arrays]
+    downsamples = _downsamples(ome, [image.shape[1] for image in images])
     levels = [
-        Level(ChannelsLast(a, axes), masks[n] if n < len(masks) else None, 2**n)
-        for n, a in enumerate(arrays)
+        Level(image, masks[n] if n < len(masks) else None, downsamples[n])
+        for n, image in enumerate(images)
     ]
-    return SlideStore(path, levels, attrs.get("gigamlx", {}))
+    own = attrs.get("gigamlx", {})
+    if own.get("mpp") is None:  # another tool's store: its calibration is in the NGFF scales
+        own = own | {"mpp": ngff.multiscale_mpp(ome["multiscales"][0])}
+    return SlideStore(path, levels, own)
 
 
 def pyramid_hws(image_hw: tuple[int, int], min_side_px: int = 1024) -> list[tuple[int, int]]:

@@ -13,8 +13,8 @@ from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
 from gigamlx.core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
 from gigamlx.core.config import TrainConfig
-from gigamlx.slide.store import SlideStore
-from gigamlx.train.data import open_training_slides
+from gigamlx.slide.magnification import LevelError, size_px
+from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class Run:
     model: Any
     optimizer: Any
     sampler: RegionSampler
-    slides: list[SlideStore]
+    slides: list[TrainingSlide]
     step: int  # optimizer steps completed
     run_dir: Path
 
@@ -77,12 +77,13 @@ def start_run(
     elif writes:
         _check_fresh(run_dir)
     config.validate()
-    slides = open_training_slides(config.data, slide_progress)
+    slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
+    config, region_hw = _resolve_scale(config, slides)
     backend = get_backend(config.backend, device=config.device)
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
     sampler = RegionSampler(
-        [s.image_hw for s in slides], config.region_hw, config.seed, config.augment, config.pad
+        [s.image_hw for s in slides], region_hw, config.seed, config.augment, config.pad
     )
     step = 0
     if checkpoint is not None:
@@ -97,6 +98,31 @@ def start_run(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
     return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
+
+
+def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):
+    """(config with trained_level / trained_mpp filled in, region (h, w) in pixels).
+
+    The µm/px trained at is the first store's (with --mpp every store is within 10% of it);
+    a physical --region is converted at that resolution.
+    """
+    first = slides[0]
+    trained_mpp = config.mpp or first.mpp
+    size, unit = config.region_size
+    try:
+        region_hw = size_px(size, unit, trained_mpp, str(first.path))
+    except LevelError as error:
+        raise DataError(str(error)) from None
+    levels = {s.level for s in slides}
+    trained_level = first.level if len(levels) == 1 else None
+    config = dataclasses.replace(config, trained_level=trained_level, trained_mpp=trained_mpp)
+    log.info(
+        "reading level %s at %s µm/px; region %dx%d px (HxW)",
+        trained_level if trained_level is not None else "per store",
+        f"{trained_mpp:.4g}" if trained_mpp else "unknown",
+        *region_hw,
+    )
+    return config, region_hw
 
 
 def save_run(run: Run) -> Path:

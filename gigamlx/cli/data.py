@@ -8,6 +8,7 @@ import typer
 
 from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
 from gigamlx.core.config import parse_region
+from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
@@ -43,9 +44,18 @@ def ingest(
         None, help="mask image (TIFF/PNG) on that level's grid; non-zero = tissue"
     ),
     geojson: Path = typer.Option(
-        None, help="GeoJSON polygons (QuPath export), level-0 coordinates"
+        None, help="GeoJSON annotations (QuPath export), level-0 pixel coordinates"
     ),
-    otsu: bool = typer.Option(False, help="classical Otsu-on-saturation tissue mask as the mask"),
+    tissue_class: list[str] = typer.Option(
+        None,
+        help="with --geojson: a class that is tissue (repeat for several; 'unclassified' for "
+        "annotations without a class). Default: every class except Ignore*. Ignore* areas are "
+        "always cut out; lines and points are skipped.",
+        show_default=False,
+    ),
+    otsu: bool = typer.Option(
+        False, help=f"classical baseline as the mask: {OTSU_DEFINITION} (as eval --baseline otsu)"
+    ),
     chunk: int = typer.Option(1024, help="chunk side in pixels"),
     reader: str = typer.Option(None, help="force 'openslide' or 'tifffile'", show_default=False),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
@@ -58,7 +68,17 @@ def ingest(
         update, progress = progress_bar(f"ingest {slide.name}")
         with progress:
             path = run_ingest(
-                slide, out, level, mask, geojson, otsu, chunk, update, reader, overwrite
+                slide,
+                out,
+                level,
+                mask,
+                geojson,
+                otsu,
+                chunk,
+                update,
+                reader,
+                overwrite,
+                tissue_classes=tissue_class or None,
             )
     err.print(f"wrote {path}")
 

@@ -8,6 +8,7 @@ import typer
 
 from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
 from gigamlx.core.config import DEFAULTS, help_of
+from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
@@ -87,7 +88,9 @@ def evaluate(
     threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
     json_path: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
     baseline: str = typer.Option(
-        None, help="'otsu': also score Otsu on saturation (masks must be slide stores)"
+        None,
+        help=f"'otsu': also score the classical baseline ({OTSU_DEFINITION}; the same as "
+        "ingest --otsu); masks must be slide stores",
     ),
     level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
 ) -> None:

@@ -37,7 +37,7 @@ def um_per_unit(unit: str | None, default: str = "µm") -> float | None:
 
 
 def to_um(value, unit: str | None, default: str = "µm") -> float | None:
-    """`value` in `unit` as micrometres; None when the value or unit is unusable (0, NaN, 'pixel')."""
+    """`value` in `unit` as µm; None when the value or unit is unusable (0, NaN, 'pixel')."""
     factor = um_per_unit(unit, default)
     try:
         number = float(value)

@@ -1,7 +1,8 @@
 """Classical tissue detector scored beside the model: Otsu on HSV saturation.
 
-The detector is `gigamlx.slide.masks.OtsuMask` (the one `gigamlx ingest --otsu` uses), fitted
-on the store's coarsest level; it needs the slide's RGB image, so masks must be slide stores.
+The detector is `gigamlx.slide.masks.OtsuMask`, the one `gigamlx ingest --otsu` uses, fitted
+the same way on the store's own pyramid (`masks.OTSU_DEFINITION`); it needs the slide's RGB
+image, so masks must be slide stores.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import numpy as np
 
 from gigamlx.core.geometry import Box
 from gigamlx.eval.metrics import EvaluationError
-from gigamlx.slide.planes import DEFAULT_BLOCK_PX, ArrayReadError, open_store_image
+from gigamlx.slide.planes import (
+    DEFAULT_BLOCK_PX,
+    ArrayReadError,
+    open_store_image,
+    open_store_levels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,7 @@ def baseline_plane(
     """The (H, W) bool prediction of baseline `name` for the slide store at `store_path`.
 
     Args:
-        name: "otsu": Otsu threshold of the saturation histogram of the coarsest level,
-            applied at `level`.
+        name: "otsu": `masks.OTSU_DEFINITION`, applied at `level`.
         store_path: a slide store (image + mask), as from `gigamlx ingest`.
         level: pyramid level to predict at.
         chunk_hw: (rows, cols) per read.
@@ -64,11 +69,11 @@ def baseline_plane(
 
     try:
         image = open_store_image(store_path, level)
-        fit_image = open_store_image(store_path, -1)
+        levels = open_store_levels(store_path)
     except ArrayReadError as err:
         raise EvaluationError(
             f"--baseline {name} needs masks given as slide stores (image + mask): {err}"
         ) from err
-    masker = OtsuMask.fit(image, fit_image=fit_image)
+    masker = OtsuMask(image, OtsuMask.fit(levels).threshold)
     logger.info("%s: Otsu saturation threshold %d", store_path, masker.threshold)
     return BoxReaderPlane(masker, chunk_hw)

@@ -142,6 +142,20 @@ def open_store_image(path: str | Path, level: int = 0) -> Any:
     return _store_level(Path(path), level).image
 
 
+def open_store_levels(path: str | Path) -> list:
+    """(H, W, 3) uint8 image views of every level of the slide store at `path`, finest first.
+
+    Raises:
+        ArrayReadError: `path` is not a slide store.
+    """
+    from gigamlx.slide.store import StoreError, open_store
+
+    try:
+        return [level.image for level in open_store(path).levels]
+    except StoreError as err:
+        raise ArrayReadError(str(err)) from err
+
+
 def is_store_group(group: zarr.Group) -> bool:
     """True for an ingested gigamlx store (or an OME-Zarr image with a `labels` group)."""
     return "gigamlx" in group.attrs or "labels" in group

@@ -247,6 +247,7 @@ class StoreWriter:
             self.masks = [self._create(label, n, hw) for n, hw in enumerate(self.hws)]
         n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
         self.done, self.total = 0, n_chunks * (1 + with_mask)
+        self._image_pyramid_built = False
 
     def _create(self, group, level: int, shape: tuple[int, ...]):
         chunks = (shape[0],) * (len(shape) == 3) + (self.chunk_px, self.chunk_px)
@@ -287,9 +288,19 @@ class StoreWriter:
                 dst[..., box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, mean)
                 self._tick()
 
+    def image_pyramid(self) -> list[ChannelsLast]:
+        """Build the image pyramid from level 0 now (once); its (H, W, 3) views, finest first.
+
+        For a mask fitted on the store's own levels (Otsu) before the mask is written.
+        """
+        if not self._image_pyramid_built:
+            self._build_pyramid(self.images, mean=True)
+            self._image_pyramid_built = True
+        return [self.image_view(n) for n in range(len(self.images))]
+
     def finish(self) -> Path:
         """Build the pyramids, write the metadata and rename the store into place."""
-        self._build_pyramid(self.images, mean=True)
+        self.image_pyramid()
         self._build_pyramid(self.masks, mean=False)
         mpp, levels = self.attrs.get("mpp"), len(self.hws)
         self.group.update_attributes(ngff.image_attrs(levels, mpp))

@@ -24,6 +24,16 @@ def predict(
     tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
     tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
     overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
+    geojson: bool = typer.Option(
+        False, help="also NAME.geojson: tissue (p >= --threshold) as a QuPath annotation"
+    ),
+    threshold: float = typer.Option(0.5, help="p >= threshold is tissue (overlay, GeoJSON)"),
+    level: int = typer.Option(
+        None,
+        help="slide level to read; default: the level matching the µm/px the checkpoint "
+        "was trained at (within 10%)",
+        show_default=False,
+    ),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
@@ -31,11 +41,13 @@ def predict(
     """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
 
     Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
-    (napari opens it). --tiff adds an OME-TIFF that QuPath and OpenSlide open; --overlay a PNG
-    of the slide (longer side 2048 px) with tissue (p >= 0.5) tinted and outlined. Slides of
-    any size: tiles go straight to disk, the pyramid is built chunk by chunk.
+    (napari opens it), at the slide level matching the checkpoint's training resolution, with
+    its µm/px and provenance. --tiff adds an OME-TIFF that QuPath and OpenSlide open;
+    --overlay a PNG of the slide (longer side 2048 px) with tissue tinted and outlined;
+    --geojson the tissue outline as a QuPath annotation in level-0 pixel coordinates. Slides
+    of any size: tiles go straight to disk, the pyramid is built chunk by chunk.
     """
-    from gigamlx.infer.predict import predict_slides
+    from gigamlx.infer.predict import PredictOptions, predict_slides
 
     setup_logging(verbose)
     with user_errors():
@@ -53,17 +65,20 @@ def predict(
             return update
 
         try:
-            results = predict_slides(
-                checkpoint, slides, out, memory_budget, tiff, overlay, overwrite, tile, on_slide
+            options = PredictOptions(
+                memory_budget, tiff, overlay, geojson, overwrite, tile, threshold, level
             )
+            results = predict_slides(checkpoint, slides, out, options, on_slide)
         finally:
             if progress.live.is_started:
                 progress.stop()
     for result in results:
         outputs = ", ".join(str(p) for p in result.outputs if p is not None)
+        mpp = f" at {result.mpp:.4g} µm/px" if result.mpp else ""
         err.print(
-            f"{result.source}: {result.image_hw[0]}x{result.image_hw[1]} in "
-            f"{result.seconds:.1f} s, peak RSS {result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
+            f"{result.source}: level {result.level}, {result.image_hw[0]}x{result.image_hw[1]} "
+            f"px (HxW){mpp} in {result.seconds:.1f} s, peak RSS "
+            f"{result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
             soft_wrap=True,
             markup=False,
             highlight=False,

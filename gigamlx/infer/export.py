@@ -4,6 +4,7 @@ PNG overlay thumbnail. Each streams chunk by chunk: nothing the size of the slid
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -58,8 +59,10 @@ class ProbabilityMapWriter:
         mpp: float | None = None,
         chunk_px: int = CHUNK_PX,
         min_side_px: int = MIN_LEVEL_SIDE_PX,
+        provenance: dict | None = None,
     ):
         self.path, self.mpp, self.chunk_px = Path(path), mpp, chunk_px
+        self.provenance = provenance or {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = _hidden_sibling(self.path, "partial")
         self.hws = pyramid_hws(image_hw, min_side_px)
@@ -87,6 +90,7 @@ class ProbabilityMapWriter:
             if progress is not None:
                 progress("pyramid", done, len(boxes))
         self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))
+        self.group.update_attributes({"provenance": self.provenance | {"mpp": self.mpp}})
         replace_path(self.tmp_path, self.path)
         log.info("wrote %s (%d levels)", self.path, len(self.hws))
         return self.path
@@ -118,12 +122,14 @@ def write_ome_tiff(
     mpp: float | None = None,
     tile_px: int = CHUNK_PX,
     progress: Progress | None = None,
+    provenance: dict | None = None,
 ) -> Path:
     """Write a tiled, deflate-compressed pyramidal OME-TIFF of (H, W) uint8 `levels`, streamed.
 
     The reduced levels are stored twice: as SubIFDs of the full-resolution page (the OME-TIFF
     pyramid that QuPath/Bio-Formats and tifffile read) and as top-level reduced-resolution
     pages (the generic tiled-TIFF pyramid that OpenSlide reads). They add ~1/3 to the size.
+    `provenance` goes into the OME image's Description (as JSON) and a MapAnnotation.
     """
     import tifffile
 
@@ -131,8 +137,8 @@ def write_ome_tiff(
     tmp_path = _hidden_sibling(path, "partial")
     hw = tuple(levels[0].shape)
     ome = tifffile.OmeXml()
-    sizes = {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp} if mpp else {}
-    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name="tissue probability", **sizes)
+    meta = _ome_metadata(mpp, provenance)
+    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name="tissue probability", **meta)
     options = {
         "dtype": np.uint8,
         "tile": (tile_px, tile_px),
@@ -155,6 +161,21 @@ def write_ome_tiff(
         tmp_path.unlink(missing_ok=True)
     log.info("wrote %s (%d levels)", path, len(levels))
     return path
+
+
+def _ome_metadata(mpp: float | None, provenance: dict | None) -> dict:
+    """OME Image/Pixels attributes: physical pixel size and the provenance.
+
+    No PhysicalSizeXUnit: the schema's default is µm, and TIFF descriptions must be ASCII.
+    """
+    meta = {}
+    if mpp:
+        meta |= {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
+    if provenance:
+        meta["Description"] = json.dumps(provenance)
+        text = {key: json.dumps(value) for key, value in provenance.items()}
+        meta["MapAnnotation"] = {"Namespace": "gigamlx/provenance", "Value": text}
+    return meta
 
 
 def thumbnail_hw(image_hw: tuple[int, int], max_side_px: int) -> tuple[int, int]:
@@ -203,12 +224,25 @@ def _outline(tissue: np.ndarray, width_px: int = 2) -> np.ndarray:
     return tissue & ~inner
 
 
+def _png_text(meta: dict | None, downsample: float):
+    """PNG text chunk "gigamlx": provenance plus the thumbnail's own µm per pixel."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    meta = dict(meta or {})
+    if meta.get("mpp"):
+        meta["overlay_mpp"] = meta["mpp"] * downsample
+    info.add_text("gigamlx", json.dumps(meta))
+    return info
+
+
 def write_overlay(
     slide_levels: list,
     prob_levels: list,
     path: str | os.PathLike,
     max_side_px: int = OVERLAY_MAX_SIDE_PX,
     threshold_u8: int = 128,
+    meta: dict | None = None,
 ) -> Path:
     """PNG thumbnail of the slide with predicted tissue (p >= threshold) tinted and outlined.
 
@@ -218,6 +252,7 @@ def write_overlay(
         path: PNG to write.
         max_side_px: longer side of the thumbnail.
         threshold_u8: tissue where round(255 p) >= this.
+        meta: provenance; written as the PNG's "gigamlx" text chunk with the thumbnail's µm/px.
     """
     from PIL import Image
 
@@ -226,6 +261,8 @@ def write_overlay(
     tissue = sample_nearest(prob_levels, target_hw) >= threshold_u8  # (h, w)
     rgb[tissue] = 0.7 * rgb[tissue] + 0.3 * TISSUE_RGB
     rgb[_outline(tissue)] = OUTLINE_RGB
-    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(path)
+    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(
+        path, pnginfo=_png_text(meta, slide_levels[0].shape[1] / target_hw[1])
+    )
     log.info("wrote %s (%dx%d)", path, *target_hw)
     return Path(path)

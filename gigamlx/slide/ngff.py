@@ -72,11 +72,20 @@ def label_attrs(name: str, n_levels: int, mpp: float | None) -> dict:
     }
 
 
+def _probability_omero() -> dict:
+    """Rendering for viewers (napari-ome-zarr, OMERO): green, 0..255 = p 0..1, greyscale."""
+    window = {"start": 0, "end": 255, "min": 0, "max": 255}
+    channel = {"label": "tissue probability", "color": "00BE5A", "window": window}
+    channel |= {"active": True, "coefficient": 1.0, "family": "linear", "inverted": False}
+    return {"name": "tissue probability", "channels": [channel], "rdefs": {"model": "greyscale"}}
+
+
 def probability_attrs(n_levels: int, mpp: float | None) -> dict:
     """Group attributes of a (y, x) uint8 probability map, round(255 p), with 2x2-mean levels."""
     multiscales = _multiscales("tissue probability", "yx", n_levels, mpp)
     multiscales[0] |= {"type": "mean", "metadata": {"method": "2x2 mean"}}
-    return {"ome": {"version": NGFF_VERSION, "multiscales": multiscales}}
+    ome = {"version": NGFF_VERSION, "multiscales": multiscales, "omero": _probability_omero()}
+    return {"ome": ome}
 
 
 def _axis_names_units(multiscale: dict) -> tuple[list[str], list[str | None]]:

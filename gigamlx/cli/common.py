@@ -10,13 +10,40 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     help="Train GigaUNet-4492 on whole gigapixel slide regions with exact gradients "
-    "and a peak memory you choose.",
+    "and a peak memory you choose. Sizes are HxW (rows x columns) everywhere; OpenSlide "
+    "says WxH.",
 )
 err = Console(stderr=True)
 log = logging.getLogger("gigamlx")
+SIZE_CONVENTION = "sizes are HxW (rows x columns); OpenSlide and PIL say WxH"
+
+
+def hw_text(hw: tuple[int, int]) -> str:
+    """'600x1100 px (HxW)': every size the CLI prints says which side is which."""
+    return f"{hw[0]}x{hw[1]} px (HxW)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gigamlx import __version__
+
+        typer.echo(f"gigamlx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    # the app's help text is Typer(help=...); this callback only adds --version
+    del version
 
 
 def setup_logging(verbose: bool) -> None:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.cli.common import (
+    SIZE_CONVENTION,
+    app,
+    err,
+    hw_text,
+    progress_bar,
+    setup_logging,
+    user_errors,
+)
 from gigamlx.core.config import parse_region
 from gigamlx.slide import OTSU_DEFINITION
 
@@ -25,12 +33,12 @@ def synth(
     setup_logging(False)
     with user_errors():
         size_hw = parse_region(size)
-        update, progress = progress_bar(f"synth {size_hw[0]}x{size_hw[1]}")
+        update, progress = progress_bar(f"synth {size_hw[0]}x{size_hw[1]} (HxW)")
         with progress:
             path = synth_slide(
                 out, size_hw, seed, chunk_px=chunk, progress=update, overwrite=overwrite
             )
-    err.print(f"wrote {path}")
+    _say_store(path)
 
 
 @app.command()
@@ -80,13 +88,37 @@ def ingest(
                 overwrite,
                 tissue_classes=tissue_class or None,
             )
-    err.print(f"wrote {path}")
+    _say_store(path)
+
+
+def _say_store(path: Path) -> None:
+    """'wrote PATH: 3 levels, 600x1100 px (HxW) at 0.5 µm/px'."""
+    from gigamlx.slide.store import open_store
+
+    store = open_store(path)
+    mpp = f" at {store.mpp:.4g} µm/px" if store.mpp else ", no pixel size"
+    mask = "with" if store.mask is not None else "without"
+    err.print(
+        f"wrote {path}: {store.level_count} levels, {hw_text(store.image_hw)}{mpp}, "
+        f"{mask} tissue mask",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
-def info() -> None:
+def info(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+) -> None:
     """Versions, engine, BLAS, memory and the model's geometry."""
+    import json
+
     from gigamlx.cli.info import collect_info
 
-    for key, value in collect_info().items():
+    facts = collect_info() | {"size convention": SIZE_CONVENTION}
+    if as_json:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
         typer.echo(f"{key:>22}: {value}")

@@ -101,7 +101,9 @@ def evaluate(
         ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
     ),
     threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
-    json_path: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
+    json_path: str = typer.Option(
+        None, "--json", help="also write the report as JSON to this file ('-': stdout)"
+    ),
     baseline: str = typer.Option(
         None,
         help=f"'otsu': also score the classical baseline ({OTSU_DEFINITION}; the same as "

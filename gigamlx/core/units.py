@@ -60,7 +60,7 @@ def parse_size(text: str) -> tuple[tuple[float, float], str | None]:
     match = re.fullmatch(rf"\s*{number}\s*[xX×]\s*{number}\s*", text)
     form = "write HxW in pixels (16000x64000) or with a unit (8000x32000um, 2x8mm)"
     if not match:
-        raise ValueError(f"cannot read a size from {text!r}; {form}")
+        raise ValueError(f"cannot read a region from {text!r}; {form}")
     h, unit_h, w, unit_w = match.groups()
     unit = (unit_w or unit_h or "").lower() or None
     if unit_h and unit_w and unit_h.lower() != unit_w.lower():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,14 +248,18 @@ def run_evaluation(
 ) -> Report:
     """Evaluate, print the table to `console` (stdout by default) and write `json_path`.
 
-    The one entry point for `scripts/evaluate_dice.py` and `gigamlx eval`.
+    The one entry point for `scripts/evaluate_dice.py` and `gigamlx eval`. `json_path` "-"
+    writes the JSON to stdout and the table to stderr, so stdout is one JSON document.
 
     Raises:
         EvaluationError: any bad input; the message is one line, fit for the user.
     """
     report = evaluate_files(preds, masks, threshold, baseline, level)
-    (console or Console()).print(render_table(report))
-    if json_path is not None:
+    to_stdout = json_path is not None and str(json_path) == "-"
+    (console or Console(stderr=to_stdout)).print(render_table(report))
+    if to_stdout:
+        sys.stdout.write(json.dumps(report_to_json(report), indent=2, ensure_ascii=False) + "\n")
+    elif json_path is not None:
         write_json(report, json_path)
         logger.info("wrote %s", json_path)
     return report

@@ -264,5 +264,5 @@ def write_overlay(
     Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(
         path, pnginfo=_png_text(meta, slide_levels[0].shape[1] / target_hw[1])
     )
-    log.info("wrote %s (%dx%d)", path, *target_hw)
+    log.info("wrote %s (%dx%d px, HxW)", path, *target_hw)
     return Path(path)

@@ -219,7 +219,7 @@ def synth_slide(
             writer.write_image(box, rgb)
             writer.write_mask(box, mask)
         out = writer.finish()
-    log.info("synth %dx%d seed %d: %.1f s", *size_hw, seed, time.perf_counter() - start)
+    log.info("synth %dx%d (HxW) seed %d: %.1f s", *size_hw, seed, time.perf_counter() - start)
     return out
 
 

@@ -104,8 +104,8 @@ class RegionSampler:
         if not self.eligible:
             largest = max(slide_hws, key=lambda hw: hw[0] * hw[1])
             raise ValueError(
-                f"region {region_hw[0]}x{region_hw[1]} is larger than every slide (largest "
-                f"{largest[0]}x{largest[1]}); lower --region or drop --no-pad"
+                f"region {region_hw[0]}x{region_hw[1]} px (HxW) is larger than every slide "
+                f"(largest {largest[0]}x{largest[1]}); lower --region or drop --no-pad"
             )
 
     def draw(self, count: int) -> list[Region]:
@@ -118,7 +118,12 @@ class RegionSampler:
         if (rh, rw) != self.region_hw and slide not in self._warned:
             self._warned.add(slide)
             log.warning(
-                "slide %d is %dx%d, smaller than the region: using %dx%d", slide, h, w, rh, rw
+                "slide %d is %dx%d px (HxW), smaller than the region: using %dx%d",
+                slide,
+                h,
+                w,
+                rh,
+                rw,
             )
         y0 = int(self.rng.integers(h - rh + 1))
         x0 = int(self.rng.integers(w - rw + 1))

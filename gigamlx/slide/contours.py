@@ -4,8 +4,10 @@ Boundary ("crack") tracing: every edge between a tissue pixel and a background p
 unit segment on the pixel lattice, directed so tissue lies on its right (y down): outer rings
 run clockwise on screen, holes anticlockwise. Segments are linked into rings; where two tissue
 pixels touch only at a corner the ring turns right, so diagonal neighbours stay separate
-polygons (4-connectivity) that share that vertex. Straight runs are merged. Rasterising the
-rings at pixel centres (even-odd, `geojson.rasterize_polygon`) gives the mask back exactly.
+polygons (4-connectivity). At such a saddle vertex each ring cuts its corner by `SADDLE_CUT_PX`
+so that no two rings (or two visits of one ring) touch: the polygons are valid for JTS /
+shapely, as QuPath needs. Straight runs are merged. Rasterising the rings at pixel centres
+(even-odd, `geojson.rasterize_polygon`) gives the mask back exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 # direction codes, clockwise on screen: east, south, west, north as (dy, dx)
 STEPS_YX = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]], np.int64)
+SADDLE_CUT_PX = 0.01  # far from every pixel centre: rasterising is unchanged
 
 
 def _segments(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,8 +40,9 @@ def _segments(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(starts), np.concatenate(dirs)
 
 
-def _successors(starts: np.ndarray, dirs: np.ndarray, width: int) -> np.ndarray:
-    """(n,) index of the segment that follows each one: right turn, else straight, else left."""
+def _successors(starts: np.ndarray, dirs: np.ndarray, width: int):
+    """((n,) index of the segment that follows each one: right turn, else straight, else left;
+    (n,) bool: the segment starts at a saddle vertex, where two segments leave)."""
     key = starts[:, 0] * (width + 2) + starts[:, 1]
     ends = starts + STEPS_YX[dirs]
     end_key = ends[:, 0] * (width + 2) + ends[:, 1]
@@ -50,7 +54,8 @@ def _successors(starts: np.ndarray, dirs: np.ndarray, width: int) -> np.ndarray:
     for turn in (3, 0, 1):  # left, straight, right (direction + turn): the right turn wins
         candidate = table[at_end, (dirs + turn) % 4]
         nxt = np.where(candidate >= 0, candidate, nxt)
-    return nxt
+    saddle = (table >= 0).sum(axis=1)[vertex_of] == 2
+    return nxt, saddle
 
 
 def _cycle_labels(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,26 +87,37 @@ def _trace(mask: np.ndarray):
     starts, dirs = _segments(mask)
     if len(dirs) == 0:
         return [], starts, dirs, np.zeros(0, np.int64)
-    nxt = _successors(starts, dirs, mask.shape[1])
+    nxt, saddle = _successors(starts, dirs, mask.shape[1])
     label, order = _cycle_labels(nxt)
     prev = np.empty(len(nxt), np.int64)
     prev[nxt] = np.arange(len(nxt))
     keep = np.flatnonzero(dirs != dirs[prev])  # corners: the direction changes here
     keep = keep[np.lexsort((order[keep], label[keep]))]
-    heads, ring_of = np.unique(label, return_inverse=True)
-    cuts = np.flatnonzero(np.diff(label[keep])) + 1
+    _, ring_of = np.unique(label, return_inverse=True)
+    points, is_point = _corner_points(starts[keep], dirs[prev[keep]], dirs[keep], saddle[keep])
+    ring_ends = np.cumsum(is_point.sum(axis=1))
+    cuts = ring_ends[np.flatnonzero(np.diff(label[keep]))]
     rings = []
-    for part in np.split(keep, cuts):
-        yx = starts[part]
+    for yx in np.split(points, cuts):
         rings.append(np.concatenate([yx, yx[:1]])[:, ::-1])
     return rings, starts, dirs, ring_of
+
+
+def _corner_points(yx, d_in, d_out, saddle):
+    """((m, 2) float y,x ring vertices, (k, 2) bool which of before/after each corner exist):
+    a corner, or at a saddle two points `SADDLE_CUT_PX` before and after it."""
+    cut = SADDLE_CUT_PX * saddle[:, None]
+    before = yx - cut * STEPS_YX[d_in]
+    after = yx + cut * STEPS_YX[d_out]
+    is_point = np.stack([np.ones(len(yx), bool), saddle], axis=1)
+    return np.stack([before, after], axis=1)[is_point], is_point
 
 
 def trace_rings(mask: np.ndarray) -> list[np.ndarray]:
     """Closed rings of the boundaries of an (H, W) bool mask.
 
     Returns:
-        (n, 2) int64 (x, y) lattice vertices per ring, corners only, first vertex repeated
+        (n, 2) float64 (x, y) lattice vertices per ring, corners only, first vertex repeated
         last; outer rings clockwise on screen (positive shoelace area with y down), holes
         the other way. Rings are ordered by their first segment in raster order.
     """
@@ -120,7 +136,8 @@ def _ring_above(rings, starts, dirs, ring_of, holes: np.ndarray, width: int) -> 
     Above the hole's top-left pixel lies tissue; the left edge of that pixel's run of tissue
     in its row belongs to a ring of the same piece: its outer ring or a hole nearer the top.
     """
-    top_left = np.array([r[np.lexsort((r[:, 0], r[:, 1]))[0]] for r in (rings[i] for i in holes)])
+    lattice = (np.round(rings[i]).astype(np.int64) for i in holes)  # undo the saddle cuts
+    top_left = np.array([r[np.lexsort((r[:, 0], r[:, 1]))[0]] for r in lattice])
     targets = (top_left[:, 1] - 1) * (width + 1) + top_left[:, 0]  # pixel (y - 1, x)
     left = np.flatnonzero(dirs == 3)  # a left edge starts at its pixel's bottom-left corner
     keys = (starts[left, 0] - 1) * (width + 1) + starts[left, 1]
@@ -133,7 +150,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
     """Polygons (exterior ring, then its holes) of an (H, W) bool mask, in pixel units.
 
     Returns:
-        One list of (n, 2) int64 (x, y) rings per 4-connected piece of tissue, exterior first.
+        One list of (n, 2) float64 (x, y) rings per 4-connected piece of tissue, exterior first.
     """
     rings, starts, dirs, ring_of = _trace(mask)
     if not rings:

@@ -104,6 +104,12 @@ class Backend(Protocol):
 
     name: str
 
+    @property
+    def compute_path(self) -> str:
+        """Which code computes the model, chosen once when the backend was built ("fused" or
+        "mlx" on mlx, "torch-cuda" or "torch-cpu" on cuda-um); reported in every step's metrics."""
+        ...
+
     def stage(self, data: TileData) -> TileData:
         """Start moving a tile's data to the device; called on the prefetch thread, one tile
         ahead. Identity where host and device share memory (mlx)."""

@@ -24,6 +24,7 @@ def predict(
     tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
     overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
@@ -53,7 +54,16 @@ def predict(
 
         try:
             results = predict_slides(
-                checkpoint, slides, out, memory_budget, tiff, overlay, overwrite, tile, on_slide
+                checkpoint,
+                slides,
+                out,
+                memory_budget=memory_budget,
+                tiff=tiff,
+                overlay=overlay,
+                overwrite=overwrite,
+                tile=tile,
+                on_slide=on_slide,
+                kernels=kernels,
             )
         finally:
             if progress.live.is_started:

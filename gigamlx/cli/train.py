@@ -56,6 +56,7 @@ def train(
     tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
     backend: str = typer.Option(DEFAULTS.backend, help=help_of("backend")),
     device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
     rank_timeout: float = typer.Option(
         600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"

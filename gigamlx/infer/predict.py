@@ -117,7 +117,7 @@ def open_source(path: str | os.PathLike) -> SlideSource:
     return SlideSource(path, slide_name(path), levels, reader.mpp, reader.close)
 
 
-def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
+def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = "auto"):
     """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors.
 
     Raises:
@@ -132,7 +132,7 @@ def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
             "saved one, or a weights .safetensors file"
         )
     weights = load_weights(path)
-    backend = get_backend(backend_name)
+    backend = get_backend(backend_name, kernels=kernels)
     model = backend.build_model(0)
     expected = {name: v.shape for name, v in backend.flat_params(model).items()}
     found = {name: tuple(v.shape) for name, v in weights.items()}
@@ -218,11 +218,13 @@ def predict_slides(
     overwrite: bool = False,
     tile: int | None = None,
     on_slide: Callable[[SlideSource], Progress | None] | None = None,
+    kernels: str = "auto",
 ) -> list[PredictResult]:
     """Predict every slide with the model of `checkpoint`; inputs are all checked first.
 
     Args:
         on_slide: called as each slide starts; returns that slide's progress callback.
+        kernels: the mlx backend's model path ("auto", "fused" or "mlx").
 
     Raises:
         PredictError, CheckpointError, FileExistsError: bad input, before any output is written.
@@ -232,7 +234,7 @@ def predict_slides(
     if tile is not None and (tile <= 0 or tile % 64):
         raise PredictError(f"--tile must be a positive multiple of 64, got {tile}")
     budget_bytes = parse_bytes(memory_budget)
-    backend, model = load_model(checkpoint)
+    backend, model = load_model(checkpoint, kernels=kernels)
     sources = [open_source(s) for s in slides]
     try:
         planned = [output_paths(Path(out_dir), s.name, tiff, overlay) for s in sources]

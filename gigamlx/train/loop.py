@@ -57,6 +57,7 @@ class StepMetrics(NamedTuple):
     tiles: int
     regions: int
     world_size: int
+    compute_path: str  # the backend's model path: "fused", "mlx", "torch-cuda", ...
 
 
 def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
@@ -110,6 +111,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         tiles=sum(len(r.plan.tiles) for r in results),
         regions=len(regions),
         world_size=world.size,
+        compute_path=run.backend.compute_path,
     )
 
 

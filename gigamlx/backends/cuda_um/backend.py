@@ -55,6 +55,10 @@ class CudaUMBackend:
             # TF32 convolutions (cuDNN's default on Ampere+) would break float32 parity with mlx
             torch.backends.cudnn.allow_tf32 = False
 
+    @property
+    def compute_path(self) -> str:
+        return f"torch-{self.device.type}"
+
     def stage(self, data: TileData) -> StagedTile:
         """Move one tile's data to the device; safe to call on a reader thread.
 

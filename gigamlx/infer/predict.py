@@ -11,14 +11,15 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gigamlx.backends import get_backend
+from gigamlx.core.arrays import WindowArray
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.core.geometry import Box
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
@@ -69,19 +70,9 @@ class PredictResult(NamedTuple):
     peak_rss_bytes: int
 
 
-class ReaderLevel:
-    """(H, W, 3) uint8 array-like over one level of a slide reader (`read(level, box)`)."""
-
-    def __init__(self, reader: Any, level: int):
-        self.reader, self.level = reader, level
-        self.shape = tuple(reader.level_hw(level)) + (3,)
-        self.dtype, self.ndim = np.dtype(np.uint8), 3
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        y0, y1, _ = rows.indices(self.shape[0])
-        x0, x1, _ = cols.indices(self.shape[1])
-        return self.reader.read(self.level, Box(y0, x0, y1, x1))
+def reader_level(reader: Any, level: int) -> WindowArray:
+    """(H, W, 3) uint8 view of one level of a slide reader (`read(level, box)`)."""
+    return WindowArray((*reader.level_hw(level), 3), np.uint8, partial(reader.read, level))
 
 
 def slide_name(path: Path) -> str:
@@ -113,7 +104,7 @@ def open_source(path: str | os.PathLike) -> SlideSource:
         reader = open_slide(path)
     except ValueError as error:  # SlideFormatError names every backend's complaint
         raise PredictError(str(error)) from None
-    levels = [ReaderLevel(reader, n) for n in range(reader.level_count)]
+    levels = [reader_level(reader, n) for n in range(reader.level_count)]
     return SlideSource(path, slide_name(path), levels, reader.mpp, reader.close)
 
 

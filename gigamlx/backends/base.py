@@ -65,9 +65,6 @@ class World:
             return tuple(values)
         return tuple(float(v) for v in self.all_sum(np.array(values, np.float64)))
 
-    def mean(self, value: float) -> float:
-        return self.sum((value,))[0] / self.size
-
     def mean_grads(self, grads: FlatParams) -> FlatParams:
         """Average gradients over ranks in one flat float64 buffer (one collective per step)."""
         if self.all_sum is None:

@@ -35,7 +35,8 @@ from gigamlx.tiling.scheduler import tiled_predict
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-SLIDE_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
+# suffixes stripped from a slide's file name to name its outputs
+NAME_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
 
 
 class PredictError(ValueError):
@@ -78,7 +79,7 @@ def reader_level(reader: Any, level: int) -> WindowArray:
 def slide_name(path: Path) -> str:
     """Output stem of a slide: its file name without the slide suffix ('a.ome.tif' -> 'a')."""
     name = Path(path).name
-    for suffix in SLIDE_SUFFIXES:
+    for suffix in NAME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem or name

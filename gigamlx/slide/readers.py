@@ -19,6 +19,9 @@ from gigamlx.core.geometry import Box
 log = logging.getLogger(__name__)
 
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# slide files `open_slide` reads (ingest them into a store before training on them)
+SLIDE_FILE_SUFFIXES = OPENSLIDE_SUFFIXES + TIFF_SUFFIXES
 BACKENDS = ("openslide", "tifffile")
 
 
@@ -144,7 +147,7 @@ def _rgb_view(array, axes: str, hw: tuple[int, int]) -> WindowArray:
 
 def _backend_order(path: Path) -> tuple[str, ...]:
     name = path.name.lower()
-    if name.endswith(OPENSLIDE_SUFFIXES + (".tif", ".tiff")) and ".ome." not in name:
+    if name.endswith(SLIDE_FILE_SUFFIXES) and ".ome." not in name:
         return ("openslide", "tifffile")
     return ("tifffile", "openslide")
 

@@ -14,7 +14,7 @@ from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
 from gigamlx.core.geometry import Tile
-from gigamlx.core.losses import Objective, TileStats
+from gigamlx.core.losses import Objective, TileStats, stats_from_rows
 
 
 class MLXBackend:
@@ -168,7 +168,7 @@ def _bce(z: mx.array, g: mx.array) -> mx.array:
 
 
 def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
-    """Per-row partial sums (7, h): short float32 sums, finished in float64 on the host."""
+    """Per-row partial sums (6, h) in the order of losses.STAT_ROWS."""
     p = mx.sigmoid(z)
     hard = (z > 0).astype(mx.float32)
     parts = [p * g, p, g, _bce(z, g), hard * g, hard]
@@ -176,5 +176,4 @@ def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
 
 
 def _to_stats(rows: mx.array, tile: Tile) -> TileStats:
-    sums = np.array(rows, dtype=np.float64).sum(axis=1)
-    return TileStats(*(float(s) for s in sums), pixels=tile.out_box.area())
+    return stats_from_rows(np.array(rows), tile.out_box.area())

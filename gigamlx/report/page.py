@@ -7,6 +7,7 @@ anywhere, offline, and prints. No scripts, nothing fetched.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import os
@@ -177,6 +178,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         temp.write_text(page, encoding="utf-8")
         os.replace(temp, out)  # a reader never sees half a page
     except OSError as error:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the parent is a file: there is no temp
+            temp.unlink(missing_ok=True)
         raise ReportError(f"cannot write {out} ({error.strerror}); choose another --out") from None
     return out

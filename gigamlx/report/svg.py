@@ -66,13 +66,20 @@ def nice_step(span: float, count: int) -> float:
     return 10.0 * magnitude
 
 
-def nice_domain(lo: float, hi: float, count: int = 5) -> tuple[float, float, float]:
-    """(lo, hi, step): the data range widened to whole ticks; a flat range gets some room."""
+def nice_domain(
+    lo: float, hi: float, count: int = 5, min_step: float = 0.0
+) -> tuple[float, float, float]:
+    """(lo, hi, step): the data range widened to whole ticks; a flat range gets some room.
+
+    min_step: the smallest tick spacing, e.g. 1 on an axis of steps (no tick at step 1.5).
+    """
     if hi - lo <= abs(hi) * 1e-9:
-        pad = abs(hi) * 0.1 or 1.0
+        pad = max(abs(hi) * 0.1, min_step) or 1.0
         lo, hi = lo - pad, hi + pad
-    step = nice_step(hi - lo, count)
-    return math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step, step
+    step = max(nice_step(hi - lo, count), min_step)
+    start = round(math.floor(lo / step + 1e-9) * step, 12)  # 0.98, not 0.9800000000000001
+    stop = round(math.ceil(hi / step - 1e-9) * step, 12)
+    return start, stop, step
 
 
 def ticks(lo: float, hi: float, step: float) -> list[float]:
@@ -111,7 +118,7 @@ class YAxis(NamedTuple):
 def _frame(points, width, height, y_axis: YAxis, x_count, y_count):
     xs = [x for x, _ in points]
     ys = [y for _, y in points]
-    x_lo, x_hi, x_step = nice_domain(min(xs), max(xs), x_count)
+    x_lo, x_hi, x_step = nice_domain(min(xs), max(xs), x_count, min_step=1.0)  # steps
     y_min, y_max = y_axis.focus or (min(ys), max(ys))
     if y_axis.from_zero:
         y_min, y_max = min(y_min, 0.0), max(y_max, 0.0)

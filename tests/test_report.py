@@ -152,7 +152,7 @@ def test_report_embeds_the_overlays(tmp_path):
         assert attrs["src"].startswith(prefix)
         png = Image.open(io.BytesIO(base64.b64decode(attrs["src"][len(prefix) :])))
         sizes.append(png.size)
-    assert sizes[:3] == [(96, 64)] * 3 and max(sizes[3]) == 1600
+    assert sizes[:3] == [(96, 64)] * 3 and max(sizes[3]) == 1200
     assert sum("wide" in a.get("class", "") for a in page.all("figure")) == 1
     assert all(name in page.words for name in ("slide_a", "slide_b", "slide_c", "wide"))
 
@@ -259,3 +259,16 @@ def test_cli_report_of_a_real_training_run(tmp_path):
     assert page.series("loss") == {"train": 3}
     assert page.series("memory") == {"peak RSS": 3, "peak engine": 3}
     assert "256x320" in page.words
+
+
+def test_report_orders_overlays_hardest_first(tmp_path):
+    run = make_run(tmp_path / "run", steps=40, overlays=("a", "b", "c"))
+    (run / "val" / "unscored_overlay.png").write_bytes((run / "val" / "a_overlay.png").read_bytes())
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(rows[-1])
+    last["val_slides"] = {"a": 0.99, "b": 0.95, "c": 0.97}
+    (run / "metrics.jsonl").write_text("\n".join([*rows[:-1], json.dumps(last)]) + "\n")
+    page = _page(run)
+    names = [a["alt"].split(":")[0] for a in page.all("img")]
+    assert names == ["b", "c", "a", "unscored"]
+    assert "Dice 0.9500 · hardest" in page.words and "Dice 0.9900" in page.words

@@ -22,7 +22,7 @@ from gigamlx.report.run_data import Overlay, ReportError, RunData, load_run
 from gigamlx.report.style import CSS
 
 REPORT = "report.html"
-OVERLAY_MAX_SIDE_PX = 1600  # enough for a full-width figure; keeps the page a few MB at most
+OVERLAY_MAX_SIDE_PX = 1200  # sharp in a full-width figure; about 1 MB a slide
 TISSUE_TINT, TISSUE_OUTLINE = "#00be5a", "#006e28"  # as gigamlx.infer.export draws them
 
 
@@ -83,13 +83,23 @@ def png_data_uri(path: Path, max_side_px: int = OVERLAY_MAX_SIDE_PX) -> tuple[st
     with Image.open(path) as image:
         image = image.convert("RGB")
         image.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS)
+        # 256 colours: a third smaller than RGB on slide texture, and looks the same
+        palette = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=True)
+        palette.save(buffer, format="PNG", compress_level=9)
     uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     return uri, image.width / image.height
 
 
-def _figure(overlay: Overlay, data: RunData) -> str | None:
+def _slide_dice(data: RunData) -> dict[str, float]:
+    """{slide: Dice} of the newest validation, when it scored slides one by one."""
+    per_slide = data.val[-1].get("val_slides") if data.val else None
+    if not isinstance(per_slide, dict):
+        return {}
+    return {k: v for k, v in per_slide.items() if isinstance(v, int | float)}
+
+
+def _figure(overlay: Overlay, data: RunData, note: str) -> str | None:
     try:
         uri, aspect = png_data_uri(overlay.path)
     except (OSError, ValueError) as error:  # Pillow: UnidentifiedImageError is an OSError
@@ -99,12 +109,23 @@ def _figure(overlay: Overlay, data: RunData) -> str | None:
     wide = " wide" if aspect > 2.2 else ""  # a 16000x64000 strip gets the whole row
     return (
         f'<figure class="card{wide}"><img src="{uri}" alt="{name}: predicted tissue">'
-        f'<figcaption><span class="mono">{name}</span></figcaption></figure>'
+        f'<figcaption><span class="mono">{name}</span>'
+        f'<span class="detail">{escape(note)}</span></figcaption></figure>'
     )
 
 
+def _overlay_notes(data: RunData) -> list[tuple[Overlay, str]]:
+    """Overlays with their caption notes; scored ones hardest first, where a reader looks."""
+    dice = _slide_dice(data)
+    scored = sorted((o for o in data.overlays if o.slide in dice), key=lambda o: dice[o.slide])
+    notes = [(o, f"Dice {dice[o.slide]:.4f}") for o in scored]
+    if len(notes) > 1:
+        notes[0] = (notes[0][0], notes[0][1] + " · hardest")
+    return notes + [(o, "") for o in data.overlays if o.slide not in dice]
+
+
 def _overlays(data: RunData) -> str:
-    figures = [f for f in (_figure(o, data) for o in data.overlays) if f]
+    figures = [f for f in (_figure(o, data, note) for o, note in _overlay_notes(data)) if f]
     if not figures:
         return ""
     latest = f" at step {data.val[-1]['step']:,}" if data.val else ""

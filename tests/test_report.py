@@ -113,6 +113,7 @@ def test_report_header_shows_best_validation_against_otsu(tmp_path, steps):
     tone = "good" if delta >= 0 else "bad"
     assert len([d for d in page.all("div") if d.get("class") == f"card fact {tone}"]) == 1
     assert "mlx" in words and "GB" in words and f"of {steps} planned" in words
+    assert "validation 12.5 s each" in words
 
 
 def test_report_best_step_comes_from_the_best_checkpoint(tmp_path):
@@ -221,6 +222,8 @@ def test_cli_report_writes_the_page(tmp_path):
     out = tmp_path / "elsewhere" / "page.html"
     result = runner.invoke(app, ["report", str(run), "--out", str(out)])
     assert result.exit_code == 0 and Page(out.read_text()).all("svg")
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 0 and (tmp_path / "elsewhere" / REPORT).is_file()  # a folder
 
 
 @pytest.mark.parametrize(

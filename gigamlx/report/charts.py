@@ -84,8 +84,8 @@ def _dice(data: RunData) -> Card | None:
 
 
 def _val_detail(data: RunData) -> Card | None:
-    """Validation against Otsu, the y axis zoomed on the second half of the run, where the
-    differences that matter are a few thousandths."""
+    """Validation against Otsu, the y axis fitted to the second half of the run, where the
+    differences that matter may be a few thousandths."""
     wanted = [
         ("Dice", "val_dice", VAL, False),
         ("Otsu", "val_otsu_dice", OTSU, True),
@@ -103,7 +103,7 @@ def _val_detail(data: RunData) -> Card | None:
     start = data.val[len(data.val) // 2]["step"]
     late = [y for s in series for x, y in zip(s.x, s.y, strict=True) if x >= start]
     y_axis = YAxis(limits=(0.0, 1.0), focus=(min(late), max(late)))
-    title = "Validation vs Otsu, zoomed"
+    title = "Validation vs Otsu"
     return _card("val_detail", title, series, f"y axis fits steps ≥ {start:,}", y_axis=y_axis)
 
 

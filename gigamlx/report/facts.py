@@ -64,7 +64,11 @@ def _speed(data: RunData) -> Fact:
     _, seconds = data.column(data.train, "seconds")
     if not seconds:
         return Fact("seconds / step", "—", "no timings recorded")
-    detail = f"median of {len(seconds):,} steps · {duration(sum(seconds))} training"
+    _, val_seconds = data.column(data.val, "val_seconds")
+    detail = _joined(
+        f"median of {len(seconds):,} steps · {duration(sum(seconds))} training",
+        f"validation {statistics.median(val_seconds):.1f} s each" if val_seconds else "",
+    )
     return Fact("seconds / step", f"{statistics.median(seconds):.2f} s", detail)
 
 

@@ -81,7 +81,8 @@ table.config tr:last-child td { border-bottom: 0; }
 table.config thead th { font-size: 12px; color: var(--muted); font-weight: 600;
   text-transform: uppercase; letter-spacing: 0.06em; background: #fafbfc; }
 table.config td.key { font-family: var(--mono); font-size: 13px; white-space: nowrap; }
-table.config td.value { font-family: var(--mono); font-size: 13px; overflow-wrap: anywhere; }
+table.config td.value { font-family: var(--mono); font-size: 13px; width: 42%;
+  overflow-wrap: anywhere; }
 table.config td.help { color: var(--muted); }
 .none { color: var(--faint); }
 footer { margin-top: 36px; color: var(--faint); font-size: 12px; }

@@ -52,7 +52,7 @@ class Frame(NamedTuple):
         )
 
 
-MARGIN = {"left": 50.0, "top": 14.0, "right": 14.0, "bottom": 36.0}
+MARGIN = {"left": 50.0, "top": 18.0, "right": 14.0, "bottom": 36.0}
 FEW_POINTS = 40
 
 
@@ -181,13 +181,12 @@ def _series(frame: Frame, series: Series, points: list[tuple[float, float]]) -> 
 
 
 def _rule(frame: Frame, rule: Rule) -> str:
-    """A dotted vertical line, labelled just above the x axis (curves rarely run there)."""
+    """A dotted vertical line, labelled in the margin above the plot, where no curve runs."""
     px, _ = frame.px(rule.x, frame.y_lo)
-    near_right = px > frame.right - 60
-    anchor, dx = ("end", -4) if near_right else ("start", 4)
+    anchor = "end" if px > frame.right - 20 else "start" if px < frame.left + 20 else "middle"
     return (
         f'<g class="marker"><line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.top}" '
-        f'y2="{frame.bottom}"/><text x="{px + dx:.1f}" y="{frame.bottom - 5}" '
+        f'y2="{frame.bottom}"/><text x="{px:.1f}" y="{frame.top - 4}" '
         f'text-anchor="{anchor}">{escape(rule.label)}</text></g>'
     )
 

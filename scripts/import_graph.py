@@ -23,7 +23,7 @@ LAYERS = [
     {"slide"},  # readers, stores, NGFF, masks, planes
     {"synth", "backends"},  # the synthetic slide (writes stores); the engines
     {"tiling"},  # budget, prefetch, scheduler
-    {"infer", "eval"},  # prediction and its outputs; metrics, Dice reports, baselines
+    {"infer", "eval", "report"},  # prediction and outputs; metrics, Dice, baselines; run pages
     {"train"},  # loop, run, session, regions, data
     {"api", "cli"},  # the public Python API; the command line
 ]

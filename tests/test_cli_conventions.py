@@ -68,11 +68,12 @@ def otsu_store(tmp_path_factory):
     return root / "s.zarr"
 
 
-def test_ingest_otsu_and_eval_baseline_are_one_detector(otsu_store):
+def test_ingest_otsu_and_eval_baseline_are_one_detector(otsu_store, caplog):
     store = open_store(otsu_store)
     assert store.level_count == 2
-    plane = baseline_plane("otsu", otsu_store)
-    assert plane.source.threshold == store.attrs["otsu_threshold"]
+    with caplog.at_level(logging.INFO, logger="gigamlx"):
+        baseline_plane("otsu", otsu_store)
+    assert f"Otsu saturation threshold {store.attrs['otsu_threshold']}\n" in caplog.text + "\n"
     # eval scores its Otsu baseline against the mask ingest --otsu wrote: the same pixels
     result = runner.invoke(
         app, ["eval", str(otsu_store), "--masks", str(otsu_store), "--baseline", "otsu"]

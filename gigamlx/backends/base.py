@@ -65,9 +65,6 @@ class World:
             return tuple(values)
         return tuple(float(v) for v in self.all_sum(np.array(values, np.float64)))
 
-    def mean(self, value: float) -> float:
-        return self.sum((value,))[0] / self.size
-
     def mean_grads(self, grads: FlatParams) -> FlatParams:
         """Average gradients over ranks in one flat float64 buffer (one collective per step)."""
         if self.all_sum is None:
@@ -103,6 +100,12 @@ class Backend(Protocol):
     """One engine. `model` is the engine's own model; the scheduler never looks inside."""
 
     name: str
+
+    @property
+    def compute_path(self) -> str:
+        """Which code computes the model, chosen once when the backend was built ("fused" or
+        "mlx" on mlx, "torch-cuda" or "torch-cpu" on cuda-um); reported in every step's metrics."""
+        ...
 
     def stage(self, data: TileData) -> TileData:
         """Start moving a tile's data to the device; called on the prefetch thread, one tile

@@ -35,6 +35,7 @@ def predict(
         show_default=False,
     ),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
@@ -66,7 +67,7 @@ def predict(
 
         try:
             options = PredictOptions(
-                memory_budget, tiff, overlay, geojson, overwrite, tile, threshold, level
+                memory_budget, tiff, overlay, geojson, overwrite, tile, threshold, level, kernels
             )
             results = predict_slides(checkpoint, slides, out, options, on_slide)
         finally:
@@ -85,7 +86,7 @@ def predict(
         )
 
 
-class _MasksCommand(typer.core.TyperCommand):
+class MasksCommand(typer.core.TyperCommand):
     """Lets `--masks M1 M2 ...` take several values after one flag."""
 
     def parse_args(self, ctx, args):
@@ -94,7 +95,7 @@ class _MasksCommand(typer.core.TyperCommand):
         return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
 
 
-@app.command("eval", cls=_MasksCommand)
+@app.command("eval", cls=MasksCommand)
 def evaluate(
     preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
     masks: list[Path] = typer.Option(
@@ -116,7 +117,7 @@ def evaluate(
     Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 or float 0-1. Masks: the
     same (any non-zero value is tissue) or slide stores. Per-slide rows, then mean ± sample std.
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
-    but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
+    but tissue in the mask (or the reverse): 0. scripts/evaluate_dice.py runs this command.
     """
     from gigamlx.eval.report import run_evaluation
 

@@ -58,6 +58,7 @@ def train(
     device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
     level: int = typer.Option(None, help=help_of("level"), show_default=False),
     mpp: float = typer.Option(None, help=help_of("mpp"), show_default=False),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
     rank_timeout: float = typer.Option(
         600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"

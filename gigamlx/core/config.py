@@ -47,6 +47,13 @@ class TrainConfig:
     )
     trained_level: int | None = field(default=None, metadata={"help": "set by the run"})
     trained_mpp: float | None = field(default=None, metadata={"help": "set by the run"})
+    kernels: str = field(
+        default="auto",
+        metadata={
+            "help": "mlx only: fused (compiled CPU kernels), mlx (pure MLX ops, what Metal "
+            "runs) or auto (fused where available; $GIGAMLX_KERNELS sets the default)"
+        },
+    )
 
     @property
     def region_size(self) -> tuple[tuple[float, float], str | None]:

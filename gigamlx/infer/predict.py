@@ -30,7 +30,6 @@ from gigamlx.infer.export import (
 from gigamlx.infer.provenance import provenance
 from gigamlx.infer.sources import (
     PredictError,
-    ReaderLevel,
     SlideSource,
     choose_level,
     open_source,
@@ -41,7 +40,7 @@ from gigamlx.tiling.scheduler import tiled_predict
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-__all__ = ["PredictError", "ReaderLevel", "SlideSource", "open_source", "slide_name"]
+__all__ = ["PredictError", "SlideSource", "open_source", "slide_name"]
 
 
 class OutputPaths(NamedTuple):
@@ -83,7 +82,7 @@ def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
     return TrainedScale(state.get("step"), config.get("trained_mpp"), config.get("trained_level"))
 
 
-def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
+def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = "auto"):
     """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors.
 
     Raises:
@@ -98,7 +97,7 @@ def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
             "saved one, or a weights .safetensors file"
         )
     weights = load_weights(path)
-    backend = get_backend(backend_name)
+    backend = get_backend(backend_name, kernels=kernels)
     model = backend.build_model(0)
     expected = {name: v.shape for name, v in backend.flat_params(model).items()}
     found = {name: tuple(v.shape) for name, v in weights.items()}
@@ -203,6 +202,7 @@ class PredictOptions(NamedTuple):
     tile: int | None = None
     threshold: float = 0.5
     level: int | None = None  # None: the level matching the checkpoint's training resolution
+    kernels: str = "auto"  # the mlx backend's model path ("auto", "fused" or "mlx")
 
 
 def predict_slides(
@@ -218,6 +218,7 @@ def predict_slides(
     Args:
         options: what to write and how (or give its fields as keywords: overlay=True).
         on_slide: called as each slide starts; returns that slide's progress callback.
+        kernels: the mlx backend's model path ("auto", "fused" or "mlx").
 
     Raises:
         PredictError, CheckpointError, FileExistsError: bad input, before any output is written.
@@ -230,7 +231,7 @@ def predict_slides(
     if not 0 < o.threshold <= 1:
         raise PredictError(f"--threshold must be in (0, 1], got {o.threshold}")
     budget_bytes = parse_bytes(o.memory_budget)
-    backend, model = load_model(checkpoint)
+    backend, model = load_model(checkpoint, kernels=o.kernels)
     scale = trained_scale(checkpoint)
     sources = [open_source(s) for s in slides]
     try:

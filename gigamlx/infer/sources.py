@@ -6,19 +6,21 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from gigamlx.core.geometry import Box
+from gigamlx.core.arrays import WindowArray
 from gigamlx.slide.magnification import LevelError, pick_level
 from gigamlx.slide.readers import open_slide
 from gigamlx.slide.store import StoreError, open_store
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
+# suffixes stripped from a slide's file name to name its outputs
+NAME_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
 
 
 class PredictError(ValueError):
@@ -53,25 +55,15 @@ class SlideSource(NamedTuple):
         return self.mpp * downsample if self.mpp else None
 
 
-class ReaderLevel:
-    """(H, W, 3) uint8 array-like over one level of a slide reader (`read(level, box)`)."""
-
-    def __init__(self, reader: Any, level: int):
-        self.reader, self.level = reader, level
-        self.shape = tuple(reader.level_hw(level)) + (3,)
-        self.dtype, self.ndim = np.dtype(np.uint8), 3
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        y0, y1, _ = rows.indices(self.shape[0])
-        x0, x1, _ = cols.indices(self.shape[1])
-        return self.reader.read(self.level, Box(y0, x0, y1, x1))
+def reader_level(reader: Any, level: int) -> WindowArray:
+    """(H, W, 3) uint8 view of one level of a slide reader (`read(level, box)`)."""
+    return WindowArray((*reader.level_hw(level), 3), np.uint8, partial(reader.read, level))
 
 
 def slide_name(path: Path) -> str:
     """Output stem of a slide: its file name without the slide suffix ('a.ome.tif' -> 'a')."""
     name = Path(path).name
-    for suffix in SLIDE_SUFFIXES:
+    for suffix in NAME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem or name
@@ -98,7 +90,7 @@ def open_source(path: str | os.PathLike) -> SlideSource:
         reader = open_slide(path)
     except ValueError as error:  # SlideFormatError names every backend's complaint
         raise PredictError(str(error)) from None
-    levels = [ReaderLevel(reader, n) for n in range(reader.level_count)]
+    levels = [reader_level(reader, n) for n in range(reader.level_count)]
     return SlideSource(path, slide_name(path), levels, reader.mpp, reader.close)
 
 

@@ -23,7 +23,7 @@ from gigamlx.core.checkpoint import list_checkpoints
 from gigamlx.core.losses import TileStats, hard_dice
 from gigamlx.core.memory import peak_rss_bytes
 from gigamlx.tiling.scheduler import tiled_step
-from gigamlx.train.regions import RegionView
+from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_run
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class StepMetrics(NamedTuple):
     tiles: int
     regions: int
     world_size: int
+    compute_path: str  # the backend's model path: "fused", "mlx", "torch-cuda", ...
 
 
 def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
@@ -69,7 +70,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     losses, stats, results = [], TileStats(), []
     for region in regions:
         slide = run.slides[region.slide]
-        image, mask = RegionView(slide.image, region), RegionView(slide.mask, region)
+        image, mask = region_view(slide.image, region), region_view(slide.mask, region)
         result = tiled_step(
             run.backend,
             run.model,
@@ -110,6 +111,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         tiles=sum(len(r.plan.tiles) for r in results),
         regions=len(regions),
         world_size=world.size,
+        compute_path=run.backend.compute_path,
     )
 
 

@@ -11,7 +11,12 @@ from typing import Any
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
-from gigamlx.core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from gigamlx.core.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from gigamlx.core.config import TrainConfig
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
@@ -49,37 +54,45 @@ def _check_fresh(run_dir: Path) -> None:
         )
 
 
-def start_run(
-    config: TrainConfig,
-    resume: bool,
-    overrides: dict | None = None,
-    slide_progress=None,
-    writes: bool = True,
-) -> Run:
-    """Build a run from `config`, or from the newest checkpoint in `config.out` when resuming.
+def resolve_config(
+    config: TrainConfig, resume: bool, overrides: dict | None = None
+) -> tuple[TrainConfig, Checkpoint | None]:
+    """The configuration a run trains with, and on resume the checkpoint it continues from.
 
     Args:
         config: the requested configuration (on resume only `out` is read from it).
-        resume: continue the run in `config.out`.
+        resume: continue the run in `config.out`: its saved config, with `overrides`.
         overrides: on resume, config fields to change from the saved ones (what the user
             typed: a new --steps target, more --accumulate, another --backend: checkpoints
             are engine-neutral).
+    """
+    if not resume:
+        return config.validate(), None
+    checkpoint = load_checkpoint(Path(config.out))
+    saved = TrainConfig.from_dict(checkpoint.config)
+    merged = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
+    return merged.validate(), checkpoint
+
+
+def open_run(
+    config: TrainConfig,
+    checkpoint: Checkpoint | None,
+    backend: Backend,
+    slide_progress=None,
+    writes: bool = True,
+) -> Run:
+    """Build the run of a resolved `config` on `backend`, continuing `checkpoint` if given.
+
+    Args:
         slide_progress: progress callback for generating the default slide.
         writes: False on data-parallel ranks other than 0: they neither check nor write the
             run folder (rank 0 does, and only it writes checkpoints and metrics).
     """
     run_dir = Path(config.out)
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(run_dir)
-        saved = TrainConfig.from_dict(checkpoint.config)
-        config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
-    elif writes:
+    if checkpoint is None and writes:
         _check_fresh(run_dir)
-    config.validate()
     slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
     config, region_hw = _resolve_scale(config, slides)
-    backend = get_backend(config.backend, device=config.device)
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
     sampler = RegionSampler(
@@ -123,6 +136,15 @@ def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):
         *region_hw,
     )
     return config, region_hw
+
+
+def start_run(
+    config: TrainConfig, resume: bool, overrides: dict | None = None, slide_progress=None
+) -> Run:
+    """`resolve_config`, its backend, then `open_run`: a single-process run in one call."""
+    config, checkpoint = resolve_config(config, resume, overrides)
+    backend = get_backend(config.backend, config.device, config.kernels)
+    return open_run(config, checkpoint, backend, slide_progress)
 
 
 def save_run(run: Run) -> Path:

@@ -9,20 +9,20 @@ import numpy as np
 from rich.console import Console
 
 from gigamlx.backends import get_backend
-from gigamlx.backends.base import World, WorldError
+from gigamlx.backends.base import Backend, World, WorldError
 from gigamlx.core.config import TrainConfig
 from gigamlx.train.loop import StepMetrics, TrainingError, train
 from gigamlx.train.profile import print_profile
 from gigamlx.train.progress import train_progress
-from gigamlx.train.run import Run, start_run
+from gigamlx.train.run import Run, open_run, resolve_config
 
 log = logging.getLogger(__name__)
 
 
-def join_world(config: TrainConfig, rank_timeout_s: float) -> World:
+def join_world(backend: Backend, rank_timeout_s: float) -> World:
     """This process's data-parallel world (a world of one unless under mlx.launch)."""
     try:  # under mlx.launch the ranks meet here
-        return get_backend(config.backend, config.device).world(rank_timeout_s)
+        return backend.world(rank_timeout_s)
     except WorldError as error:
         raise TrainingError(str(error)) from error
 
@@ -47,10 +47,13 @@ def train_session(
         slide_progress: (callback, rich Progress) for making the default slide.
         dump_weights: test hook, a path with {rank}: each rank's final weights as .npz.
     """
-    world = join_world(config, rank_timeout_s)
+    # one way in: the configuration (with the resume merge), ONE backend, its world, the run
+    config, checkpoint = resolve_config(config, resume, overrides)
+    backend = get_backend(config.backend, config.device, config.kernels)
+    world = join_world(backend, rank_timeout_s)
     update, bar = slide_progress
     with bar:
-        run = start_run(config, resume, overrides, slide_progress=update, writes=world.is_main)
+        run = open_run(config, checkpoint, backend, slide_progress=update, writes=world.is_main)
     if world.is_main:
         _log_start(run, world)
     main = world.is_main
@@ -68,12 +71,14 @@ def train_session(
 def _log_start(run: Run, world: World) -> None:
     c = run.config
     log.info(
-        "run %s: steps %d..%d, region %s, budget %s, loss %s, %d rank(s)",
+        "run %s: steps %d..%d, region %s, budget %s, loss %s, %s on %s, %d rank(s)",
         run.run_dir,
         run.step,
         c.steps,
         c.region,
         c.memory_budget,
         c.loss,
+        run.backend.name,
+        run.backend.compute_path,
         world.size,
     )

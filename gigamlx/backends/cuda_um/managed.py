@@ -131,9 +131,6 @@ class ManagedMemory:
     def active_bytes(self) -> int:
         return int(self.lib.um_active_bytes())
 
-    def peak_bytes(self) -> int:
-        return int(self.lib.um_peak_bytes())
-
     def reset_peak(self) -> None:
         self.lib.um_reset_peak()
 

@@ -100,3 +100,13 @@ def test_physical_region_needs_calibration(stores, tmp_path):
     args = ["train", stores[0.5], "--mpp", "0.7", *FAST, "--out", str(tmp_path / "r2")]
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "no level within 10% of 0.7" in result.output
+
+
+def test_uncalibrated_slide_gets_the_trained_level_index(stores, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", stores[0.5], "--level", "1", "--region", "128x128", *FAST, "--out", str(run)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["predict", str(run), stores[None], "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert "has no pixel size: predicting level 1" in " ".join(result.output.split())
+    assert f"level 1, {HW[0] >> 1}x{HW[1] >> 1} px (HxW)" in result.output

@@ -99,7 +99,8 @@ def _say_store(path: Path) -> None:
     mpp = f" at {store.mpp:.4g} µm/px" if store.mpp else ", no pixel size"
     mask = "with" if store.mask is not None else "without"
     err.print(
-        f"wrote {path}: {store.level_count} levels, {hw_text(store.image_hw)}{mpp}, "
+        f"wrote {path}: {store.level_count} level{'s' * (store.level_count > 1)}, "
+        f"{hw_text(store.image_hw)}{mpp}, "
         f"{mask} tissue mask",
         soft_wrap=True,
         markup=False,

@@ -63,10 +63,10 @@ def _cycle_labels(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     steps from the cycle's smallest index along `nxt`. Pointer doubling, O(n log n) numpy."""
     n = len(nxt)
     label, jump = np.arange(n), nxt.copy()
-    span = 1
-    while span < n:  # after k rounds label[e] = min over e .. nxt^(2^k - 1)(e)
+    # after k rounds label[e] = min over e .. nxt^(2^k - 1)(e); done once each cycle agrees
+    while not np.array_equal(label, label[nxt]):
         label = np.minimum(label, label[jump])
-        jump, span = jump[jump], 2 * span
+        jump = jump[jump]
     head = label == np.arange(n)
     prev = np.empty(n, np.int64)
     prev[nxt] = np.arange(n)
@@ -75,10 +75,9 @@ def _cycle_labels(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     succ[tails] = tails  # cut every cycle before its head
     to_tail = np.ones(n, np.int64)
     to_tail[tails] = 0
-    span = 1
-    while span < n:  # list ranking: steps to the tail
+    while not np.array_equal(succ, succ[succ]):  # list ranking: steps to the tail
         to_tail = to_tail + to_tail[succ]
-        succ, span = succ[succ], 2 * span
+        succ = succ[succ]
     return label, -to_tail
 
 

@@ -53,7 +53,7 @@ class StopFlag:
         self.signum = signum
         if not self.deferring:
             name = signal.Signals(signum).name
-            raise Stopped(f"{name} before training started; nothing to save", signum)
+            raise Stopped(f"{name} outside the training loop; nothing to save", signum)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +21,7 @@ import numpy as np
 from gigamlx.backends import get_backend
 from gigamlx.core.arrays import WindowArray
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
+from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
@@ -228,16 +230,29 @@ def predict_slides(
     budget_bytes = parse_bytes(memory_budget)
     backend, model = load_model(checkpoint, kernels=kernels)
     sources = [open_source(s) for s in slides]
+    out_dir, made_out_dir = Path(out_dir), not Path(out_dir).exists()
     try:
-        planned = [output_paths(Path(out_dir), s.name, tiff, overlay) for s in sources]
-        check_outputs([s.path for s in sources], planned, overwrite)
-        results = []
-        for source, outputs in zip(sources, planned, strict=True):
-            progress = on_slide(source) if on_slide is not None else None
-            results.append(
-                predict_slide(backend, model, source, outputs, budget_bytes, tile, progress)
-            )
-        return results
+        with ExitStack() as held:
+            planned = [output_paths(out_dir, s.name, tiff, overlay) for s in sources]
+            for outputs in planned:  # held to the end: no other predict writes these
+                held.enter_context(lock_output(outputs.zarr))
+            check_outputs([s.path for s in sources], planned, overwrite)
+            return [
+                predict_slide(
+                    backend, model, source, outputs, budget_bytes, tile,
+                    on_slide(source) if on_slide is not None else None,
+                )
+                for source, outputs in zip(sources, planned, strict=True)
+            ]  # fmt: skip
     finally:
         for source in sources:
             source.close()
+        if made_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an error before any output: leave nothing behind
+
+
+def lock_output(zarr_path: Path):
+    """The OS lock on one slide's outputs (its folder is made if missing)."""
+    zarr_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = zarr_path.parent / f".{zarr_path.name}.lock"
+    return hold_lock(lock_path, f"prediction output {zarr_path}")

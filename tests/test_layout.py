@@ -2,6 +2,7 @@
 and no top-level `kernels` Python package is installed."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,9 @@ def test_no_kernels_python_package_of_ours(tmp_path):
         "import importlib.util as u; s = u.find_spec('kernels'); "
         "print('' if s is None else f'{s.origin} {list(s.submodule_search_locations or [])}')"
     )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as installed, no tree
     found = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
     ).stdout
     assert str(REPO) not in found, found
 

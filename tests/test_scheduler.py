@@ -6,6 +6,7 @@ from mlx.utils import tree_flatten
 from reference import float64_reference, mlx_whole_image, random_case
 
 import gigamlx
+from gigamlx.backends import get_backend
 from gigamlx.backends.mlx import fused
 from gigamlx.backends.mlx.backend import MLXBackend
 from gigamlx.tiling.scheduler import tiled_predict, tiled_step
@@ -66,7 +67,7 @@ def test_predict_matches_float64_whole_image(model, backend, hw, tile):
 def test_public_api_matches_the_scheduler(model):
     """gigamlx.tiled_value_and_grad returns the scheduler's loss and grads as the model's tree."""
     image, mask = random_case((200, 300), seed=5)
-    result = tiled_step(MLXBackend(), model, image, mask, "dice+bce", 128)
+    result = tiled_step(get_backend("mlx"), model, image, mask, "dice+bce", 128)  # as the API
     loss_value, tree = gigamlx.tiled_value_and_grad(model, image, mask, "dice+bce", tile=128)
     assert loss_value == pytest.approx(result.loss, abs=1e-7)
     for name, value in tree_flatten(tree):

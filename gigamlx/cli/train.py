@@ -77,11 +77,13 @@ def train(
     the gradients are averaged (docs/distributed.md); rank 0 alone writes OUT.
     """
     from gigamlx.train.session import train_session
+    from gigamlx.train.stop import stop_on_signals
 
     setup_logging(verbose)
     fields = set(DEFAULTS.to_dict())
     config = TrainConfig.from_dict(_as_config({k: v for k, v in ctx.params.items() if k in fields}))
-    with user_errors():
+    # held to the very end: once a stop began, a late signal cannot cut the exit short
+    with stop_on_signals(keep_after_stop=True) as stop, user_errors():
         if not resume:
             config.validate()
         train_session(
@@ -94,4 +96,5 @@ def train(
             profile=profile,
             rank_timeout_s=rank_timeout,
             dump_weights=dump_weights,
+            stop=stop,
         )

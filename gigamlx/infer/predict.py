@@ -13,11 +13,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from gigamlx.backends import get_backend
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
+from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.infer.annotations import prediction_features, threshold_u8, write_geojson
 from gigamlx.infer.export import (
@@ -234,39 +236,44 @@ def predict_slides(
     backend, model = load_model(checkpoint, kernels=o.kernels)
     scale = trained_scale(checkpoint)
     sources = [open_source(s) for s in slides]
+    out_dir, made_out_dir = Path(out_dir), not Path(out_dir).exists()
     try:
         levels = [choose_level(s, scale.mpp, scale.level, o.level) for s in sources]
-        planned = [
-            output_paths(Path(out_dir), s.name, o.tiff, o.overlay, o.geojson) for s in sources
-        ]
-        check_outputs([s.path for s in sources], planned, o.overwrite)
-        results = []
-        for source, outputs, level in zip(sources, planned, levels, strict=True):
-            progress = on_slide(source) if on_slide is not None else None
-            meta = provenance(
-                checkpoint,
-                scale.step,
-                source.path,
-                source.level_hws[0],
-                level,
-                source.level_mpp(level),
-                o.threshold,
-            )
-            results.append(
-                predict_slide(
-                    backend,
-                    model,
-                    source,
-                    outputs,
-                    budget_bytes,
-                    o.tile,
-                    progress,
-                    level=level,
-                    threshold=o.threshold,
-                    meta=meta,
-                )
-            )
-        return results
+        with ExitStack() as held:
+            planned = [output_paths(out_dir, s.name, o.tiff, o.overlay, o.geojson) for s in sources]
+            for outputs in planned:  # held to the end: no other predict writes these
+                held.enter_context(lock_output(outputs.zarr))
+            check_outputs([s.path for s in sources], planned, o.overwrite)
+            return [
+                _predict_one(backend, model, checkpoint, scale, source, outputs, level, o,
+                             budget_bytes, on_slide)
+                for source, outputs, level in zip(sources, planned, levels, strict=True)
+            ]  # fmt: skip
     finally:
         for source in sources:
             source.close()
+        if made_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an error before any output: leave nothing behind
+
+
+def _predict_one(
+    backend, model, checkpoint, scale, source, outputs, level, options, budget_bytes, on_slide
+) -> PredictResult:
+    """One slide of `predict_slides`, with its provenance."""
+    o = options
+    meta = provenance(
+        checkpoint, scale.step, source.path, source.level_hws[0], level,
+        source.level_mpp(level), o.threshold,
+    )  # fmt: skip
+    progress = on_slide(source) if on_slide is not None else None
+    return predict_slide(
+        backend, model, source, outputs, budget_bytes, o.tile, progress,
+        level=level, threshold=o.threshold, meta=meta,
+    )  # fmt: skip
+
+
+def lock_output(zarr_path: Path):
+    """The OS lock on one slide's outputs (its folder is made if missing)."""
+    zarr_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = zarr_path.parent / f".{zarr_path.name}.lock"
+    return hold_lock(lock_path, f"prediction output {zarr_path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,16 @@ from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
 from gigamlx.core.checkpoint import (
     Checkpoint,
+    CheckpointError,
+    list_checkpoints,
     load_checkpoint,
+    load_checkpoint_folder,
     prune_checkpoints,
     save_checkpoint,
 )
 from gigamlx.core.config import TrainConfig
+from gigamlx.core.files import write_text_atomic
+from gigamlx.core.lock import hold_lock
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler
@@ -25,6 +31,8 @@ from gigamlx.train.regions import RegionSampler
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+LOCK = ".lock"
+RUN_FILES = {CONFIG, METRICS, LOCK, "checkpoints"}  # all a run folder holds
 
 
 class RunDirError(ValueError):
@@ -47,17 +55,48 @@ class Run:
         return self.run_dir / METRICS
 
 
+def run_lock(run_dir: Path):
+    """The OS lock a session holds on its run folder (made if missing) from start to end."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return hold_lock(run_dir / LOCK, f"run folder {run_dir}")
+
+
 def _check_fresh(run_dir: Path) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
+    """A new run may use an empty folder, or one a run left before its first checkpoint."""
+    if list_checkpoints(run_dir):
         raise RunDirError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
         )
+    if run_dir.exists() and not all(_is_run_file(p.name) for p in run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} holds files that are not a gigamlx run; choose another --out")
+    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
+        log.warning("%s holds no checkpoint (its run stopped before one): starting afresh", run_dir)
+
+
+def _is_run_file(name: str) -> bool:
+    """A file a run writes, or the temporary of one (`.metrics.jsonl.tmp_123`)."""
+    return name in RUN_FILES or any(name.startswith(f".{known}.tmp") for known in RUN_FILES)
+
+
+def _saved_config(run_dir: Path, fallback: TrainConfig) -> TrainConfig:
+    """The config.json of a run that stopped before its first checkpoint (absent: fallback)."""
+    path = run_dir / CONFIG
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return fallback
+    except (ValueError, TypeError) as error:
+        raise RunDirError(f"{path} is unreadable ({error}); fix or delete it") from None
 
 
 def resolve_config(
     config: TrainConfig, resume: bool, overrides: dict | None = None
 ) -> tuple[TrainConfig, Checkpoint | None]:
     """The configuration a run trains with, and on resume the checkpoint it continues from.
+
+    Resuming a folder that holds no checkpoint (its run stopped before the first) starts it
+    afresh from its config.json. Slide paths come back absolute, so a run resumes anywhere.
 
     Args:
         config: the requested configuration (on resume only `out` is read from it).
@@ -66,12 +105,17 @@ def resolve_config(
             typed: a new --steps target, more --accumulate, another --backend: checkpoints
             are engine-neutral).
     """
-    if not resume:
-        return config.validate(), None
-    checkpoint = load_checkpoint(Path(config.out))
-    saved = TrainConfig.from_dict(checkpoint.config)
-    merged = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
-    return merged.validate(), checkpoint
+    checkpoint = None
+    if resume:
+        run_dir = Path(config.out)
+        if list_checkpoints(run_dir):
+            checkpoint = load_checkpoint(run_dir)  # past damaged ones, with a warning
+            saved = TrainConfig.from_dict(checkpoint.config)
+        else:
+            saved = _saved_config(run_dir, config)
+        config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
+    data = tuple(os.path.abspath(p) for p in config.data)
+    return dataclasses.replace(config, data=data).validate(), checkpoint
 
 
 def open_run(
@@ -104,12 +148,11 @@ def open_run(
         backend.load_optimizer_state(optimizer, checkpoint.optimizer)
         sampler.restore(checkpoint.rng_state)
         step = checkpoint.step
-        if writes:
-            _truncate_metrics(run_dir / METRICS, step)
         log.info("resuming %s at step %d", checkpoint.path, step)
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
+        _truncate_metrics(run_dir / METRICS, step)
+        write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
 
 
@@ -157,16 +200,25 @@ def save_run(run: Run) -> Path:
         run.config.to_dict(),
         run.sampler.state(),
     )
-    prune_checkpoints(run.run_dir, run.config.keep_checkpoints)
+    try:
+        load_checkpoint_folder(path)  # read back before any older one goes
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} right after it was written; older ones are kept") from None
+    prune_checkpoints(run.run_dir, run.config.keep_checkpoints, newest=path)
     return path
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after the checkpoint: they are about to be redone."""
+    """Drop metric lines of steps after the checkpoint: they are about to be redone.
+
+    The file is replaced whole (a new file renamed over it): a crash keeps the old lines.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) <= step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _step_of(line: str) -> float:

@@ -4,6 +4,8 @@ run, train with the progress bar, then report. Rank 0 alone writes and draws."""
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -14,7 +16,8 @@ from gigamlx.core.config import TrainConfig
 from gigamlx.train.loop import StepMetrics, TrainingError, train
 from gigamlx.train.profile import print_profile
 from gigamlx.train.progress import train_progress
-from gigamlx.train.run import Run, open_run, resolve_config
+from gigamlx.train.run import Run, open_run, resolve_config, run_lock
+from gigamlx.train.stop import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ def train_session(
     profile: bool = False,
     rank_timeout_s: float = 600.0,
     dump_weights: str | None = None,
+    stop: StopFlag | None = None,
 ) -> list[StepMetrics]:
     """Train as the CLI asked; returns the steps this session ran.
 
@@ -46,19 +50,25 @@ def train_session(
         console: where the progress bar and the closing line go (stderr).
         slide_progress: (callback, rich Progress) for making the default slide.
         dump_weights: test hook, a path with {rank}: each rank's final weights as .npz.
+        stop: the command's stop flag (train/stop.py); None: the loop installs its own.
     """
     # one way in: the configuration (with the resume merge), ONE backend, its world, the run
     config, checkpoint = resolve_config(config, resume, overrides)
     backend = get_backend(config.backend, config.device, config.kernels)
     world = join_world(backend, rank_timeout_s)
-    update, bar = slide_progress
-    with bar:
-        run = open_run(config, checkpoint, backend, slide_progress=update, writes=world.is_main)
-    if world.is_main:
-        _log_start(run, world)
     main = world.is_main
-    with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
-        history = train(run, world, bar.on_step if main else None, bar.on_tile if main else None)
+    with ExitStack() as held:
+        if main:  # the one writer holds the run folder for the whole session
+            held.enter_context(run_lock(Path(config.out)))
+        update, bar = slide_progress
+        with bar:
+            run = open_run(config, checkpoint, backend, slide_progress=update, writes=main)
+        if main:
+            _log_start(run, world)
+        with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
+            history = train(
+                run, world, bar.on_step if main else None, bar.on_tile if main else None, stop
+            )
     if dump_weights:
         np.savez(dump_weights.format(rank=world.rank), **run.backend.flat_params(run.model))
     if main and profile:

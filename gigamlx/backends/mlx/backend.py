@@ -14,6 +14,7 @@ from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
 from gigamlx.core.geometry import Tile
+from gigamlx.core.init import initial_weights
 from gigamlx.core.losses import Objective, TileStats, stats_from_rows
 
 
@@ -72,9 +73,9 @@ class MLXBackend:
         return tree_unflatten([(name, mx.array(v, dtype=mx.float32)) for name, v in flat.items()])
 
     def build_model(self, seed: int) -> GigaUNet:
-        mx.random.seed(seed)
+        """Weights from core/init.py: the same seed gives the same model on every backend."""
         model = GigaUNet()
-        mx.eval(model.parameters())
+        self.load_params(model, initial_weights(seed, model.spec))
         return model
 
     def load_params(self, model: GigaUNet, flat: FlatParams) -> None:
@@ -85,6 +86,9 @@ class MLXBackend:
         optimizer = optim.Adam(learning_rate=lr)
         optimizer.init(model.trainable_parameters())
         return optimizer
+
+    def set_learning_rate(self, optimizer: optim.Adam, lr: float) -> None:
+        optimizer.learning_rate = lr  # a float32 scalar in its state, as at make_optimizer
 
     def apply_gradients(self, model: GigaUNet, optimizer: optim.Adam, grads: FlatParams) -> None:
         optimizer.update(model, self.to_tree(model, grads))

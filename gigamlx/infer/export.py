@@ -105,9 +105,7 @@ class ProbabilityMapWriter:
 
 def open_probability_levels(path: str | os.PathLike) -> list:
     """The (H, W) uint8 zarr arrays of a probability pyramid, finest first."""
-    group = zarr.open_group(path, mode="r")
-    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
-    return [group[d["path"]] for d in datasets]
+    return ngff.multiscale_arrays(zarr.open_group(path, mode="r"))[0]
 
 
 def _tiles(array, tile_px: int) -> Iterator[np.ndarray]:

@@ -88,6 +88,26 @@ def probability_attrs(n_levels: int, mpp: float | None) -> dict:
     return {"ome": ome}
 
 
+def first_multiscale(attrs: dict) -> dict | None:
+    """The first multiscale of a zarr group's attributes (0.5: under "ome"; 0.4: top level)."""
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    return multiscales[0] if multiscales else None
+
+
+def multiscale_arrays(group) -> tuple[list, list[str] | None]:
+    """The one multiscale reader: a group's arrays, finest first, and its axis names.
+
+    Raises:
+        KeyError: the group has no multiscales metadata.
+    """
+    multiscale = first_multiscale(dict(group.attrs))
+    if multiscale is None:
+        raise KeyError("no NGFF multiscales metadata")
+    axes = multiscale.get("axes")
+    names = [a["name"] if isinstance(a, dict) else str(a) for a in axes] if axes else None
+    return [group[d["path"]] for d in multiscale["datasets"]], names
+
+
 def _axis_names_units(multiscale: dict) -> tuple[list[str], list[str | None]]:
     """Axis names and units of a multiscale (0.4+: dicts; 0.3: bare names, no units)."""
     axes = multiscale.get("axes", ["t", "c", "z", "y", "x"][-len(multiscale.get("datasets", [])) :])

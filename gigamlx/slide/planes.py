@@ -16,6 +16,7 @@ import zarr
 
 from gigamlx.core.arrays import WindowArray
 from gigamlx.core.geometry import Box
+from gigamlx.slide import ngff
 
 logger = logging.getLogger(__name__)
 
@@ -218,15 +219,11 @@ def _open_store_mask(path: Path, level: int) -> WindowArray:
 
 def _multiscale_level(group: zarr.Group, level: int, source: str) -> tuple[Any, list | None]:
     """Array at pyramid `level` of an NGFF group (v0.4 or v0.5 metadata, or bare "0", "1")."""
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        datasets = multiscales[0]["datasets"]
-        axes = multiscales[0].get("axes")
-        names = [a["name"] if isinstance(a, dict) else a for a in axes] if axes else None
-        if not 0 <= level < len(datasets):
-            raise ArrayReadError(f"{source}: no pyramid level {level} ({len(datasets)} levels)")
-        return group[datasets[level]["path"]], names
+    if ngff.first_multiscale(dict(group.attrs)) is not None:
+        arrays, names = ngff.multiscale_arrays(group)
+        if not 0 <= level < len(arrays):
+            raise ArrayReadError(f"{source}: no pyramid level {level} ({len(arrays)} levels)")
+        return arrays[level], names
     if str(level) in group:
         return group[str(level)], None
     members = sorted(group.keys())

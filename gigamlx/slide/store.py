@@ -103,10 +103,9 @@ def _what_to_do(path: Path) -> str:
     )
 
 
-def _multiscale_levels(group, ome: dict) -> tuple[list, str]:
-    multiscale = ome["multiscales"][0]
-    axes = "".join(a["name"] if isinstance(a, dict) else a for a in multiscale["axes"])
-    return [group[d["path"]] for d in multiscale["datasets"]], axes
+def _multiscale_levels(group) -> tuple[list, str]:
+    arrays, names = ngff.multiscale_arrays(group)
+    return arrays, "".join(names)
 
 
 def _downsamples(ome: dict, widths_px: list[int]) -> list[float]:
@@ -125,7 +124,7 @@ def _mask_levels(group) -> list:
         label = labels[name]
     except (KeyError, IndexError):
         return []
-    arrays, axes = _multiscale_levels(label, dict(label.attrs).get("ome", dict(label.attrs)))
+    arrays, axes = _multiscale_levels(label)
     return [mask_view(a, axes) for a in arrays]
 
 
@@ -154,7 +153,7 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
         raise StoreError(f"{path} is an incomplete or foreign zarr group: {_what_to_do(path)}")
-    arrays, axes = _multiscale_levels(node, ome)
+    arrays, axes = _multiscale_levels(node)
     masks = _mask_levels(node)
     images = [channels_last(a, axes) for a in arrays]
     downsamples = _downsamples(ome, [image.shape[1] for image in images])

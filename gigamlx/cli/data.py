@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.cli.common import (
+    app,
+    err,
+    progress_bar,
+    setup_logging,
+    stdout_errors,
+    user_errors,
+)
 from gigamlx.core.config import parse_region
 
 
@@ -68,5 +75,6 @@ def info() -> None:
     """Versions, engine, BLAS, memory and the model's geometry."""
     from gigamlx.cli.info import collect_info
 
-    for key, value in collect_info().items():
-        typer.echo(f"{key:>22}: {value}")
+    with stdout_errors():
+        for key, value in collect_info().items():
+            typer.echo(f"{key:>22}: {value}")

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.cli.common import (
+    app,
+    err,
+    progress_bar,
+    setup_logging,
+    stdout_errors,
+    user_errors,
+)
 from gigamlx.core.config import DEFAULTS, help_of
 
 
@@ -101,5 +108,5 @@ def evaluate(
     from gigamlx.eval.report import run_evaluation
 
     setup_logging(False)
-    with user_errors():
+    with user_errors(), stdout_errors():
         run_evaluation(preds, masks, threshold, json_path, baseline, level)

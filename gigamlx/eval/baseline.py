@@ -69,6 +69,6 @@ def baseline_plane(
         raise EvaluationError(
             f"--baseline {name} needs masks given as slide stores (image + mask): {err}"
         ) from err
-    masker = OtsuMask.fit(image, fit_image=fit_image)
+    masker = OtsuMask.fit(image, fit_image=fit_image, source=str(store_path))
     logger.info("%s: Otsu saturation threshold %d", store_path, masker.threshold)
     return BoxReaderPlane(masker, chunk_hw)

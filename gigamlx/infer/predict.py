@@ -20,12 +20,20 @@ from gigamlx.backends import get_backend
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
 from gigamlx.core.geometry import Box
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
+from gigamlx.core.outputs import (
+    OutputError,
+    check_not_input,
+    check_output_file,
+    check_output_folder,
+    check_replaceable,
+)
 from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
     ProbabilityMapWriter,
     open_probability_levels,
     write_ome_tiff,
     write_overlay,
+    written_by_predict,
 )
 from gigamlx.slide.readers import open_slide
 from gigamlx.slide.store import StoreError, open_store
@@ -157,19 +165,25 @@ def output_paths(out_dir: Path, name: str, tiff: bool, overlay: bool) -> OutputP
     )
 
 
-def check_outputs(slides: Sequence[Path], planned: Sequence[OutputPaths], overwrite: bool):
+def check_outputs(
+    slides: Sequence[Path],
+    planned: Sequence[OutputPaths],
+    overwrite: bool,
+    checkpoint: Path | None = None,
+):
     """Before any work: outputs must be distinct, not inputs, and new unless `overwrite`."""
     seen: dict[Path, Path] = {}
-    inputs = {Path(s).resolve() for s in slides}
     for slide, paths in zip(slides, planned, strict=True):
         for path in (p for p in paths if p is not None):
-            if path.resolve() in inputs:
-                raise PredictError(f"output {path} would replace the input slide; choose --out")
+            try:
+                check_output_file(path)
+                check_not_input(path, [Path(s) for s in slides] + [checkpoint], "output")
+            except OutputError as error:
+                raise PredictError(str(error)) from None
             if path in seen:
                 raise PredictError(f"{seen[path]} and {slide} would both write {path}")
             seen[path] = Path(slide)
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+            check_replaceable(path, overwrite, written_by_predict, "prediction")
 
 
 def predict_slide(
@@ -232,11 +246,12 @@ def predict_slides(
     if tile is not None and (tile <= 0 or tile % 64):
         raise PredictError(f"--tile must be a positive multiple of 64, got {tile}")
     budget_bytes = parse_bytes(memory_budget)
+    check_output_folder(Path(out_dir))
     backend, model = load_model(checkpoint)
     sources = [open_source(s) for s in slides]
     try:
         planned = [output_paths(Path(out_dir), s.name, tiff, overlay) for s in sources]
-        check_outputs([s.path for s in sources], planned, overwrite)
+        check_outputs([s.path for s in sources], planned, overwrite, Path(checkpoint))
         results = []
         for source, outputs in zip(sources, planned, strict=True):
             progress = on_slide(source) if on_slide is not None else None

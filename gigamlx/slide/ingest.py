@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from gigamlx.core.geometry import Box
+from gigamlx.core.outputs import check_not_input
 from gigamlx.slide.masks import GeoJsonMask, ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide
-from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
+from gigamlx.slide.store import Progress, StoreWriter, check_chunk_px, chunk_boxes
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def ingest(
     asked = [n for n, v in (("mask", mask), ("geojson", geojson), ("otsu", otsu)) if v]
     if len(asked) > 1:
         raise ValueError(f"choose one mask source, got {', '.join(asked)}")
+    check_chunk_px(chunk_px)
+    check_not_input(out_path, [slide_path, mask, geojson], "output store")
     start = time.perf_counter()
     reader = open_slide(slide_path, backend)
     try:
@@ -84,7 +87,9 @@ def ingest(
             for box in chunk_boxes(hw, chunk_px):
                 writer.write_image(box, reader.read(level, box))
             if otsu:
-                source = OtsuMask.fit(writer.image_view(0), fit_image=_low_res(reader))
+                source = OtsuMask.fit(
+                    writer.image_view(0), fit_image=_low_res(reader), source=str(slide_path)
+                )
             for box in chunk_boxes(hw, chunk_px) if source is not None else ():
                 writer.write_mask(box, source.read(box))
             out = writer.finish()

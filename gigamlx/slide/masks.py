@@ -71,15 +71,32 @@ class ImageMask:
         return (block != 0).view(np.uint8)
 
 
-def _rings(geometry: dict, source: str) -> list[list[np.ndarray]]:
+def _ring(ring, source: str, kind: str) -> np.ndarray:
+    """One ring as (n, 2) float64 x, y; MaskError naming the file if it is not a point list."""
+    try:
+        points = np.asarray(ring, np.float64)
+    except (TypeError, ValueError):
+        points = None
+    if points is None or points.ndim != 2 or points.shape[1] < 2:
+        raise MaskError(
+            f"{source}: a {kind} ring is not a list of [x, y] points (got {str(ring)[:40]})"
+        )
+    return points[:, :2]
+
+
+def _rings(geometry, source: str) -> list[list[np.ndarray]]:
     """Polygons (each a list of (n, 2) x,y rings, exterior first) of one GeoJSON geometry."""
-    kind = geometry.get("type")
-    if kind == "Polygon":
-        return [[np.asarray(r, np.float64)[:, :2] for r in geometry["coordinates"]]]
-    if kind == "MultiPolygon":
-        return [[np.asarray(r, np.float64)[:, :2] for r in p] for p in geometry["coordinates"]]
+    kind = geometry.get("type") if isinstance(geometry, dict) else type(geometry).__name__
+    if kind in ("Polygon", "MultiPolygon"):
+        coordinates = geometry.get("coordinates")
+        if not isinstance(coordinates, list):
+            raise MaskError(f"{source}: a {kind} without a list of coordinates")
+        polygons = [coordinates] if kind == "Polygon" else coordinates
+        if not all(isinstance(p, list) for p in polygons):
+            raise MaskError(f"{source}: a MultiPolygon's coordinates are not lists of rings")
+        return [[_ring(r, source, kind) for r in p] for p in polygons]
     if kind == "GeometryCollection":
-        return [p for g in geometry["geometries"] for p in _rings(g, source)]
+        return [p for g in geometry.get("geometries") or [] for p in _rings(g, source)]
     raise MaskError(f"{source}: GeoJSON geometry {kind!r} is not a Polygon or MultiPolygon")
 
 
@@ -142,6 +159,18 @@ def rasterize_polygon(rings: list[np.ndarray], box: Box) -> np.ndarray:
     return (np.cumsum(diff[:, :w], axis=1) & 1).astype(bool)
 
 
+def _read_json(path: Path):
+    """Parsed JSON of `path`; MaskError naming the file and the place of a syntax error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise MaskError(f"{path}: not a GeoJSON text file ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise MaskError(
+            f"{path}: not valid JSON at line {error.lineno} column {error.colno} ({error.msg})"
+        ) from None
+
+
 class GeoJsonMask:
     """GeoJSON polygons (QuPath export) rasterized per box; coordinates are level-0 pixels."""
 
@@ -149,7 +178,7 @@ class GeoJsonMask:
         source = str(path_or_data) if isinstance(path_or_data, str | Path) else "GeoJSON"
         data = path_or_data
         if isinstance(path_or_data, str | Path):
-            data = json.loads(Path(path_or_data).read_text())
+            data = _read_json(Path(path_or_data))
         self.image_hw = tuple(image_hw)
         self.polygons = [[r / downsample for r in p] for p in parse_geojson(data, source)]
         if not self.polygons:
@@ -199,8 +228,18 @@ def saturation_histogram(image, chunk_px: int = 1024, step: int = 1) -> np.ndarr
     return hist
 
 
-def otsu_threshold(hist: np.ndarray) -> int:
-    """Otsu's threshold t of a 256-bin histogram: class 1 is values > t."""
+def otsu_threshold(hist: np.ndarray, source: str = "image") -> int:
+    """Otsu's threshold t of a 256-bin histogram: class 1 is values > t.
+
+    Raises:
+        MaskError: fewer than two distinct values (e.g. a greyscale slide: saturation 0).
+    """
+    if np.count_nonzero(hist) < 2:
+        value = int(np.flatnonzero(hist)[0]) if hist.any() else 0
+        raise MaskError(
+            f"{source}: saturation is {value} everywhere (a greyscale or blank slide?), so "
+            "Otsu on saturation cannot tell tissue from background; give --mask or --geojson"
+        )
     p = hist.astype(np.float64) / max(hist.sum(), 1)
     omega = np.cumsum(p)
     mu = np.cumsum(p * np.arange(len(p)))
@@ -220,13 +259,16 @@ class OtsuMask:
         self.image_hw = tuple(image.shape[:2])
 
     @classmethod
-    def fit(cls, image, fit_image=None, smooth_px: int = 4, step: int = 4) -> OtsuMask:
+    def fit(
+        cls, image, fit_image=None, smooth_px: int = 4, step: int = 4, source: str = "image"
+    ) -> OtsuMask:
         """Fit the threshold on `fit_image` (e.g. a low-res level), else on every `step`-th
-        pixel of `image`; apply at full resolution on `image` (H, W, 3)."""
+        pixel of `image`; apply at full resolution on `image` (H, W, 3). `source` names the
+        slide in errors."""
         hist = saturation_histogram(fit_image) if fit_image is not None else None
         if hist is None:
             hist = saturation_histogram(image, step=step)
-        threshold = otsu_threshold(hist)
+        threshold = otsu_threshold(hist, source)
         log.info("Otsu saturation threshold: %d", threshold)
         return cls(image, threshold, smooth_px)
 

@@ -6,9 +6,9 @@ build the store under a hidden temporary name and rename it into place only when
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +19,14 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from gigamlx.core.geometry import Box
+from gigamlx.core.outputs import (
+    check_output_file,
+    check_replaceable,
+    hidden_sibling,
+    name_the_path,
+    remove_stale_siblings,
+    replace_path,
+)
 from gigamlx.slide import ngff
 
 log = logging.getLogger(__name__)
@@ -156,13 +164,69 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
         raise StoreError(f"{path} is an incomplete or foreign zarr group: {_what_to_do(path)}")
-    arrays, axes = _multiscale_levels(node, ome)
-    masks = _mask_levels(node)
+    if written_kind(path) == "prediction":
+        raise StoreError(f"{path} is a probability map written by predict, not a slide store")
+    try:
+        arrays, axes = _multiscale_levels(node, ome)
+        masks = _mask_levels(node)
+    except (KeyError, IndexError, TypeError) as error:
+        raise StoreError(f"{path}: unreadable OME-Zarr multiscale metadata ({error!r})") from None
     levels = [
-        Level(ChannelsLast(a, axes), masks[n] if n < len(masks) else None, 2**n)
+        Level(_image_view(path, a, axes), masks[n] if n < len(masks) else None, 2**n)
         for n, a in enumerate(arrays)
     ]
+    _check_mask_grid(path, levels[0])
     return SlideStore(path, levels, attrs.get("gigamlx", {}))
+
+
+def _image_view(path: Path, array, axes: str) -> ChannelsLast:
+    """The channels-last view, once the axes are known to name every dimension, y and x."""
+    if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
+        raise StoreError(
+            f"{path}: image axes {axes!r} do not describe its {array.ndim}-D array "
+            f"of shape {array.shape}; an RGB slide needs axes c, y, x (e.g. shape (3, H, W))"
+        )
+    if "c" in axes and array.shape[axes.index("c")] not in (1, 2, 3, 4):
+        raise StoreError(f"{path}: {array.shape[axes.index('c')]} channels; expected RGB")
+    return ChannelsLast(array, axes)
+
+
+def _check_mask_grid(path: Path, level: Level) -> None:
+    if level.mask is not None and tuple(level.mask.shape) != level.image.shape[:2]:
+        mask_hw, image_hw = level.mask.shape, level.image.shape[:2]
+        raise StoreError(
+            f"{path}: tissue mask is {mask_hw[0]}x{mask_hw[1]} but the image is "
+            f"{image_hw[0]}x{image_hw[1]} (HxW); re-ingest it with a mask on the image's grid"
+        )
+
+
+def written_kind(path: str | os.PathLike) -> str | None:
+    """ "slide" or "prediction" for a zarr group that gigamlx wrote (its marker), else None.
+
+    Slide stores carry a `gigamlx` attribute; probability maps carry one with kind
+    "prediction" (older ones: an NGFF multiscale named "tissue probability" and no marker).
+    """
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    marker = attrs.get("gigamlx")
+    if isinstance(marker, dict):
+        return "prediction" if marker.get("kind") == "prediction" else "slide"
+    multiscales = attrs.get("ome", {}).get("multiscales") or [{}]
+    return "prediction" if multiscales[0].get("name") == "tissue probability" else None
+
+
+def _is_slide_store(path: Path) -> bool:
+    return written_kind(path) == "slide"
+
+
+def check_chunk_px(chunk_px: int) -> int:
+    """Raise ValueError unless the chunk side is a positive number of pixels."""
+    if not isinstance(chunk_px, int) or chunk_px < 16:
+        raise ValueError(f"--chunk must be at least 16 pixels (1024 is usual), got {chunk_px}")
+    return chunk_px
 
 
 def pyramid_hws(image_hw: tuple[int, int], min_side_px: int = 1024) -> list[tuple[int, int]]:
@@ -192,6 +256,28 @@ def downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.nd
     return ((summed + 2) // 4).astype(np.uint8)
 
 
+def settle_zarr_writes(timeout_s: float = 30.0) -> None:
+    """Wait for chunk writes still running on zarr's IO loop.
+
+    When one chunk write of an assignment fails (a full disk), zarr raises at once while the
+    assignment's other chunk writes go on in its IO thread; deleting a partial store before
+    they end lets them create it again (the space just freed makes them succeed).
+    """
+    import asyncio
+
+    from zarr.core.sync import sync
+
+    async def others_done() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=timeout_s)
+
+    try:
+        sync(others_done())
+    except Exception as error:  # noqa: BLE001 - best effort: the deletion follows anyway
+        log.debug("could not wait for zarr's writes: %s", error)
+
+
 class StoreWriter:
     """Writes a store under a hidden sibling name; `finish` renames it into place.
 
@@ -211,15 +297,25 @@ class StoreWriter:
         min_side_px: int = 1024,
         progress: Progress | None = None,
     ):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path = check_output_file(Path(path), "store")
+        check_chunk_px(chunk_px)
+        check_replaceable(self.path, overwrite, _is_slide_store, "slide store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        token = f"{os.getpid()}-{secrets.token_hex(3)}"
-        self.tmp_path = self.path.parent / f".{self.path.name}.partial-{token}"
+        remove_stale_siblings(self.path)
+        self.tmp_path = hidden_sibling(self.path, "partial")
         self.chunk_px, self.overwrite, self.progress = chunk_px, overwrite, progress
         self.attrs = {"format": STORE_FORMAT, **(attrs or {})}
         self.hws = pyramid_hws(image_hw, min_side_px)
+        try:
+            self._create_arrays(with_mask)
+        except BaseException as error:
+            self.abort()
+            name_the_path(error, self.path)
+            raise
+        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
+        self.done, self.total = 0, n_chunks * (1 + with_mask)
+
+    def _create_arrays(self, with_mask: bool) -> None:
         self.group = zarr.open_group(
             self.tmp_path, mode="w-", zarr_format=3, attributes={"gigamlx": {"complete": False}}
         )
@@ -228,8 +324,6 @@ class StoreWriter:
         if with_mask:
             label = self.group.create_group("labels").create_group(MASK_NAME)
             self.masks = [self._create(label, n, hw) for n, hw in enumerate(self.hws)]
-        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
-        self.done, self.total = 0, n_chunks * (1 + with_mask)
 
     def _create(self, group, level: int, shape: tuple[int, ...]):
         chunks = (shape[0],) * (len(shape) == 3) + (self.chunk_px, self.chunk_px)
@@ -287,18 +381,13 @@ class StoreWriter:
         return self.path
 
     def _rename_into_place(self) -> None:
-        old = None
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.path} appeared while writing; kept it")
-            old = self.path.parent / f".{self.path.name}.old-{secrets.token_hex(3)}"
-            os.rename(self.path, old)
-        os.rename(self.tmp_path, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(self.path) and not self.overwrite:
+            raise FileExistsError(f"{self.path} appeared while writing; kept it")
+        replace_path(self.tmp_path, self.path)
 
     def abort(self) -> None:
-        """Delete the partial store."""
+        """Delete the partial store (once zarr's chunk writes still in flight are done)."""
+        settle_zarr_writes()
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
@@ -307,3 +396,4 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            name_the_path(exc, self.path)

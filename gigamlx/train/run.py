@@ -11,8 +11,15 @@ from typing import Any
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
-from gigamlx.core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from gigamlx.core.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from gigamlx.core.config import TrainConfig
+from gigamlx.core.outputs import check_output_folder, probe_writable, write_text_atomic
 from gigamlx.slide.store import SlideStore
 from gigamlx.train.data import open_training_slides
 from gigamlx.train.regions import RegionSampler
@@ -68,8 +75,10 @@ def start_run(
         writes: False on data-parallel ranks other than 0: they neither check nor write the
             run folder (rank 0 does, and only it writes checkpoints and metrics).
     """
-    run_dir = Path(config.out)
+    run_dir = check_output_folder(Path(config.out))
     checkpoint = None
+    if writes:
+        remove_stale_temps(run_dir)
     if resume:
         checkpoint = load_checkpoint(run_dir)
         saved = TrainConfig.from_dict(checkpoint.config)
@@ -95,20 +104,33 @@ def start_run(
         log.info("resuming %s at step %d", checkpoint.path, step)
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
+        for folder in (run_dir, run_dir / "checkpoints"):
+            if folder.is_dir():
+                probe_writable(folder)  # fails now, not at the first checkpoint
+        write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
 
 
 def save_run(run: Run) -> Path:
-    """Checkpoint the run after its last completed step; keep only the newest few."""
-    path = save_checkpoint(
-        run.run_dir,
-        run.step,
-        run.backend.flat_params(run.model),
-        run.backend.optimizer_state(run.optimizer),
-        run.config.to_dict(),
-        run.sampler.state(),
-    )
+    """Checkpoint the run after its last completed step; keep only the newest few.
+
+    A failed write (a full disk) leaves no partial folder and keeps every older checkpoint;
+    the error carries a note saying which one to continue from.
+    """
+    try:
+        path = save_checkpoint(
+            run.run_dir,
+            run.step,
+            run.backend.flat_params(run.model),
+            run.backend.optimizer_state(run.optimizer),
+            run.config.to_dict(),
+            run.sampler.state(),
+        )
+    except OSError as error:
+        saved = list_checkpoints(run.run_dir)
+        kept = f"kept the last checkpoint {saved[-1]}" if saved else "no checkpoint was saved"
+        error.add_note(f"step {run.step} was not saved, {kept}; free space, then --resume")
+        raise
     prune_checkpoints(run.run_dir, run.config.keep_checkpoints)
     return path
 

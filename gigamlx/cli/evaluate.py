@@ -97,11 +97,17 @@ def evaluate(
         None, help="'otsu': also score Otsu on saturation (masks must be slide stores)"
     ),
     level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
+    pred_scale: str = typer.Option(
+        "auto",
+        help="uint8 predictions: '255' = round(255 p), '1' = a 0/1 map, 'auto' = 0/1 when "
+        "the values are only 0 and 1 (said on stderr)",
+    ),
 ) -> None:
     """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
 
-    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 or float 0-1. Masks: the
-    same (any non-zero value is tissue) or slide stores. Per-slide rows, then mean ± sample std.
+    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 (0/1: see --pred-scale) or
+    float 0-1. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows,
+    then mean ± sample std.
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
     but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
     """
@@ -109,4 +115,9 @@ def evaluate(
 
     setup_logging(False)
     with user_errors(), stdout_errors():
-        run_evaluation(preds, masks, threshold, json_path, baseline, level)
+        report = run_evaluation(
+            preds, masks, threshold, json_path, baseline, level, pred_scale=pred_scale
+        )
+    for slide in report.slides:
+        if slide.note:
+            err.print(f"note: {slide.note}", soft_wrap=True, markup=False, highlight=False)

@@ -13,7 +13,7 @@ import numpy as np
 
 from gigamlx.eval.metrics import EvaluationError
 from gigamlx.slide.planes import LazyPlane, aligned_block_hw, iter_blocks
-from gigamlx.slide.store import written_kind
+from gigamlx.slide.written import written_kind
 
 logger = logging.getLogger(__name__)
 

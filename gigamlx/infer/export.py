@@ -21,13 +21,8 @@ from gigamlx.core.outputs import (
     replace_path,
 )
 from gigamlx.slide import ngff
-from gigamlx.slide.store import (
-    chunk_boxes,
-    downsample2,
-    pyramid_hws,
-    settle_zarr_writes,
-    written_kind,
-)
+from gigamlx.slide.store import chunk_boxes, downsample2, pyramid_hws
+from gigamlx.slide.written import settle_zarr_writes, written_kind
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from gigamlx.core.geometry import Box
 from gigamlx.core.outputs import check_not_input
 from gigamlx.slide.masks import GeoJsonMask, ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide
-from gigamlx.slide.store import Progress, StoreWriter, check_chunk_px, chunk_boxes
+from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
+from gigamlx.slide.written import check_chunk_px
 
 log = logging.getLogger(__name__)
 

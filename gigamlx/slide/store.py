@@ -6,7 +6,6 @@ build the store under a hidden temporary name and rename it into place only when
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,12 @@ from gigamlx.core.outputs import (
     replace_path,
 )
 from gigamlx.slide import ngff
+from gigamlx.slide.written import (
+    check_chunk_px,
+    is_slide_store,
+    settle_zarr_writes,
+    written_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,35 +205,6 @@ def _check_mask_grid(path: Path, level: Level) -> None:
         )
 
 
-def written_kind(path: str | os.PathLike) -> str | None:
-    """ "slide" or "prediction" for a zarr group that gigamlx wrote (its marker), else None.
-
-    Slide stores carry a `gigamlx` attribute; probability maps carry one with kind
-    "prediction" (older ones: an NGFF multiscale named "tissue probability" and no marker).
-    """
-    try:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return None
-    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
-    marker = attrs.get("gigamlx")
-    if isinstance(marker, dict):
-        return "prediction" if marker.get("kind") == "prediction" else "slide"
-    multiscales = attrs.get("ome", {}).get("multiscales") or [{}]
-    return "prediction" if multiscales[0].get("name") == "tissue probability" else None
-
-
-def _is_slide_store(path: Path) -> bool:
-    return written_kind(path) == "slide"
-
-
-def check_chunk_px(chunk_px: int) -> int:
-    """Raise ValueError unless the chunk side is a positive number of pixels."""
-    if not isinstance(chunk_px, int) or chunk_px < 16:
-        raise ValueError(f"--chunk must be at least 16 pixels (1024 is usual), got {chunk_px}")
-    return chunk_px
-
-
 def pyramid_hws(image_hw: tuple[int, int], min_side_px: int = 1024) -> list[tuple[int, int]]:
     """Level sizes: level 0, then 2x downsamples (ceil) while the smaller side >= min_side_px."""
     hws = [tuple(image_hw)]
@@ -256,28 +232,6 @@ def downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.nd
     return ((summed + 2) // 4).astype(np.uint8)
 
 
-def settle_zarr_writes(timeout_s: float = 30.0) -> None:
-    """Wait for chunk writes still running on zarr's IO loop.
-
-    When one chunk write of an assignment fails (a full disk), zarr raises at once while the
-    assignment's other chunk writes go on in its IO thread; deleting a partial store before
-    they end lets them create it again (the space just freed makes them succeed).
-    """
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def others_done() -> None:
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if others:
-            await asyncio.wait(others, timeout=timeout_s)
-
-    try:
-        sync(others_done())
-    except Exception as error:  # noqa: BLE001 - best effort: the deletion follows anyway
-        log.debug("could not wait for zarr's writes: %s", error)
-
-
 class StoreWriter:
     """Writes a store under a hidden sibling name; `finish` renames it into place.
 
@@ -299,7 +253,7 @@ class StoreWriter:
     ):
         self.path = check_output_file(Path(path), "store")
         check_chunk_px(chunk_px)
-        check_replaceable(self.path, overwrite, _is_slide_store, "slide store")
+        check_replaceable(self.path, overwrite, is_slide_store, "slide store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_siblings(self.path)
         self.tmp_path = hidden_sibling(self.path, "partial")

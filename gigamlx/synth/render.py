@@ -19,10 +19,10 @@ from gigamlx.slide.store import (
     Progress,
     StoreError,
     StoreWriter,
-    check_chunk_px,
     chunk_boxes,
     open_store,
 )
+from gigamlx.slide.written import check_chunk_px
 from gigamlx.synth.noise import fbm, uniform, value_noise
 from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
 

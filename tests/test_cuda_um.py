@@ -149,7 +149,9 @@ def test_cuda_um_cpu_memory_readings_drive_the_budget(pair):
     """On the CPU the budget is measured on the process RSS; a tile must cost bytes per pixel."""
     _, _, backend, model = pair
     cost = tile_cost(backend, model, "grad")
-    assert cost.bytes_per_px > 0
+    # a gradient tile holds at least its float32 input (12 B/px) and, on this 4492-parameter
+    # net, well under 2 kB per input pixel: a reading that drives nothing fails either bound
+    assert 12 <= cost.bytes_per_px <= 2000, cost
     reading = backend.memory()
     assert 0 < reading.active_bytes <= reading.peak_bytes
 

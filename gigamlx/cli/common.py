@@ -39,14 +39,22 @@ def say_error(error: BaseException | str) -> None:
 def user_errors():
     """Known bad input ends the command with one line on stderr and exit code 2, no trace."""
     from gigamlx.core.checkpoint import CheckpointError
+    from gigamlx.core.lock import LockError
     from gigamlx.slide.store import StoreError
     from gigamlx.train.loop import Interrupted, TrainingError
+    from gigamlx.train.stop import Stopped, exit_code
 
     try:
         yield
     except Interrupted as stop:
-        err.print(f"[yellow]interrupted[/]: {stop}. Continue with --resume.")
-        raise typer.Exit(130) from None
+        err.print(f"interrupted: {stop}. Continue with --resume.", markup=False, soft_wrap=True)
+        raise typer.Exit(exit_code(stop.signum)) from None
+    except Stopped as stop:
+        err.print(f"stopped: {stop}", markup=False, soft_wrap=True)
+        raise typer.Exit(exit_code(stop.signum)) from None
+    except LockError as error:
+        say_error(error)
+        raise typer.Exit(1) from None
     except TrainingError as error:
         say_error(error)
         raise typer.Exit(1) from None

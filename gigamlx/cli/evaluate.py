@@ -31,6 +31,7 @@ def predict(
     tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
     overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
@@ -60,7 +61,16 @@ def predict(
 
         try:
             results = predict_slides(
-                checkpoint, slides, out, memory_budget, tiff, overlay, overwrite, tile, on_slide
+                checkpoint,
+                slides,
+                out,
+                memory_budget=memory_budget,
+                tiff=tiff,
+                overlay=overlay,
+                overwrite=overwrite,
+                tile=tile,
+                on_slide=on_slide,
+                kernels=kernels,
             )
         finally:
             if progress.live.is_started:
@@ -76,7 +86,7 @@ def predict(
         )
 
 
-class _MasksCommand(typer.core.TyperCommand):
+class MasksCommand(typer.core.TyperCommand):
     """Lets `--masks M1 M2 ...` take several values after one flag."""
 
     def parse_args(self, ctx, args):
@@ -85,7 +95,7 @@ class _MasksCommand(typer.core.TyperCommand):
         return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
 
 
-@app.command("eval", cls=_MasksCommand)
+@app.command("eval", cls=MasksCommand)
 def evaluate(
     preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
     masks: list[Path] = typer.Option(
@@ -109,7 +119,7 @@ def evaluate(
     float 0-1. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows,
     then mean ± sample std.
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
-    but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
+    but tissue in the mask (or the reverse): 0. scripts/evaluate_dice.py runs this command.
     """
     from gigamlx.eval.report import run_evaluation
 

@@ -33,6 +33,13 @@ class TrainConfig:
     tile: int | None = field(default=None, metadata={"help": "tile side px (overrides budget)"})
     backend: str = field(default="mlx", metadata={"help": "mlx or cuda-um"})
     device: str = field(default="auto", metadata={"help": "cuda-um only: auto, cuda or cpu"})
+    kernels: str = field(
+        default="auto",
+        metadata={
+            "help": "mlx only: fused (compiled CPU kernels), mlx (pure MLX ops, what Metal "
+            "runs) or auto (fused where available; $GIGAMLX_KERNELS sets the default)"
+        },
+    )
 
     @property
     def region_hw(self) -> tuple[int, int]:

@@ -52,7 +52,7 @@ def replace_path(tmp_path: Path, path: Path) -> None:
 
 def name_the_path(error: BaseException, path: Path) -> None:
     """Give an OSError raised without a file name (zarr's, tifffile's) the output's path."""
-    if isinstance(error, OSError) and error.filename is None:
+    if isinstance(error, OSError) and error.errno is not None and error.filename is None:
         error.filename = str(path)
 
 
@@ -182,16 +182,3 @@ def probe_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise type(error)(error.errno, error.strerror, str(folder)) from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `path` whole or not at all (a hidden sibling renamed over it); errors name it."""
-    path = Path(path)
-    tmp_path = hidden_sibling(path, "partial")
-    try:
-        tmp_path.write_text(text)
-        os.replace(tmp_path, path)
-    except BaseException as error:
-        tmp_path.unlink(missing_ok=True)
-        name_the_path(error, path)
-        raise

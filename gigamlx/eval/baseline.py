@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from gigamlx.core.geometry import Box
+from gigamlx.core.arrays import WindowArray
 from gigamlx.eval.metrics import EvaluationError
 from gigamlx.slide.planes import DEFAULT_BLOCK_PX, ArrayReadError, open_store_image
 
@@ -21,31 +18,12 @@ logger = logging.getLogger(__name__)
 BASELINES = ("otsu",)
 
 
-class BoxReaderPlane:
-    """(H, W) bool view, sliceable like an array, of a mask source with `read(box)`.
-
-    Attributes:
-        source: anything with `image_hw` and `read(Box) -> (h, w) uint8 0/1`.
-        chunk_hw: (rows, cols) to read at a time (evaluate_pair's default block).
-    """
-
-    dtype = np.dtype(bool)
-
-    def __init__(self, source: Any, chunk_hw: tuple[int, int] = (DEFAULT_BLOCK_PX,) * 2):
-        self.source, self.chunk_hw = source, tuple(chunk_hw)
-        self.shape = tuple(source.image_hw)
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        return self.source.read(Box(rows.start, cols.start, rows.stop, cols.stop)) != 0
-
-
 def baseline_plane(
     name: str,
     store_path: str | Path,
     level: int = 0,
     chunk_hw: tuple[int, int] = (DEFAULT_BLOCK_PX,) * 2,
-) -> BoxReaderPlane:
+) -> WindowArray:
     """The (H, W) bool prediction of baseline `name` for the slide store at `store_path`.
 
     Args:
@@ -71,4 +49,4 @@ def baseline_plane(
         ) from err
     masker = OtsuMask.fit(image, fit_image=fit_image, source=str(store_path))
     logger.info("%s: Otsu saturation threshold %d", store_path, masker.threshold)
-    return BoxReaderPlane(masker, chunk_hw)
+    return WindowArray(masker.image_hw, bool, lambda box: masker.read(box) != 0, chunk_hw)

@@ -159,7 +159,7 @@ def evaluate_pair(
 
     Args:
         pred: (H, W) sliceable probabilities (uint8 0-255, bool or float 0-1), e.g. a
-            `LazyPlane`, a zarr array or a numpy array.
+            `WindowArray`, a zarr array or a numpy array.
         mask: (H, W) sliceable mask; any non-zero value is tissue.
         threshold: hard-prediction threshold in [0, 1]; p >= threshold is tissue.
         block_hw: (rows, cols) per block; default: the prediction's chunks grown to ~2048 px.

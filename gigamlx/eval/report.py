@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gigamlx.core.arrays import WindowArray
 from gigamlx.eval.baseline import BASELINES, baseline_plane
 from gigamlx.eval.metrics import (
     METRIC_NAMES,
@@ -26,7 +27,7 @@ from gigamlx.eval.metrics import (
     summarize,
 )
 from gigamlx.eval.scale import check_pred_scale, resolve_pred_scale
-from gigamlx.slide.planes import ArrayReadError, LazyPlane, open_plane
+from gigamlx.slide.planes import ArrayReadError, open_plane
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Report:
         return summarize([s.baseline_counts.metrics() for s in self.slides])
 
 
-def _open(path: str | Path, level: int) -> LazyPlane:
+def _open(path: str | Path, level: int) -> WindowArray:
     try:
         return open_plane(path, level)
     except ArrayReadError as err:
@@ -129,8 +130,8 @@ def evaluate_slide(
 
 
 def _score(
-    pred: LazyPlane,
-    mask: LazyPlane,
+    pred: WindowArray,
+    mask: WindowArray,
     threshold: float,
     baseline: str | None,
     level: int,

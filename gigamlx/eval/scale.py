@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gigamlx.core.arrays import WindowArray
 from gigamlx.eval.metrics import EvaluationError
-from gigamlx.slide.planes import LazyPlane, aligned_block_hw, iter_blocks
+from gigamlx.slide.planes import aligned_block_hw, iter_blocks
 from gigamlx.slide.written import written_kind
 
 logger = logging.getLogger(__name__)
@@ -26,15 +27,15 @@ def check_pred_scale(option: str) -> str:
     return option
 
 
-def uint8_max_at_most_1(pred: LazyPlane, block_hw: tuple[int, int] | None = None) -> bool:
+def uint8_max_at_most_1(pred: WindowArray, block_hw: tuple[int, int] | None = None) -> bool:
     """True when no pixel of the uint8 plane exceeds 1 and some pixel is 1.
 
     Streams block by block and stops at the first value above 1, so a 0-255 map with tissue
     costs about one block; a true 0/1 map costs one extra read of the prediction.
     """
-    block_hw = block_hw or aligned_block_hw(pred.chunk_hw)
+    block_hw = block_hw or aligned_block_hw(pred.chunk_hw or tuple(pred.shape[:2]))
     seen_one = False
-    for rows, cols in iter_blocks(pred.shape, block_hw):
+    for rows, cols in iter_blocks(tuple(pred.shape[:2]), block_hw):
         high = int(np.asarray(pred[rows, cols]).max(initial=0))
         if high > 1:
             return False
@@ -43,7 +44,7 @@ def uint8_max_at_most_1(pred: LazyPlane, block_hw: tuple[int, int] | None = None
 
 
 def resolve_pred_scale(
-    pred: LazyPlane, option: str = "auto", block_hw: tuple[int, int] | None = None
+    pred: WindowArray, option: str = "auto", block_hw: tuple[int, int] | None = None
 ) -> tuple[int, str | None]:
     """The divisor for the prediction's uint8 values, and a note when auto chose 0/1.
 

@@ -11,14 +11,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gigamlx.backends import get_backend
+from gigamlx.core.arrays import WindowArray
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.core.geometry import Box
+from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.core.outputs import (
     OutputError,
@@ -42,7 +45,8 @@ from gigamlx.tiling.scheduler import tiled_predict
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-SLIDE_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
+# suffixes stripped from a slide's file name to name its outputs
+NAME_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
 
 
 class PredictError(ValueError):
@@ -77,25 +81,15 @@ class PredictResult(NamedTuple):
     peak_rss_bytes: int
 
 
-class ReaderLevel:
-    """(H, W, 3) uint8 array-like over one level of a slide reader (`read(level, box)`)."""
-
-    def __init__(self, reader: Any, level: int):
-        self.reader, self.level = reader, level
-        self.shape = tuple(reader.level_hw(level)) + (3,)
-        self.dtype, self.ndim = np.dtype(np.uint8), 3
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        y0, y1, _ = rows.indices(self.shape[0])
-        x0, x1, _ = cols.indices(self.shape[1])
-        return self.reader.read(self.level, Box(y0, x0, y1, x1))
+def reader_level(reader: Any, level: int) -> WindowArray:
+    """(H, W, 3) uint8 view of one level of a slide reader (`read(level, box)`)."""
+    return WindowArray((*reader.level_hw(level), 3), np.uint8, partial(reader.read, level))
 
 
 def slide_name(path: Path) -> str:
     """Output stem of a slide: its file name without the slide suffix ('a.ome.tif' -> 'a')."""
     name = Path(path).name
-    for suffix in SLIDE_SUFFIXES:
+    for suffix in NAME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem or name
@@ -121,11 +115,11 @@ def open_source(path: str | os.PathLike) -> SlideSource:
         reader = open_slide(path)
     except ValueError as error:  # SlideFormatError names every backend's complaint
         raise PredictError(str(error)) from None
-    levels = [ReaderLevel(reader, n) for n in range(reader.level_count)]
+    levels = [reader_level(reader, n) for n in range(reader.level_count)]
     return SlideSource(path, slide_name(path), levels, reader.mpp, reader.close)
 
 
-def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
+def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = "auto"):
     """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors.
 
     Raises:
@@ -140,7 +134,7 @@ def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
             "saved one, or a weights .safetensors file"
         )
     weights = load_weights(path)
-    backend = get_backend(backend_name)
+    backend = get_backend(backend_name, kernels=kernels)
     model = backend.build_model(0)
     expected = {name: v.shape for name, v in backend.flat_params(model).items()}
     found = {name: tuple(v.shape) for name, v in weights.items()}
@@ -232,11 +226,13 @@ def predict_slides(
     overwrite: bool = False,
     tile: int | None = None,
     on_slide: Callable[[SlideSource], Progress | None] | None = None,
+    kernels: str = "auto",
 ) -> list[PredictResult]:
     """Predict every slide with the model of `checkpoint`; inputs are all checked first.
 
     Args:
         on_slide: called as each slide starts; returns that slide's progress callback.
+        kernels: the mlx backend's model path ("auto", "fused" or "mlx").
 
     Raises:
         PredictError, CheckpointError, FileExistsError: bad input, before any output is written.
@@ -247,18 +243,31 @@ def predict_slides(
         raise PredictError(f"--tile must be a positive multiple of 64, got {tile}")
     budget_bytes = parse_bytes(memory_budget)
     check_output_folder(Path(out_dir))
-    backend, model = load_model(checkpoint)
+    backend, model = load_model(checkpoint, kernels=kernels)
     sources = [open_source(s) for s in slides]
+    out_dir, made_out_dir = Path(out_dir), not Path(out_dir).exists()
     try:
-        planned = [output_paths(Path(out_dir), s.name, tiff, overlay) for s in sources]
-        check_outputs([s.path for s in sources], planned, overwrite, Path(checkpoint))
-        results = []
-        for source, outputs in zip(sources, planned, strict=True):
-            progress = on_slide(source) if on_slide is not None else None
-            results.append(
-                predict_slide(backend, model, source, outputs, budget_bytes, tile, progress)
-            )
-        return results
+        with ExitStack() as held:
+            planned = [output_paths(out_dir, s.name, tiff, overlay) for s in sources]
+            for outputs in planned:  # held to the end: no other predict writes these
+                held.enter_context(lock_output(outputs.zarr))
+            check_outputs([s.path for s in sources], planned, overwrite, Path(checkpoint))
+            return [
+                predict_slide(
+                    backend, model, source, outputs, budget_bytes, tile,
+                    on_slide(source) if on_slide is not None else None,
+                )
+                for source, outputs in zip(sources, planned, strict=True)
+            ]  # fmt: skip
     finally:
         for source in sources:
             source.close()
+        if made_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an error before any output: leave nothing behind
+
+
+def lock_output(zarr_path: Path):
+    """The OS lock on one slide's outputs (its folder is made if missing)."""
+    zarr_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = zarr_path.parent / f".{zarr_path.name}.lock"
+    return hold_lock(lock_path, f"prediction output {zarr_path}")

@@ -13,12 +13,15 @@ from typing import Protocol
 
 import numpy as np
 
-from gigamlx.core.arrays import read_window
+from gigamlx.core.arrays import WindowArray, axes_index, read_window, to_rgb
 from gigamlx.core.geometry import Box
 
 log = logging.getLogger(__name__)
 
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# slide files `open_slide` reads (ingest them into a store before training on them)
+SLIDE_FILE_SUFFIXES = OPENSLIDE_SUFFIXES + TIFF_SUFFIXES
 BACKENDS = ("openslide", "tifffile")
 
 
@@ -123,7 +126,7 @@ class TiffReader:
 
     def read(self, level: int, box: Box) -> np.ndarray:
         """Read `box` of `level` as (h, w, 3) uint8; pixels outside the level are 0."""
-        view = _AxesView(self._levels[level], self._axes, self.level_hw(level))
+        view = _rgb_view(self._levels[level], self._axes, self.level_hw(level))
         block = read_window(view, box)
         if self.dtype == np.uint16:
             block = (block >> 8).astype(np.uint8)
@@ -133,32 +136,18 @@ class TiffReader:
         self._tif.close()
 
 
-class _AxesView:
+def _rgb_view(array, axes: str, hw: tuple[int, int]) -> WindowArray:
     """(H, W, 3) view of a tifffile level with any of the axes Y X S C (+ size-1 others)."""
 
-    def __init__(self, array, axes: str, hw: tuple[int, int]):
-        self.array, self.axes, self.shape = array, axes, hw + (3,)
-        self.dtype = np.dtype(array.dtype)
+    def read(box: Box) -> np.ndarray:
+        return to_rgb(array[axes_index(axes, box)], axes)
 
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key
-        index = tuple(
-            {"Y": ys, "X": xs, "S": slice(None), "C": slice(None)}.get(a, 0) for a in self.axes
-        )
-        kept = [a for a in self.axes if a in "YXSC"]
-        block = np.asarray(self.array[index])
-        if len(kept) == 2:  # grayscale
-            return np.repeat(block.transpose([kept.index("Y"), kept.index("X")])[..., None], 3, -1)
-        channel = "S" if "S" in kept else "C"
-        block = block.transpose([kept.index("Y"), kept.index("X"), kept.index(channel)])
-        if block.shape[-1] < 3:
-            block = np.repeat(block[..., :1], 3, -1)
-        return block[..., :3]
+    return WindowArray((*hw, 3), array.dtype, read)
 
 
 def _backend_order(path: Path) -> tuple[str, ...]:
     name = path.name.lower()
-    if name.endswith(OPENSLIDE_SUFFIXES + (".tif", ".tiff")) and ".ome." not in name:
+    if name.endswith(SLIDE_FILE_SUFFIXES) and ".ome." not in name:
         return ("openslide", "tifffile")
     return ("tifffile", "openslide")
 

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
 from gigamlx.core.outputs import (
     check_output_file,
@@ -45,36 +46,37 @@ class StoreError(RuntimeError):
     """A path that is not a complete, readable slide store."""
 
 
-class ChannelsLast:
-    """Read-only (H, W, 3) uint8 view of an on-disk image array of any NGFF axis order."""
+def _chunk_hw(array, axes: str) -> tuple[int, int] | None:
+    chunks = getattr(array, "chunks", None)
+    return (chunks[axes.index("y")], chunks[axes.index("x")]) if chunks else None
 
-    def __init__(self, array, axes: str):
-        self.array, self.axes = array, axes
-        self.shape = (array.shape[axes.index("y")], array.shape[axes.index("x")], 3)
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = 3
 
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key if isinstance(key, tuple) else (key, slice(None))
-        index = tuple(
-            {"y": ys, "x": xs, "c": slice(None)}.get(axis, 0) for axis in self.axes
-        )  # t and z, if any, are singletons: take the first.
-        kept = [a for a in self.axes if a in "cyx"]
-        block = np.asarray(self.array[index])
-        block = block.transpose([kept.index(a) for a in "yxc" if a in kept])
-        if "c" not in kept:
-            block = block[..., None]
-        channels = block.shape[-1]
-        if channels in (1, 2):
-            block = np.repeat(block[..., :1], 3, axis=-1)
-        return np.ascontiguousarray(block[..., :3])
+def channels_last(array, axes: str) -> WindowArray:
+    """Read-only (H, W, 3) view of an on-disk image array of any NGFF axis order."""
+    hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
+
+    def read(box: Box) -> np.ndarray:
+        return to_rgb(array[axes_index(axes, box)], axes)
+
+    return WindowArray((*hw, 3), array.dtype, read, _chunk_hw(array, axes))
+
+
+def mask_view(array, axes: str) -> WindowArray:
+    """Read-only (H, W) uint8 0/1 view of a label array (extra axes are size-1, taken at 0)."""
+    hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
+
+    def read(box: Box) -> np.ndarray:
+        block = to_plane(array[axes_index(axes, box)], axes)
+        return block if block.dtype == np.uint8 else (block != 0).view(np.uint8)
+
+    return WindowArray(hw, np.uint8, read, _chunk_hw(array, axes))
 
 
 class Level(NamedTuple):
     """One pyramid level: (H, W, 3) image view, (H, W) mask or None, downsample factor."""
 
-    image: ChannelsLast
-    mask: object | None
+    image: WindowArray  # (H, W, 3)
+    mask: WindowArray | None  # (H, W) uint8 0/1
     downsample: int
 
 
@@ -125,23 +127,7 @@ def _mask_levels(group) -> list:
     except (KeyError, IndexError):
         return []
     arrays, axes = _multiscale_levels(label, dict(label.attrs).get("ome", dict(label.attrs)))
-    return [_MaskView(a, axes) for a in arrays]
-
-
-class _MaskView:
-    """Read-only (H, W) uint8 0/1 view of a label array (extra axes are size-1, taken at 0)."""
-
-    def __init__(self, array, axes: str):
-        self.array, self.axes = array, axes
-        self.shape = (array.shape[axes.index("y")], array.shape[axes.index("x")])
-        self.dtype, self.ndim = np.dtype(np.uint8), 2
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key if isinstance(key, tuple) else (key, slice(None))
-        block = np.asarray(self.array[tuple({"y": ys, "x": xs}.get(a, 0) for a in self.axes)])
-        if self.axes.index("y") > self.axes.index("x"):
-            block = block.T
-        return block if block.dtype == np.uint8 else (block != 0).view(np.uint8)
+    return [mask_view(a, axes) for a in arrays]
 
 
 def open_store(path: str | os.PathLike) -> SlideStore:
@@ -164,7 +150,7 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     if isinstance(node, zarr.Array):
         if node.ndim != 3 or node.shape[2] not in (1, 3, 4):
             raise StoreError(f"{path} holds a {node.shape} array, expected (H, W, 3) RGB")
-        return SlideStore(path, [Level(ChannelsLast(node, "yxc"), None, 1)], {})
+        return SlideStore(path, [Level(channels_last(node, "yxc"), None, 1)], {})
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
@@ -184,7 +170,7 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     return SlideStore(path, levels, attrs.get("gigamlx", {}))
 
 
-def _image_view(path: Path, array, axes: str) -> ChannelsLast:
+def _image_view(path: Path, array, axes: str) -> WindowArray:
     """The channels-last view, once the axes are known to name every dimension, y and x."""
     if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
         raise StoreError(
@@ -193,7 +179,7 @@ def _image_view(path: Path, array, axes: str) -> ChannelsLast:
         )
     if "c" in axes and array.shape[axes.index("c")] not in (1, 2, 3, 4):
         raise StoreError(f"{path}: {array.shape[axes.index('c')]} channels; expected RGB")
-    return ChannelsLast(array, axes)
+    return channels_last(array, axes)
 
 
 def _check_mask_grid(path: Path, level: Level) -> None:
@@ -301,9 +287,9 @@ class StoreWriter:
         self.images[0][:, box.y0 : box.y1, box.x0 : box.x1] = np.moveaxis(rgb, -1, 0)
         self._tick()
 
-    def image_view(self, level: int = 0) -> ChannelsLast:
+    def image_view(self, level: int = 0) -> WindowArray:
         """(H, W, 3) view of what has been written so far (e.g. to fit a mask on level 0)."""
-        return ChannelsLast(self.images[level], "cyx")
+        return channels_last(self.images[level], "cyx")
 
     def write_mask(self, box: Box, mask: np.ndarray) -> None:
         """Write an (h, w) block of the level-0 tissue mask (non-zero = tissue) at `box`."""

@@ -6,11 +6,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from gigamlx.slide.readers import SLIDE_FILE_SUFFIXES
 from gigamlx.slide.store import SlideStore, StoreError, open_store
 from gigamlx.synth.render import default_slide
 
 log = logging.getLogger(__name__)
-SLIDE_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".tif", ".tiff", ".vms", ".bif", ".svslide"}
 
 
 class DataError(ValueError):
@@ -26,7 +26,7 @@ def open_training_slides(
     stores = []
     for raw in paths:
         path = Path(raw)
-        if path.suffix.lower() in SLIDE_SUFFIXES and path.is_file():
+        if path.suffix.lower() in SLIDE_FILE_SUFFIXES and path.is_file():
             raise DataError(
                 f"{path} is a slide file; ingest it with its mask first: "
                 f"gigamlx ingest {path} {path.with_suffix('.zarr')} --geojson ANNOTATIONS.geojson"

@@ -1,6 +1,6 @@
 """Region sampling and tile-wise augmentation.
 
-A region is never copied whole: `RegionView` is an (H, W[, C]) array-like over a slide that
+A region is never copied whole: `region_view` is an (H, W[, C]) array-like over a slide that
 maps each window the scheduler asks for back to the slide, reads only that, and flips/rotates
 the small window. The eight flips/rotations of the square (D4) map boxes to boxes.
 """
@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gigamlx.core.arrays import WindowArray
 from gigamlx.core.geometry import Box
 
 log = logging.getLogger(__name__)
@@ -61,24 +62,18 @@ def turn(block: np.ndarray, flip: bool, rot90: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(block, rot90 % 4, axes=(0, 1)))
 
 
-class RegionView:
-    """Array-like (H, W[, C]) view of one turned region of a slide array; reads lazily."""
+def region_view(array, region: Region) -> WindowArray:
+    """(H, W[, C]) view of one turned region of a slide array; reads lazily."""
 
-    def __init__(self, array, region: Region):
-        self.array, self.region = array, region
-        self.shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        r = self.region
-        box = source_box(
-            Box(rows.start, cols.start, rows.stop, cols.stop), r.source_hw, r.flip, r.rot90
-        )
+    def read(box: Box) -> np.ndarray:
+        r = region
+        src = source_box(box, r.source_hw, r.flip, r.rot90)
         y, x = r.origin_yx
-        block = np.asarray(self.array[y + box.y0 : y + box.y1, x + box.x0 : x + box.x1])
+        block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
         return turn(block, r.flip, r.rot90)
+
+    shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
+    return WindowArray(shape, array.dtype, read)
 
 
 class RegionSampler:

@@ -131,9 +131,6 @@ class ManagedMemory:
     def active_bytes(self) -> int:
         return int(self.lib.um_active_bytes())
 
-    def peak_bytes(self) -> int:
-        return int(self.lib.um_peak_bytes())
-
     def limit_bytes(self) -> int:
         """The most managed bytes the pool hands out (64-bit: GPUs hold more than 2 GiB)."""
         return int(self.lib.um_limit_bytes())

@@ -43,7 +43,11 @@ class GigaUNet(nn.Module):
         return self._spec
 
     def logits(
-        self, x: mx.array, in_box: Box | None = None, padded_hw: tuple[int, int] | None = None
+        self,
+        x: mx.array,
+        in_box: Box | None = None,
+        padded_hw: tuple[int, int] | None = None,
+        fused_kernels: bool = False,
     ) -> mx.array:
         """Pre-sigmoid head output. x: (N, H, W, 3) -> (N, H, W, 1).
 
@@ -51,12 +55,15 @@ class GigaUNet(nn.Module):
             x: input (window), float32 in [0, 1].
             in_box: where this window sits in the image; None for a whole-image pass.
             padded_hw: the padded image size, required with `in_box`.
+            fused_kernels: compute the first layer and the full-resolution tail with the
+                compiled CPU kernels (the backend decides, once; see fused.choose_kernels).
+                Same values; no gradient flows to `x` then.
         """
         saved = {"input": x}
         h = x
-        fusable = self._fusable_tail and x.dtype == mx.float32 and fused.active()
-        fuse_at = len(self._spec) - 2 if fusable else None
-        fuse_first = self._fusable_first and x.dtype == mx.float32 and fused.down1_active()
+        fusable = fused_kernels and x.dtype == mx.float32
+        fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
+        fuse_first = fusable and self._fusable_first
         for index, layer in enumerate(self._spec):
             if index == fuse_at:
                 return self._fused_tail(h, x, in_box, padded_hw)

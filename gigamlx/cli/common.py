@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import sys
+import warnings
 from contextlib import contextmanager
 
 import typer
@@ -53,7 +57,7 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
 
 
-def say_error(error: BaseException) -> None:
+def say_error(error: BaseException | str) -> None:
     """One line on stderr, never wrapped, never read as rich markup (paths have brackets)."""
     err.print(f"error: {error}", soft_wrap=True, markup=False, highlight=False)
 
@@ -81,9 +85,70 @@ def user_errors():
     except TrainingError as error:
         say_error(error)
         raise typer.Exit(1) from None
-    except (ValueError, StoreError, CheckpointError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, StoreError, CheckpointError) as error:
         say_error(error)
         raise typer.Exit(2) from None
+    except OSError as error:
+        message, code = describe_os_error(error)
+        say_error(message)
+        quiet_teardown()
+        raise typer.Exit(code) from None
+
+
+def quiet_teardown() -> None:
+    """After a reported write error, zarr's abandoned chunk writes would print pages of
+    "Task was destroyed" / "Event loop is closed" at exit: the one line said it all."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+    sys.unraisablehook = lambda unraisable: None
+
+
+# errno -> (what happened, what to do); ENOSPC and EIO exit 1 (the machine), the rest 2
+_OS_ERRORS = {
+    errno.ENOSPC: ("the disk is full (no space left on device)", "free some space, then rerun"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space, then rerun"),
+    errno.EIO: ("input/output error", "check the disk"),
+    errno.EACCES: ("permission denied", "make it writable, or choose another path"),
+    errno.EPERM: ("operation not permitted", "make it writable, or choose another path"),
+    errno.EROFS: ("read-only file system", "choose a path on a writable disk"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "choose another path"),
+    errno.EISDIR: ("is a folder where a file was expected", "choose another path"),
+    errno.EEXIST: ("already exists (a file, or a link to nowhere)", "choose another path"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+    errno.ELOOP: ("too many levels of symbolic links", "check the links"),
+}
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO}
+
+
+def describe_os_error(error: OSError, where: str | None = None) -> tuple[str, int]:
+    """One line naming the path (or `where`), what the system said and what to do; and the
+    exit code."""
+    notes = "; ".join(getattr(error, "__notes__", ()))
+    if error.errno is None:  # raised by gigamlx with its own message
+        return str(error) + (f"; {notes}" if notes else ""), 2
+    what, fix = _OS_ERRORS.get(error.errno, (error.strerror or str(error), "check the path"))
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    where = where or " -> ".join(paths)
+    line = f"{where}: {what}; {notes or fix}" if where else f"{what}; {notes or fix}"
+    return line, 1 if error.errno in _MACHINE_ERRORS else 2
+
+
+@contextmanager
+def stdout_errors():
+    """Output piped to a reader that quit (`| head`) ends quietly; a full disk in one line."""
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as error:
+        if error.filename is not None:  # a file's error, not stdout's: user_errors says it
+            raise
+        # nothing more can reach stdout: point it at /dev/null so the exit flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if error.errno == errno.EPIPE:
+            raise typer.Exit(141) from None
+        say_error(describe_os_error(error, "standard output")[0])
+        raise typer.Exit(1) from None
 
 
 def progress_bar(description: str):

@@ -13,6 +13,7 @@ from gigamlx.cli.common import (
     hw_text,
     progress_bar,
     setup_logging,
+    stdout_errors,
     user_errors,
 )
 from gigamlx.core.config import parse_region
@@ -118,8 +119,9 @@ def info(
     from gigamlx.cli.info import collect_info
 
     facts = collect_info() | {"size convention": SIZE_CONVENTION}
-    if as_json:
-        typer.echo(json.dumps(facts, indent=2))
-        return
-    for key, value in facts.items():
-        typer.echo(f"{key:>22}: {value}")
+    with stdout_errors():
+        if as_json:
+            typer.echo(json.dumps(facts, indent=2))
+            return
+        for key, value in facts.items():
+            typer.echo(f"{key:>22}: {value}")

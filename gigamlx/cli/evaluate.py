@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.cli.common import (
+    app,
+    err,
+    progress_bar,
+    setup_logging,
+    stdout_errors,
+    user_errors,
+)
 from gigamlx.core.config import DEFAULTS, help_of
 from gigamlx.slide import OTSU_DEFINITION
 
@@ -111,16 +118,27 @@ def evaluate(
         "ingest --otsu); masks must be slide stores",
     ),
     level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
+    pred_scale: str = typer.Option(
+        "auto",
+        help="uint8 predictions: '255' = round(255 p), '1' = a 0/1 map, 'auto' = 0/1 when "
+        "the values are only 0 and 1 (said on stderr)",
+    ),
 ) -> None:
     """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
 
-    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 or float 0-1. Masks: the
-    same (any non-zero value is tissue) or slide stores. Per-slide rows, then mean ± sample std.
+    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 (0/1: see --pred-scale) or
+    float 0-1. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows,
+    then mean ± sample std.
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
     but tissue in the mask (or the reverse): 0. scripts/evaluate_dice.py runs this command.
     """
     from gigamlx.eval.report import run_evaluation
 
     setup_logging(False)
-    with user_errors():
-        run_evaluation(preds, masks, threshold, json_path, baseline, level)
+    with user_errors(), stdout_errors():
+        report = run_evaluation(
+            preds, masks, threshold, json_path, baseline, level, pred_scale=pred_scale
+        )
+    for slide in report.slides:
+        if slide.note:
+            err.print(f"note: {slide.note}", soft_wrap=True, markup=False, highlight=False)

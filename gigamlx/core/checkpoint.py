@@ -22,6 +22,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from gigamlx.core.files import fsync_file, sha256_of
+from gigamlx.core.outputs import pid_alive
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -54,15 +55,19 @@ def save_checkpoint(
     final = root / f"step_{step:07d}"
     temp = root / f".tmp_step_{step:07d}_{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(temp / WEIGHTS))
-    save_file({k: np.ascontiguousarray(v) for k, v in optimizer.items()}, str(temp / OPTIMIZER))
-    state = {"step": step, "config": config, "rng_state": rng_state}
-    (temp / STATE).write_text(json.dumps(state, indent=2))
-    names = (WEIGHTS, OPTIMIZER, STATE)
-    (temp / MANIFEST).write_text("".join(f"{sha256_of(temp / n)}  {n}\n" for n in names))
-    for name in (*names, MANIFEST):
-        fsync_file(temp / name)
+    try:  # a full disk or a kill leaves no partial folder that keeps the disk full
+        temp.mkdir()
+        _save_tensors(weights, temp / WEIGHTS)
+        _save_tensors(optimizer, temp / OPTIMIZER)
+        state = {"step": step, "config": config, "rng_state": rng_state}
+        (temp / STATE).write_text(json.dumps(state, indent=2))
+        names = (WEIGHTS, OPTIMIZER, STATE)
+        (temp / MANIFEST).write_text("".join(f"{sha256_of(temp / n)}  {n}\n" for n in names))
+        for name in (*names, MANIFEST):
+            fsync_file(temp / name)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(temp, final)
@@ -73,6 +78,31 @@ def step_of(path: Path) -> int | None:
     """The step of a checkpoint folder named by save_checkpoint, else None (e.g. `step_best`)."""
     match = STEP_FOLDER.fullmatch(Path(path).name)
     return int(match[1]) if match else None
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete `checkpoints/.tmp_step_*_PID` folders left by processes that are gone."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    for temp in root.glob(".tmp_step_*_*") if root.is_dir() else ():
+        pid = temp.name.rsplit("_", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+            removed.append(temp)
+    return removed
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    """safetensors' save_file; its I/O failures (a full disk) become OSError naming `path`."""
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    except OSError:
+        raise
+    except Exception as error:  # SafetensorError: "I/O error: ... (os error 28)"
+        code = re.search(r"os error (\d+)", str(error))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from error
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -72,6 +72,7 @@ class TrainConfig:
         for name in ("steps", "checkpoint_every", "keep_checkpoints", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        check_seed(self.seed)
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.tile is not None and (self.tile <= 0 or self.tile % 64):
@@ -92,6 +93,14 @@ class TrainConfig:
 
 
 DEFAULTS = TrainConfig()
+MAX_SEED = 2**64 - 1  # what every RNG behind --seed takes: numpy's PCG64, mlx, torch
+
+
+def check_seed(seed: int) -> int:
+    """Raise ValueError unless `seed` is an integer in 0..2**64-1; return it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an integer from 0 to 2**64-1 ({MAX_SEED}), got {seed}")
+    return seed
 
 
 def parse_region(text: str) -> tuple[int, int]:

@@ -34,5 +34,9 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except OSError as error:  # a full disk: the message names the file, not a descriptor
+        if error.errno is not None and error.filename is None:
+            error.filename = str(path)
+        raise
     finally:
         temp.unlink(missing_ok=True)

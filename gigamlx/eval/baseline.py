@@ -52,6 +52,6 @@ def baseline_plane(
         raise EvaluationError(
             f"--baseline {name} needs masks given as slide stores (image + mask): {err}"
         ) from err
-    masker = OtsuMask(image, OtsuMask.fit(levels).threshold)
+    masker = OtsuMask(image, OtsuMask.fit(levels, source=str(store_path)).threshold)
     logger.info("%s: Otsu saturation threshold %d", store_path, masker.threshold)
     return WindowArray(masker.image_hw, bool, lambda box: masker.read(box) != 0, chunk_hw)

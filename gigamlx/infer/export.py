@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,8 +14,16 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from gigamlx.core.outputs import (
+    hidden_sibling,
+    name_the_path,
+    remove_stale_siblings,
+    remove_tree_or_file,
+    replace_path,
+)
 from gigamlx.slide import ngff
 from gigamlx.slide.store import chunk_boxes, downsample2, pyramid_hws
+from gigamlx.slide.written import settle_zarr_writes, written_kind
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +33,7 @@ OVERLAY_MAX_SIDE_PX = 2048
 TISSUE_RGB = np.array([0.0, 190.0, 90.0], np.float32)
 OUTLINE_RGB = np.array([0.0, 110.0, 40.0], np.float32)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-def _hidden_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def replace_path(tmp_path: Path, path: Path) -> None:
-    """Rename `tmp_path` (file or folder) to `path`, replacing what was there."""
-    old = None
-    if path.exists():
-        old = _hidden_sibling(path, "old")
-        os.rename(path, old)
-    os.rename(tmp_path, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+SOFTWARE = "gigamlx predict"  # the marker of the TIFF and PNG outputs (--overwrite checks it)
 
 
 class ProbabilityMapWriter:
@@ -64,10 +56,17 @@ class ProbabilityMapWriter:
         self.path, self.mpp, self.chunk_px = Path(path), mpp, chunk_px
         self.provenance = provenance or {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = _hidden_sibling(self.path, "partial")
+        remove_stale_siblings(self.path)
+        self.tmp_path = hidden_sibling(self.path, "partial")
         self.hws = pyramid_hws(image_hw, min_side_px)
-        self.group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3)
-        self.levels = [self._create(n, hw) for n, hw in enumerate(self.hws)]
+        try:
+            marker = {"gigamlx": {"kind": "prediction", "format": 1, "complete": False}}
+            self.group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3, attributes=marker)
+            self.levels = [self._create(n, hw) for n, hw in enumerate(self.hws)]
+        except BaseException as error:
+            remove_tree_or_file(self.tmp_path)
+            name_the_path(error, self.path)
+            raise
         self.level0 = self.levels[0]
 
     def _create(self, level: int, hw: tuple[int, int]):
@@ -91,6 +90,7 @@ class ProbabilityMapWriter:
                 progress("pyramid", done, len(boxes))
         self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))
         self.group.update_attributes({"provenance": self.provenance | {"mpp": self.mpp}})
+        self.group.update_attributes({"gigamlx": {"kind": "prediction", "format": 1}})
         replace_path(self.tmp_path, self.path)
         log.info("wrote %s (%d levels)", self.path, len(self.hws))
         return self.path
@@ -100,7 +100,31 @@ class ProbabilityMapWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            settle_zarr_writes()
+            remove_tree_or_file(self.tmp_path)
+            name_the_path(exc, self.path)
+
+
+def written_by_predict(path: str | os.PathLike) -> bool:
+    """True when the output at `path` carries predict's marker (zarr attrs, TIFF/PNG tag)."""
+    path = Path(path)
+    if path.is_dir():
+        return written_kind(path) == "prediction"
+    try:
+        if path.name.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return page.software == SOFTWARE or "tissue probability" in page.description
+        if path.name.lower().endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return image.text.get("Software") == SOFTWARE
+    except Exception:  # noqa: BLE001 - unreadable as that format: not ours
+        return False
+    return False
 
 
 def open_probability_levels(path: str | os.PathLike) -> list:
@@ -132,7 +156,8 @@ def write_ome_tiff(
     import tifffile
 
     path = Path(path)
-    tmp_path = _hidden_sibling(path, "partial")
+    remove_stale_siblings(path)
+    tmp_path = hidden_sibling(path, "partial")
     hw = tuple(levels[0].shape)
     ome = tifffile.OmeXml()
     meta = _ome_metadata(mpp, provenance)
@@ -143,6 +168,7 @@ def write_ome_tiff(
         "compression": "zlib",
         "photometric": "minisblack",
         "metadata": None,
+        "software": SOFTWARE,
     }
     if mpp:
         options |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
@@ -155,6 +181,9 @@ def write_ome_tiff(
                 if progress is not None:
                     progress("ome-tiff", done, len(pages))
         replace_path(tmp_path, path)
+    except BaseException as error:
+        name_the_path(error, path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
     log.info("wrote %s (%d levels)", path, len(levels))
@@ -259,8 +288,19 @@ def write_overlay(
     tissue = sample_nearest(prob_levels, target_hw) >= threshold_u8  # (h, w)
     rgb[tissue] = 0.7 * rgb[tissue] + 0.3 * TISSUE_RGB
     rgb[_outline(tissue)] = OUTLINE_RGB
-    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(
-        path, pnginfo=_png_text(meta, slide_levels[0].shape[1] / target_hw[1])
-    )
+    info = _png_text(meta, slide_levels[0].shape[1] / target_hw[1])
+    info.add_text("Software", SOFTWARE)
+    path = Path(path)
+    remove_stale_siblings(path)
+    tmp_path = hidden_sibling(path, "partial")
+    try:
+        image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+        image.save(tmp_path, format="PNG", pnginfo=info)
+        replace_path(tmp_path, path)
+    except BaseException as error:
+        name_the_path(error, path)
+        raise
+    finally:
+        tmp_path.unlink(missing_ok=True)
     log.info("wrote %s (%dx%d px, HxW)", path, *target_hw)
     return Path(path)

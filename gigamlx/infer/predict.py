@@ -21,6 +21,13 @@ from gigamlx.backends import get_backend
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
 from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
+from gigamlx.core.outputs import (
+    OutputError,
+    check_not_input,
+    check_output_file,
+    check_output_folder,
+    check_replaceable,
+)
 from gigamlx.infer.annotations import prediction_features, threshold_u8, write_geojson
 from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
@@ -28,6 +35,7 @@ from gigamlx.infer.export import (
     open_probability_levels,
     write_ome_tiff,
     write_overlay,
+    written_by_predict,
 )
 from gigamlx.infer.provenance import provenance
 from gigamlx.infer.sources import (
@@ -127,19 +135,25 @@ def output_paths(
     )
 
 
-def check_outputs(slides: Sequence[Path], planned: Sequence[OutputPaths], overwrite: bool):
+def check_outputs(
+    slides: Sequence[Path],
+    planned: Sequence[OutputPaths],
+    overwrite: bool,
+    checkpoint: Path | None = None,
+):
     """Before any work: outputs must be distinct, not inputs, and new unless `overwrite`."""
     seen: dict[Path, Path] = {}
-    inputs = {Path(s).resolve() for s in slides}
     for slide, paths in zip(slides, planned, strict=True):
         for path in (p for p in paths if p is not None):
-            if path.resolve() in inputs:
-                raise PredictError(f"output {path} would replace the input slide; choose --out")
+            try:
+                check_output_file(path)
+                check_not_input(path, [Path(s) for s in slides] + [checkpoint], "output")
+            except OutputError as error:
+                raise PredictError(str(error)) from None
             if path in seen:
                 raise PredictError(f"{seen[path]} and {slide} would both write {path}")
             seen[path] = Path(slide)
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+            check_replaceable(path, overwrite, written_by_predict, "prediction")
 
 
 def predict_slide(
@@ -233,6 +247,7 @@ def predict_slides(
     if not 0 < o.threshold <= 1:
         raise PredictError(f"--threshold must be in (0, 1], got {o.threshold}")
     budget_bytes = parse_bytes(o.memory_budget)
+    check_output_folder(Path(out_dir))
     backend, model = load_model(checkpoint, kernels=o.kernels)
     scale = trained_scale(checkpoint)
     sources = [open_source(s) for s in slides]
@@ -243,7 +258,7 @@ def predict_slides(
             planned = [output_paths(out_dir, s.name, o.tiff, o.overlay, o.geojson) for s in sources]
             for outputs in planned:  # held to the end: no other predict writes these
                 held.enter_context(lock_output(outputs.zarr))
-            check_outputs([s.path for s in sources], planned, o.overwrite)
+            check_outputs([s.path for s in sources], planned, o.overwrite, Path(checkpoint))
             return [
                 _predict_one(backend, model, checkpoint, scale, source, outputs, level, o,
                              budget_bytes, on_slide)

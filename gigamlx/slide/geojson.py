@@ -46,19 +46,49 @@ def is_ignored(name: str | None) -> bool:
     return bool(name) and name.lower().startswith("ignore")
 
 
-def _polygons(geometry: dict, source: str, skipped: Counter) -> list[list[np.ndarray]]:
+def _ring(ring, source: str, kind: str) -> np.ndarray:
+    """One ring as (n, 2) float64 x, y; MaskError naming the file if it is not a point list."""
+    try:
+        points = np.asarray(ring, np.float64)
+    except (TypeError, ValueError):
+        points = None
+    if points is None or points.ndim != 2 or points.shape[1] < 2:
+        raise MaskError(
+            f"{source}: a {kind} ring is not a list of [x, y] points (got {str(ring)[:40]})"
+        )
+    return points[:, :2]
+
+
+def _polygons(geometry, source: str, skipped: Counter) -> list[list[np.ndarray]]:
     """Polygons (lists of (n, 2) x,y rings) of one geometry; non-area parts are counted."""
-    kind = geometry.get("type")
-    if kind == "Polygon":
-        return [[np.asarray(r, np.float64)[:, :2] for r in geometry["coordinates"]]]
-    if kind == "MultiPolygon":
-        return [[np.asarray(r, np.float64)[:, :2] for r in p] for p in geometry["coordinates"]]
+    kind = geometry.get("type") if isinstance(geometry, dict) else type(geometry).__name__
+    if kind in ("Polygon", "MultiPolygon"):
+        coordinates = geometry.get("coordinates")
+        if not isinstance(coordinates, list):
+            raise MaskError(f"{source}: a {kind} without a list of coordinates")
+        polygons = [coordinates] if kind == "Polygon" else coordinates
+        if not all(isinstance(p, list) for p in polygons):
+            raise MaskError(f"{source}: a MultiPolygon's coordinates are not lists of rings")
+        return [[_ring(r, source, kind) for r in p] for p in polygons]
     if kind == "GeometryCollection":
-        return [p for g in geometry["geometries"] for p in _polygons(g, source, skipped)]
+        parts = geometry.get("geometries") or []
+        return [p for g in parts for p in _polygons(g, source, skipped)]
     if kind in NON_AREA:
         skipped[kind] += 1
         return []
     raise MaskError(f"{source}: GeoJSON geometry {kind!r} is not a Polygon or MultiPolygon")
+
+
+def read_geojson(path: Path):
+    """Parsed JSON of `path`; MaskError naming the file and the place of a syntax error."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise MaskError(f"{path}: not a GeoJSON text file ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise MaskError(
+            f"{path}: not valid JSON at line {error.lineno} column {error.colno} ({error.msg})"
+        ) from None
 
 
 def _walk(data, source: str, skipped: Counter, name: str | None = None) -> list[Annotation]:
@@ -209,7 +239,7 @@ class GeoJsonMask:
     ):
         is_path = isinstance(path_or_data, str | Path)
         source = str(path_or_data) if is_path else "GeoJSON"
-        data = json.loads(Path(path_or_data).read_text()) if is_path else path_or_data
+        data = read_geojson(Path(path_or_data)) if is_path else path_or_data
         self.image_hw = tuple(image_hw)
         annotations = parse_annotations(data, source)
         if not annotations:

@@ -10,10 +10,12 @@ import os
 import time
 from pathlib import Path
 
+from gigamlx.core.outputs import check_not_input
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide
 from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
+from gigamlx.slide.written import check_chunk_px
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ def ingest(
     asked = [n for n, v in (("mask", mask), ("geojson", geojson), ("otsu", otsu)) if v]
     if len(asked) > 1:
         raise ValueError(f"choose one mask source, got {', '.join(asked)}")
+    check_chunk_px(chunk_px)
+    check_not_input(out_path, [slide_path, mask, geojson], "output store")
     start = time.perf_counter()
     reader = open_slide(slide_path, backend)
     try:
@@ -82,7 +86,7 @@ def ingest(
             for box in chunk_boxes(hw, chunk_px):
                 writer.write_image(box, reader.read(level, box))
             if otsu:
-                source = OtsuMask.fit(writer.image_pyramid())
+                source = OtsuMask.fit(writer.image_pyramid(), source=str(slide_path))
                 writer.attrs["otsu_threshold"] = source.threshold
             for box in chunk_boxes(hw, chunk_px) if source is not None else ():
                 writer.write_mask(box, source.read(box))

@@ -94,12 +94,21 @@ def saturation_histogram(image, chunk_px: int = 1024, step: int = 1) -> np.ndarr
     return hist
 
 
-def otsu_threshold(hist: np.ndarray) -> int:
+def otsu_threshold(hist: np.ndarray, source: str = "image") -> int:
     """Otsu's threshold t of a 256-bin histogram: class 1 is values > t.
 
     Where several t tie (empty bins between two modes), the middle one: a two-valued image
     splits halfway, not at its lower value.
+
+    Raises:
+        MaskError: fewer than two distinct values (e.g. a greyscale slide: saturation 0).
     """
+    if np.count_nonzero(hist) < 2:
+        value = int(np.flatnonzero(hist)[0]) if hist.any() else 0
+        raise MaskError(
+            f"{source}: saturation is {value} everywhere (a greyscale or blank slide?), so "
+            "Otsu on saturation cannot tell tissue from background; give --mask or --geojson"
+        )
     p = hist.astype(np.float64) / max(hist.sum(), 1)
     omega = np.cumsum(p)
     mu = np.cumsum(p * np.arange(len(p)))
@@ -134,14 +143,16 @@ class OtsuMask:
         self.image_hw = tuple(image.shape[:2])
 
     @classmethod
-    def fit(cls, levels: list, smooth_px: int = 4) -> OtsuMask:
+    def fit(cls, levels: list, smooth_px: int = 4, source: str = "image") -> OtsuMask:
         """Fit the threshold on the level `otsu_fit_level` picks; apply on `levels[0]`.
 
         Args:
             levels: (H, W, 3) uint8 array-likes of one pyramid, finest first.
+            source: the slide, named in errors.
         """
         fit_level, step = otsu_fit_level([tuple(a.shape[:2]) for a in levels])
-        threshold = otsu_threshold(saturation_histogram(levels[fit_level], step=step))
+        hist = saturation_histogram(levels[fit_level], step=step)
+        threshold = otsu_threshold(hist, source)
         log.info("Otsu saturation threshold %d (fitted on level %d)", threshold, fit_level)
         return cls(levels[0], threshold, smooth_px)
 

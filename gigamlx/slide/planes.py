@@ -7,6 +7,7 @@ stores (their mask, or their RGB image for the classical baseline).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def open_plane(path: str | Path, level: int = 0) -> WindowArray:
     path = Path(path)
     if not path.exists():
         raise ArrayReadError(f"{path}: no such file or directory")
+    _check_complete(path)
     suffix = path.suffix.lower()
     try:
         if suffix in PIL_SUFFIXES:
@@ -147,7 +149,26 @@ def open_store_levels(path: str | Path) -> list:
 
 def is_store_group(group: zarr.Group) -> bool:
     """True for an ingested gigamlx store (or an OME-Zarr image with a `labels` group)."""
-    return "gigamlx" in group.attrs or "labels" in group
+    marker = group.attrs.get("gigamlx")
+    if isinstance(marker, dict) and marker.get("kind") == "prediction":
+        return False
+    return marker is not None or "labels" in group
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a write still in progress or interrupted: a hidden `.NAME.partial-*` sibling,
+    or a store whose gigamlx marker says it is not complete."""
+    if any(part.startswith(".") and ".partial-" in part for part in path.parts):
+        raise ArrayReadError(
+            f"{path}: an unfinished write (in progress, or left by a killed run); "
+            "score the finished output instead"
+        )
+    try:
+        marker = json.loads((path / "zarr.json").read_text()).get("attributes", {})["gigamlx"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if isinstance(marker, dict) and marker.get("complete") is False:
+        raise ArrayReadError(f"{path}: an unfinished gigamlx store (its write did not complete)")
 
 
 def _store_level(path: Path, level: int) -> Any:

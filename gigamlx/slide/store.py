@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,21 @@ from zarr.codecs import ZstdCodec
 
 from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
+from gigamlx.core.outputs import (
+    check_output_file,
+    check_replaceable,
+    hidden_sibling,
+    name_the_path,
+    remove_stale_siblings,
+    replace_path,
+)
 from gigamlx.slide import ngff
+from gigamlx.slide.written import (
+    check_chunk_px,
+    is_slide_store,
+    settle_zarr_writes,
+    written_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,18 +166,45 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
         raise StoreError(f"{path} is an incomplete or foreign zarr group: {_what_to_do(path)}")
-    arrays, axes = _multiscale_levels(node)
-    masks = _mask_levels(node)
-    images = [channels_last(a, axes) for a in arrays]
+    if written_kind(path) == "prediction":
+        raise StoreError(f"{path} is a probability map written by predict, not a slide store")
+    try:
+        arrays, axes = _multiscale_levels(node)
+        masks = _mask_levels(node)
+    except (KeyError, IndexError, TypeError) as error:
+        raise StoreError(f"{path}: unreadable OME-Zarr multiscale metadata ({error!r})") from None
+    images = [_image_view(path, a, axes) for a in arrays]
     downsamples = _downsamples(ome, [image.shape[1] for image in images])
     levels = [
         Level(image, masks[n] if n < len(masks) else None, downsamples[n])
         for n, image in enumerate(images)
     ]
+    _check_mask_grid(path, levels[0])
     own = attrs.get("gigamlx", {})
     if own.get("mpp") is None:  # another tool's store: its calibration is in the NGFF scales
         own = own | {"mpp": ngff.multiscale_mpp(ome["multiscales"][0])}
     return SlideStore(path, levels, own)
+
+
+def _image_view(path: Path, array, axes: str) -> WindowArray:
+    """The channels-last view, once the axes are known to name every dimension, y and x."""
+    if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
+        raise StoreError(
+            f"{path}: image axes {axes!r} do not describe its {array.ndim}-D array "
+            f"of shape {array.shape}; an RGB slide needs axes c, y, x (e.g. shape (3, H, W))"
+        )
+    if "c" in axes and array.shape[axes.index("c")] not in (1, 2, 3, 4):
+        raise StoreError(f"{path}: {array.shape[axes.index('c')]} channels; expected RGB")
+    return channels_last(array, axes)
+
+
+def _check_mask_grid(path: Path, level: Level) -> None:
+    if level.mask is not None and tuple(level.mask.shape) != level.image.shape[:2]:
+        mask_hw, image_hw = level.mask.shape, level.image.shape[:2]
+        raise StoreError(
+            f"{path}: tissue mask is {mask_hw[0]}x{mask_hw[1]} but the image is "
+            f"{image_hw[0]}x{image_hw[1]} (HxW); re-ingest it with a mask on the image's grid"
+        )
 
 
 def pyramid_hws(image_hw: tuple[int, int], min_side_px: int = 1024) -> list[tuple[int, int]]:
@@ -213,15 +253,26 @@ class StoreWriter:
         min_side_px: int = 1024,
         progress: Progress | None = None,
     ):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path = check_output_file(Path(path), "store")
+        check_chunk_px(chunk_px)
+        check_replaceable(self.path, overwrite, is_slide_store, "slide store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        token = f"{os.getpid()}-{secrets.token_hex(3)}"
-        self.tmp_path = self.path.parent / f".{self.path.name}.partial-{token}"
+        remove_stale_siblings(self.path)
+        self.tmp_path = hidden_sibling(self.path, "partial")
         self.chunk_px, self.overwrite, self.progress = chunk_px, overwrite, progress
         self.attrs = {"format": STORE_FORMAT, **(attrs or {})}
         self.hws = pyramid_hws(image_hw, min_side_px)
+        try:
+            self._create_arrays(with_mask)
+        except BaseException as error:
+            self.abort()
+            name_the_path(error, self.path)
+            raise
+        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
+        self.done, self.total = 0, n_chunks * (1 + with_mask)
+        self._image_pyramid_built = False
+
+    def _create_arrays(self, with_mask: bool) -> None:
         self.group = zarr.open_group(
             self.tmp_path, mode="w-", zarr_format=3, attributes={"gigamlx": {"complete": False}}
         )
@@ -230,9 +281,6 @@ class StoreWriter:
         if with_mask:
             label = self.group.create_group("labels").create_group(MASK_NAME)
             self.masks = [self._create(label, n, hw) for n, hw in enumerate(self.hws)]
-        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
-        self.done, self.total = 0, n_chunks * (1 + with_mask)
-        self._image_pyramid_built = False
 
     def _create(self, group, level: int, shape: tuple[int, ...]):
         chunks = (shape[0],) * (len(shape) == 3) + (self.chunk_px, self.chunk_px)
@@ -300,18 +348,13 @@ class StoreWriter:
         return self.path
 
     def _rename_into_place(self) -> None:
-        old = None
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.path} appeared while writing; kept it")
-            old = self.path.parent / f".{self.path.name}.old-{secrets.token_hex(3)}"
-            os.rename(self.path, old)
-        os.rename(self.tmp_path, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(self.path) and not self.overwrite:
+            raise FileExistsError(f"{self.path} appeared while writing; kept it")
+        replace_path(self.tmp_path, self.path)
 
     def abort(self) -> None:
-        """Delete the partial store."""
+        """Delete the partial store (once zarr's chunk writes still in flight are done)."""
+        settle_zarr_writes()
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
@@ -320,3 +363,4 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            name_the_path(exc, self.path)

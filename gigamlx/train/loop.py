@@ -21,6 +21,7 @@ from gigamlx.backends.base import FlatParams, World, WorldError
 from gigamlx.core.checkpoint import list_checkpoints
 from gigamlx.core.losses import TileStats, hard_dice
 from gigamlx.core.memory import peak_rss_bytes
+from gigamlx.core.outputs import name_the_path
 from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_run
@@ -244,5 +245,9 @@ def _newest(run: Run):
 
 def _append_metrics(run: Run, metrics: StepMetrics) -> None:
     row = metrics._asdict() | {"tile_hw": list(metrics.tile_hw)}
-    with open(run.metrics_path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    try:
+        with open(run.metrics_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    except OSError as error:  # a full disk: say which file
+        name_the_path(error, run.metrics_path)
+        raise

@@ -19,11 +19,13 @@ from gigamlx.core.checkpoint import (
     load_checkpoint,
     load_checkpoint_folder,
     prune_checkpoints,
+    remove_stale_temps,
     save_checkpoint,
 )
 from gigamlx.core.config import TrainConfig
 from gigamlx.core.files import write_text_atomic
 from gigamlx.core.lock import hold_lock
+from gigamlx.core.outputs import check_output_folder, probe_writable
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler
@@ -105,6 +107,7 @@ def resolve_config(
             typed: a new --steps target, more --accumulate, another --backend: checkpoints
             are engine-neutral).
     """
+    check_output_folder(Path(config.out))  # before anything makes it (the run lock does)
     checkpoint = None
     if resume:
         run_dir = Path(config.out)
@@ -133,6 +136,8 @@ def open_run(
             run folder (rank 0 does, and only it writes checkpoints and metrics).
     """
     run_dir = Path(config.out)
+    if writes:
+        remove_stale_temps(run_dir)  # of killed runs; the run lock keeps live ones out
     if checkpoint is None and writes:
         _check_fresh(run_dir)
     slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
@@ -151,6 +156,9 @@ def open_run(
         log.info("resuming %s at step %d", checkpoint.path, step)
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            if folder.is_dir():
+                probe_writable(folder)  # an unwritable folder fails now, not at the first save
         _truncate_metrics(run_dir / METRICS, step)
         write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
@@ -191,15 +199,25 @@ def start_run(
 
 
 def save_run(run: Run) -> Path:
-    """Checkpoint the run after its last completed step; keep only the newest few."""
-    path = save_checkpoint(
-        run.run_dir,
-        run.step,
-        run.backend.flat_params(run.model),
-        run.backend.optimizer_state(run.optimizer),
-        run.config.to_dict(),
-        run.sampler.state(),
-    )
+    """Checkpoint the run after its last completed step; keep only the newest few.
+
+    A failed write (a full disk) leaves no partial folder and keeps every older checkpoint;
+    the error carries a note saying which one to continue from.
+    """
+    try:
+        path = save_checkpoint(
+            run.run_dir,
+            run.step,
+            run.backend.flat_params(run.model),
+            run.backend.optimizer_state(run.optimizer),
+            run.config.to_dict(),
+            run.sampler.state(),
+        )
+    except OSError as error:
+        saved = list_checkpoints(run.run_dir)
+        kept = f"kept the last checkpoint {saved[-1]}" if saved else "no checkpoint was saved"
+        error.add_note(f"step {run.step} was not saved, {kept}; free space, then --resume")
+        raise
     try:
         load_checkpoint_folder(path)  # read back before any older one goes
     except CheckpointError as error:

@@ -100,9 +100,9 @@ def tile_cost(
 
 
 def _host_bytes(backend: Backend) -> float:
-    """Resident memory that is not the engine's (None-safe: 0 where RSS is unknown)."""
-    rss = current_rss_bytes()
-    return 0.0 if rss is None else max(rss - backend.memory().active_bytes, 0)
+    """Resident memory that is not the engine's, live or cached (0 where RSS is unknown)."""
+    rss, engine = current_rss_bytes(), backend.memory()
+    return 0.0 if rss is None else max(rss - engine.active_bytes - engine.cache_bytes, 0)
 
 
 def buffer_cache_bytes(cost: TileCost, budget_bytes: int) -> int:

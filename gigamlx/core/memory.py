@@ -6,6 +6,7 @@ Linux reads /proc; elsewhere (macOS has no /proc) psutil asks the kernel (Mach t
 from __future__ import annotations
 
 import resource
+import signal
 import sys
 import threading
 import time
@@ -70,6 +71,8 @@ class SampledPeak:
                 self._peak = now
 
     def _run(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):  # never the thread a Ctrl-C is delivered to:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # see train/loop
         while True:  # a daemon: it lives as long as the process
             time.sleep(self.period_s)
             self._sample()

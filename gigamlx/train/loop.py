@@ -117,20 +117,27 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
 
 @contextmanager
 def _interrupt_deferred():
-    """Hold Ctrl-C (SIGINT) back until the block ends, on the main thread where POSIX allows.
+    """Hold Ctrl-C (SIGINT) back until the block ends (main thread only).
 
     A Ctrl-C between the optimizer update and the step count would save weights one step
-    ahead of the sampler state; deferred, it arrives just after and the step is whole.
+    ahead of the sampler state; deferred, it arrives just after and the step is whole. A
+    handler that notes the signal, not a blocked mask: the kernel hands a process-wide SIGINT
+    to any thread not blocking it (MLX's, the prefetch thread), and Python then runs its
+    handler on the main thread at once, mask or not.
     """
-    main = threading.current_thread() is threading.main_thread()
-    if not main or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt here
+    elif caught and previous != signal.SIG_IGN:
+        raise KeyboardInterrupt
 
 
 def _check_finite(run: Run, loss: float, grads: FlatParams) -> None:

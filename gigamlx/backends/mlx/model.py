@@ -165,7 +165,7 @@ def relu_reference(h: mx.array) -> mx.array:
     return mx.maximum(h, 0)
 
 
-# compiled: one pass over the activation instead of one per op, and fewer arrays kept for the
-# backward (bit-identical to the references: element-wise ops only; tests/test_model.py)
+# compiled: one pass over the activation instead of one per op (bit-identical to the
+# references: element-wise ops only; tests/test_mlx_conv_taps.py)
 relu_where = mx.compile(relu_where_reference)
 relu = mx.compile(relu_reference)

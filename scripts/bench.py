@@ -234,7 +234,7 @@ def _needs_bytes(kind: str, pixels: int, rows: list[dict]) -> float:
     seen = [r for r in rows if r["kind"] == kind and "rss_peak_bytes" in r]
     per_px, base = PRIOR_BYTES_PER_PX[kind], 0.5e9
     if seen and seen[-1]["pixels"] >= TRUST_PX:
-        base = seen[-1]["rss_base_bytes"]
+        base = seen[-1]["rss_base_bytes"] or 0.0  # None: no RSS reading; all of the peak counts
         per_px = (seen[-1]["rss_peak_bytes"] - base) / seen[-1]["pixels"]
     return base + per_px * pixels
 

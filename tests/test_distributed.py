@@ -111,8 +111,14 @@ def test_distributed_two_ranks_match_accumulate(slide, tmp_path):
         scale = np.abs(single[name]).max()
         assert np.abs(rank0[name] - single[name]).max() <= 1e-5 * scale, name
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone wrote the log
-    assert {r["world_size"] for r in rows} == {2}
+    # rank 0 alone wrote the log, and alone validated (once, at the end)
+    assert [(r["step"], r.get("kind", "step")) for r in rows] == [
+        (1, "step"),
+        (2, "step"),
+        (3, "step"),
+        (3, "val"),
+    ]
+    assert {r["world_size"] for r in rows if "world_size" in r} == {2}
     assert (tmp_path / "two" / "checkpoints" / "step_0000003").is_dir()
 
 
@@ -121,7 +127,8 @@ def test_distributed_resume_with_another_world_size(slide, tmp_path):
     _run([*CLI, "train", slide, *SMALL, "--steps", "1", "--out", str(out)])
     _train_two_ranks(slide, out, "--resume", "--steps", "2")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    assert [(r["step"], r["world_size"]) for r in rows] == [(1, 1), (2, 2)]
+    steps = [(r["step"], r["world_size"]) for r in rows if r.get("kind") != "val"]
+    assert steps == [(1, 1), (2, 2)]
     assert (out / "checkpoints" / "step_0000002").is_dir()
 
 

@@ -19,6 +19,7 @@ from safetensors.numpy import load_file, save_file
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+BEST = "best"  # checkpoints/best: the best validation Dice so far, never pruned
 
 
 class CheckpointError(RuntimeError):
@@ -35,18 +36,29 @@ class Checkpoint(NamedTuple):
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, weights, optimizer, config: dict, rng_state: dict
+    run_dir: Path,
+    step: int,
+    weights,
+    optimizer,
+    config: dict,
+    rng_state: dict,
+    name: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `run_dir/checkpoints` atomically; return its folder."""
+    """Write checkpoint `step` under `run_dir/checkpoints` atomically; return its folder.
+
+    `name` replaces the folder name `step_NNNNNNN` (e.g. "best"); `extra` adds state keys.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    temp = root / f".tmp_step_{step:07d}_{os.getpid()}"
+    name = name or f"step_{step:07d}"
+    final = root / name
+    temp = root / f".tmp_{name}_{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(temp / WEIGHTS))
     save_file({k: np.ascontiguousarray(v) for k, v in optimizer.items()}, str(temp / OPTIMIZER))
-    state = {"step": step, "config": config, "rng_state": rng_state}
+    state = {"step": step, "config": config, "rng_state": rng_state} | (extra or {})
     (temp / STATE).write_text(json.dumps(state, indent=2))
     for name in (WEIGHTS, OPTIMIZER, STATE):
         _fsync(temp / name)
@@ -54,6 +66,14 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(temp, final)
     return final
+
+
+def read_state(path: Path) -> dict | None:
+    """A checkpoint folder's state.json as a dict, or None when there is none."""
+    try:
+        return json.loads((Path(path) / STATE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _fsync(path: Path) -> None:

@@ -24,7 +24,7 @@ from gigamlx.core.losses import TileStats, hard_dice
 from gigamlx.core.memory import peak_rss_bytes
 from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import RegionView
-from gigamlx.train.run import Run, save_run
+from gigamlx.train.run import Run, save_best, save_run
 
 log = logging.getLogger(__name__)
 TileProgress = Callable[[str, int, int], None]
@@ -57,6 +57,7 @@ class StepMetrics(NamedTuple):
     tiles: int
     regions: int
     world_size: int
+    lr: float  # the learning rate of this step's update
 
 
 def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
@@ -69,7 +70,8 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     losses, stats, results = [], TileStats(), []
     for region in regions:
         slide = run.slides[region.slide]
-        image, mask = RegionView(slide.image, region), RegionView(slide.mask, region)
+        image = RegionView(slide.image, region, region.color)
+        mask = RegionView(slide.mask, region)
         result = tiled_step(
             run.backend,
             run.model,
@@ -91,6 +93,8 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     grads = world.mean_grads(grads)
     _check_finite(run, loss, grads)
     update_start = time.perf_counter()
+    lr = config.learning_rate(run.step + 1)  # from the config every step: resume just works
+    run.backend.set_learning_rate(run.optimizer, lr)
     with _interrupt_deferred():  # the update and its count land together or not at all
         run.backend.apply_gradients(run.model, run.optimizer, grads)
         run.step += 1
@@ -110,6 +114,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         tiles=sum(len(r.plan.tiles) for r in results),
         regions=len(regions),
         world_size=world.size,
+        lr=lr,
     )
 
 
@@ -146,8 +151,12 @@ def train(
     world: World | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
     tile_progress: TileProgress | None = None,
+    on_val: Callable[[dict], None] | None = None,
 ) -> list[StepMetrics]:
     """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only).
+
+    Every `val_every` steps and at the end, rank 0 validates (when the run has validation
+    areas), logs a "val" line, calls `on_val(line)` and keeps the best weights as `best`.
 
     Every rank applies the same averaged gradient to the same weights; that is checked before
     the first step and after every step, and ranks that disagree or lose each other stop with
@@ -156,6 +165,7 @@ def train(
     world = world or World.single()
     history = []
     saved_step = run.step
+    start = time.perf_counter()
     try:
         _check_same_weights(run, world)
         while run.step < run.config.steps:
@@ -172,6 +182,8 @@ def train(
                 _append_metrics(run, metrics)
             if on_step:
                 on_step(metrics)
+            if world.is_main and _validation_due(run):
+                _validate(run, time.perf_counter() - start, on_val)
             if run.step % run.config.checkpoint_every == 0 or run.step == run.config.steps:
                 if world.is_main:
                     save_run(run)
@@ -182,6 +194,22 @@ def train(
     except WorldError as error:
         raise TrainingError(f"{error}; {_last_good(run)}") from error
     return history
+
+
+def _validation_due(run: Run) -> bool:
+    c = run.config
+    return run.validator is not None and (run.step % c.val_every == 0 or run.step == c.steps)
+
+
+def _validate(run: Run, seconds: float, on_val: Callable[[dict], None] | None) -> None:
+    """Score the validation areas, log the line, keep the best weights."""
+    row = run.validator(run.backend, run.model, run.step, seconds)
+    with open(run.metrics_path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    if row["val_dice"] > run.best_val_dice:
+        save_best(run, row["val_dice"])
+    if on_val:
+        on_val(row)
 
 
 def _check_same_weights(run: Run, world: World) -> None:

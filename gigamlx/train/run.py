@@ -11,11 +11,19 @@ from typing import Any
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
-from gigamlx.core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from gigamlx.core.checkpoint import (
+    BEST,
+    load_checkpoint,
+    prune_checkpoints,
+    read_state,
+    save_checkpoint,
+)
 from gigamlx.core.config import TrainConfig
+from gigamlx.infer.predict import slide_name
 from gigamlx.slide.store import SlideStore
 from gigamlx.train.data import open_training_slides
 from gigamlx.train.regions import RegionSampler
+from gigamlx.train.validate import Validator, heldout_areas, resolve_val_fraction, split_hw
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
@@ -36,6 +44,8 @@ class Run:
     slides: list[SlideStore]
     step: int  # optimizer steps completed
     run_dir: Path
+    validator: Validator | None = None  # rank 0 only
+    best_val_dice: float = -1.0  # of the `best` checkpoint
 
     @property
     def metrics_path(self) -> Path:
@@ -81,9 +91,14 @@ def start_run(
     backend = get_backend(config.backend, device=config.device)
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
-    sampler = RegionSampler(
-        [s.image_hw for s in slides], config.region_hw, config.seed, config.augment, config.pad
+    fraction = resolve_val_fraction(
+        config.val_fraction, bool(config.val), [s.image_hw for s in slides], config.region_hw
     )
+    train_hws = [split_hw(s.image_hw, fraction)[0] for s in slides]
+    sampler = RegionSampler(
+        train_hws, config.region_hw, config.seed, config.augment, config.pad, config.color_jitter
+    )
+    validator = _validator(config, slides, fraction, run_dir) if writes else None
     step = 0
     if checkpoint is not None:
         backend.load_params(model, checkpoint.weights)
@@ -96,7 +111,37 @@ def start_run(
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
-    return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
+    best = read_state(run_dir / "checkpoints" / BEST) if checkpoint is not None else None
+    best_dice = best.get("val_dice", -1.0) if best else -1.0
+    return Run(
+        config, backend, model, optimizer, sampler, slides, step, run_dir, validator, best_dice
+    )
+
+
+def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> Validator | None:
+    """Validation areas: the --val stores whole, plus each training slide's held-out strip."""
+    areas = heldout_areas([slide_name(s.path) for s in slides], slides, fraction)
+    if config.val:
+        stores = open_training_slides(config.val)
+        areas += heldout_areas([slide_name(s.path) for s in stores], stores, 1.0)
+    if not areas:
+        return None
+    return Validator(areas, run_dir, config.tile, config.budget_bytes)
+
+
+def save_best(run: Run, val_dice: float) -> Path:
+    """Keep the weights of this step as RUN/checkpoints/best (never pruned)."""
+    run.best_val_dice = val_dice
+    return save_checkpoint(
+        run.run_dir,
+        run.step,
+        run.backend.flat_params(run.model),
+        run.backend.optimizer_state(run.optimizer),
+        run.config.to_dict(),
+        run.sampler.state(),
+        name=BEST,
+        extra={"val_dice": val_dice},
+    )
 
 
 def save_run(run: Run) -> Path:

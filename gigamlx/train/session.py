@@ -55,14 +55,33 @@ def train_session(
         _log_start(run, world)
     main = world.is_main
     with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
-        history = train(run, world, bar.on_step if main else None, bar.on_tile if main else None)
+        history = train(
+            run,
+            world,
+            bar.on_step if main else None,
+            bar.on_tile if main else None,
+            bar.on_val if main else None,
+        )
+        last_val = bar.last_val
     if dump_weights:
         np.savez(dump_weights.format(rank=world.rank), **run.backend.flat_params(run.model))
     if main and profile:
         print_profile(history, Console())
     if main:
         console.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
+        if last_val is not None:
+            console.print(closing_line(last_val, run.run_dir), soft_wrap=True, markup=False)
     return history
+
+
+def closing_line(row: dict, run_dir) -> str:
+    """One line: validation Dice against Otsu on the same pixels, and where to look."""
+    model, otsu = row["val_dice"], row["val_otsu_dice"]
+    verdict = "above" if model > otsu else "below"
+    return (
+        f"validation Dice {model:.4f} at step {row['step']}, {verdict} Otsu's {otsu:.4f} on "
+        f"the same pixels; see it: gigamlx report {run_dir}"
+    )
 
 
 def _log_start(run: Run, world: World) -> None:

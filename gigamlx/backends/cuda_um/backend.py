@@ -145,6 +145,9 @@ class CudaUMBackend:
     def make_optimizer(self, model: TorchGigaUNet, lr: float) -> MLXAdam:
         return MLXAdam(model, lr)
 
+    def set_learning_rate(self, optimizer: MLXAdam, lr: float) -> None:
+        optimizer.learning_rate = np.float32(lr)
+
     def apply_gradients(self, model: TorchGigaUNet, optimizer: MLXAdam, grads: FlatParams) -> None:
         optimizer.update(self.to_tree(model, grads))
 

@@ -70,6 +70,9 @@ class MLXBackend:
         optimizer.init(model.trainable_parameters())
         return optimizer
 
+    def set_learning_rate(self, optimizer: optim.Adam, lr: float) -> None:
+        optimizer.learning_rate = mx.array(lr, mx.float32)
+
     def apply_gradients(self, model: GigaUNet, optimizer: optim.Adam, grads: FlatParams) -> None:
         optimizer.update(model, self.to_tree(model, grads))
         mx.eval(model.parameters(), optimizer.state)  # sync point: the update

@@ -10,6 +10,20 @@ from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_error
 from gigamlx.core.config import DEFAULTS, help_of
 
 
+def named_checkpoint(run_dir: Path, name: str) -> Path:
+    """RUN/checkpoints/NAME, or a one-line error naming what exists."""
+    from gigamlx.core.checkpoint import CheckpointError
+
+    path = Path(run_dir) / "checkpoints" / name
+    if not path.is_dir():
+        found = sorted(p.name for p in path.parent.glob("*") if not p.name.startswith("."))
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint {name!r} (found: {', '.join(found) or 'none'}); "
+            "--checkpoint best needs a run trained with validation"
+        )
+    return path
+
+
 @app.command()
 def predict(
     checkpoint: Path = typer.Argument(
@@ -24,6 +38,13 @@ def predict(
     tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
     overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    which: str = typer.Option(
+        None,
+        "--checkpoint",
+        help="which checkpoint of the run folder: best (by validation Dice) or step_NNNNNNN; "
+        "default the newest",
+        show_default=False,
+    ),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
@@ -38,6 +59,8 @@ def predict(
 
     setup_logging(verbose)
     with user_errors():
+        if which:
+            checkpoint = named_checkpoint(checkpoint, which)
         _, progress = progress_bar("predict")
 
         def on_slide(source):

@@ -36,7 +36,8 @@ def test_cli_train_runs_and_checkpoints(slide, tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / "checkpoints" / "step_0000002" / "weights.safetensors").exists()
     kinds = [json.loads(x).get("kind", "step") for x in (out / "metrics.jsonl").open()]
-    assert kinds == ["step", "step", "val"]  # a held-out strip is validated by default
+    assert kinds == ["val", "step", "step", "val"]  # a held-out strip, validated by default
+    assert "validation Dice" in result.output and "at step 0 -> " in result.output
     assert (out / "checkpoints" / "best" / "weights.safetensors").exists()
     assert "validation Dice" in result.output and f"gigamlx report {out}" in result.output
 

@@ -113,6 +113,7 @@ def test_distributed_two_ranks_match_accumulate(slide, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
     # rank 0 alone wrote the log, and alone validated (once, at the end)
     assert [(r["step"], r.get("kind", "step")) for r in rows] == [
+        (0, "val"),
         (1, "step"),
         (2, "step"),
         (3, "step"),

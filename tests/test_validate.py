@@ -82,10 +82,10 @@ def test_training_validates_logs_and_keeps_best(slides, tmp_path):
     train(start_run(config, resume=False))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     vals = [r for r in rows if r.get("kind") == "val"]
-    assert [r["step"] for r in vals] == [2, 4]
+    assert [r["step"] for r in vals] == [0, 2, 4]  # step 0: the untrained baseline
     for key in VAL_KEYS:
         assert 0.0 <= vals[-1][key] <= 1.0
-    assert vals[0]["val_otsu_dice"] == vals[1]["val_otsu_dice"]  # Otsu: once, repeated
+    assert vals[0]["val_otsu_dice"] == vals[2]["val_otsu_dice"]  # Otsu: once, repeated
     steps = [r for r in rows if r.get("kind") != "val"]
     assert all("lr" in r for r in steps) and steps[0]["lr"] < steps[1]["lr"]  # warming up
     assert {p.name for p in (out / "val").glob("*.png")} == {"s1_overlay.png", "s2_overlay.png"}

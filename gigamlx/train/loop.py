@@ -155,8 +155,9 @@ def train(
 ) -> list[StepMetrics]:
     """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only).
 
-    Every `val_every` steps and at the end, rank 0 validates (when the run has validation
-    areas), logs a "val" line, calls `on_val(line)` and keeps the best weights as `best`.
+    Before the first step of a fresh run (the untrained baseline), every `val_every` steps and
+    at the end, rank 0 validates (when the run has validation areas), logs a "val" line, calls
+    `on_val(line)` and keeps the best weights as `best`.
 
     Every rank applies the same averaged gradient to the same weights; that is checked before
     the first step and after every step, and ranks that disagree or lose each other stop with
@@ -168,6 +169,8 @@ def train(
     start = time.perf_counter()
     try:
         _check_same_weights(run, world)
+        if world.is_main and run.validator is not None and run.step == 0:
+            _validate(run, 0.0, on_val)
         while run.step < run.config.steps:
             before, before_step = run.sampler.state(), run.step
             try:

@@ -23,12 +23,14 @@ class TrainProgress:
         self.progress = progress
         self.steps = progress.add_task("train", total=total_steps, completed=first_step, info="")
         self.tiles = progress.add_task("  tiles", total=1, info="", visible=False)
+        self.first_val: dict | None = None
         self.last_val: dict | None = None
 
     def on_tile(self, phase: str, done: int, total: int) -> None:
         self.progress.update(self.tiles, completed=done, total=total, info=phase, visible=True)
 
     def on_val(self, row: dict) -> None:
+        self.first_val = self.first_val or row
         self.last_val = row
 
     def on_step(self, m: StepMetrics) -> None:

@@ -62,7 +62,7 @@ def train_session(
             bar.on_tile if main else None,
             bar.on_val if main else None,
         )
-        last_val = bar.last_val
+        first_val, last_val = bar.first_val, bar.last_val
     if dump_weights:
         np.savez(dump_weights.format(rank=world.rank), **run.backend.flat_params(run.model))
     if main and profile:
@@ -70,17 +70,20 @@ def train_session(
     if main:
         console.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
         if last_val is not None:
-            console.print(closing_line(last_val, run.run_dir), soft_wrap=True, markup=False)
+            line = closing_line(first_val, last_val, run.run_dir)
+            console.print(line, soft_wrap=True, markup=False)
     return history
 
 
-def closing_line(row: dict, run_dir) -> str:
-    """One line: validation Dice against Otsu on the same pixels, and where to look."""
-    model, otsu = row["val_dice"], row["val_otsu_dice"]
+def closing_line(first: dict, last: dict, run_dir) -> str:
+    """One line: validation Dice (from the session's first validation to its last) against
+    Otsu on the same pixels, and where to look."""
+    model, otsu = last["val_dice"], last["val_otsu_dice"]
     verdict = "above" if model > otsu else "below"
+    start = f"{first['val_dice']:.4f} at step {first['step']} -> " if first is not last else ""
     return (
-        f"validation Dice {model:.4f} at step {row['step']}, {verdict} Otsu's {otsu:.4f} on "
-        f"the same pixels; see it: gigamlx report {run_dir}"
+        f"validation Dice {start}{model:.4f} at step {last['step']}, {verdict} Otsu's "
+        f"{otsu:.4f} on the same pixels; see it: gigamlx report {run_dir}"
     )
 
 

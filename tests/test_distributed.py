@@ -146,7 +146,7 @@ def _two_ranks_by_hand(slide, out, *extra):
 def _after_first_step(out: Path, ranks) -> None:
     deadline = time.monotonic() + LIMIT_S
     metrics = out / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().strip()):
+    while not (metrics.exists() and '"loss"' in metrics.read_text()):  # a step line, not val
         assert all(r.poll() is None for r in ranks), ranks[0].communicate()[0]
         assert time.monotonic() < deadline, "no step finished in time"
         time.sleep(0.2)

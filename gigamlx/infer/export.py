@@ -209,6 +209,7 @@ def write_overlay(
     path: str | os.PathLike,
     max_side_px: int = OVERLAY_MAX_SIDE_PX,
     threshold_u8: int = 128,
+    compress_level: int = 6,
 ) -> Path:
     """PNG thumbnail of the slide with predicted tissue (p >= threshold) tinted and outlined.
 
@@ -218,6 +219,7 @@ def write_overlay(
         path: PNG to write.
         max_side_px: longer side of the thumbnail.
         threshold_u8: tissue where round(255 p) >= this.
+        compress_level: PNG zlib level, 0-9 (slide grain compresses badly: 1 is much faster).
     """
     from PIL import Image
 
@@ -226,6 +228,7 @@ def write_overlay(
     tissue = sample_nearest(prob_levels, target_hw) >= threshold_u8  # (h, w)
     rgb[tissue] = 0.7 * rgb[tissue] + 0.3 * TISSUE_RGB
     rgb[_outline(tissue)] = OUTLINE_RGB
-    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(path)
+    image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    image.save(path, compress_level=compress_level)
     log.info("wrote %s (%dx%d)", path, *target_hw)
     return Path(path)

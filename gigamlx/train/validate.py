@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 AUTO_VAL_FRACTION = 0.1
 BLOCK_HW = (1024, 1024)  # metric blocks: bounded float64 memory whatever the area
+OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every validation
 IN_MEMORY_MAX_PX = 2**28  # larger validation areas are predicted into a zarr scratch array
 
 
@@ -137,7 +138,8 @@ class Validator:
             area_counts = evaluate_pair(prob, area.mask, block_hw=BLOCK_HW)
             counts += area_counts
             per_slide[area.name] = area_counts.metrics()["dice"]
-            write_overlay([area.image], [prob], self.out_dir / f"{area.name}_overlay.png")
+            overlay = self.out_dir / f"{area.name}_overlay.png"
+            write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, compress_level=1)
         shutil.rmtree(self.out_dir / ".scratch.zarr", ignore_errors=True)
         metrics = counts.metrics()
         row = {"step": step, "kind": "val"}

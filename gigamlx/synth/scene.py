@@ -93,6 +93,7 @@ INKS = (
     (170.0, 40.0, 60.0),
     (120.0, 60.0, 150.0),
 )
+FAT_LOBULE_PX = (30.0, 90.0)  # semi-axes of a fat lobule
 EOSIN_OD = np.array([22.0, 110.0, 55.0])
 HEMATOXYLIN_OD = np.array([125.0, 150.0, 70.0])
 
@@ -155,11 +156,12 @@ def _holes_and_folds(rng: np.random.Generator, piece: Piece, radius_px: float):
         folds.append(
             _ellipse(rng, lobe.cy, lobe.cx, 0.7 * radius_px, rng.uniform(0.02, 0.05) * radius_px)
         )
-    fat = []
-    for _ in range(int(rng.integers(0, 3))):
+    fat = []  # small lobules of fat (a few cells across), in pixels whatever the slide size
+    for _ in range(int(rng.integers(0, 6))):
         lobe = piece.lobes[int(rng.integers(len(piece.lobes)))]
-        a, b = rng.uniform(0.12, 0.3, size=2) * radius_px
-        fat.append(_ellipse(rng, lobe.cy + rng.normal(0, lobe.b / 4), lobe.cx, a, b))
+        a, b = np.minimum(rng.uniform(FAT_LOBULE_PX[0], FAT_LOBULE_PX[1], size=2), radius_px / 4)
+        cy, cx = lobe.cy + rng.normal(0, lobe.b / 3), lobe.cx + rng.normal(0, lobe.a / 3)
+        fat.append(_ellipse(rng, cy, cx, a, b))
     return holes, folds, fat
 
 

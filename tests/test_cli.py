@@ -35,7 +35,11 @@ def test_cli_train_runs_and_checkpoints(slide, tmp_path):
     result = runner.invoke(app, ["train", slide, *SMALL, "--steps", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "checkpoints" / "step_0000002" / "weights.safetensors").exists()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    kinds = [json.loads(x).get("kind", "step") for x in (out / "metrics.jsonl").open()]
+    assert kinds == ["val", "step", "step", "val"]  # a held-out strip, validated by default
+    assert "validation Dice" in result.output and "at step 0 -> " in result.output
+    assert (out / "checkpoints" / "best" / "weights.safetensors").exists()
+    assert "validation Dice" in result.output and f"gigamlx report {out}" in result.output
 
 
 def test_cli_train_resume_extends_the_run(slide, tmp_path):

@@ -106,6 +106,8 @@ def _start(slide, out, backend: str, steps: int, init=None):
     config = TrainConfig(
         data=(slide,), region="256x384", steps=steps, tile=192, lr=0.01, out=str(out),
         checkpoint_every=1, backend=backend, device="cpu",
+        # a constant rate: a run resumed with a new --steps keeps the straight run's rates
+        warmup=0.0, lr_schedule="constant", val_fraction=0.0,
     )  # fmt: skip
     run = start_run(config, resume=False)
     if init is not None:

@@ -111,8 +111,15 @@ def test_distributed_two_ranks_match_accumulate(slide, tmp_path):
         scale = np.abs(single[name]).max()
         assert np.abs(rank0[name] - single[name]).max() <= 1e-5 * scale, name
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
-    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone wrote the log
-    assert {r["world_size"] for r in rows} == {2}
+    # rank 0 alone wrote the log, and alone validated (once, at the end)
+    assert [(r["step"], r.get("kind", "step")) for r in rows] == [
+        (0, "val"),
+        (1, "step"),
+        (2, "step"),
+        (3, "step"),
+        (3, "val"),
+    ]
+    assert {r["world_size"] for r in rows if "world_size" in r} == {2}
     assert (tmp_path / "two" / "checkpoints" / "step_0000003").is_dir()
 
 
@@ -121,7 +128,8 @@ def test_distributed_resume_with_another_world_size(slide, tmp_path):
     _run([*CLI, "train", slide, *SMALL, "--steps", "1", "--out", str(out)])
     _train_two_ranks(slide, out, "--resume", "--steps", "2")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    assert [(r["step"], r["world_size"]) for r in rows] == [(1, 1), (2, 2)]
+    steps = [(r["step"], r["world_size"]) for r in rows if r.get("kind") != "val"]
+    assert steps == [(1, 1), (2, 2)]
     assert (out / "checkpoints" / "step_0000002").is_dir()
 
 
@@ -138,7 +146,7 @@ def _two_ranks_by_hand(slide, out, *extra):
 def _after_first_step(out: Path, ranks) -> None:
     deadline = time.monotonic() + LIMIT_S
     metrics = out / "metrics.jsonl"
-    while not (metrics.exists() and metrics.read_text().strip()):
+    while not (metrics.exists() and '"loss"' in metrics.read_text()):  # a step line, not val
         assert all(r.poll() is None for r in ranks), ranks[0].communicate()[0]
         assert time.monotonic() < deadline, "no step finished in time"
         time.sleep(0.2)

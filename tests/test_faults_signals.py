@@ -25,6 +25,7 @@ from gigamlx.train.run import start_run
 runner = CliRunner()
 STEPS = 8
 ARGS = ["--region", "256x320", "--memory-budget", "300MB", "--lr", "0.01", "--tile", "128"]
+ARGS += ["--val-fraction", "0", "--warmup", "0", "--lr-schedule", "constant"]  # as _config
 CLI = [sys.executable, "-m", "gigamlx.cli"]
 
 
@@ -35,6 +36,8 @@ def slide(tmp_path_factory):
 
 def _config(slide, out, steps=STEPS, **extra) -> TrainConfig:
     base = dict(data=(slide,), region="256x320", steps=steps, memory_budget="300MB", lr=0.01)
+    # no validation, a constant learning rate: these cases are about faults
+    base |= dict(val_fraction=0.0, warmup=0.0, lr_schedule="constant")
     return TrainConfig(out=str(out), tile=128, **(base | extra))
 
 

@@ -108,8 +108,8 @@ def test_otsu_threshold_bimodal():
 
 
 def test_otsu_mask_separates_synthetic_slide():
-    # seed 2 has no pale piece; pale tissue (other seeds) is the baseline's known weakness
-    rgb, truth = render(make_scene((512, 1024), 2), np.arange(512), np.arange(1024))
+    # seed 24 has no pale or faint piece; those (other seeds) are the baseline's known weakness
+    rgb, truth = render(make_scene((512, 1024), 24), np.arange(512), np.arange(1024))
     source = OtsuMask.fit([rgb, rgb[::4, ::4]])
     pred = _chunked(source, (512, 1024), 200)
     dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())

@@ -26,6 +26,8 @@ def slide(tmp_path_factory):
 
 def _config(slide, out, steps, **extra) -> TrainConfig:
     base = dict(data=(slide,), region="256x320", steps=steps, memory_budget="300MB", lr=0.01)
+    # constant lr and no validation: the cases here are about the loop (test_validate.py)
+    base |= dict(val_fraction=0.0, warmup=0.0, lr_schedule="constant", color_jitter=0.0)
     return TrainConfig(out=str(out), checkpoint_every=2, tile=128, **(base | extra))
 
 
@@ -88,6 +90,8 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(slide, tmp_path):
     """A real SIGINT mid-run: exit 130, the last completed step saved, resume bit-identical."""
     out = tmp_path / "interrupted"
     args = ["--region", "256x320", "--memory-budget", "300MB", "--lr", "0.01", "--tile", "128"]
+    args += ["--val-fraction", "0", "--warmup", "0", "--lr-schedule", "constant"]
+    args += ["--color-jitter", "0"]
     cmd = [sys.executable, "-m", "gigamlx.cli", "train", slide, *args, "--quiet"]
     child = subprocess.Popen([*cmd, "--steps", "400", "--out", str(out)], stderr=subprocess.PIPE)
     metrics = out / "metrics.jsonl"

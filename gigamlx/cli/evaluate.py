@@ -18,6 +18,20 @@ from gigamlx.core.config import DEFAULTS, help_of
 from gigamlx.slide import OTSU_DEFINITION
 
 
+def named_checkpoint(run_dir: Path, name: str) -> Path:
+    """RUN/checkpoints/NAME, or a one-line error naming what exists."""
+    from gigamlx.core.checkpoint import CheckpointError
+
+    path = Path(run_dir) / "checkpoints" / name
+    if not path.is_dir():
+        found = sorted(p.name for p in path.parent.glob("*") if not p.name.startswith("."))
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint {name!r} (found: {', '.join(found) or 'none'}); "
+            "--checkpoint best needs a run trained with validation"
+        )
+    return path
+
+
 @app.command()
 def predict(
     checkpoint: Path = typer.Argument(
@@ -43,6 +57,13 @@ def predict(
     ),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
     kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
+    which: str = typer.Option(
+        None,
+        "--checkpoint",
+        help="which checkpoint of the run folder: best (by validation Dice) or step_NNNNNNN; "
+        "default the newest",
+        show_default=False,
+    ),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
@@ -59,6 +80,8 @@ def predict(
 
     setup_logging(verbose)
     with user_errors():
+        if which:
+            checkpoint = named_checkpoint(checkpoint, which)
         _, progress = progress_bar("predict")
 
         def on_slide(source):

@@ -24,8 +24,9 @@ def _typed_options(ctx: typer.Context) -> dict:
 
 def _as_config(values: dict) -> dict:
     """CLI values as TrainConfig values: paths as strings, DATA as a tuple."""
-    if "data" in values:
-        values["data"] = tuple(str(p) for p in values["data"] or ())
+    for name in ("data", "val"):
+        if name in values:
+            values[name] = tuple(str(p) for p in values[name] or ())
     return {name: str(v) if isinstance(v, Path) else v for name, v in values.items()}
 
 
@@ -59,6 +60,13 @@ def train(
     level: int = typer.Option(None, help=help_of("level"), show_default=False),
     mpp: float = typer.Option(None, help=help_of("mpp"), show_default=False),
     kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
+    val: list[Path] = typer.Option(None, help=help_of("val"), show_default=False),
+    val_fraction: float = typer.Option(None, help=help_of("val_fraction"), show_default=False),
+    val_every: int = typer.Option(DEFAULTS.val_every, help=help_of("val_every")),
+    warmup: float = typer.Option(DEFAULTS.warmup, help=help_of("warmup")),
+    lr_schedule: str = typer.Option(DEFAULTS.lr_schedule, help=help_of("lr_schedule")),
+    lr_min: float = typer.Option(DEFAULTS.lr_min, help=help_of("lr_min")),
+    color_jitter: float = typer.Option(DEFAULTS.color_jitter, help=help_of("color_jitter")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
     rank_timeout: float = typer.Option(
         600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"
@@ -72,7 +80,11 @@ def train(
     With no DATA, a synthetic 16384x65536 slide is generated once into ~/.cache/gigamlx
     (or $GIGAMLX_CACHE) and reused. Each step: a random region (flipped/rotated), exact loss
     and gradients over the whole region computed tile by tile within --memory-budget, one Adam
-    update. Checkpoints go to OUT/checkpoints; metrics to OUT/metrics.jsonl; Ctrl-C saves.
+    update (learning rate warmed up, then decayed over --steps). Every --val-every steps and at
+    the end the model is scored on --val stores and/or a held-out strip of each training slide
+    (--val-fraction), beside Otsu on the same pixels; the best weights go to
+    OUT/checkpoints/best. Checkpoints go to OUT/checkpoints; metrics to OUT/metrics.jsonl;
+    Ctrl-C saves.
     Under `mlx.launch -n N` each rank trains on its share of the regions of every step and
     the gradients are averaged (docs/distributed.md); rank 0 alone writes OUT.
     """

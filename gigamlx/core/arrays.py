@@ -68,6 +68,16 @@ class WindowArray:
             self._closer = None
 
 
+def crop_view(array, box: Box) -> WindowArray:
+    """(h, w[, C]) view of `box` (inside `array`) of a larger array; reads only what is sliced."""
+
+    def read(inner: Box) -> np.ndarray:
+        y, x = box.y0, box.x0
+        return np.asarray(array[y + inner.y0 : y + inner.y1, x + inner.x0 : x + inner.x1])
+
+    return WindowArray(box.hw + tuple(array.shape[2:]), array.dtype, read)
+
+
 def axes_index(axes: str, box: Box) -> tuple:
     """Index into an array whose axes are named by `axes` (e.g. "tczyx", "YXS"): the box on
     y and x, every channel ("c" or "s"), and the first entry of any other (size-1) axis."""

@@ -32,6 +32,8 @@ STEP_FOLDER = re.compile(r"step_(\d{7,})")  # what save_checkpoint names; nothin
 
 log = logging.getLogger(__name__)
 
+BEST = "best"  # checkpoints/best: the best validation Dice so far, never pruned
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file and what to do."""
@@ -47,19 +49,30 @@ class Checkpoint(NamedTuple):
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, weights, optimizer, config: dict, rng_state: dict
+    run_dir: Path,
+    step: int,
+    weights,
+    optimizer,
+    config: dict,
+    rng_state: dict,
+    name: str | None = None,
+    extra: dict | None = None,
 ) -> Path:
-    """Write checkpoint `step` under `run_dir/checkpoints` atomically; return its folder."""
+    """Write checkpoint `step` under `run_dir/checkpoints` atomically; return its folder.
+
+    `name` replaces the folder name `step_NNNNNNN` (e.g. "best"); `extra` adds state keys.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    temp = root / f".tmp_step_{step:07d}_{os.getpid()}"
+    name = name or f"step_{step:07d}"
+    final = root / name
+    temp = root / f".tmp_{name}_{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     try:  # a full disk or a kill leaves no partial folder that keeps the disk full
         temp.mkdir()
         _save_tensors(weights, temp / WEIGHTS)
         _save_tensors(optimizer, temp / OPTIMIZER)
-        state = {"step": step, "config": config, "rng_state": rng_state}
+        state = {"step": step, "config": config, "rng_state": rng_state} | (extra or {})
         (temp / STATE).write_text(json.dumps(state, indent=2))
         names = (WEIGHTS, OPTIMIZER, STATE)
         (temp / MANIFEST).write_text("".join(f"{sha256_of(temp / n)}  {n}\n" for n in names))
@@ -103,6 +116,14 @@ def _save_tensors(tensors: dict, path: Path) -> None:
         if code is None:
             raise
         raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from error
+
+
+def read_state(path: Path) -> dict | None:
+    """A checkpoint folder's state.json as a dict, or None when there is none."""
+    try:
+        return json.loads((Path(path) / STATE).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -4,6 +4,7 @@ the resolved config is written beside every checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -54,6 +55,33 @@ class TrainConfig:
             "runs) or auto (fused where available; $GIGAMLX_KERNELS sets the default)"
         },
     )
+    # --- training to quality: validation, learning-rate schedule, colour augmentation ---
+    val: tuple[str, ...] = field(
+        default=(), metadata={"help": "held-out slide stores scored during training"}
+    )
+    val_fraction: float | None = field(
+        default=None,
+        metadata={
+            "help": "share of each training slide's long side held out for validation "
+            "(default: 0.1 when no --val is given and the regions still fit, else 0)"
+        },
+    )
+    val_every: int = field(
+        default=100, metadata={"help": "steps between validations (and at the end)"}
+    )
+    warmup: float = field(
+        default=0.05, metadata={"help": "learning-rate warm-up, as a share of --steps"}
+    )
+    lr_schedule: str = field(
+        default="cosine", metadata={"help": "decay after warm-up: cosine, linear or constant"}
+    )
+    lr_min: float = field(
+        default=0.05, metadata={"help": "final learning rate, as a share of --lr"}
+    )
+    color_jitter: float = field(
+        default=1.0,
+        metadata={"help": "strength of the per-region stain/colour augmentation (0: off)"},
+    )
 
     @property
     def region_size(self) -> tuple[tuple[float, float], str | None]:
@@ -81,17 +109,47 @@ class TrainConfig:
             raise ValueError("give --level or --mpp, not both")
         if (self.level is not None and self.level < 0) or (self.mpp is not None and self.mpp <= 0):
             raise ValueError("--level must be >= 0 and --mpp positive")
+        self._validate_quality()
         return self
 
+    def _validate_quality(self) -> None:
+        if self.val_every < 1:
+            raise ValueError(f"--val-every must be at least 1, got {self.val_every}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 0.5:
+            raise ValueError(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup is a share of --steps in [0, 1), got {self.warmup}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if not 0 <= self.lr_min <= 1:
+            raise ValueError(f"--lr-min is a share of --lr in [0, 1], got {self.lr_min}")
+        if not 0 <= self.color_jitter <= 3:
+            raise ValueError(f"--color-jitter must be in [0, 3], got {self.color_jitter}")
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (1-based): linear warm-up to --lr over
+        the first `warmup` share of --steps, then the schedule's decay to lr * lr_min."""
+        warm = round(self.warmup * self.steps)
+        if step <= warm:
+            return self.lr * step / warm
+        if self.lr_schedule == "constant":
+            return self.lr
+        done = min(1.0, (step - warm) / max(1, self.steps - warm))
+        shape = 0.5 * (1 + math.cos(math.pi * done)) if self.lr_schedule == "cosine" else 1 - done
+        return self.lr * (self.lr_min + (1 - self.lr_min) * shape)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"data": list(self.data)}
+        return dataclasses.asdict(self) | {"data": list(self.data), "val": list(self.val)}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if k == "data" else v for k, v in values.items() if k in known})
+        return cls(
+            **{k: tuple(v) if k in ("data", "val") else v for k, v in values.items() if k in known}
+        )
 
 
+LR_SCHEDULES = ("cosine", "linear", "constant")
 DEFAULTS = TrainConfig()
 MAX_SEED = 2**64 - 1  # what every RNG behind --seed takes: numpy's PCG64, mlx, torch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from gigamlx.core.arrays import WindowArray
 from gigamlx.eval.metrics import EvaluationError
@@ -54,4 +55,9 @@ def baseline_plane(
         ) from err
     masker = OtsuMask(image, OtsuMask.fit(levels, source=str(store_path)).threshold)
     logger.info("%s: Otsu saturation threshold %d", store_path, masker.threshold)
+    return mask_plane(masker, chunk_hw)
+
+
+def mask_plane(masker: Any, chunk_hw: tuple[int, int]) -> WindowArray:
+    """(H, W) bool view of a masker (anything with `image_hw` and `read(Box)`)."""
     return WindowArray(masker.image_hw, bool, lambda box: masker.read(box) != 0, chunk_hw)

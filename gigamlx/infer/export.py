@@ -270,6 +270,7 @@ def write_overlay(
     max_side_px: int = OVERLAY_MAX_SIDE_PX,
     threshold_u8: int = 128,
     meta: dict | None = None,
+    compress_level: int = 6,
 ) -> Path:
     """PNG thumbnail of the slide with predicted tissue (p >= threshold) tinted and outlined.
 
@@ -280,6 +281,7 @@ def write_overlay(
         max_side_px: longer side of the thumbnail.
         threshold_u8: tissue where round(255 p) >= this.
         meta: provenance; written as the PNG's "gigamlx" text chunk with the thumbnail's µm/px.
+        compress_level: PNG zlib level, 0-9 (slide grain compresses badly: 1 is much faster).
     """
     from PIL import Image
 
@@ -295,7 +297,7 @@ def write_overlay(
     tmp_path = hidden_sibling(path, "partial")
     try:
         image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
-        image.save(tmp_path, format="PNG", pnginfo=info)
+        image.save(tmp_path, format="PNG", pnginfo=info, compress_level=compress_level)
         replace_path(tmp_path, path)
     except BaseException as error:
         name_the_path(error, path)

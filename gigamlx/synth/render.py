@@ -2,6 +2,20 @@
 
 Every pixel is a pure function of (seed, y, x): the same seed gives the same bytes whatever
 `chunk_px`, and memory stays bounded by one chunk whatever the slide size.
+
+What each part models, and its label (mask 1 = tissue):
+- tissue pieces: lobed shapes with noisy edges, eosin fibres and haematoxylin nuclei;
+  some pale, some (the slide's `faint_share`) barely stained: tissue.
+- slide style (drawn from the seed): stain strength and hue, glass tint, dust density and
+  how much of the slide is out of focus: a threshold tuned on one slide fails on another.
+- holes (tears, lumina): glass inside tissue: background.
+- fat: white cells with thin stained septa inside tissue: tissue (artefacts.py).
+- folds: tissue folded over itself, twice the stain: tissue.
+- defocus: patches with soft nuclei, faded fibres and wide edges: labels unchanged.
+- bubbles: dark rims and brighter insides: labelled by what is under them.
+- dust and pen marks: dark specks and coloured strokes painted on top: labels unchanged
+  (background on glass, which is where most of them lie).
+- background: tinted glass, uneven illumination and sensor grain: background.
 """
 
 from __future__ import annotations
@@ -23,16 +37,14 @@ from gigamlx.slide.store import (
     open_store,
 )
 from gigamlx.slide.written import check_chunk_px
+from gigamlx.synth.artefacts import bubble_shade, defocus, fat
 from gigamlx.synth.noise import fbm, uniform, value_noise
 from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2  # 2: slide styles, faint tissue, fat, bubbles, defocus
 DEFAULT_SLIDE_HW = (16384, 65536)
-BACKGROUND_RGB = np.array([243.0, 241.0, 245.0], np.float32)
-EOSIN_OD = np.array([22.0, 110.0, 55.0], np.float32)  # RGB removed per unit of eosin
-HEMATOXYLIN_OD = np.array([125.0, 150.0, 70.0], np.float32)
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
 NUCLEUS_CELL_PX = 16
 EDGE_FADE = 0.015  # stain fades in over this normalized distance inside the edge
@@ -71,8 +83,9 @@ def _max_field(ellipses, ys, xs, ysf, xsf, grow: float, values=None):
     return best, chosen
 
 
-def _tissue(scene: Scene, ys, xs, ysf, xsf):
-    """Tissue mask (h, w) bool, stain density (h, w) float32 and fold factor (h, w)."""
+def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
+    """Tissue mask (h, w) bool, stain density (h, w) float32, fold factor (h, w) and fat
+    septa (h, w): fat is tissue, its cells unstained and its membranes stained."""
     noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5) * F32(BOUNDARY_NOISE)
     lobes = [(lobe, p.stain) for p in scene.pieces for lobe in p.lobes]
     best, stain = _max_field(
@@ -80,11 +93,16 @@ def _tissue(scene: Scene, ys, xs, ysf, xsf):
     )
     strength = best + noise
     hole_best, _ = _max_field(scene.holes, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
-    tissue = (strength > 0) & ~(hole_best - noise * F32(0.5) > 0)
-    density = np.clip(strength * F32(1 / EDGE_FADE), 0, 1) * stain * tissue
+    fat_best, _ = _max_field(scene.fat, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
+    in_fat = (fat_best + noise * F32(0.5) > 0) & (strength > F32(-0.05))
+    tissue = ((strength > 0) & ~(hole_best - noise * F32(0.5) > 0)) | in_fat
+    fade = F32(EDGE_FADE) * (F32(1) + F32(4) * blur)  # out of focus: softer edges
+    density = np.clip(strength / fade, 0, 1) * stain * tissue
+    septa = fat(scene, ys, xs, in_fat)
+    density = np.where(in_fat, np.maximum(stain, F32(0.5)) * F32(0.7) * septa, density)
     fold_best, _ = _max_field(scene.folds, ys, xs, ysf, xsf, 1.0)
     fold = np.clip(fold_best * F32(4), 0, 1)
-    return tissue, density, F32(1) + F32(0.9) * fold
+    return tissue, density, F32(1) + F32(0.9) * fold, septa
 
 
 def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
@@ -99,8 +117,11 @@ def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
     return cy, cx, ly, lx, draw
 
 
-def _discs(key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, float], presence):
-    """One soft disc per cell at a hashed position, kept with probability `presence`.
+def _discs(
+    key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, float], presence, soft=1
+):
+    """One soft disc per cell at a hashed position, kept with probability `presence`;
+    `soft` (scalar or (h, w)) widens the disc's edge, 1 = one pixel (defocus).
 
     Returns:
         (h, w) float32 coverage in [0, 1].
@@ -111,12 +132,12 @@ def _discs(key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, flo
     oy = (cy * cell_px).astype(np.float32)[:, None] + r + span * draw(2)
     ox = (cx * cell_px).astype(np.float32)[None, :] + r + span * draw(3)
     dy, dx = ysf[:, None] - oy, xsf[None, :] - ox
-    disc = np.clip((r * r - dy * dy - dx * dx) / (F32(2) * r) + F32(0.5), 0, 1)
+    disc = np.clip((r * r - dy * dy - dx * dx) / (F32(2) * r * soft) + F32(0.5), 0, 1)
     keep = draw(4) < (presence(ly, lx) if callable(presence) else F32(presence))
     return disc * keep
 
 
-def _nuclei(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
+def _nuclei(scene: Scene, ys, xs, ysf, xsf, blur) -> np.ndarray:
     """Nuclei-like purple texture in [0, 1], denser in 'cellular' regions. (h, w) float32."""
     key = scene.seed * 977 + 5
     cell = NUCLEUS_CELL_PX
@@ -125,9 +146,10 @@ def _nuclei(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
         cellular = value_noise(key + 2, ly * cell + cell // 2, lx * cell + cell // 2, (384, 384))
         return (F32(0.15) + F32(0.75) * cellular)[np.ix_(ys // cell - ly[0], xs // cell - lx[0])]
 
-    disc = _discs(key, ys, xs, ysf, xsf, cell, (2.5, 5.5), presence)
+    soft = F32(1) + F32(5) * blur
+    disc = _discs(key, ys, xs, ysf, xsf, cell, (2.5, 5.5), presence, soft)
     chromatin = F32(0.7) + F32(0.3) * uniform(key + 3, ys[:, None], xs[None, :])
-    return disc * chromatin
+    return disc * chromatin / (F32(1) + F32(0.6) * blur)
 
 
 def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf, alpha: np.ndarray) -> bool:
@@ -176,23 +198,35 @@ def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
     """
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
-    tissue, density, fold = _tissue(scene, ys, xs, ysf, xsf)
-    rgb = np.broadcast_to(BACKGROUND_RGB, (len(ys), len(xs), 3)).copy()
+    style = scene.style
+    blur = defocus(scene, ys, xs)
+    tissue, density, fold, _ = _tissue(scene, ys, xs, ysf, xsf, blur)
+    rgb = np.broadcast_to(np.array(style.background_rgb, F32), (len(ys), len(xs), 3)).copy()
     if density.any():
         fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
-        eosin = density * fold * (F32(0.45) + F32(0.55) * fiber)
-        hema = density * fold * (F32(0.08) + F32(0.9) * _nuclei(scene, ys, xs, ysf, xsf))
-        rgb -= eosin[..., None] * EOSIN_OD + hema[..., None] * HEMATOXYLIN_OD
+        eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
+        nuclei = _nuclei(scene, ys, xs, ysf, xsf, blur)
+        hema = density * fold * (F32(0.08) + F32(0.9) * nuclei)
+        rgb -= eosin[..., None] * np.array(style.eosin_od, F32)
+        rgb -= hema[..., None] * np.array(style.hema_od, F32)
     grain = (uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :]) - F32(0.5)) * F32(12)
-    rgb = rgb * _illumination(scene, ys, xs, ysf, xsf)[..., None] + grain[..., None]
-    dust = _discs(scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), 0.05)
+    light = _illumination(scene, ys, xs, ysf, xsf) * bubble_shade(scene, ysf, xsf)
+    rgb = rgb * light[..., None] + grain[..., None]
+    _debris(scene, rgb, ys, xs, ysf, xsf)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tissue.view(np.uint8)
+
+
+def _debris(scene: Scene, rgb: np.ndarray, ys, xs, ysf, xsf) -> None:
+    """Dust specks and pen strokes painted over `rgb` (h, w, 3) in place; labels unchanged."""
+    dust = _discs(
+        scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), scene.style.dust
+    )
     rgb += (dust * F32(0.85))[..., None] * (DUST_RGB - rgb)
     alpha = np.zeros_like(dust)
     for stroke in scene.strokes:  # a stroke that misses leaves alpha 0: blending is identity
         alpha[:] = 0
         if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
             rgb += alpha[..., None] * (np.array(stroke.ink_rgb, np.float32) - rgb)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tissue.view(np.uint8)
 
 
 def synth_slide(

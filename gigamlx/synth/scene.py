@@ -1,7 +1,8 @@
-"""The layout of a synthetic slide: tissue pieces, holes, folds and pen strokes as shapes.
+"""The layout of a synthetic slide: tissue pieces, holes, folds, fat, bubbles and pen strokes
+as shapes, plus the slide's style (stain, background tint, focus, dust).
 
 A scene is a short list of parameters in slide coordinates, drawn once from the seed; the
-renderer (synth.py) evaluates it per chunk, so pixels never depend on the chunking.
+renderer (render.py) evaluates it per chunk, so pixels never depend on the chunking.
 """
 
 from __future__ import annotations
@@ -52,6 +53,26 @@ class Stroke(NamedTuple):
     ink_rgb: tuple[float, float, float]
 
 
+class Bubble(NamedTuple):
+    """An air bubble under the coverslip: centre (cy, cx) px, radius px, dark rim width px."""
+
+    cy: float
+    cx: float
+    radius_px: float
+    rim_px: float
+
+
+class Style(NamedTuple):
+    """What differs between slides as a whole (scanner, lab, staining batch)."""
+
+    eosin_od: tuple[float, float, float]  # RGB removed per unit of eosin
+    hema_od: tuple[float, float, float]  # RGB removed per unit of haematoxylin
+    background_rgb: tuple[float, float, float]  # glass colour: white with a tint
+    defocus: float  # 0: sharp everywhere; 1: out-of-focus patches fully blurred
+    dust: float  # share of 64 px cells holding a dust speck
+    faint_share: float  # share of tissue pieces stained very faintly
+
+
 class Scene(NamedTuple):
     image_hw: tuple[int, int]
     seed: int
@@ -60,9 +81,38 @@ class Scene(NamedTuple):
     holes: tuple[Ellipse, ...]
     folds: tuple[Ellipse, ...]
     strokes: tuple[Stroke, ...]
+    style: Style
+    fat: tuple[Ellipse, ...]  # adipose patches: white cells inside tissue, labelled tissue
+    bubbles: tuple[Bubble, ...]
 
 
-INKS = ((40.0, 70.0, 170.0), (30.0, 120.0, 60.0), (35.0, 35.0, 45.0))
+INKS = (
+    (40.0, 70.0, 170.0),
+    (30.0, 120.0, 60.0),
+    (35.0, 35.0, 45.0),
+    (170.0, 40.0, 60.0),
+    (120.0, 60.0, 150.0),
+)
+FAT_LOBULE_PX = (30.0, 90.0)  # semi-axes of a fat lobule
+EOSIN_OD = np.array([22.0, 110.0, 55.0])
+HEMATOXYLIN_OD = np.array([125.0, 150.0, 70.0])
+
+
+def _style(rng: np.random.Generator) -> Style:
+    """The slide's look: stain strength and hue, glass tint, focus, dust (see render.py)."""
+    strength = rng.uniform(0.6, 1.2)
+    eosin = EOSIN_OD * strength * rng.uniform(0.8, 1.2, size=3)
+    hema = HEMATOXYLIN_OD * strength * rng.uniform(0.8, 1.2, size=3)
+    tint = rng.uniform(-9.0, 6.0, size=3) + rng.uniform(-12.0, 4.0)
+    background = np.clip(np.array([243.0, 241.0, 245.0]) + tint, 200, 252)
+    return Style(
+        tuple(float(v) for v in eosin),
+        tuple(float(v) for v in hema),
+        tuple(float(v) for v in background),
+        float(rng.uniform(0.0, 1.0)),
+        float(rng.uniform(0.02, 0.12)),
+        float(rng.uniform(0.1, 0.35)),
+    )
 
 
 def _ellipse(rng: np.random.Generator, cy: float, cx: float, a: float, b: float) -> Ellipse:
@@ -70,7 +120,9 @@ def _ellipse(rng: np.random.Generator, cy: float, cx: float, a: float, b: float)
     return Ellipse(cy, cx, a, b, math.cos(angle), math.sin(angle))
 
 
-def _piece(rng: np.random.Generator, cy: float, cx: float, radius_px: float) -> Piece:
+def _piece(
+    rng: np.random.Generator, cy: float, cx: float, radius_px: float, faint_share: float
+) -> Piece:
     lobes = []
     for _ in range(int(rng.integers(3, 8))):
         offset, angle = rng.uniform(0, 0.55 * radius_px), rng.uniform(0, 2 * math.pi)
@@ -78,8 +130,14 @@ def _piece(rng: np.random.Generator, cy: float, cx: float, radius_px: float) -> 
         lobes.append(
             _ellipse(rng, cy + offset * math.sin(angle), cx + offset * math.cos(angle), a, b)
         )
-    stain = float(rng.uniform(0.3, 0.45) if rng.random() < 0.2 else rng.uniform(0.75, 1.1))
-    return Piece(tuple(lobes), stain)
+    kind = rng.random()
+    if kind < faint_share:  # faint: barely stained, a threshold misses it
+        stain = rng.uniform(0.14, 0.28)
+    elif kind < faint_share + 0.2:  # pale
+        stain = rng.uniform(0.3, 0.45)
+    else:
+        stain = rng.uniform(0.75, 1.1)
+    return Piece(tuple(lobes), float(stain))
 
 
 def _holes_and_folds(rng: np.random.Generator, piece: Piece, radius_px: float):
@@ -98,7 +156,21 @@ def _holes_and_folds(rng: np.random.Generator, piece: Piece, radius_px: float):
         folds.append(
             _ellipse(rng, lobe.cy, lobe.cx, 0.7 * radius_px, rng.uniform(0.02, 0.05) * radius_px)
         )
-    return holes, folds
+    fat = []  # small lobules of fat (a few cells across), in pixels whatever the slide size
+    for _ in range(int(rng.integers(0, 6))):
+        lobe = piece.lobes[int(rng.integers(len(piece.lobes)))]
+        a, b = np.minimum(rng.uniform(FAT_LOBULE_PX[0], FAT_LOBULE_PX[1], size=2), radius_px / 4)
+        cy, cx = lobe.cy + rng.normal(0, lobe.b / 3), lobe.cx + rng.normal(0, lobe.a / 3)
+        fat.append(_ellipse(rng, cy, cx, a, b))
+    return holes, folds, fat
+
+
+def _bubble(rng: np.random.Generator, image_hw: tuple[int, int], short_px: int) -> Bubble:
+    radius = rng.uniform(0.03, 0.12) * short_px
+    cy, cx = rng.uniform(0, image_hw[0]), rng.uniform(0, image_hw[1])
+    return Bubble(
+        float(cy), float(cx), float(radius), float(max(2.0, rng.uniform(0.03, 0.06) * radius))
+    )
 
 
 def _stroke(rng: np.random.Generator, image_hw: tuple[int, int], short_px: int) -> Stroke:
@@ -124,22 +196,34 @@ def make_scene(image_hw: tuple[int, int], seed: int) -> Scene:
     h, w = image_hw
     short, long = min(h, w), max(h, w)
     rng = np.random.default_rng([seed, h, w])
+    style = _style(rng)
     slots = max(1, round(1.4 * long / short))
-    pieces, holes, folds = [], [], []
+    pieces, holes, folds, fat = [], [], [], []
     for slot in range(slots):
         along = (slot + 0.5 + rng.uniform(-0.2, 0.2)) * long / slots
         across = short * rng.uniform(0.4, 0.6)
         radius = short * rng.uniform(0.3, 0.42)
         cy, cx = (across, along) if w >= h else (along, across)
-        pieces.append(_piece(rng, cy, cx, radius))
-        piece_holes, piece_folds = _holes_and_folds(rng, pieces[-1], radius)
+        pieces.append(_piece(rng, cy, cx, radius, style.faint_share))
+        piece_holes, piece_folds, piece_fat = _holes_and_folds(rng, pieces[-1], radius)
         holes += piece_holes
         folds += piece_folds
+        fat += piece_fat
     for _ in range(2 * slots):  # small fragments anywhere
         radius = short * rng.uniform(0.03, 0.08)
-        pieces.append(_piece(rng, rng.uniform(0, h), rng.uniform(0, w), radius))
+        pieces.append(_piece(rng, rng.uniform(0, h), rng.uniform(0, w), radius, style.faint_share))
     strokes = [_stroke(rng, image_hw, short) for _ in range(1 + slots // 2)]
+    bubbles = [_bubble(rng, image_hw, short) for _ in range(int(rng.integers(1, 2 + slots)))]
     boundary_px = int(2 ** np.clip(round(math.log2(max(short, 1) / 6)), 4, 11))
     return Scene(
-        (h, w), seed, boundary_px, tuple(pieces), tuple(holes), tuple(folds), tuple(strokes)
+        (h, w),
+        seed,
+        boundary_px,
+        tuple(pieces),
+        tuple(holes),
+        tuple(folds),
+        tuple(strokes),
+        style,
+        tuple(fat),
+        tuple(bubbles),
     )

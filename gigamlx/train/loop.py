@@ -24,7 +24,7 @@ from gigamlx.core.memory import peak_rss_bytes
 from gigamlx.core.outputs import name_the_path
 from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import region_view
-from gigamlx.train.run import Run, save_run
+from gigamlx.train.run import Run, save_best, save_run
 from gigamlx.train.stop import StopFlag, Stopped, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class StepMetrics(NamedTuple):
     regions: int
     world_size: int
     compute_path: str  # the backend's model path: "fused", "mlx", "torch-cuda", ...
+    lr: float  # the learning rate of this step's update
 
 
 def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
@@ -77,7 +78,8 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     losses, stats, results = [], TileStats(), []
     for region in regions:
         slide = run.slides[region.slide]
-        image, mask = region_view(slide.image, region), region_view(slide.mask, region)
+        image = region_view(slide.image, region, region.color)
+        mask = region_view(slide.mask, region)
         result = tiled_step(
             run.backend,
             run.model,
@@ -99,9 +101,10 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     grads = world.mean_grads(grads)
     _check_finite(run, loss, grads)
     update_start = time.perf_counter()
-    # from the config at every step (as nanoGPT does): a resumed run's --lr wins over the
-    # learning rate saved with the optimizer state
-    run.backend.set_learning_rate(run.optimizer, config.lr)
+    # from the config at every step (as nanoGPT does): a resumed run's --lr and schedule win
+    # over the learning rate saved with the optimizer state
+    lr = config.learning_rate(run.step + 1)
+    run.backend.set_learning_rate(run.optimizer, lr)
     run.backend.apply_gradients(run.model, run.optimizer, grads)
     run.step += 1
     now = time.perf_counter()
@@ -122,6 +125,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         regions=len(regions),
         world_size=world.size,
         compute_path=run.backend.compute_path,
+        lr=lr,
     )
 
 
@@ -141,8 +145,13 @@ def train(
     on_step: Callable[[StepMetrics], None] | None = None,
     tile_progress: TileProgress | None = None,
     stop: StopFlag | None = None,
+    on_val: Callable[[dict], None] | None = None,
 ) -> list[StepMetrics]:
     """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only).
+
+    Before the first step of a fresh run (the untrained baseline), every `val_every` steps and
+    at the end, rank 0 validates (when the run has validation areas), logs a "val" line, calls
+    `on_val(line)` and keeps the best weights as `best`.
 
     Every rank applies the same averaged gradient to the same weights; that is checked before
     the first step and after every step, and ranks that disagree or lose each other stop with
@@ -155,10 +164,10 @@ def train(
     """
     if stop is None:
         with stop_on_signals(deferring=True) as own:
-            return train(run, world, on_step, tile_progress, own)
+            return train(run, world, on_step, tile_progress, own, on_val)
     world = world or World.single()
     stop.deferring = True  # from here on a signal only raises the flag
-    history = _steps(run, world, stop, on_step, tile_progress)
+    history = _steps(run, world, stop, on_step, tile_progress, on_val)
     if run.step < run.config.steps:  # stopped by a signal (here or on another rank)
         path = save_run(run) if world.is_main and run.step != history.saved_step else None
         raise Interrupted(run.step, path or _newest(run), stop.signum or signal.SIGTERM)
@@ -171,11 +180,15 @@ class _History(NamedTuple):
     saved_step: int  # the last step checkpointed
 
 
-def _steps(run: Run, world: World, stop: StopFlag, on_step, tile_progress) -> _History:
-    """Steps until the target or a stop signal, checkpointing every few (rank 0 writes)."""
+def _steps(run: Run, world: World, stop: StopFlag, on_step, tile_progress, on_val) -> _History:
+    """Steps until the target or a stop signal, checkpointing every few (rank 0 writes) and
+    validating every `val_every` (rank 0, when the run has validation areas)."""
     history, saved_step = [], run.step
+    start = time.perf_counter()
     try:
         _check_same_weights(run, world)
+        if world.is_main and run.validator is not None and run.step == 0:
+            _validate(run, 0.0, on_val)  # the untrained baseline
         while run.step < run.config.steps and not _stop_requested(stop, world):
             metrics = _step_or_abandon(run, world, stop, tile_progress)
             if metrics is None:
@@ -186,6 +199,8 @@ def _steps(run: Run, world: World, stop: StopFlag, on_step, tile_progress) -> _H
                 _append_metrics(run, metrics)
             if on_step:
                 on_step(metrics)
+            if world.is_main and _validation_due(run):
+                _validate(run, time.perf_counter() - start, on_val)
             if run.step % run.config.checkpoint_every == 0 or run.step == run.config.steps:
                 if world.is_main:
                     save_run(run)
@@ -222,6 +237,22 @@ def _step_or_abandon(
     except _StepAbandoned:
         run.sampler.restore(before)
         return None
+
+
+def _validation_due(run: Run) -> bool:
+    c = run.config
+    return run.validator is not None and (run.step % c.val_every == 0 or run.step == c.steps)
+
+
+def _validate(run: Run, seconds: float, on_val: Callable[[dict], None] | None) -> None:
+    """Score the validation areas, log the line, keep the best weights."""
+    row = run.validator(run.backend, run.model, run.step, seconds)
+    with open(run.metrics_path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    if row["val_dice"] > run.best_val_dice:
+        save_best(run, row["val_dice"])
+    if on_val:
+        on_val(row)
 
 
 def _check_same_weights(run: Run, world: World) -> None:

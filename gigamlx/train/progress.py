@@ -1,5 +1,6 @@
 """The run's one rich progress bar: steps with loss, Dice, s/step, peak memory and ETA,
-plus the tiles of the step in flight (a 16000x64000 step is minutes of tiles)."""
+the last validation Dice, plus the tiles of the step in flight (a 16000x64000 step is
+minutes of tiles)."""
 
 from __future__ import annotations
 
@@ -22,16 +23,23 @@ class TrainProgress:
         self.progress = progress
         self.steps = progress.add_task("train", total=total_steps, completed=first_step, info="")
         self.tiles = progress.add_task("  tiles", total=1, info="", visible=False)
+        self.first_val: dict | None = None
+        self.last_val: dict | None = None
 
     def on_tile(self, phase: str, done: int, total: int) -> None:
         self.progress.update(self.tiles, completed=done, total=total, info=phase, visible=True)
 
+    def on_val(self, row: dict) -> None:
+        self.first_val = self.first_val or row
+        self.last_val = row
+
     def on_step(self, m: StepMetrics) -> None:
         # short enough for 80 columns; the metrics log has every field
-        info = (
-            f"loss {m.loss:.4f} dice {m.dice:.3f} {m.seconds:.1f} s/step "
-            f"RSS {_gb(m.peak_rss_bytes)}"
-        )
+        info = f"loss {m.loss:.4f} dice {m.dice:.3f} {m.seconds:.1f} s/step "
+        if self.last_val is not None:
+            info += f"val {self.last_val['val_dice']:.3f}"
+        else:
+            info += f"RSS {_gb(m.peak_rss_bytes)}"
         self.progress.update(self.steps, completed=m.step, info=info)
         self.progress.update(self.tiles, visible=False)
 

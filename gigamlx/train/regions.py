@@ -1,4 +1,4 @@
-"""Region sampling and tile-wise augmentation.
+"""Region sampling and tile-wise augmentation (D4 turns here, colour in augment.py).
 
 A region is never copied whole: `region_view` is an (H, W[, C]) array-like over a slide that
 maps each window the scheduler asks for back to the slide, reads only that, and flips/rotates
@@ -14,6 +14,7 @@ import numpy as np
 
 from gigamlx.core.arrays import WindowArray
 from gigamlx.core.geometry import Box
+from gigamlx.train.augment import ColorJitter, draw_jitter
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class Region(NamedTuple):
     source_hw: tuple[int, int]  # rows x cols read from the slide (before rotation)
     flip: bool  # mirror left-right first
     rot90: int  # then rotate counter-clockwise this many quarter turns (np.rot90)
+    color: ColorJitter | None = None  # per-pixel colour transform of the image (not the mask)
 
 
 def _turn_point(y: int, x: int, hw: tuple[int, int], flip: bool, rot90: int):
@@ -62,15 +64,19 @@ def turn(block: np.ndarray, flip: bool, rot90: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(block, rot90 % 4, axes=(0, 1)))
 
 
-def region_view(array, region: Region) -> WindowArray:
-    """(H, W[, C]) view of one turned region of a slide array; reads lazily."""
+def region_view(array, region: Region, color: ColorJitter | None = None) -> WindowArray:
+    """(H, W[, C]) view of one turned region of a slide array; reads lazily.
+
+    With `color`, each window read is colour-transformed (per pixel: exact for tiles).
+    """
 
     def read(box: Box) -> np.ndarray:
         r = region
         src = source_box(box, r.source_hw, r.flip, r.rot90)
         y, x = r.origin_yx
         block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
-        return turn(block, r.flip, r.rot90)
+        block = turn(block, r.flip, r.rot90)
+        return block if color is None else color.apply(block)
 
     shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
     return WindowArray(shape, array.dtype, read)
@@ -90,8 +96,10 @@ class RegionSampler:
         seed: int,
         augment: bool = True,
         pad: bool = True,
+        color_jitter: float = 0.0,
     ):
         self.slide_hws, self.region_hw, self.augment = slide_hws, region_hw, augment
+        self.color_jitter = color_jitter
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._warned: set[int] = set()
         fits = [i for i, (h, w) in enumerate(slide_hws) if h >= region_hw[0] and w >= region_hw[1]]
@@ -125,7 +133,10 @@ class RegionSampler:
         flip, rot90 = False, 0
         if self.augment:
             flip, rot90 = bool(self.rng.integers(2)), int(self.rng.integers(4))
-        return Region(slide, (y0, x0), (rh, rw), flip, rot90)
+        color = None
+        if self.augment and self.color_jitter > 0:
+            color = draw_jitter(self.rng, self.color_jitter)
+        return Region(slide, (y0, x0), (rh, rw), flip, rot90, color)
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

@@ -13,12 +13,14 @@ from typing import Any
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
 from gigamlx.core.checkpoint import (
+    BEST,
     Checkpoint,
     CheckpointError,
     list_checkpoints,
     load_checkpoint,
     load_checkpoint_folder,
     prune_checkpoints,
+    read_state,
     remove_stale_temps,
     save_checkpoint,
 )
@@ -26,9 +28,11 @@ from gigamlx.core.config import TrainConfig
 from gigamlx.core.files import write_text_atomic
 from gigamlx.core.lock import hold_lock
 from gigamlx.core.outputs import check_output_folder, probe_writable
+from gigamlx.infer.predict import slide_name
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler
+from gigamlx.train.validate import Validator, heldout_areas, resolve_val_fraction, split_hw
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
@@ -51,6 +55,8 @@ class Run:
     slides: list[TrainingSlide]
     step: int  # optimizer steps completed
     run_dir: Path
+    validator: Validator | None = None  # rank 0 only
+    best_val_dice: float = -1.0  # of the `best` checkpoint
 
     @property
     def metrics_path(self) -> Path:
@@ -144,9 +150,14 @@ def open_run(
     config, region_hw = _resolve_scale(config, slides)
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
-    sampler = RegionSampler(
-        [s.image_hw for s in slides], region_hw, config.seed, config.augment, config.pad
+    fraction = resolve_val_fraction(
+        config.val_fraction, bool(config.val), [s.image_hw for s in slides], region_hw
     )
+    train_hws = [split_hw(s.image_hw, fraction)[0] for s in slides]
+    sampler = RegionSampler(
+        train_hws, region_hw, config.seed, config.augment, config.pad, config.color_jitter
+    )
+    validator = _validator(config, slides, fraction, run_dir) if writes else None
     step = 0
     if checkpoint is not None:
         backend.load_params(model, checkpoint.weights)
@@ -161,7 +172,37 @@ def open_run(
                 probe_writable(folder)  # an unwritable folder fails now, not at the first save
         _truncate_metrics(run_dir / METRICS, step)
         write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
-    return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
+    best = read_state(run_dir / "checkpoints" / BEST) if checkpoint is not None else None
+    best_dice = best.get("val_dice", -1.0) if best else -1.0
+    return Run(
+        config, backend, model, optimizer, sampler, slides, step, run_dir, validator, best_dice
+    )
+
+
+def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> Validator | None:
+    """Validation areas: the --val stores whole, plus each training slide's held-out strip."""
+    areas = heldout_areas([slide_name(s.path) for s in slides], slides, fraction)
+    if config.val:
+        stores = open_training_slides(config.val, None, config.level, config.mpp)
+        areas += heldout_areas([slide_name(s.path) for s in stores], stores, 1.0)
+    if not areas:
+        return None
+    return Validator(areas, run_dir, config.tile, config.budget_bytes)
+
+
+def save_best(run: Run, val_dice: float) -> Path:
+    """Keep the weights of this step as RUN/checkpoints/best (never pruned)."""
+    run.best_val_dice = val_dice
+    return save_checkpoint(
+        run.run_dir,
+        run.step,
+        run.backend.flat_params(run.model),
+        run.backend.optimizer_state(run.optimizer),
+        run.config.to_dict(),
+        run.sampler.state(),
+        name=BEST,
+        extra={"val_dice": val_dice},
+    )
 
 
 def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):

@@ -67,15 +67,36 @@ def train_session(
             _log_start(run, world)
         with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
             history = train(
-                run, world, bar.on_step if main else None, bar.on_tile if main else None, stop
+                run,
+                world,
+                bar.on_step if main else None,
+                bar.on_tile if main else None,
+                stop,
+                bar.on_val if main else None,
             )
+            first_val, last_val = bar.first_val, bar.last_val
     if dump_weights:
         np.savez(dump_weights.format(rank=world.rank), **run.backend.flat_params(run.model))
     if main and profile:
         print_profile(history, Console())
     if main:
         console.print(f"done: {run.step} steps; checkpoints in {run.run_dir / 'checkpoints'}")
+        if last_val is not None:
+            line = closing_line(first_val, last_val, run.run_dir)
+            console.print(line, soft_wrap=True, markup=False)
     return history
+
+
+def closing_line(first: dict, last: dict, run_dir) -> str:
+    """One line: validation Dice (from the session's first validation to its last) against
+    Otsu on the same pixels, and where to look."""
+    model, otsu = last["val_dice"], last["val_otsu_dice"]
+    verdict = "above" if model > otsu else "below"
+    start = f"{first['val_dice']:.4f} at step {first['step']} -> " if first is not last else ""
+    return (
+        f"validation Dice {start}{model:.4f} at step {last['step']}, {verdict} Otsu's "
+        f"{otsu:.4f} on the same pixels; see it: gigamlx report {run_dir}"
+    )
 
 
 def _log_start(run: Run, world: World) -> None:

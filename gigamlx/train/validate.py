@@ -1,0 +1,136 @@
+"""Validation during training: held-out slides and/or a held-out strip of each training slide,
+predicted with the exact tiled predictor and scored with the streamed metrics.
+
+Validation areas are whole images (a held-out store, or the last `fraction` of a training
+slide's long side, zero-padded at its edges like any image); the sampler never draws training
+regions that overlap a held-out strip. The Otsu detector is scored once on the same pixels,
+so every validation line carries the threshold baseline beside the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from gigamlx.core.arrays import crop_view
+from gigamlx.core.geometry import Box
+from gigamlx.eval.baseline import mask_plane
+from gigamlx.eval.metrics import PixelCounts, evaluate_pair
+from gigamlx.infer.export import write_overlay
+from gigamlx.slide.masks import OtsuMask
+from gigamlx.tiling.scheduler import tiled_predict
+
+log = logging.getLogger(__name__)
+
+AUTO_VAL_FRACTION = 0.1
+BLOCK_HW = (1024, 1024)  # metric blocks: bounded float64 memory whatever the area
+OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every validation
+IN_MEMORY_MAX_PX = 2**28  # larger validation areas are predicted into a zarr scratch array
+
+
+class ValArea(NamedTuple):
+    name: str  # the slide's name: overlays go to RUN/val/<name>_overlay.png
+    image: Any  # (H, W, 3) uint8 array-like
+    mask: Any  # (H, W) array-like, non-zero is tissue
+
+
+def split_hw(slide_hw: tuple[int, int], fraction: float) -> tuple[tuple[int, int], Box | None]:
+    """(training (H, W), held-out Box): the last `fraction` of the long side is held out.
+
+    The training part keeps the origin, so regions drawn in it never reach the strip.
+    """
+    h, w = slide_hw
+    if fraction <= 0:
+        return slide_hw, None
+    if w >= h:
+        cut = max(1, round(w * fraction))
+        return (h, w - cut), Box(0, w - cut, h, w)
+    cut = max(1, round(h * fraction))
+    return (h - cut, w), Box(h - cut, 0, h, w)
+
+
+def resolve_val_fraction(
+    fraction: float | None, has_val_stores: bool, slide_hws, region_hw: tuple[int, int]
+) -> float:
+    """The held-out share to use: as given, else 0.1 when no --val stores are given and the
+    region still fits in every slide's training part (else 0: no held-out strip)."""
+    if fraction is not None:
+        return fraction
+    if has_val_stores:
+        return 0.0
+    fits = all(
+        split_hw(hw, AUTO_VAL_FRACTION)[0][0] >= region_hw[0]
+        and split_hw(hw, AUTO_VAL_FRACTION)[0][1] >= region_hw[1]
+        for hw in slide_hws
+    )
+    if not fits:
+        log.info("no validation: the region leaves no room for a held-out strip; use --val")
+    return AUTO_VAL_FRACTION if fits else 0.0
+
+
+def heldout_areas(names: list[str], slides, fraction: float) -> list[ValArea]:
+    """The held-out strip of every training slide (none when `fraction` is 0)."""
+    areas = []
+    for name, slide in zip(names, slides, strict=True):
+        _, box = split_hw(slide.image_hw, fraction)
+        if box is not None:
+            areas.append(ValArea(name, crop_view(slide.image, box), crop_view(slide.mask, box)))
+    return areas
+
+
+def _prob_buffer(hw: tuple[int, int], scratch: Path):
+    """A (H, W) uint8 array to predict into: numpy, or a zarr array on disk when large."""
+    if hw[0] * hw[1] <= IN_MEMORY_MAX_PX:
+        return np.zeros(hw, np.uint8)
+    import zarr
+
+    shutil.rmtree(scratch, ignore_errors=True)
+    return zarr.create_array(store=str(scratch), shape=hw, chunks=BLOCK_HW, dtype="uint8")
+
+
+class Validator:
+    """Scores the model on the validation areas; writes overlays under RUN/val/."""
+
+    def __init__(self, areas: list[ValArea], run_dir: Path, tile, budget_bytes: int | None):
+        self.areas, self.tile, self.budget_bytes = areas, tile, budget_bytes
+        self.out_dir = Path(run_dir) / "val"
+        self._otsu: dict | None = None
+
+    def otsu(self) -> dict:
+        """Otsu's metrics on the validation pixels (computed once: it does not learn)."""
+        if self._otsu is None:
+            counts = PixelCounts()
+            for area in self.areas:
+                plane = mask_plane(OtsuMask.fit([area.image], source=area.name), BLOCK_HW)
+                counts += evaluate_pair(plane, area.mask, block_hw=BLOCK_HW)
+            self._otsu = counts.metrics()
+        return self._otsu
+
+    def __call__(self, backend, model, step: int, seconds: float) -> dict:
+        """One validation: the metrics line for metrics.jsonl (pooled over all areas)."""
+        start = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        counts, per_slide = PixelCounts(), {}
+        for area in self.areas:
+            prob = _prob_buffer(area.mask.shape[:2], self.out_dir / ".scratch.zarr")
+            tiled_predict(backend, model, area.image, self.tile, self.budget_bytes, out=prob)
+            area_counts = evaluate_pair(prob, area.mask, block_hw=BLOCK_HW)
+            counts += area_counts
+            per_slide[area.name] = area_counts.metrics()["dice"]
+            overlay = self.out_dir / f"{area.name}_overlay.png"
+            write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, compress_level=1)
+        shutil.rmtree(self.out_dir / ".scratch.zarr", ignore_errors=True)
+        metrics = counts.metrics()
+        row = {"step": step, "kind": "val"}
+        for name in ("dice", "soft_dice", "precision", "recall"):
+            row[f"val_{name}"] = metrics[name]
+        row["val_otsu_dice"] = self.otsu()["dice"]
+        row["val_slides"] = per_slide
+        row["val_seconds"] = time.perf_counter() - start
+        row["seconds"] = seconds + row["val_seconds"]
+        return row

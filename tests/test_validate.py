@@ -1,0 +1,122 @@
+"""Training to quality: validation, the best checkpoint, the lr schedule, colour augmentation."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gigamlx.cli import app
+from gigamlx.core.checkpoint import list_checkpoints, read_state
+from gigamlx.core.config import TrainConfig
+from gigamlx.synth.render import synth_slide
+from gigamlx.train.augment import draw_jitter
+from gigamlx.train.loop import train
+from gigamlx.train.regions import Region, RegionSampler, region_view
+from gigamlx.train.run import start_run
+from gigamlx.train.validate import resolve_val_fraction, split_hw
+
+VAL_KEYS = ("val_dice", "val_soft_dice", "val_precision", "val_recall", "val_otsu_dice")
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("val")
+    return [str(synth_slide(root / f"s{n}.zarr", (320, 640), seed=n)) for n in (1, 2)]
+
+
+def _config(data, out, steps, **extra) -> TrainConfig:
+    base = dict(region="256x256", steps=steps, memory_budget="300MB", lr=0.01, tile=128)
+    return TrainConfig(data=tuple(data), out=str(out), **(base | extra))
+
+
+def test_split_hw_holds_out_the_end_of_the_long_side():
+    assert split_hw((100, 1000), 0.1) == ((100, 900), (0, 900, 100, 1000))
+    assert split_hw((1000, 100), 0.25) == ((750, 100), (750, 0, 1000, 100))
+    assert split_hw((100, 1000), 0.0) == ((100, 1000), None)
+
+
+def test_val_fraction_auto_only_when_regions_fit_and_no_val_stores():
+    assert resolve_val_fraction(None, False, [(4096, 8192)], (4096, 4096)) == 0.1
+    assert resolve_val_fraction(None, False, [(4096, 4096)], (4096, 4096)) == 0.0
+    assert resolve_val_fraction(None, True, [(4096, 8192)], (4096, 4096)) == 0.0
+    assert resolve_val_fraction(0.2, True, [(4096, 8192)], (4096, 4096)) == 0.2
+
+
+def test_regions_never_overlap_the_heldout_strip():
+    train_hw, box = split_hw((300, 1000), 0.3)
+    sampler = RegionSampler([train_hw], (128, 256), seed=0)
+    for region in sampler.draw(500):
+        assert region.origin_yx[1] + region.source_hw[1] <= box.x0
+
+
+def test_color_jitter_is_exact_per_window_and_identity_at_zero():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    jitter = draw_jitter(np.random.default_rng(1), 1.0)
+    whole = region_view(image, Region(0, (0, 0), (64, 96), True, 1), jitter)[0:96, 0:64]
+    window = region_view(image, Region(0, (0, 0), (64, 96), True, 1), jitter)[10:50, 5:33]
+    np.testing.assert_array_equal(whole[10:50, 5:33], window)
+    plain = region_view(image, Region(0, (0, 0), (64, 96), True, 1))[0:96, 0:64]
+    assert not np.array_equal(whole, plain)
+    identity = draw_jitter(np.random.default_rng(1), 0.0)
+    np.testing.assert_array_equal(identity.apply(image), image)
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    config = TrainConfig(steps=100, lr=1e-2, warmup=0.1, lr_min=0.1)
+    lrs = [config.learning_rate(s) for s in range(1, 101)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == pytest.approx(1e-3)
+    linear = TrainConfig(steps=100, lr=1.0, warmup=0.0, lr_schedule="linear", lr_min=0.0)
+    assert linear.learning_rate(50) == pytest.approx(0.5)
+    assert TrainConfig(steps=10, warmup=0.0, lr_schedule="constant").learning_rate(7) == 1e-3
+
+
+def test_training_validates_logs_and_keeps_best(slides, tmp_path):
+    out = tmp_path / "run"
+    config = _config(
+        slides, out, 4, val_every=2, checkpoint_every=1, keep_checkpoints=1, warmup=0.5
+    )
+    train(start_run(config, resume=False))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    vals = [r for r in rows if r.get("kind") == "val"]
+    assert [r["step"] for r in vals] == [0, 2, 4]  # step 0: the untrained baseline
+    for key in VAL_KEYS:
+        assert 0.0 <= vals[-1][key] <= 1.0
+    assert vals[0]["val_otsu_dice"] == vals[2]["val_otsu_dice"]  # Otsu: once, repeated
+    steps = [r for r in rows if r.get("kind") != "val"]
+    assert all("lr" in r for r in steps) and steps[0]["lr"] < steps[1]["lr"]  # warming up
+    assert {p.name for p in (out / "val").glob("*.png")} == {"s1_overlay.png", "s2_overlay.png"}
+    best = read_state(out / "checkpoints" / "best")
+    assert best["step"] == max(vals, key=lambda r: r["val_dice"])["step"]
+    assert best["val_dice"] == max(r["val_dice"] for r in vals)
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000004"]  # best is not pruned
+
+
+def test_val_stores_are_scored_whole(slides, tmp_path):
+    out = tmp_path / "run"
+    train(start_run(_config(slides[:1], out, 1, val=(slides[1],)), resume=False))
+    row = [json.loads(line) for line in (out / "metrics.jsonl").open()][-1]
+    assert row["kind"] == "val" and set(row["val_slides"]) == {"s2"}
+
+
+def test_predict_names_the_best_checkpoint(slides, tmp_path):
+    out = tmp_path / "run"
+    train(start_run(_config(slides[:1], out, 1), resume=False))
+    runner = CliRunner()
+    args = ["predict", str(out), slides[1], "--checkpoint", "best", "--quiet"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p" / "s2.zarr").is_dir()
+    args[4] = "nonesuch"
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "q")])
+    assert result.exit_code != 0 and "no checkpoint 'nonesuch'" in result.output
+    assert "best" in result.output  # it lists what exists
+
+
+def test_bad_quality_options_are_one_line_errors():
+    for bad in (dict(val_every=0), dict(val_fraction=0.7), dict(lr_schedule="step")):
+        with pytest.raises(ValueError, match="--"):
+            TrainConfig(**bad).validate()

@@ -13,11 +13,9 @@ import pytest
 import tifffile
 import zarr
 from PIL import Image
-from safetensors.numpy import save_file
 from test_faults_io import SMALL, _one_line_error
 from typer.testing import CliRunner
 
-from gigamlx.backends import get_backend
 from gigamlx.cli import app
 from gigamlx.slide import ngff
 from gigamlx.synth.render import synth_slide
@@ -28,14 +26,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     return synth_slide(tmp_path_factory.mktemp("inputs") / "s.zarr", (400, 600), seed=2)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    backend = get_backend("mlx")
-    path = tmp_path_factory.mktemp("weights") / "w.safetensors"
-    save_file(backend.flat_params(backend.build_model(3)), str(path))
-    return path
 
 
 def _train(slide, tmp_path, *extra):

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr.storage
-from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
-from gigamlx.backends import get_backend
 from gigamlx.cli import app
 from gigamlx.core import checkpoint
 from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
@@ -29,14 +27,6 @@ DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     return synth_slide(tmp_path_factory.mktemp("faults") / "s.zarr", (400, 600), seed=2)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    backend = get_backend("mlx")
-    path = tmp_path_factory.mktemp("weights") / "w.safetensors"
-    save_file(backend.flat_params(backend.build_model(3)), str(path))
-    return path
 
 
 def _one_line_error(result, code: int, *words: str) -> str:

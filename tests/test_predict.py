@@ -36,15 +36,6 @@ def slide(tmp_path_factory):
     return synth_slide(tmp_path_factory.mktemp("slides") / "s.zarr", SLIDE_HW, seed=1)
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """A fresh model's weights (seeded, MLX layout) saved as a .safetensors file."""
-    backend = get_backend("mlx")
-    path = tmp_path_factory.mktemp("weights") / "w.safetensors"
-    save_file(backend.flat_params(backend.build_model(7)), str(path))
-    return path
-
-
 def _in_memory(weights_path, slide_path) -> np.ndarray:
     """(H, W) float32 probabilities of the whole image in one `gigamlx.predict` call."""
     _, model = load_model(weights_path)

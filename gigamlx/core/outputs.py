@@ -14,7 +14,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -182,3 +183,21 @@ def probe_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise type(error)(error.errno, error.strerror, str(folder)) from None
+
+
+@contextmanager
+def file_written_atomically(path: Path) -> Iterator[Path]:
+    """Yield a hidden sibling to write the file `path` into; it replaces `path` when the block
+    completes and is removed otherwise (an error names `path`). Leftovers of dead processes
+    are cleared first."""
+    path = Path(path)
+    remove_stale_siblings(path)
+    tmp_path = hidden_sibling(path, "partial")
+    try:
+        yield tmp_path
+        replace_path(tmp_path, path)
+    except BaseException as error:
+        name_the_path(error, path)
+        raise
+    finally:
+        tmp_path.unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from gigamlx.core.outputs import (
+    file_written_atomically,
     hidden_sibling,
     name_the_path,
     remove_stale_siblings,
@@ -156,8 +157,6 @@ def write_ome_tiff(
     import tifffile
 
     path = Path(path)
-    remove_stale_siblings(path)
-    tmp_path = hidden_sibling(path, "partial")
     hw = tuple(levels[0].shape)
     ome = tifffile.OmeXml()
     meta = _ome_metadata(mpp, provenance)
@@ -174,18 +173,12 @@ def write_ome_tiff(
         options |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
     pages = [(levels[0], {"subifds": len(levels) - 1, "description": ome.tostring()})]
     pages += [(a, {"subfiletype": 1}) for a in levels[1:]] * 2
-    try:
+    with file_written_atomically(path) as tmp_path:
         with tifffile.TiffWriter(tmp_path, bigtiff=True) as writer:
             for done, (array, extra) in enumerate(pages, 1):
                 writer.write(_tiles(array, tile_px), shape=array.shape, **options, **extra)
                 if progress is not None:
                     progress("ome-tiff", done, len(pages))
-        replace_path(tmp_path, path)
-    except BaseException as error:
-        name_the_path(error, path)
-        raise
-    finally:
-        tmp_path.unlink(missing_ok=True)
     log.info("wrote %s (%d levels)", path, len(levels))
     return path
 
@@ -293,16 +286,8 @@ def write_overlay(
     info = _png_text(meta, slide_levels[0].shape[1] / target_hw[1])
     info.add_text("Software", SOFTWARE)
     path = Path(path)
-    remove_stale_siblings(path)
-    tmp_path = hidden_sibling(path, "partial")
-    try:
+    with file_written_atomically(path) as tmp_path:
         image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
         image.save(tmp_path, format="PNG", pnginfo=info, compress_level=compress_level)
-        replace_path(tmp_path, path)
-    except BaseException as error:
-        name_the_path(error, path)
-        raise
-    finally:
-        tmp_path.unlink(missing_ok=True)
     log.info("wrote %s (%dx%d px, HxW)", path, *target_hw)
     return Path(path)

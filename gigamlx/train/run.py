@@ -193,16 +193,17 @@ def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> V
 def save_best(run: Run, val_dice: float) -> Path:
     """Keep the weights of this step as RUN/checkpoints/best (never pruned)."""
     run.best_val_dice = val_dice
-    return save_checkpoint(
-        run.run_dir,
-        run.step,
+    return _checkpoint(run, name=BEST, extra={"val_dice": val_dice})
+
+
+def _checkpoint(run: Run, name: str | None = None, extra: dict | None = None) -> Path:
+    """Write the run's state after its last completed step (save_checkpoint's folder)."""
+    weights, moments = (
         run.backend.flat_params(run.model),
         run.backend.optimizer_state(run.optimizer),
-        run.config.to_dict(),
-        run.sampler.state(),
-        name=BEST,
-        extra={"val_dice": val_dice},
     )
+    state = (run.config.to_dict(), run.sampler.state())
+    return save_checkpoint(run.run_dir, run.step, weights, moments, *state, name=name, extra=extra)
 
 
 def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):
@@ -246,14 +247,7 @@ def save_run(run: Run) -> Path:
     the error carries a note saying which one to continue from.
     """
     try:
-        path = save_checkpoint(
-            run.run_dir,
-            run.step,
-            run.backend.flat_params(run.model),
-            run.backend.optimizer_state(run.optimizer),
-            run.config.to_dict(),
-            run.sampler.state(),
-        )
+        path = _checkpoint(run)
     except OSError as error:
         saved = list_checkpoints(run.run_dir)
         kept = f"kept the last checkpoint {saved[-1]}" if saved else "no checkpoint was saved"

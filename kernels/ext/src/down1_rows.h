@@ -7,19 +7,12 @@
 #include <vector>
 
 #include "down1_cpu.h"
+#include "vec.h"
 
 namespace gigamlx {
 
-// Blocks of kBlock output columns held as kVecs vectors: GCC/Clang vector types keep sums in
-// registers (plain float arrays get spilled).
-using Vec = float __attribute__((vector_size(64)));
-constexpr int kLanes = 16, kVecs = 4, kBlock = kLanes * kVecs;
-
-inline Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
+// Blocks of kBlock output columns held as kVecs vectors.
+constexpr int kVecs = 4, kBlock = kLanes * kVecs;
 
 // The phase planes of the last k input rows a worker saw, filled on demand: consecutive output
 // rows share k - s of their k input rows.

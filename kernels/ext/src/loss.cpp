@@ -23,33 +23,52 @@ Crop crop_of(const mx::array& z, const mx::array& g, const LossParams& p) {
   return c;
 }
 
-// One crop row: surrogate value (returned) and the six statistics into stats[0..5]. The loop
-// vectorizes (fastmath.h); sums are double per lane.
+// z and g of columns [x0, x0 + 16) of a row of w, zero-padded past w (pad z: any value).
+void load_block(const float* z, const float* g, int x0, int w, Vec& zv, Vec& gv, Vec& valid) {
+  float zt[kLanes] = {}, gt[kLanes] = {}, vt[kLanes] = {};
+  const int n = std::min(kLanes, w - x0);
+  for (int l = 0; l < n; ++l) zt[l] = z[x0 + l], gt[l] = g[x0 + l], vt[l] = 1.0f;
+  zv = load(zt), gv = load(gt), valid = load(vt);
+}
+
+// One crop row: surrogate value (returned) and the six statistics into stats[0..5]; float per
+// lane along the row, double across lanes.
 double loss_row(const float* z, const float* g, int w, const LossParams& p, double* stats) {
-  double value = 0.0, s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0;
-#pragma omp simd reduction(+ : value, s0, s1, s2, s3, s4, s5)
-  for (int X = 0; X < w; ++X) {
-    float prob, softplus;
-    sigmoid_softplus(z[X], prob, softplus);
-    const float gg = g[X], hard = z[X] > 0.0f ? 1.0f : 0.0f;
-    const float bce = std::max(z[X], 0.0f) - z[X] * gg + softplus;
-    value += (p.a * gg + p.b) * prob + p.c * bce;
-    s0 += prob * gg, s1 += prob, s2 += gg, s3 += bce, s4 += hard * gg, s5 += hard;
+  Vec value = {}, s[6] = {};
+  for (int x0 = 0; x0 < w; x0 += kLanes) {
+    Vec zv, gv, valid = splat(1.0f);
+    if (x0 + kLanes <= w) {
+      zv = load(z + x0), gv = load(g + x0);
+    } else {
+      load_block(z, g, x0, w, zv, gv, valid);
+    }
+    Vec e;
+    const Vec prob = vsigmoid(zv, e) * valid;
+    const Vec hard = select(zv > 0.0f, valid, splat(0.0f));
+    const Vec bce = (vmax(zv, splat(0.0f)) - zv * gv + vlog1p_unit(e)) * valid;
+    value += (p.a * gv + p.b) * prob + p.c * bce;
+    s[0] += prob * gv, s[1] += prob, s[2] += gv, s[3] += bce, s[4] += hard * gv, s[5] += hard;
   }
-  const double s[6] = {s0, s1, s2, s3, s4, s5};
-  std::memcpy(stats, s, sizeof(s));
-  return value;
+  for (int k = 0; k < 6; ++k) stats[k] = lane_sum_double(s[k]);
+  return lane_sum_double(value);
 }
 
 // One row of d z on the crop: scale * (d loss / d p * p (1 - p) + c (p - g)).
 void loss_grad_row(const float* z, const float* g, int w, const LossParams& p, float scale,
                    float* dz) {
-#pragma omp simd
-  for (int X = 0; X < w; ++X) {
-    const float e = exp_nonpositive(-std::fabs(z[X]));
-    const float prob = z[X] >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-    const float dp = p.a * g[X] + p.b;
-    dz[X] = scale * (dp * prob * (1.0f - prob) + p.c * (prob - g[X]));
+  for (int x0 = 0; x0 < w; x0 += kLanes) {
+    Vec zv, gv, valid;
+    if (x0 + kLanes <= w) {
+      zv = load(z + x0), gv = load(g + x0);
+    } else {
+      load_block(z, g, x0, w, zv, gv, valid);
+    }
+    Vec e;
+    const Vec prob = vsigmoid(zv, e);
+    const Vec d = scale * ((p.a * gv + p.b) * prob * (1.0f - prob) + p.c * (prob - gv));
+    float lanes[kLanes];
+    store(lanes, d);
+    std::copy_n(lanes, std::min(kLanes, w - x0), dz + x0);
   }
 }
 

@@ -26,6 +26,12 @@ inline float lane_sum(const Vec& v) {
   return s;
 }
 
+inline double lane_sum_double(const Vec& v) {
+  double s = 0.0;
+  for (int l = 0; l < kLanes; ++l) s += v[l];
+  return s;
+}
+
 // n rounded up to a multiple of m.
 inline int round_up(int n, int m) { return (n + m - 1) / m * m; }
 

@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "head_cpu.h"
+#include "fastmath.h"
 #include "head_rows.h"
 
 namespace gigamlx {
@@ -32,10 +33,15 @@ void up_row(const HeadArgs& a, int c, int ky, const float* h2e, int h2e_width,
     Vec u = splat(a.b_up[c]);
     for (int ci = 0; ci < d.c_in; ++ci)
       u += load(&pattern[(c * d.c_in + ci) * kLanes]) * load(h2e + ci * h2e_width + x0);
-    float lanes[kLanes];
-    store(lanes, u);
-    for (int l = 0; l < kLanes; ++l) dst[1 + x0 + l] = std::max(lanes[l], 0.0f);
+    store(dst + 1 + x0, vmax(u, splat(0.0f)));  // the row is padded past round_up(W, 64)
   }
+}
+
+// The input's channels of one row, de-interleaved: out[cx * stride + X] = xp[X * CX + cx].
+template <int CX>
+void split_channels(const float* xp, int W, int stride, float* out) {
+  for (int X = 0; X < W; ++X)
+    for (int cx = 0; cx < CX; ++cx) out[cx * stride + X] = xp[X * CX + cx];
 }
 
 }  // namespace
@@ -59,6 +65,7 @@ void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
     }
   }
   const float* xp = a.x + (static_cast<long>(n) * d.H() + y) * W * d.c_x;
+  if (d.c_x == 3) return split_channels<3>(xp, W, stride, dst + d.c_up * stride + 1);
   for (int cx = 0; cx < d.c_x; ++cx) {
     float* out = dst + (d.c_up + cx) * stride + 1;
     for (int X = 0; X < W; ++X) out[X] = xp[X * d.c_x + cx];

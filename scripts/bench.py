@@ -311,7 +311,7 @@ def _cells(r: dict, sgemm: float) -> list[str]:
         "x".join(map(str, r["hw"])), r["kind"], tiles, f"{r['seconds']:.2f}",
         f"{len(r['step_seconds'])}+{r['warmup']}w", _gb(r["rss_peak_bytes"]),
         _gb(r.get("mlx_peak_bytes")), f"{r['loss']:.6f}", f"{r['gflops']:.1f}",
-        f"{100 * r['gflops'] / sgemm:.1f}%", f"{use['user_s']:.1f}", f"{use['system_s']:.2f}",
+        f"{100 * r['gflops'] / sgemm:.1f}%", f"{use['user_s']:.2f}", f"{use['system_s']:.2f}",
         f"{use['minor_faults'] / 1e3:.0f}k", f"{speedup:.2f}×" if speedup else "",
         f"1/{1 / ratio:.1f}" if ratio else "",
     ]  # fmt: skip

@@ -42,6 +42,11 @@ class ChannelsLast:
         self.ndim = 3
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return np.ascontiguousarray(self.window_view(key))
+
+    def window_view(self, key: tuple[slice, slice]) -> np.ndarray:
+        """`self[key]` as a possibly strided view of the decoded block: a caller that copies
+        it anyway (a flip, a window buffer) saves the channels-last copy."""
         ys, xs = key if isinstance(key, tuple) else (key, slice(None))
         index = tuple(
             {"y": ys, "x": xs, "c": slice(None)}.get(axis, 0) for axis in self.axes
@@ -54,7 +59,7 @@ class ChannelsLast:
         channels = block.shape[-1]
         if channels in (1, 2):
             block = np.repeat(block[..., :1], 3, axis=-1)
-        return np.ascontiguousarray(block[..., :3])
+        return block[..., :3]
 
 
 class Level(NamedTuple):

@@ -55,10 +55,10 @@ def source_box(out_box: Box, source_hw: tuple[int, int], flip: bool, rot90: int)
 
 
 def turn(block: np.ndarray, flip: bool, rot90: int) -> np.ndarray:
-    """Apply the flip then the rotations to a (h, w[, C]) block."""
+    """Apply the flip then the rotations to a (h, w[, C]) block (a view: no copy)."""
     if flip:
         block = block[:, ::-1]
-    return np.ascontiguousarray(np.rot90(block, rot90 % 4, axes=(0, 1)))
+    return np.rot90(block, rot90 % 4, axes=(0, 1))
 
 
 class RegionView:
@@ -77,8 +77,11 @@ class RegionView:
             Box(rows.start, cols.start, rows.stop, cols.stop), r.source_hw, r.flip, r.rot90
         )
         y, x = r.origin_yx
-        block = np.asarray(self.array[y + box.y0 : y + box.y1, x + box.x0 : x + box.x1])
-        return turn(block, r.flip, r.rot90)
+        key = (slice(y + box.y0, y + box.y1), slice(x + box.x0, x + box.x1))
+        # one copy from the decoded block: channels-last, flipped and turned at once
+        view = getattr(self.array, "window_view", None)
+        block = view(key) if view is not None else np.asarray(self.array[key])
+        return np.ascontiguousarray(turn(block, r.flip, r.rot90))
 
 
 class RegionSampler:

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -21,15 +22,33 @@ inline int worker_count(int work_items) {
   return std::max(1, std::min(work_items, std::max(1, cores)));
 }
 
-// Run f(begin, end, worker) on contiguous chunks of [0, n); worker 0 runs on this thread.
-template <class F>
-void parallel_rows(int n, int workers, F&& f) {
+// Run f(state, begin, end, chunk) over [0, n) in chunks of `chunk` rows that the threads
+// (this one included) claim one at a time, each thread with its own state = make(). A thread
+// slowed down by another process or by the prefetch thread then takes fewer chunks instead of
+// holding the others up at the join (a static split leaves a core idle). Results must depend
+// only on the chunk index, never on which thread ran it (sums: one slot per chunk).
+template <class Make, class F>
+void parallel_chunks(int n, int chunk, Make&& make, F&& f) {
+  const int chunks = (n + chunk - 1) / chunk;
+  std::atomic<int> next{0};
+  auto run = [&]() {
+    auto state = make();
+    for (int c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      f(state, c * chunk, std::min(n, (c + 1) * chunk), c);
+    }
+  };
   std::vector<std::thread> pool;
-  for (int t = 1; t < workers; ++t) {
-    pool.emplace_back(f, t * n / workers, (t + 1) * n / workers, t);
-  }
-  f(0, n / workers, 0);
+  for (int t = 1; t < worker_count(chunks); ++t) pool.emplace_back(run);
+  run();
   for (auto& th : pool) th.join();
+}
+
+// Element-wise sum of the per-chunk vectors, in chunk order (so independent of timing).
+inline std::vector<double> sum_chunks(const std::vector<std::vector<double>>& parts) {
+  std::vector<double> total(parts.empty() ? 0 : parts[0].size(), 0.0);
+  for (const auto& part : parts)
+    for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
+  return total;
 }
 
 // The CPU stream: the kernels have no GPU implementation, so they always run there.

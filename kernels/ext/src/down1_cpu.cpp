@@ -8,6 +8,8 @@
 namespace gigamlx {
 namespace {
 
+constexpr int kRowsPerChunk = 8;  // output rows a thread claims at a time
+
 bool row_inside(const Down1Args& a, int i) { return i >= a.keep[0] && i < a.keep[2]; }
 
 // acc[co][j] += sum over (ky, kx, c) of weight * x: the pre-activations of output row (n, i).
@@ -98,9 +100,14 @@ void down1_forward(const Down1Args& a, const float* bias, float* out) {
   const Down1Dims& d = a.d;
   const int Ho = d.out_h(), Wo = d.out_w(), total = d.n * Ho;
   const int x_lo = std::max(0, a.keep[1]), x_hi = std::min(Wo, a.keep[3]);
-  parallel_rows(total, worker_count(total), [&](int begin, int end, int) {
-    PlaneRing ring(d);
-    std::vector<float> acc(static_cast<size_t>(d.c_out) * Wo);
+  struct Scratch {
+    PlaneRing ring;
+    std::vector<float> acc;
+  };
+  auto make = [&] { return Scratch{PlaneRing(d), std::vector<float>(size_t(d.c_out) * Wo)}; };
+  parallel_chunks(total, kRowsPerChunk, make, [&](Scratch& st, int begin, int end, int) {
+    PlaneRing& ring = st.ring;
+    std::vector<float>& acc = st.acc;
     for (int r = begin; r < end; ++r) {
       const int n = r / Ho, i = r % Ho;
       float* out_row = out + static_cast<long>(r) * Wo * d.c_out;

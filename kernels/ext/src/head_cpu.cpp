@@ -101,9 +101,14 @@ void forward_row(const HeadArgs& a, const float* rows[3], float b_head, float* z
 
 void head_forward(const HeadArgs& a, float b_head, float* z) {
   const int H = a.d.H(), W = a.d.W(), total = a.d.n * H;
-  parallel_rows(total, worker_count(total), [&](int begin, int end, int) {
-    RowRing ring(a.d.c_f(), W);
-    Expanded h2e(a.d);
+  struct Scratch {
+    RowRing ring;
+    Expanded h2e;
+  };
+  auto make = [&] { return Scratch{RowRing(a.d.c_f(), W), Expanded(a.d)}; };
+  parallel_chunks(total, 32, make, [&](Scratch& st, int begin, int end, int) {
+    RowRing& ring = st.ring;
+    Expanded& h2e = st.h2e;
     for (int r = begin; r < end; ++r) {
       const int n = r / H, y = r % H;
       const float* rows[3];

@@ -27,6 +27,10 @@ struct Worker {
   std::vector<float> pattern;  // up_pattern of the current kernel row
   std::vector<double> w_up, b_up, w_head;
   double b_head = 0.0;
+  void clear_sums() {
+    for (auto* v : {&w_up, &b_up, &w_head}) std::fill(v->begin(), v->end(), 0.0);
+    b_head = 0.0;
+  }
 };
 
 // d w_head and d b_head of full row y: g rows (cotangent of z) times the feature rows.
@@ -158,31 +162,31 @@ void backward_rows(const HeadArgs& a, const float* dz, float* d_h2, int begin, i
   }
 }
 
-void add_into(std::vector<double>& total, const std::vector<double>& part) {
-  for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
-}
-
 }  // namespace
 
 void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g) {
   require(a.d.c_f() <= kMaxFeatures, "the head sees at most 16 channels");
-  const int total = a.d.n * a.d.h, workers = worker_count(total);
-  std::vector<Worker> locals;
-  locals.reserve(workers);
-  for (int t = 0; t < workers; ++t) locals.emplace_back(a.d);
-  parallel_rows(total, workers, [&](int begin, int end, int t) {
-    backward_rows(a, dz, g.d_h2, begin, end, locals[t]);
+  const int total = a.d.n * a.d.h;
+  constexpr int kRowsPerChunk = 8;  // coarse rows a thread claims at a time
+  // per chunk: d w_up, d b_up, d w_head, d b_head, summed in chunk order below
+  std::vector<std::vector<double>> parts((total + kRowsPerChunk - 1) / kRowsPerChunk);
+  auto make = [&] { return Worker(a.d); };
+  parallel_chunks(total, kRowsPerChunk, make, [&](Worker& wk, int begin, int end, int chunk) {
+    wk.clear_sums();
+    backward_rows(a, dz, g.d_h2, begin, end, wk);
+    auto& part = parts[chunk];
+    part = wk.w_up;
+    part.insert(part.end(), wk.b_up.begin(), wk.b_up.end());
+    part.insert(part.end(), wk.w_head.begin(), wk.w_head.end());
+    part.push_back(wk.b_head);
   });
-  g.d_w_up.assign(locals[0].w_up.size(), 0.0);
-  g.d_b_up.assign(locals[0].b_up.size(), 0.0);
-  g.d_w_head.assign(locals[0].w_head.size(), 0.0);
-  g.d_b_head = 0.0;
-  for (const Worker& wk : locals) {  // fixed order: results do not depend on timing
-    add_into(g.d_w_up, wk.w_up);
-    add_into(g.d_b_up, wk.b_up);
-    add_into(g.d_w_head, wk.w_head);
-    g.d_b_head += wk.b_head;
-  }
+  const std::vector<double> sums = sum_chunks(parts);
+  auto at = sums.begin();
+  const size_t n_w_up = static_cast<size_t>(a.d.c_up) * a.d.s * a.d.s * a.d.c_in;
+  g.d_w_up.assign(at, at + n_w_up);
+  g.d_b_up.assign(at + n_w_up, at + n_w_up + a.d.c_up);
+  g.d_w_head.assign(at + n_w_up + a.d.c_up, sums.end() - 1);
+  g.d_b_head = sums.back();
 }
 
 }  // namespace gigamlx

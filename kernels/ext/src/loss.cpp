@@ -91,16 +91,16 @@ void TileLoss::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>
   for (auto& o : out) encoder.set_output_array(o);
   encoder.dispatch([z = in[0].data<float>(), g = in[1].data<float>(), c, p = params_, value,
                     rows]() {
-    const int workers = worker_count(c.h);
-    std::vector<double> partial(workers, 0.0), stats(6 * static_cast<size_t>(c.h));
-    parallel_rows(c.h, workers, [&](int begin, int end, int t) {
+    std::vector<double> values(c.h), stats(6 * static_cast<size_t>(c.h));
+    auto make = [] { return 0; };
+    parallel_chunks(c.h, 64, make, [&](int, int begin, int end, int) {
       for (int y = begin; y < end; ++y) {
         const float* z_row = z + static_cast<long>(y + p.cy) * c.W + p.cx;
-        partial[t] += loss_row(z_row, g + static_cast<long>(y) * c.w, c.w, p, &stats[6 * y]);
+        values[y] = loss_row(z_row, g + static_cast<long>(y) * c.w, c.w, p, &stats[6 * y]);
       }
     });
     double total = 0.0;
-    for (double v : partial) total += v;
+    for (double v : values) total += v;  // row order: independent of timing
     *value = static_cast<float>(total);
     for (int y = 0; y < c.h; ++y)
       for (int k = 0; k < 6; ++k) rows[k * c.h + y] = static_cast<float>(stats[6 * y + k]);
@@ -127,7 +127,7 @@ void TileLossVJP::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::arr
   encoder.dispatch([z = in[0].data<float>(), g = in[1].data<float>(),
                     d_value = in[2].data<float>(), c, p = params_, dz]() {
     const float scale = *d_value;
-    parallel_rows(c.H, worker_count(c.H), [&](int begin, int end, int) {
+    parallel_chunks(c.H, 64, [] { return 0; }, [&](int, int begin, int end, int) {
       for (int y = begin; y < end; ++y) {
         float* d_row = dz + static_cast<long>(y) * c.W;
         std::memset(d_row, 0, sizeof(float) * c.W);

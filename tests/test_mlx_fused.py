@@ -172,6 +172,32 @@ def test_fused_down1_generic_shape_matches_pure_mlx():
         assert _rel(g, w) <= GRAD_RTOL
 
 
+def test_fused_kernels_read_uint8_images_as_value_over_255():
+    """A uint8 image gives bit for bit what astype(float32) / 255 gives (odd sizes, a box)."""
+    _require_ext()
+    rng = np.random.default_rng(5)
+    x_u8 = mx.array(rng.integers(0, 256, (1, 44, 60, 3), dtype=np.uint8))
+    x = x_u8.astype(mx.float32) / 255.0
+    mx.random.seed(5)
+    weight, bias = mx.random.normal((2, 16, 16, 3)) * 0.05, mx.random.normal((2,)) * 0.1
+    keep = (1, 2, 10, 14)
+    cotangent = mx.random.normal((1, 11, 15, 2))
+
+    def down1(image):
+        return lambda w, b: fused.down1(image, w, b, 4, 6, keep)
+
+    (y8,), g8 = mx.vjp(down1(x_u8), [weight, bias], [cotangent])
+    (y,), g = mx.vjp(down1(x), [weight, bias], [cotangent])
+    assert mx.array_equal(y8, y) and all(mx.array_equal(a, b) for a, b in zip(g8, g, strict=True))
+
+    h2, _, *tail = _tail_inputs(1, 11, 15, seed=5)
+    box = (3, 5, 40, 57)
+    z8 = fused.head_logits(h2, x_u8, *tail, box)
+    assert mx.array_equal(z8, fused.head_logits(h2, x, *tail, box))
+    with pytest.raises(ValueError, match="uint8 or float32"):
+        fused.down1(x_u8.astype(mx.int32), weight, bias, 4, 6, keep)
+
+
 def test_fused_down1_refuses_an_input_gradient():
     _require_ext()
     x = mx.random.uniform(shape=(1, 16, 16, 3))
@@ -232,6 +258,16 @@ def test_fused_model_and_backend_match_pure_mlx(model, monkeypatch):
     for name, g in grads.items():
         assert _rel(mx.array(g), mx.array(grads_ref[name])) <= GRAD_RTOL, name
     assert len(tree_flatten(model.trainable_parameters())) == len(grads)
+
+
+def test_model_takes_uint8_images_on_both_paths(model, monkeypatch):
+    """logits(uint8) == logits(float32 / 255), fused and pure MLX."""
+    x_u8 = mx.array(np.random.default_rng(2).integers(0, 256, (1, 128, 192, 3), dtype=np.uint8))
+    x = x_u8.astype(mx.float32) / 255.0
+    box, padded = Box(64, 0, 192, 192), (512, 256)
+    assert mx.array_equal(model.logits(x_u8, box, padded), model.logits(x, box, padded))
+    monkeypatch.setenv("GIGAMLX_FUSED", "0")
+    assert mx.array_equal(model.logits(x_u8, box, padded), model.logits(x, box, padded))
 
 
 def test_fused_model_matches_pure_mlx_inside_the_image(model, monkeypatch):

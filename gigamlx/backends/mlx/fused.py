@@ -82,7 +82,8 @@ def down1(
     """Fused strided conv + bias + ReLU + zeroing (call only if `active()`).
 
     Args:
-        x: (N, H, W, C_in) the network input; it gets no gradient.
+        x: (N, H, W, C_in) the network input, float32 or uint8 (read as value / 255, bit for
+            bit as astype(float32) / 255); it gets no gradient.
         weight: (C_out, k, k, C_in) with k a multiple of `stride`; bias: (C_out,).
         keep_yx: (y0, x0, y1, x1) output box kept; outside it the activations are zeroed.
 
@@ -107,7 +108,8 @@ def head_logits(
 
     Args:
         h2: (N, h, w, C_in) input of the up-sampling conv-transpose (kernel == stride s).
-        x: (N, h*s, w*s, C_x) the network input, concatenated after the up-sampling.
+        x: (N, h*s, w*s, C_x) the network input, concatenated after the up-sampling; float32
+            or uint8 (read as value / 255).
         w_up: (C_up, s, s, C_in); b_up: (C_up,).
         w_head: (1, 3, 3, C_up + C_x); b_head: (1,).
         keep_yx: (y0, x0, y1, x1) full-resolution window box kept; outside it the up-sampled

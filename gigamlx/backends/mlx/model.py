@@ -48,15 +48,19 @@ class GigaUNet(nn.Module):
         """Pre-sigmoid head output. x: (N, H, W, 3) -> (N, H, W, 1).
 
         Args:
-            x: input (window), float32 in [0, 1].
+            x: input (window), float32 in [0, 1], or uint8 in 0..255 read as value / 255 (the
+                fused kernels read it as is: no float copies of the window).
             in_box: where this window sits in the image; None for a whole-image pass.
             padded_hw: the padded image size, required with `in_box`.
         """
+        kernel_dtype = x.dtype in (mx.float32, mx.uint8)
+        fusable = self._fusable_tail and kernel_dtype and fused.active()
+        fuse_at = len(self._spec) - 2 if fusable else None
+        fuse_first = self._fusable_first and kernel_dtype and fused.down1_active()
+        if x.dtype == mx.uint8 and not (fusable and fuse_first):
+            x = x.astype(mx.float32) / 255.0
         saved = {"input": x}
         h = x
-        fusable = self._fusable_tail and x.dtype == mx.float32 and fused.active()
-        fuse_at = len(self._spec) - 2 if fusable else None
-        fuse_first = self._fusable_first and x.dtype == mx.float32 and fused.down1_active()
         for index, layer in enumerate(self._spec):
             if index == fuse_at:
                 return self._fused_tail(h, x, in_box, padded_hw)

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <atomic>
 #include <stdexcept>
 #include <string>
@@ -66,6 +67,47 @@ inline mx::array as_dense(const mx::array& a, const mx::Stream& s) {
 
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("gigamlx_fused: " + what);
+}
+
+// The network input x: float32 in [0, 1], or uint8 read as value / 255.0f (bit for bit what
+// the pure-MLX path computes with astype(float32) / 255), which spares a tile two full-size
+// float copies of its window.
+struct Image {
+  const void* data = nullptr;
+  bool u8 = false;
+  // out[m] = x[offset + m * step] for m in [0, n); GigaUNet's steps (3, 12) are constants
+  void gather(long offset, long step, int n, float* out) const {
+    if (step == 3) return gather_as<3>(offset, step, n, out);
+    if (step == 12) return gather_as<12>(offset, step, n, out);
+    gather_as<0>(offset, step, n, out);
+  }
+
+ private:
+  template <int kStep>
+  void gather_as(long offset, long step, int n, float* out) const {
+    const long stride = kStep ? kStep : step;
+    if (u8) {
+      const auto* src = static_cast<const uint8_t*>(data) + offset;
+      for (int m = 0; m < n; ++m) out[m] = static_cast<float>(src[m * stride]) / 255.0f;
+    } else {
+      const auto* src = static_cast<const float*>(data) + offset;
+      for (int m = 0; m < n; ++m) out[m] = src[m * stride];
+    }
+  }
+};
+
+inline Image image_of(const mx::array& x) {
+  return Image{x.dtype() == mx::uint8 ? static_cast<const void*>(x.data<uint8_t>())
+                                      : static_cast<const void*>(x.data<float>()),
+               x.dtype() == mx::uint8};
+}
+
+// The input image: uint8 (0..255) or float32, row-contiguous.
+inline mx::array as_dense_image(const mx::array& x, const mx::Stream& s) {
+  if (x.dtype() != mx::float32 && x.dtype() != mx::uint8) {
+    throw std::invalid_argument("gigamlx_fused: the image x must be uint8 or float32");
+  }
+  return mx::contiguous(x, false, s);
 }
 
 // Allocate an output and hand its float pointer back.

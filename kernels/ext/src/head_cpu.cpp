@@ -37,13 +37,6 @@ void up_row(const HeadArgs& a, int c, int ky, const float* h2e, int h2e_width,
   }
 }
 
-// The input's channels of one row, de-interleaved: out[cx * stride + X] = xp[X * CX + cx].
-template <int CX>
-void split_channels(const float* xp, int W, int stride, float* out) {
-  for (int X = 0; X < W; ++X)
-    for (int cx = 0; cx < CX; ++cx) out[cx * stride + X] = xp[X * CX + cx];
-}
-
 }  // namespace
 
 void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
@@ -64,12 +57,8 @@ void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
       std::fill(out + 1 + x_hi, out + stride, 0.0f);
     }
   }
-  const float* xp = a.x + (static_cast<long>(n) * d.H() + y) * W * d.c_x;
-  if (d.c_x == 3) return split_channels<3>(xp, W, stride, dst + d.c_up * stride + 1);
-  for (int cx = 0; cx < d.c_x; ++cx) {
-    float* out = dst + (d.c_up + cx) * stride + 1;
-    for (int X = 0; X < W; ++X) out[X] = xp[X * d.c_x + cx];
-  }
+  const long row = (static_cast<long>(n) * d.H() + y) * W * d.c_x;
+  for (int cx = 0; cx < d.c_x; ++cx) a.x.gather(row + cx, d.c_x, W, dst + (d.c_up + cx) * stride + 1);
 }
 
 namespace {

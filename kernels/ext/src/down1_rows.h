@@ -14,18 +14,18 @@ namespace gigamlx {
 // Blocks of kBlock output columns held as kVecs vectors.
 constexpr int kVecs = 4, kBlock = kLanes * kVecs;
 
-// The phase planes of the last k input rows a worker saw, filled on demand: consecutive output
-// rows share k - s of their k input rows.
+// The phase planes of the last `slots` (>= k) input rows a worker saw, filled on demand:
+// consecutive output rows share k - s of their k input rows.
 class PlaneRing {
  public:
-  explicit PlaneRing(const Down1Dims& d)
-      : d_(d), size_(d.s * d.c_in * d.plane()), tags_(d.k, -1) {
-    data_.assign(static_cast<size_t>(d.k) * size_, 0.0f);
+  explicit PlaneRing(const Down1Dims& d, int slots = 0)
+      : d_(d), slots_(std::max(slots, d.k)), size_(d.s * d.c_in * d.plane()), tags_(slots_, -1) {
+    data_.assign(static_cast<size_t>(slots_) * size_, 0.0f);
   }
   // Planes of input row y (-pad <= y < h) of image n.
   const float* get(const Image& x, int n, int y) {
     const long key = static_cast<long>(n) * (1L << 24) + y + d_.p;
-    const int slot = (y + d_.p) % d_.k;
+    const int slot = (y + d_.p) % slots_;
     float* dst = data_.data() + static_cast<size_t>(slot) * size_;
     if (tags_[slot] != key) {
       fill(x, (static_cast<long>(n) * d_.h + y) * d_.w * d_.c_in, dst);
@@ -51,6 +51,7 @@ class PlaneRing {
     }
   }
   Down1Dims d_;
+  int slots_;
   size_t size_;
   std::vector<long> tags_;
   std::vector<float> data_;

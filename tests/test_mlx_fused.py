@@ -228,6 +228,27 @@ def test_fused_tile_loss_matches_pure_mlx(crop_yx, crop_hw):
     assert _rel(dz, mx.grad(lambda z: reference(z)[0])(z)) <= GRAD_RTOL
 
 
+def test_fused_tile_loss_handles_extreme_logits():
+    """The vectorized exp/log1p: saturated and tiny logits, a row not a multiple of 16. (Not
+    z == 0 itself: there MLX differentiates the reference's max(z, 0) and |z| piecewise.)"""
+    _require_ext()
+    row = [1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 20.0, -20.0, 86.0, -86.0, 88.0, -88.0, 150.0]
+    z = mx.array(np.array(row * 3, np.float32).reshape(1, 3, len(row), 1))
+    g = mx.array((np.arange(3 * len(row)) % 2).reshape(3, len(row)).astype(np.float32))
+    a, b, c = 0.3, -0.1, 1.0
+
+    def reference(z):
+        zc = z[0, :, :, 0]
+        value = mx.sum((a * g + b) * mx.sigmoid(zc)) + c * mx.sum(_bce(zc, g))
+        return value, _stat_rows(zc, g)
+
+    value, rows = fused.tile_loss(z, g, (0, 0), (a, b, c))
+    value_ref, rows_ref = reference(z)
+    assert _rel(value, value_ref) <= VALUE_RTOL and _rel(rows, rows_ref) <= VALUE_RTOL
+    dz = mx.grad(lambda z: fused.tile_loss(z, g, (0, 0), (a, b, c))[0])(z)
+    assert _rel(dz, mx.grad(lambda z: reference(z)[0])(z)) <= GRAD_RTOL
+
+
 def _edge_tile_data():
     """An edge tile of a non-square image: its window reaches past the image (zeroing on)."""
     rng = np.random.default_rng(3)

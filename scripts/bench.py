@@ -11,7 +11,7 @@ runs --big-steps after --big-warmup (1 and 0: that one step includes the tile-si
 gigamlx reads its windows inside the step; the peers get their whole image up front. A
 whole-image peer is skipped when its peak RSS, extrapolated from bytes/px measured at the
 smaller sizes, would exceed --max-rss-gb. `gigamlx-mlx` is the tiled step on the pure-MLX
-model path (GIGAMLX_FUSED=0: the code Metal runs), at the square sizes only.
+model path (kernels "mlx": the code Metal runs), at the square sizes only.
 
 Work per row: GFLOP/s = FLOP per step / median s/step, with FLOP per step = 2 * pixels *
 multiply-adds per pixel from the layer table (gigamlx.core.spec.macs_per_px): forward +
@@ -134,7 +134,9 @@ def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2.0 * n**3 / best / 1e9
 
 
-def _run_tiled(hw, steps: int, warmup: int, budget_bytes: int, cache_share: float) -> dict:
+def _run_tiled(
+    hw, steps: int, warmup: int, budget_bytes: int, cache_share: float, kernels: str
+) -> dict:
     import gigamlx.backends.mlx  # noqa: F401  (first: loads a fast BLAS before mlx.core)
 
     # isort: split
@@ -146,7 +148,7 @@ def _run_tiled(hw, steps: int, warmup: int, budget_bytes: int, cache_share: floa
     from gigamlx.backends import get_backend
     from gigamlx.tiling.scheduler import tiled_step
 
-    backend = get_backend("mlx")
+    backend = get_backend("mlx", kernels=kernels)
     model = backend.build_model(SEED)
     optimizer = backend.make_optimizer(model, LR)
     image, mask = RandomRegion(hw, 3), RandomRegion(hw, 0)
@@ -248,10 +250,9 @@ def run_one(kind: str, hw, steps: int, warmup: int, budget_bytes: int, weights: 
     """One configuration in this process; returns its row."""
     row = {"kind": kind, "hw": list(hw), "pixels": hw[0] * hw[1], "warmup": warmup}
     row["rss_base_bytes"] = current_rss_bytes()
-    if kind == "gigamlx-mlx":
-        os.environ["GIGAMLX_FUSED"] = "0"  # before the model is built: the pure-MLX path
     if kind.startswith("gigamlx"):
-        row |= _run_tiled(hw, steps, warmup, budget_bytes, cache_share)
+        kernels = "mlx" if kind == "gigamlx-mlx" else "auto"  # mlx: the pure-MLX model path
+        row |= _run_tiled(hw, steps, warmup, budget_bytes, cache_share, kernels)
     elif kind == "torch":
         row |= _run_torch(hw, steps, warmup, weights)
     else:

@@ -106,7 +106,7 @@ def test_cli_corrupt_checkpoint_on_resume(slide, tmp_path):
         == 0
     )
     (out / "checkpoints" / "step_0000001" / "weights.safetensors").write_bytes(b"garbage")
-    _fails(["train", "--resume", "--out", str(out)], "unreadable")
+    _fails(["train", "--resume", "--out", str(out)], "is damaged")
 
 
 def test_cli_synth_and_info(tmp_path):

@@ -45,7 +45,7 @@ def test_unfinished_checkpoint_is_invisible(tmp_path):
 def test_corrupt_checkpoint_names_the_folder(tmp_path):
     path = _save(tmp_path, 1)
     (path / "weights.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(CheckpointError, match=r"step_0000001.*unreadable"):
+    with pytest.raises(CheckpointError, match=r"step_0000001 is damaged.*checksum"):
         load_checkpoint(tmp_path)
 
 

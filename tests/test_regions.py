@@ -5,7 +5,7 @@ import pytest
 
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
-from gigamlx.train.regions import Region, RegionSampler, RegionView, turn
+from gigamlx.train.regions import Region, RegionSampler, region_view, turn
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -13,7 +13,7 @@ from gigamlx.train.regions import Region, RegionSampler, RegionView, turn
 def test_region_view_windows_equal_turned_whole_region(flip, rot90):
     slide = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     region = Region(0, (5, 7), (30, 41), flip, rot90)
-    view = RegionView(slide, region)
+    view = region_view(slide, region)
     whole = turn(slide[5:35, 7:48], flip, rot90)
     assert view.shape == whole.shape
     for box in [Box(-3, -2, 10, 12), Box(4, 5, 20, 30), Box(0, 0, *view.shape[:2])]:
@@ -22,7 +22,7 @@ def test_region_view_windows_equal_turned_whole_region(flip, rot90):
 
 def test_region_view_of_a_mask_is_two_dimensional():
     mask = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
-    view = RegionView(mask, Region(0, (0, 0), (20, 30), True, 1))
+    view = region_view(mask, Region(0, (0, 0), (20, 30), True, 1))
     assert view.shape == (30, 20)
     np.testing.assert_array_equal(view[0:30, 0:20], np.rot90(mask[:, ::-1]))
 

@@ -6,11 +6,23 @@ from mlx.utils import tree_flatten
 from reference import float64_reference, mlx_whole_image, random_case
 
 import gigamlx
+from gigamlx.backends import get_backend
+from gigamlx.backends.mlx import fused
 from gigamlx.backends.mlx.backend import MLXBackend
+from gigamlx.tiling.scheduler import tiled_predict, tiled_step
 
 # (image H, W), tile side: non-square; tile not dividing the image; H, W not multiples of 64;
 # an image smaller than one tile; a strip one tile wide.
 CASES = [((640, 1344), 256), ((333, 517), 128), ((100, 70), 256), ((130, 1000), 192)]
+
+
+@pytest.fixture(params=["fused", "mlx"])
+def backend(request) -> MLXBackend:
+    """Both model paths, each chosen explicitly: the compiled CPU kernels and the pure-MLX ops
+    (what Metal runs). The fused one skips with its reason where the extension is missing."""
+    if request.param == "fused" and fused._load()[0] is None:
+        pytest.skip(f"fused kernels unavailable: {fused._load()[1]}")
+    return MLXBackend(request.param)
 
 
 def _concat(grads: dict, names) -> np.ndarray:
@@ -19,12 +31,12 @@ def _concat(grads: dict, names) -> np.ndarray:
 
 @pytest.mark.parametrize("loss", ["dice", "bce", "dice+bce"])
 @pytest.mark.parametrize("hw,tile", CASES)
-def test_tiled_value_and_grad_matches_float64_whole_image(model, hw, tile, loss):
+def test_tiled_value_and_grad_matches_float64_whole_image(model, backend, hw, tile, loss):
     image, mask = random_case(hw, seed=hw[0])
-    flat = MLXBackend().flat_params(model)
+    flat = backend.flat_params(model)
     ref_loss, ref_grads, _ = float64_reference(flat, image, mask, loss)
-    loss_value, tree = gigamlx.tiled_value_and_grad(model, image, mask, loss=loss, tile=tile)
-    tiled_grads = {n: np.array(v, np.float64) for n, v in tree_flatten(tree)}
+    result = tiled_step(backend, model, image, mask, loss, tile)
+    loss_value, tiled_grads = result.loss, result.grads
     assert set(tiled_grads) == set(ref_grads)
     whole_loss, whole_grads = mlx_whole_image(model, image, mask, loss)
 
@@ -44,12 +56,22 @@ def test_tiled_value_and_grad_matches_float64_whole_image(model, hw, tile, loss)
 
 
 @pytest.mark.parametrize("hw,tile", CASES)
-def test_predict_matches_float64_whole_image(model, hw, tile):
+def test_predict_matches_float64_whole_image(model, backend, hw, tile):
     image, mask = random_case(hw, seed=hw[1])
-    _, _, ref_probs = float64_reference(MLXBackend().flat_params(model), image, mask, "bce")
-    probs = gigamlx.predict(model, image, tile=tile)
+    _, _, ref_probs = float64_reference(backend.flat_params(model), image, mask, "bce")
+    probs = tiled_predict(backend, model, image, tile)
     assert probs.shape == hw
     assert np.abs(probs - ref_probs).max() <= 1e-5
+
+
+def test_public_api_matches_the_scheduler(model):
+    """gigamlx.tiled_value_and_grad returns the scheduler's loss and grads as the model's tree."""
+    image, mask = random_case((200, 300), seed=5)
+    result = tiled_step(get_backend("mlx"), model, image, mask, "dice+bce", 128)  # as the API
+    loss_value, tree = gigamlx.tiled_value_and_grad(model, image, mask, "dice+bce", tile=128)
+    assert loss_value == pytest.approx(result.loss, abs=1e-7)
+    for name, value in tree_flatten(tree):
+        np.testing.assert_allclose(np.array(value), result.grads[name], rtol=1e-5, atol=1e-9)
 
 
 def test_predict_writes_into_out_uint8(model):

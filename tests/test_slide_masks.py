@@ -7,11 +7,12 @@ import pytest
 import tifffile
 
 from gigamlx.core.geometry import Box
+from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import (
-    GeoJsonMask,
     ImageMask,
     MaskError,
     OtsuMask,
+    otsu_fit_level,
     otsu_threshold,
     saturation,
 )
@@ -77,21 +78,11 @@ def test_geojson_chunked_equals_whole_and_offsets(tmp_path):
     np.testing.assert_array_equal(mask.read(Box(-20, -20, 10, 10))[20:, 20:], whole[:10, :10])
 
 
-@pytest.mark.parametrize(
-    "geometry",
-    [
-        {"type": "Point", "coordinates": [1, 2]},
-        {"type": "LineString", "coordinates": [[0, 0], [5, 5]]},
-    ],
-)
-def test_geojson_not_polygons_clear_error(tmp_path, geometry):
+def test_geojson_unknown_geometry_and_empty_clear_errors(tmp_path):
     path = tmp_path / "bad.geojson"
-    path.write_text(
-        json.dumps(
-            {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": geometry}]}
-        )
-    )
-    with pytest.raises(MaskError, match=f"bad.geojson.*{geometry['type']}.*not a Polygon"):
+    feature = {"type": "Feature", "geometry": {"type": "Circle", "coordinates": [1, 2]}}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    with pytest.raises(MaskError, match="bad.geojson.*'Circle'.*not a Polygon"):
         GeoJsonMask(path, (10, 10))
     with pytest.raises(MaskError, match="no polygons"):
         GeoJsonMask({"type": "FeatureCollection", "features": []}, (10, 10))
@@ -119,8 +110,17 @@ def test_otsu_threshold_bimodal():
 def test_otsu_mask_separates_synthetic_slide():
     # seed 2 has no pale piece; pale tissue (other seeds) is the baseline's known weakness
     rgb, truth = render(make_scene((512, 1024), 2), np.arange(512), np.arange(1024))
-    source = OtsuMask.fit(rgb, fit_image=rgb[::4, ::4])
+    source = OtsuMask.fit([rgb, rgb[::4, ::4]])
     pred = _chunked(source, (512, 1024), 200)
     dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
     assert dice > 0.85, dice
     np.testing.assert_array_equal(pred, source.read(Box(0, 0, 512, 1024)))
+
+
+def test_otsu_fit_level_is_finest_small_enough_level():
+    hws = [(20000, 80000), (10000, 40000), (5000, 20000), (2500, 10000)]
+    assert otsu_fit_level(hws) == (3, 2)  # 2500x10000 = 25 Mpx > 4096²: every 2nd pixel
+    assert otsu_fit_level(hws, max_pixels=30_000_000) == (3, 1)
+    assert otsu_fit_level([(8192, 8192), (4096, 4096), (2048, 2048)]) == (1, 1)
+    level, step = otsu_fit_level([(20000, 80000)])
+    assert level == 0 and 20000 * 80000 / step**2 <= 4096 * 4096 < 20000 * 80000 / (step - 1) ** 2

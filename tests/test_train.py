@@ -115,8 +115,8 @@ def test_ctrl_c_saves_and_resume_matches_uninterrupted(slide, tmp_path):
 
 
 def test_ctrl_c_during_the_update_keeps_step_and_regions_together(slide, tmp_path, monkeypatch):
-    """SIGINT raised inside the optimizer update: the step still counts, its regions stay drawn,
-    so resuming ends exactly where an uninterrupted run does."""
+    """SIGINT raised inside the optimizer update only raises the stop flag: the step still
+    counts, its regions stay drawn, so resuming ends exactly where an uninterrupted run does."""
     run = start_run(_config(slide, tmp_path / "run", 4), resume=False)
     real_apply = run.backend.apply_gradients
 

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import os
+
 from gigamlx.backends.base import Backend
 
 BACKENDS = ("mlx", "cuda-um")
+KERNELS_ENV = "GIGAMLX_KERNELS"  # default of --kernels: CI forces the pure-MLX path with it
 
 
-def get_backend(name: str, device: str = "auto") -> Backend:
+def get_backend(name: str, device: str = "auto", kernels: str | None = None) -> Backend:
     """The backend called `name` ("mlx" or "cuda-um").
 
     Args:
         device: cuda-um only: "auto" or "cuda[:N]" (needs CUDA), or "cpu"; mlx picks its own.
+        kernels: mlx only: "auto", "fused" (the compiled CPU kernels) or "mlx" (pure MLX ops,
+            the Metal path); None or "auto" defer to $GIGAMLX_KERNELS when it is set.
     """
     if name == "mlx":
         from gigamlx.backends.mlx.backend import MLXBackend
 
-        return MLXBackend()
+        if kernels in (None, "auto"):
+            kernels = os.environ.get(KERNELS_ENV) or "auto"
+        return MLXBackend(kernels)
     if name == "cuda-um":
         try:
             from gigamlx.backends.cuda_um.backend import CudaUMBackend

@@ -65,9 +65,6 @@ class World:
             return tuple(values)
         return tuple(float(v) for v in self.all_sum(np.array(values, np.float64)))
 
-    def mean(self, value: float) -> float:
-        return self.sum((value,))[0] / self.size
-
     def mean_grads(self, grads: FlatParams) -> FlatParams:
         """Average gradients over ranks in one flat float64 buffer (one collective per step)."""
         if self.all_sum is None:
@@ -104,6 +101,12 @@ class Backend(Protocol):
 
     name: str
 
+    @property
+    def compute_path(self) -> str:
+        """Which code computes the model, chosen once when the backend was built ("fused" or
+        "mlx" on mlx, "torch-cuda" or "torch-cpu" on cuda-um); reported in every step's metrics."""
+        ...
+
     def stage(self, data: TileData) -> TileData:
         """Start moving a tile's data to the device; called on the prefetch thread, one tile
         ahead. Identity where host and device share memory (mlx)."""
@@ -139,6 +142,10 @@ class Backend(Protocol):
 
     def make_optimizer(self, model: Any, lr: float) -> Any:
         """Adam over the model's trainable parameters."""
+        ...
+
+    def set_learning_rate(self, optimizer: Any, lr: float) -> None:
+        """Use `lr` from the next update on (the loop sets it from the config every step)."""
         ...
 
     def apply_gradients(self, model: Any, optimizer: Any, grads: FlatParams) -> None: ...

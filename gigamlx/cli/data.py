@@ -6,8 +6,18 @@ from pathlib import Path
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.cli.common import (
+    SIZE_CONVENTION,
+    app,
+    err,
+    hw_text,
+    progress_bar,
+    setup_logging,
+    stdout_errors,
+    user_errors,
+)
 from gigamlx.core.config import parse_region
+from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
@@ -24,12 +34,12 @@ def synth(
     setup_logging(False)
     with user_errors():
         size_hw = parse_region(size)
-        update, progress = progress_bar(f"synth {size_hw[0]}x{size_hw[1]}")
+        update, progress = progress_bar(f"synth {size_hw[0]}x{size_hw[1]} (HxW)")
         with progress:
             path = synth_slide(
                 out, size_hw, seed, chunk_px=chunk, progress=update, overwrite=overwrite
             )
-    err.print(f"wrote {path}")
+    _say_store(path)
 
 
 @app.command()
@@ -43,9 +53,18 @@ def ingest(
         None, help="mask image (TIFF/PNG) on that level's grid; non-zero = tissue"
     ),
     geojson: Path = typer.Option(
-        None, help="GeoJSON polygons (QuPath export), level-0 coordinates"
+        None, help="GeoJSON annotations (QuPath export), level-0 pixel coordinates"
     ),
-    otsu: bool = typer.Option(False, help="classical Otsu-on-saturation tissue mask as the mask"),
+    tissue_class: list[str] = typer.Option(
+        None,
+        help="with --geojson: a class that is tissue (repeat for several; 'unclassified' for "
+        "annotations without a class). Default: every class except Ignore*. Ignore* areas are "
+        "always cut out; lines and points are skipped.",
+        show_default=False,
+    ),
+    otsu: bool = typer.Option(
+        False, help=f"classical baseline as the mask: {OTSU_DEFINITION} (as eval --baseline otsu)"
+    ),
     chunk: int = typer.Option(1024, help="chunk side in pixels"),
     reader: str = typer.Option(None, help="force 'openslide' or 'tifffile'", show_default=False),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
@@ -58,15 +77,51 @@ def ingest(
         update, progress = progress_bar(f"ingest {slide.name}")
         with progress:
             path = run_ingest(
-                slide, out, level, mask, geojson, otsu, chunk, update, reader, overwrite
+                slide,
+                out,
+                level,
+                mask,
+                geojson,
+                otsu,
+                chunk,
+                update,
+                reader,
+                overwrite,
+                tissue_classes=tissue_class or None,
             )
-    err.print(f"wrote {path}")
+    _say_store(path)
+
+
+def _say_store(path: Path) -> None:
+    """'wrote PATH: 3 levels, 600x1100 px (HxW) at 0.5 µm/px'."""
+    from gigamlx.slide.store import open_store
+
+    store = open_store(path)
+    mpp = f" at {store.mpp:.4g} µm/px" if store.mpp else ", no pixel size"
+    mask = "with" if store.mask is not None else "without"
+    err.print(
+        f"wrote {path}: {store.level_count} level{'s' * (store.level_count > 1)}, "
+        f"{hw_text(store.image_hw)}{mpp}, "
+        f"{mask} tissue mask",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command()
-def info() -> None:
+def info(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+) -> None:
     """Versions, engine, BLAS, memory and the model's geometry."""
+    import json
+
     from gigamlx.cli.info import collect_info
 
-    for key, value in collect_info().items():
-        typer.echo(f"{key:>22}: {value}")
+    facts = collect_info() | {"size convention": SIZE_CONVENTION}
+    with stdout_errors():
+        if as_json:
+            typer.echo(json.dumps(facts, indent=2))
+            return
+        for key, value in facts.items():
+            typer.echo(f"{key:>22}: {value}")

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
+from gigamlx.cli.common import (
+    app,
+    err,
+    progress_bar,
+    setup_logging,
+    stdout_errors,
+    user_errors,
+)
 from gigamlx.core.config import DEFAULTS, help_of
+from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
@@ -23,18 +31,31 @@ def predict(
     tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
     tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
     overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
+    geojson: bool = typer.Option(
+        False, help="also NAME.geojson: tissue (p >= --threshold) as a QuPath annotation"
+    ),
+    threshold: float = typer.Option(0.5, help="p >= threshold is tissue (overlay, GeoJSON)"),
+    level: int = typer.Option(
+        None,
+        help="slide level to read; default: the level matching the µm/px the checkpoint "
+        "was trained at (within 10%)",
+        show_default=False,
+    ),
     overwrite: bool = typer.Option(False, help="replace existing outputs"),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     quiet: bool = typer.Option(False, help="no progress bar"),
     verbose: bool = typer.Option(False, help="debug logging"),
 ) -> None:
     """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
 
     Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
-    (napari opens it). --tiff adds an OME-TIFF that QuPath and OpenSlide open; --overlay a PNG
-    of the slide (longer side 2048 px) with tissue (p >= 0.5) tinted and outlined. Slides of
-    any size: tiles go straight to disk, the pyramid is built chunk by chunk.
+    (napari opens it), at the slide level matching the checkpoint's training resolution, with
+    its µm/px and provenance. --tiff adds an OME-TIFF that QuPath and OpenSlide open;
+    --overlay a PNG of the slide (longer side 2048 px) with tissue tinted and outlined;
+    --geojson the tissue outline as a QuPath annotation in level-0 pixel coordinates. Slides
+    of any size: tiles go straight to disk, the pyramid is built chunk by chunk.
     """
-    from gigamlx.infer.predict import predict_slides
+    from gigamlx.infer.predict import PredictOptions, predict_slides
 
     setup_logging(verbose)
     with user_errors():
@@ -52,24 +73,27 @@ def predict(
             return update
 
         try:
-            results = predict_slides(
-                checkpoint, slides, out, memory_budget, tiff, overlay, overwrite, tile, on_slide
+            options = PredictOptions(
+                memory_budget, tiff, overlay, geojson, overwrite, tile, threshold, level, kernels
             )
+            results = predict_slides(checkpoint, slides, out, options, on_slide)
         finally:
             if progress.live.is_started:
                 progress.stop()
     for result in results:
         outputs = ", ".join(str(p) for p in result.outputs if p is not None)
+        mpp = f" at {result.mpp:.4g} µm/px" if result.mpp else ""
         err.print(
-            f"{result.source}: {result.image_hw[0]}x{result.image_hw[1]} in "
-            f"{result.seconds:.1f} s, peak RSS {result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
+            f"{result.source}: level {result.level}, {result.image_hw[0]}x{result.image_hw[1]} "
+            f"px (HxW){mpp} in {result.seconds:.1f} s, peak RSS "
+            f"{result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
             soft_wrap=True,
             markup=False,
             highlight=False,
         )
 
 
-class _MasksCommand(typer.core.TyperCommand):
+class MasksCommand(typer.core.TyperCommand):
     """Lets `--masks M1 M2 ...` take several values after one flag."""
 
     def parse_args(self, ctx, args):
@@ -78,28 +102,43 @@ class _MasksCommand(typer.core.TyperCommand):
         return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
 
 
-@app.command("eval", cls=_MasksCommand)
+@app.command("eval", cls=MasksCommand)
 def evaluate(
     preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
     masks: list[Path] = typer.Option(
         ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
     ),
     threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
-    json_path: Path = typer.Option(None, "--json", help="also write the report as JSON here"),
+    json_path: str = typer.Option(
+        None, "--json", help="also write the report as JSON to this file ('-': stdout)"
+    ),
     baseline: str = typer.Option(
-        None, help="'otsu': also score Otsu on saturation (masks must be slide stores)"
+        None,
+        help=f"'otsu': also score the classical baseline ({OTSU_DEFINITION}; the same as "
+        "ingest --otsu); masks must be slide stores",
     ),
     level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
+    pred_scale: str = typer.Option(
+        "auto",
+        help="uint8 predictions: '255' = round(255 p), '1' = a 0/1 map, 'auto' = 0/1 when "
+        "the values are only 0 and 1 (said on stderr)",
+    ),
 ) -> None:
     """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
 
-    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 or float 0-1. Masks: the
-    same (any non-zero value is tissue) or slide stores. Per-slide rows, then mean ± sample std.
+    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 (0/1: see --pred-scale) or
+    float 0-1. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows,
+    then mean ± sample std.
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
-    but tissue in the mask (or the reverse): 0. Same as scripts/evaluate_dice.py.
+    but tissue in the mask (or the reverse): 0. scripts/evaluate_dice.py runs this command.
     """
     from gigamlx.eval.report import run_evaluation
 
     setup_logging(False)
-    with user_errors():
-        run_evaluation(preds, masks, threshold, json_path, baseline, level)
+    with user_errors(), stdout_errors():
+        report = run_evaluation(
+            preds, masks, threshold, json_path, baseline, level, pred_scale=pred_scale
+        )
+    for slide in report.slides:
+        if slide.note:
+            err.print(f"note: {slide.note}", soft_wrap=True, markup=False, highlight=False)

@@ -56,6 +56,9 @@ def train(
     tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
     backend: str = typer.Option(DEFAULTS.backend, help=help_of("backend")),
     device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
+    level: int = typer.Option(None, help=help_of("level"), show_default=False),
+    mpp: float = typer.Option(None, help=help_of("mpp"), show_default=False),
+    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
     rank_timeout: float = typer.Option(
         600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"
@@ -74,11 +77,13 @@ def train(
     the gradients are averaged (docs/distributed.md); rank 0 alone writes OUT.
     """
     from gigamlx.train.session import train_session
+    from gigamlx.train.stop import stop_on_signals
 
     setup_logging(verbose)
     fields = set(DEFAULTS.to_dict())
     config = TrainConfig.from_dict(_as_config({k: v for k, v in ctx.params.items() if k in fields}))
-    with user_errors():
+    # held to the very end: once a stop began, a late signal cannot cut the exit short
+    with stop_on_signals(keep_after_stop=True) as stop, user_errors():
         if not resume:
             config.validate()
         train_session(
@@ -91,4 +96,5 @@ def train(
             profile=profile,
             rank_timeout_s=rank_timeout,
             dump_weights=dump_weights,
+            stop=stop,
         )

@@ -2,13 +2,18 @@
 
 Each checkpoint is a folder `checkpoints/step_NNNNNNN/` made under a temporary name and renamed
 into place once every file is written and flushed, so a crash never leaves a checkpoint that
-looks complete. Weights are safetensors in the MLX layout, readable by every backend.
+looks complete. Weights are safetensors in the MLX layout, readable by every backend. A
+`checksums.sha256` manifest (the `sha256sum -c` format) holds each file's hash; loading
+verifies it and rejects non-finite tensors, and a run folder falls back from a damaged newest
+checkpoint to the newest valid one. Checkpoints written before the manifest load unverified.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -16,9 +21,16 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from gigamlx.core.files import fsync_file, sha256_of
+from gigamlx.core.outputs import pid_alive
+
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+MANIFEST = "checksums.sha256"
+STEP_FOLDER = re.compile(r"step_(\d{7,})")  # what save_checkpoint names; nothing else counts
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -43,57 +55,164 @@ def save_checkpoint(
     final = root / f"step_{step:07d}"
     temp = root / f".tmp_step_{step:07d}_{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir()
-    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(temp / WEIGHTS))
-    save_file({k: np.ascontiguousarray(v) for k, v in optimizer.items()}, str(temp / OPTIMIZER))
-    state = {"step": step, "config": config, "rng_state": rng_state}
-    (temp / STATE).write_text(json.dumps(state, indent=2))
-    for name in (WEIGHTS, OPTIMIZER, STATE):
-        _fsync(temp / name)
+    try:  # a full disk or a kill leaves no partial folder that keeps the disk full
+        temp.mkdir()
+        _save_tensors(weights, temp / WEIGHTS)
+        _save_tensors(optimizer, temp / OPTIMIZER)
+        state = {"step": step, "config": config, "rng_state": rng_state}
+        (temp / STATE).write_text(json.dumps(state, indent=2))
+        names = (WEIGHTS, OPTIMIZER, STATE)
+        (temp / MANIFEST).write_text("".join(f"{sha256_of(temp / n)}  {n}\n" for n in names))
+        for name in (*names, MANIFEST):
+            fsync_file(temp / name)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(temp, final)
     return final
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+def step_of(path: Path) -> int | None:
+    """The step of a checkpoint folder named by save_checkpoint, else None (e.g. `step_best`)."""
+    match = STEP_FOLDER.fullmatch(Path(path).name)
+    return int(match[1]) if match else None
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete `checkpoints/.tmp_step_*_PID` folders left by processes that are gone."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    for temp in root.glob(".tmp_step_*_*") if root.is_dir() else ():
+        pid = temp.name.rsplit("_", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+            removed.append(temp)
+    return removed
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    """safetensors' save_file; its I/O failures (a full disk) become OSError naming `path`."""
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path))
+    except OSError:
+        raise
+    except Exception as error:  # SafetensorError: "I/O error: ... (os error 28)"
+        code = re.search(r"os error (\d+)", str(error))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from error
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+    """The tool's own complete checkpoint folders, oldest step first (valid or not)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if p.is_dir())
+    found = [p for p in root.iterdir() if step_of(p) is not None and p.is_dir()]
+    return sorted(found, key=step_of)
 
 
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def prune_checkpoints(run_dir: Path, keep: int, newest: Path | None = None) -> None:
+    """Keep `newest` (verified by the caller) and the newest `keep - 1` valid ones before it.
+
+    Without `newest`, the newest folder is taken as it. Damaged checkpoints are removed too;
+    a valid one is only removed once `keep` newer valid ones exist.
+    """
+    found = list_checkpoints(run_dir)
+    if not found:
+        return
+    newest = Path(newest) if newest is not None else found[-1]
+    older = [p for p in found if step_of(p) < step_of(newest)]
+    kept = [p for p in reversed(older) if _is_valid(p)][: max(keep - 1, 0)]
+    for path in found:
+        if path != newest and path not in kept:
+            shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read one checkpoint folder (or a run folder: its newest checkpoint)."""
+def _is_valid(path: Path) -> bool:
+    try:
+        load_checkpoint_folder(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def verify_files(path: Path) -> None:
+    """Check every file of a checkpoint folder against its manifest (none: written before
+    manifests, nothing to check). Raises CheckpointError naming the file."""
+    manifest = path / MANIFEST
+    if not manifest.exists():
+        log.debug("%s has no %s (an older checkpoint): not verified", path, MANIFEST)
+        return
+    try:  # lines of "<hex>  <name>"
+        pairs = [line.split("  ", 1) for line in manifest.read_text().splitlines()]
+        expected = {name: digest for digest, name in pairs}
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} is damaged ({MANIFEST} is unreadable)") from None
+    for name in (WEIGHTS, OPTIMIZER, STATE):
+        if name not in expected:
+            raise CheckpointError(f"checkpoint {path} is damaged ({MANIFEST} lacks {name})")
+        if not (path / name).exists():
+            raise CheckpointError(f"checkpoint {path} is damaged ({name} is missing)")
+        if sha256_of(path / name) != expected[name]:
+            raise CheckpointError(
+                f"checkpoint {path} is damaged ({name} does not match its checksum)"
+            )
+
+
+def load_checkpoint_folder(path: Path) -> Checkpoint:
+    """Read and verify one checkpoint folder; CheckpointError names it and what is wrong."""
     path = Path(path)
-    if not (path / STATE).exists():  # a run folder: take its newest checkpoint
-        found = list_checkpoints(path)
-        if not found:
-            raise CheckpointError(f"{path} holds no complete checkpoint; start a new run instead")
-        path = found[-1]
+    verify_files(path)
     try:
         state = json.loads((path / STATE).read_text())
         weights = load_file(str(path / WEIGHTS))
         optimizer = load_file(str(path / OPTIMIZER)) if (path / OPTIMIZER).exists() else {}
-        return Checkpoint(
+        checkpoint = Checkpoint(
             path, int(state["step"]), weights, optimizer, state["config"], state["rng_state"]
         )
     except Exception as error:  # safetensors raises its own error types
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({error}); "
-            "delete that folder to fall back to an older one"
-        ) from error
+        raise CheckpointError(f"checkpoint {path} is damaged: unreadable ({error})") from error
+    check_finite(weights, path / WEIGHTS)
+    check_finite(optimizer, path / OPTIMIZER)
+    return checkpoint
+
+
+def check_finite(tensors: dict[str, np.ndarray], source: Path) -> None:
+    """Raise CheckpointError if a floating-point tensor holds NaN or infinity."""
+    for name, value in tensors.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise CheckpointError(f"{source} is damaged: {name} holds NaN or infinite values")
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read one checkpoint folder, or a run folder's newest valid checkpoint.
+
+    In a run folder a damaged newest checkpoint is skipped with a warning naming it and the
+    one used instead. Raises CheckpointError if none is valid, naming each and the fix.
+    """
+    path = Path(path)
+    if (path / STATE).exists() or step_of(path) is not None:
+        return load_checkpoint_folder(path)
+    found = list_checkpoints(path)
+    if not found:
+        raise CheckpointError(f"{path} holds no complete checkpoint; start a new run instead")
+    damaged = []
+    for candidate in reversed(found):
+        try:
+            checkpoint = load_checkpoint_folder(candidate)
+        except CheckpointError as error:
+            damaged.append(str(error))
+            continue
+        if damaged:
+            log.warning("%s; falling back to %s", "; ".join(damaged), candidate)
+        return checkpoint
+    raise CheckpointError(
+        f"no valid checkpoint in {path}: {'; '.join(damaged)}. Restore a copy, or delete "
+        f"{path / 'checkpoints'} to start afresh"
+    )
 
 
 def load_weights(path: Path) -> dict[str, np.ndarray]:
@@ -101,7 +220,9 @@ def load_weights(path: Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            weights = load_file(str(path))
         except Exception as error:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read weights from {path}: {error}") from error
+        check_finite(weights, path)
+        return weights
     return load_checkpoint(path).weights

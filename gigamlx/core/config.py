@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 
 from gigamlx.core.losses import check_loss
 from gigamlx.core.memory import parse_bytes
+from gigamlx.core.units import parse_size
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     data: tuple[str, ...] = field(default=(), metadata={"help": "ingested slide stores"})
-    region: str = field(default="16000x64000", metadata={"help": "region per step, HxW pixels"})
+    region: str = field(
+        default="16000x64000",
+        metadata={"help": "region per step, HxW: pixels of the level read, or 8000x32000um"},
+    )
     steps: int = field(default=5000, metadata={"help": "optimizer steps to train to"})
     memory_budget: str = field(default="4GB", metadata={"help": "peak engine memory, e.g. 8GB"})
     # soft Dice alone pushes every probability up at initialisation (its bias gradient is
@@ -33,10 +37,28 @@ class TrainConfig:
     tile: int | None = field(default=None, metadata={"help": "tile side px (overrides budget)"})
     backend: str = field(default="mlx", metadata={"help": "mlx or cuda-um"})
     device: str = field(default="auto", metadata={"help": "cuda-um only: auto, cuda or cpu"})
+    # magnification: which pyramid level regions are read from; the run fills in trained_*,
+    # and `predict` reads the level of each slide that matches trained_mpp
+    level: int | None = field(
+        default=None, metadata={"help": "pyramid level of the stores to read (0 = full res)"}
+    )
+    mpp: float | None = field(
+        default=None, metadata={"help": "read the level at this µm/px (within 10%) of each store"}
+    )
+    trained_level: int | None = field(default=None, metadata={"help": "set by the run"})
+    trained_mpp: float | None = field(default=None, metadata={"help": "set by the run"})
+    kernels: str = field(
+        default="auto",
+        metadata={
+            "help": "mlx only: fused (compiled CPU kernels), mlx (pure MLX ops, what Metal "
+            "runs) or auto (fused where available; $GIGAMLX_KERNELS sets the default)"
+        },
+    )
 
     @property
-    def region_hw(self) -> tuple[int, int]:
-        return parse_region(self.region)
+    def region_size(self) -> tuple[tuple[float, float], str | None]:
+        """((h, w), unit): unit None for pixels, else a length unit ('um', 'mm', ...)."""
+        return parse_size(self.region)
 
     @property
     def budget_bytes(self) -> int:
@@ -44,16 +66,21 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ValueError naming the bad value and the fix; return self."""
-        self.region_hw  # noqa: B018 - parses or raises
+        self.region_size  # noqa: B018 - parses or raises
         self.budget_bytes  # noqa: B018
         check_loss(self.loss)
         for name in ("steps", "checkpoint_every", "keep_checkpoints", "accumulate"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        check_seed(self.seed)
         if not self.lr > 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.tile is not None and (self.tile <= 0 or self.tile % 64):
             raise ValueError(f"--tile must be a positive multiple of 64, got {self.tile}")
+        if self.level is not None and self.mpp is not None:
+            raise ValueError("give --level or --mpp, not both")
+        if (self.level is not None and self.level < 0) or (self.mpp is not None and self.mpp <= 0):
+            raise ValueError("--level must be >= 0 and --mpp positive")
         return self
 
     def to_dict(self) -> dict:
@@ -66,6 +93,14 @@ class TrainConfig:
 
 
 DEFAULTS = TrainConfig()
+MAX_SEED = 2**64 - 1  # what every RNG behind --seed takes: numpy's PCG64, mlx, torch
+
+
+def check_seed(seed: int) -> int:
+    """Raise ValueError unless `seed` is an integer in 0..2**64-1; return it."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be an integer from 0 to 2**64-1 ({MAX_SEED}), got {seed}")
+    return seed
 
 
 def parse_region(text: str) -> tuple[int, int]:

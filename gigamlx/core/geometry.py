@@ -24,10 +24,6 @@ class Box(NamedTuple):
     def hw(self) -> tuple[int, int]:
         return self.y1 - self.y0, self.x1 - self.x0
 
-    @property
-    def origin_yx(self) -> tuple[int, int]:
-        return self.y0, self.x0
-
     def area(self) -> int:
         h, w = self.hw
         return h * w

@@ -8,9 +8,10 @@ J = sum_i (a*g_i + b)*p_i + c*sum_i bce_i whose parameter gradient equals the lo
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-LossName = Literal["dice", "bce", "dice+bce"]
+import numpy as np
+
 LOSSES: tuple[str, ...] = ("dice", "bce", "dice+bce")
 DICE_SMOOTH = 1.0
 
@@ -28,6 +29,20 @@ class TileStats(NamedTuple):
 
     def __add__(self, other: TileStats) -> TileStats:  # type: ignore[override]
         return TileStats(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+# The per-row partial sums every engine returns for a tile, in this order: a (6, h) float32
+# array (kernels/ext/src/loss.h computes the same rows). Short float32 sums along each row,
+# finished in float64 by `stats_from_rows`, keep the totals exact at gigapixel sizes.
+STAT_ROWS: tuple[str, ...] = TileStats._fields[:6]
+
+
+def stats_from_rows(rows: np.ndarray, pixels: int) -> TileStats:
+    """TileStats of one tile from its (len(STAT_ROWS), h) per-row sums."""
+    sums = np.asarray(rows, dtype=np.float64).sum(axis=1)
+    if sums.shape != (len(STAT_ROWS),):
+        raise ValueError(f"expected {len(STAT_ROWS)} stat rows, got {sums.shape}")
+    return TileStats(*(float(s) for s in sums), pixels=pixels)
 
 
 class Objective(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def parse_bytes(text: str) -> int:
             f"cannot read a memory size from {text!r}; write e.g. 4GB or 512MB"
         ) from None
     scale = 1024 ** "KMGT".index(unit) * 1024 if binary and unit else units[unit]
+    if not math.isfinite(value):
+        raise ValueError(f"memory size must be a finite number, got {text!r}; write e.g. 4GB")
     if value <= 0:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return int(value * scale)

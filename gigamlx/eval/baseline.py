@@ -1,43 +1,27 @@
 """Classical tissue detector scored beside the model: Otsu on HSV saturation.
 
-The detector is `gigamlx.slide.masks.OtsuMask` (the one `gigamlx ingest --otsu` uses), fitted
-on the store's coarsest level; it needs the slide's RGB image, so masks must be slide stores.
+The detector is `gigamlx.slide.masks.OtsuMask`, the one `gigamlx ingest --otsu` uses, fitted
+the same way on the store's own pyramid (`masks.OTSU_DEFINITION`); it needs the slide's RGB
+image, so masks must be slide stores.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from gigamlx.core.geometry import Box
+from gigamlx.core.arrays import WindowArray
 from gigamlx.eval.metrics import EvaluationError
-from gigamlx.slide.planes import DEFAULT_BLOCK_PX, ArrayReadError, open_store_image
+from gigamlx.slide.planes import (
+    DEFAULT_BLOCK_PX,
+    ArrayReadError,
+    open_store_image,
+    open_store_levels,
+)
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("otsu",)
-
-
-class BoxReaderPlane:
-    """(H, W) bool view, sliceable like an array, of a mask source with `read(box)`.
-
-    Attributes:
-        source: anything with `image_hw` and `read(Box) -> (h, w) uint8 0/1`.
-        chunk_hw: (rows, cols) to read at a time (evaluate_pair's default block).
-    """
-
-    dtype = np.dtype(bool)
-
-    def __init__(self, source: Any, chunk_hw: tuple[int, int] = (DEFAULT_BLOCK_PX,) * 2):
-        self.source, self.chunk_hw = source, tuple(chunk_hw)
-        self.shape = tuple(source.image_hw)
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        return self.source.read(Box(rows.start, cols.start, rows.stop, cols.stop)) != 0
 
 
 def baseline_plane(
@@ -45,12 +29,11 @@ def baseline_plane(
     store_path: str | Path,
     level: int = 0,
     chunk_hw: tuple[int, int] = (DEFAULT_BLOCK_PX,) * 2,
-) -> BoxReaderPlane:
+) -> WindowArray:
     """The (H, W) bool prediction of baseline `name` for the slide store at `store_path`.
 
     Args:
-        name: "otsu": Otsu threshold of the saturation histogram of the coarsest level,
-            applied at `level`.
+        name: "otsu": `masks.OTSU_DEFINITION`, applied at `level`.
         store_path: a slide store (image + mask), as from `gigamlx ingest`.
         level: pyramid level to predict at.
         chunk_hw: (rows, cols) per read.
@@ -64,11 +47,11 @@ def baseline_plane(
 
     try:
         image = open_store_image(store_path, level)
-        fit_image = open_store_image(store_path, -1)
+        levels = open_store_levels(store_path)
     except ArrayReadError as err:
         raise EvaluationError(
             f"--baseline {name} needs masks given as slide stores (image + mask): {err}"
         ) from err
-    masker = OtsuMask.fit(image, fit_image=fit_image)
+    masker = OtsuMask(image, OtsuMask.fit(levels, source=str(store_path)).threshold)
     logger.info("%s: Otsu saturation threshold %d", store_path, masker.threshold)
-    return BoxReaderPlane(masker, chunk_hw)
+    return WindowArray(masker.image_hw, bool, lambda box: masker.read(box) != 0, chunk_hw)

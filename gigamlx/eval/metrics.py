@@ -80,19 +80,22 @@ def _ratio(num: int, den: int, both_empty: bool) -> float:
     return num / den
 
 
-def to_probability(block: np.ndarray, source: str = "prediction") -> np.ndarray:
+def to_probability(
+    block: np.ndarray, source: str = "prediction", scale: float = 255.0
+) -> np.ndarray:
     """Prediction block as float64 probabilities in [0, 1].
 
     Args:
-        block: (h, w) uint8 in 0..255 (divided by 255), bool, or float in [0, 1].
+        block: (h, w) uint8 in 0..scale (divided by `scale`), bool, or float in [0, 1].
         source: name used in error messages.
+        scale: what a uint8 1.0 is: 255 for round(255 p), 1 for a 0/1 map.
 
     Raises:
         EvaluationError: another dtype.
     """
     if block.dtype == np.uint8:
         prob = block.astype(np.float64)
-        prob /= 255.0  # in place: one float64 block, not two
+        prob /= scale  # in place: one float64 block, not two
         return prob
     if block.dtype == np.bool_ or np.issubdtype(block.dtype, np.floating):
         return block.astype(np.float64)
@@ -148,6 +151,7 @@ def evaluate_pair(
     threshold: float = 0.5,
     block_hw: tuple[int, int] | None = None,
     pred_name: str = "prediction",
+    pred_scale: float = 255.0,
 ) -> PixelCounts:
     """Stream a prediction and a mask of the same (H, W) grid block by block.
 
@@ -155,11 +159,12 @@ def evaluate_pair(
 
     Args:
         pred: (H, W) sliceable probabilities (uint8 0-255, bool or float 0-1), e.g. a
-            `LazyPlane`, a zarr array or a numpy array.
+            `WindowArray`, a zarr array or a numpy array.
         mask: (H, W) sliceable mask; any non-zero value is tissue.
         threshold: hard-prediction threshold in [0, 1]; p >= threshold is tissue.
         block_hw: (rows, cols) per block; default: the prediction's chunks grown to ~2048 px.
         pred_name: name for error messages.
+        pred_scale: a uint8 prediction's value for p = 1 (255, or 1 for a 0/1 map).
 
     Returns:
         Summed `PixelCounts` of all blocks.
@@ -175,7 +180,7 @@ def evaluate_pair(
         block_hw = aligned_block_hw(getattr(pred, "chunk_hw", None) or _chunks_hw(pred))
     total = PixelCounts()
     for rows, cols in iter_blocks(pred_hw, block_hw):
-        prob = to_probability(np.asarray(pred[rows, cols]), pred_name)
+        prob = to_probability(np.asarray(pred[rows, cols]), pred_name, pred_scale)
         _check_block(prob, pred_name, rows, cols)
         total += block_counts(prob, np.asarray(mask[rows, cols]) != 0, threshold)
     logger.debug("%s: %d px, tp=%d fp=%d fn=%d", pred_name, total.n_px, *astuple(total)[:3])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from gigamlx.core.arrays import WindowArray
 from gigamlx.eval.baseline import BASELINES, baseline_plane
 from gigamlx.eval.metrics import (
     METRIC_NAMES,
@@ -25,7 +27,8 @@ from gigamlx.eval.metrics import (
     evaluate_pair,
     summarize,
 )
-from gigamlx.slide.planes import ArrayReadError, LazyPlane, open_plane
+from gigamlx.eval.scale import check_pred_scale, resolve_pred_scale
+from gigamlx.slide.planes import ArrayReadError, open_plane
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class SlideResult:
     shape_hw: tuple[int, int]
     counts: PixelCounts
     baseline_counts: PixelCounts | None = None
+    pred_scale: int = 255  # a uint8 prediction's value for p = 1
+    note: str | None = None  # how the prediction was read, when auto-detection chose
 
 
 @dataclass
@@ -67,7 +72,7 @@ class Report:
         return summarize([s.baseline_counts.metrics() for s in self.slides])
 
 
-def _open(path: str | Path, level: int) -> LazyPlane:
+def _open(path: str | Path, level: int) -> WindowArray:
     try:
         return open_plane(path, level)
     except ArrayReadError as err:
@@ -93,6 +98,7 @@ def evaluate_slide(
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
+    pred_scale: str = "auto",
 ) -> SlideResult:
     """Score one prediction file against one mask file, streamed block by block.
 
@@ -103,6 +109,7 @@ def evaluate_slide(
         baseline: "otsu" to also score the Otsu-on-saturation mask of the store's image.
         level: pyramid level both files are read at (0 = full resolution).
         block_hw: (rows, cols) per streamed block; default follows the prediction's chunks.
+        pred_scale: "255", "1" (a 0/1 map) or "auto" (see `gigamlx.eval.scale`), for uint8.
 
     Raises:
         EvaluationError: unreadable files, grids that differ, NaN or out-of-range values.
@@ -111,7 +118,10 @@ def evaluate_slide(
     try:
         mask = _open(mask_path, level)
         try:
-            return _score(pred, mask, threshold, baseline, level, block_hw)
+            scale, note = resolve_pred_scale(pred, pred_scale, block_hw)
+            result = _score(pred, mask, threshold, baseline, level, block_hw, scale)
+            result.pred_scale, result.note = scale, note
+            return result
         finally:
             mask.close()
     except ArrayReadError as err:  # a chunk that fails to decode mid-stream
@@ -121,19 +131,20 @@ def evaluate_slide(
 
 
 def _score(
-    pred: LazyPlane,
-    mask: LazyPlane,
+    pred: WindowArray,
+    mask: WindowArray,
     threshold: float,
     baseline: str | None,
     level: int,
     block_hw: tuple[int, int] | None,
+    pred_scale: int = 255,
 ) -> SlideResult:
     if pred.shape != mask.shape:
         raise EvaluationError(
             f"grids differ at level {level}: prediction {pred.source} is {pred.shape} "
             f"(H, W) but mask {mask.source} is {mask.shape}"
         )
-    counts = evaluate_pair(pred, mask, threshold, block_hw, pred_name=pred.source)
+    counts = evaluate_pair(pred, mask, threshold, block_hw, pred.source, pred_scale)
     base = None
     if baseline is not None:
         base_pred = baseline_plane(baseline, mask.source, level, mask.chunk_hw)
@@ -150,6 +161,7 @@ def evaluate_files(
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
+    pred_scale: str = "auto",
 ) -> Report:
     """Score each prediction against the mask at the same position (see `evaluate_slide`).
 
@@ -157,8 +169,9 @@ def evaluate_files(
         EvaluationError: bad threshold or baseline, counts that differ, or any slide's error.
     """
     _check_inputs(preds, masks, threshold, baseline)
+    check_pred_scale(pred_scale)
     slides = [
-        evaluate_slide(p, m, threshold, baseline, level, block_hw)
+        evaluate_slide(p, m, threshold, baseline, level, block_hw, pred_scale)
         for p, m in zip(preds, masks, strict=True)
     ]
     return Report(slides, threshold, level, baseline)
@@ -212,6 +225,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
     slides = []
     for slide in report.slides:
         row = {"pred": slide.pred_path, "mask": slide.mask_path, "shape_hw": slide.shape_hw}
+        row["pred_scale"] = slide.pred_scale
         row.update(_counts_json(slide.counts))
         if slide.baseline_counts is not None:
             row["baseline"] = _counts_json(slide.baseline_counts)
@@ -244,17 +258,22 @@ def run_evaluation(
     baseline: str | None = None,
     level: int = 0,
     console: Console | None = None,
+    pred_scale: str = "auto",
 ) -> Report:
     """Evaluate, print the table to `console` (stdout by default) and write `json_path`.
 
-    The one entry point for `scripts/evaluate_dice.py` and `gigamlx eval`.
+    The one entry point for `scripts/evaluate_dice.py` and `gigamlx eval`. `json_path` "-"
+    writes the JSON to stdout and the table to stderr, so stdout is one JSON document.
 
     Raises:
         EvaluationError: any bad input; the message is one line, fit for the user.
     """
-    report = evaluate_files(preds, masks, threshold, baseline, level)
-    (console or Console()).print(render_table(report))
-    if json_path is not None:
+    report = evaluate_files(preds, masks, threshold, baseline, level, pred_scale=pred_scale)
+    to_stdout = json_path is not None and str(json_path) == "-"
+    (console or Console(stderr=to_stdout)).print(render_table(report))
+    if to_stdout:
+        sys.stdout.write(json.dumps(report_to_json(report), indent=2, ensure_ascii=False) + "\n")
+    elif json_path is not None:
         write_json(report, json_path)
         logger.info("wrote %s", json_path)
     return report

@@ -4,10 +4,9 @@ PNG overlay thumbnail. Each streams chunk by chunk: nothing the size of the slid
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,8 +14,16 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from gigamlx.core.outputs import (
+    hidden_sibling,
+    name_the_path,
+    remove_stale_siblings,
+    remove_tree_or_file,
+    replace_path,
+)
 from gigamlx.slide import ngff
 from gigamlx.slide.store import chunk_boxes, downsample2, pyramid_hws
+from gigamlx.slide.written import settle_zarr_writes, written_kind
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +33,7 @@ OVERLAY_MAX_SIDE_PX = 2048
 TISSUE_RGB = np.array([0.0, 190.0, 90.0], np.float32)
 OUTLINE_RGB = np.array([0.0, 110.0, 40.0], np.float32)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-def _hidden_sibling(path: Path, tag: str) -> Path:
-    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def replace_path(tmp_path: Path, path: Path) -> None:
-    """Rename `tmp_path` (file or folder) to `path`, replacing what was there."""
-    old = None
-    if path.exists():
-        old = _hidden_sibling(path, "old")
-        os.rename(path, old)
-    os.rename(tmp_path, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+SOFTWARE = "gigamlx predict"  # the marker of the TIFF and PNG outputs (--overwrite checks it)
 
 
 class ProbabilityMapWriter:
@@ -58,13 +51,22 @@ class ProbabilityMapWriter:
         mpp: float | None = None,
         chunk_px: int = CHUNK_PX,
         min_side_px: int = MIN_LEVEL_SIDE_PX,
+        provenance: dict | None = None,
     ):
         self.path, self.mpp, self.chunk_px = Path(path), mpp, chunk_px
+        self.provenance = provenance or {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = _hidden_sibling(self.path, "partial")
+        remove_stale_siblings(self.path)
+        self.tmp_path = hidden_sibling(self.path, "partial")
         self.hws = pyramid_hws(image_hw, min_side_px)
-        self.group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3)
-        self.levels = [self._create(n, hw) for n, hw in enumerate(self.hws)]
+        try:
+            marker = {"gigamlx": {"kind": "prediction", "format": 1, "complete": False}}
+            self.group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3, attributes=marker)
+            self.levels = [self._create(n, hw) for n, hw in enumerate(self.hws)]
+        except BaseException as error:
+            remove_tree_or_file(self.tmp_path)
+            name_the_path(error, self.path)
+            raise
         self.level0 = self.levels[0]
 
     def _create(self, level: int, hw: tuple[int, int]):
@@ -87,6 +89,8 @@ class ProbabilityMapWriter:
             if progress is not None:
                 progress("pyramid", done, len(boxes))
         self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))
+        self.group.update_attributes({"provenance": self.provenance | {"mpp": self.mpp}})
+        self.group.update_attributes({"gigamlx": {"kind": "prediction", "format": 1}})
         replace_path(self.tmp_path, self.path)
         log.info("wrote %s (%d levels)", self.path, len(self.hws))
         return self.path
@@ -96,14 +100,36 @@ class ProbabilityMapWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            settle_zarr_writes()
+            remove_tree_or_file(self.tmp_path)
+            name_the_path(exc, self.path)
+
+
+def written_by_predict(path: str | os.PathLike) -> bool:
+    """True when the output at `path` carries predict's marker (zarr attrs, TIFF/PNG tag)."""
+    path = Path(path)
+    if path.is_dir():
+        return written_kind(path) == "prediction"
+    try:
+        if path.name.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return page.software == SOFTWARE or "tissue probability" in page.description
+        if path.name.lower().endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                return image.text.get("Software") == SOFTWARE
+    except Exception:  # noqa: BLE001 - unreadable as that format: not ours
+        return False
+    return False
 
 
 def open_probability_levels(path: str | os.PathLike) -> list:
     """The (H, W) uint8 zarr arrays of a probability pyramid, finest first."""
-    group = zarr.open_group(path, mode="r")
-    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
-    return [group[d["path"]] for d in datasets]
+    return ngff.multiscale_arrays(zarr.open_group(path, mode="r"))[0]
 
 
 def _tiles(array, tile_px: int) -> Iterator[np.ndarray]:
@@ -118,27 +144,31 @@ def write_ome_tiff(
     mpp: float | None = None,
     tile_px: int = CHUNK_PX,
     progress: Progress | None = None,
+    provenance: dict | None = None,
 ) -> Path:
     """Write a tiled, deflate-compressed pyramidal OME-TIFF of (H, W) uint8 `levels`, streamed.
 
     The reduced levels are stored twice: as SubIFDs of the full-resolution page (the OME-TIFF
     pyramid that QuPath/Bio-Formats and tifffile read) and as top-level reduced-resolution
     pages (the generic tiled-TIFF pyramid that OpenSlide reads). They add ~1/3 to the size.
+    `provenance` goes into the OME image's Description (as JSON) and a MapAnnotation.
     """
     import tifffile
 
     path = Path(path)
-    tmp_path = _hidden_sibling(path, "partial")
+    remove_stale_siblings(path)
+    tmp_path = hidden_sibling(path, "partial")
     hw = tuple(levels[0].shape)
     ome = tifffile.OmeXml()
-    sizes = {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp} if mpp else {}
-    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name="tissue probability", **sizes)
+    meta = _ome_metadata(mpp, provenance)
+    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name="tissue probability", **meta)
     options = {
         "dtype": np.uint8,
         "tile": (tile_px, tile_px),
         "compression": "zlib",
         "photometric": "minisblack",
         "metadata": None,
+        "software": SOFTWARE,
     }
     if mpp:
         options |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
@@ -151,10 +181,28 @@ def write_ome_tiff(
                 if progress is not None:
                     progress("ome-tiff", done, len(pages))
         replace_path(tmp_path, path)
+    except BaseException as error:
+        name_the_path(error, path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
     log.info("wrote %s (%d levels)", path, len(levels))
     return path
+
+
+def _ome_metadata(mpp: float | None, provenance: dict | None) -> dict:
+    """OME Image/Pixels attributes: physical pixel size and the provenance.
+
+    No PhysicalSizeXUnit: the schema's default is µm, and TIFF descriptions must be ASCII.
+    """
+    meta = {}
+    if mpp:
+        meta |= {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp}
+    if provenance:
+        meta["Description"] = json.dumps(provenance)
+        text = {key: json.dumps(value) for key, value in provenance.items()}
+        meta["MapAnnotation"] = {"Namespace": "gigamlx/provenance", "Value": text}
+    return meta
 
 
 def thumbnail_hw(image_hw: tuple[int, int], max_side_px: int) -> tuple[int, int]:
@@ -203,12 +251,25 @@ def _outline(tissue: np.ndarray, width_px: int = 2) -> np.ndarray:
     return tissue & ~inner
 
 
+def _png_text(meta: dict | None, downsample: float):
+    """PNG text chunk "gigamlx": provenance plus the thumbnail's own µm per pixel."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    meta = dict(meta or {})
+    if meta.get("mpp"):
+        meta["overlay_mpp"] = meta["mpp"] * downsample
+    info.add_text("gigamlx", json.dumps(meta))
+    return info
+
+
 def write_overlay(
     slide_levels: list,
     prob_levels: list,
     path: str | os.PathLike,
     max_side_px: int = OVERLAY_MAX_SIDE_PX,
     threshold_u8: int = 128,
+    meta: dict | None = None,
 ) -> Path:
     """PNG thumbnail of the slide with predicted tissue (p >= threshold) tinted and outlined.
 
@@ -218,6 +279,7 @@ def write_overlay(
         path: PNG to write.
         max_side_px: longer side of the thumbnail.
         threshold_u8: tissue where round(255 p) >= this.
+        meta: provenance; written as the PNG's "gigamlx" text chunk with the thumbnail's µm/px.
     """
     from PIL import Image
 
@@ -226,6 +288,19 @@ def write_overlay(
     tissue = sample_nearest(prob_levels, target_hw) >= threshold_u8  # (h, w)
     rgb[tissue] = 0.7 * rgb[tissue] + 0.3 * TISSUE_RGB
     rgb[_outline(tissue)] = OUTLINE_RGB
-    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8)).save(path)
-    log.info("wrote %s (%dx%d)", path, *target_hw)
+    info = _png_text(meta, slide_levels[0].shape[1] / target_hw[1])
+    info.add_text("Software", SOFTWARE)
+    path = Path(path)
+    remove_stale_siblings(path)
+    tmp_path = hidden_sibling(path, "partial")
+    try:
+        image = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+        image.save(tmp_path, format="PNG", pnginfo=info)
+        replace_path(tmp_path, path)
+    except BaseException as error:
+        name_the_path(error, path)
+        raise
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    log.info("wrote %s (%dx%d px, HxW)", path, *target_hw)
     return Path(path)

@@ -1,123 +1,98 @@
 """Whole-slide prediction: a trained model's tissue probabilities for every pixel of a slide.
 
 Exact and tiled (the scheduler's `tiled_predict`), written tile by tile into an on-disk
-OME-Zarr pyramid (uint8, round(255 p)); optionally also a pyramidal OME-TIFF and a PNG overlay.
-Memory is bounded by the budget and a few chunks, whatever the slide size.
+OME-Zarr pyramid (uint8, round(255 p)) at the slide level matching the resolution the model
+was trained at; optionally a pyramidal OME-TIFF, a PNG overlay and QuPath GeoJSON. Every
+output carries µm per pixel and provenance. Memory is bounded by the budget and a few chunks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from gigamlx.backends import get_backend
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.core.geometry import Box
+from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
+from gigamlx.core.outputs import (
+    OutputError,
+    check_not_input,
+    check_output_file,
+    check_output_folder,
+    check_replaceable,
+)
+from gigamlx.infer.annotations import prediction_features, threshold_u8, write_geojson
 from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
     ProbabilityMapWriter,
     open_probability_levels,
     write_ome_tiff,
     write_overlay,
+    written_by_predict,
 )
-from gigamlx.slide.readers import open_slide
-from gigamlx.slide.store import StoreError, open_store
+from gigamlx.infer.provenance import provenance
+from gigamlx.infer.sources import (
+    PredictError,
+    SlideSource,
+    choose_level,
+    open_source,
+    slide_name,
+)
 from gigamlx.tiling.scheduler import tiled_predict
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-SLIDE_SUFFIXES = (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif")
-
-
-class PredictError(ValueError):
-    """Input that `predict` cannot use; the message names the path and the fix."""
-
-
-class SlideSource(NamedTuple):
-    """A slide to predict: `levels` are (H, W, 3) uint8 array-likes, finest first."""
-
-    path: Path
-    name: str  # output stem
-    levels: list
-    mpp: float | None
-    close: Callable[[], None]
-
-    @property
-    def image(self):
-        return self.levels[0]
+__all__ = ["PredictError", "SlideSource", "open_source", "slide_name"]
 
 
 class OutputPaths(NamedTuple):
     zarr: Path
     tiff: Path | None
     overlay: Path | None
+    geojson: Path | None = None
 
 
 class PredictResult(NamedTuple):
     source: Path
     outputs: OutputPaths
-    image_hw: tuple[int, int]
+    image_hw: tuple[int, int]  # (H, W) predicted: the pixels of the level read
     seconds: float
     peak_rss_bytes: int
+    level: int = 0
+    mpp: float | None = None
 
 
-class ReaderLevel:
-    """(H, W, 3) uint8 array-like over one level of a slide reader (`read(level, box)`)."""
+class TrainedScale(NamedTuple):
+    """What a checkpoint says about itself: its step and the level / µm per pixel it read."""
 
-    def __init__(self, reader: Any, level: int):
-        self.reader, self.level = reader, level
-        self.shape = tuple(reader.level_hw(level)) + (3,)
-        self.dtype, self.ndim = np.dtype(np.uint8), 3
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        y0, y1, _ = rows.indices(self.shape[0])
-        x0, x1, _ = cols.indices(self.shape[1])
-        return self.reader.read(self.level, Box(y0, x0, y1, x1))
+    step: int | None
+    mpp: float | None
+    level: int | None
 
 
-def slide_name(path: Path) -> str:
-    """Output stem of a slide: its file name without the slide suffix ('a.ome.tif' -> 'a')."""
-    name = Path(path).name
-    for suffix in SLIDE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem or name
+def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
+    """Step and training resolution recorded in a run or checkpoint folder (a bare weights
+    file records nothing: level 0, no mpp)."""
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / STATE).exists():
+        found = list_checkpoints(path)
+        path = found[-1] if found else path
+    if not (path / STATE).is_file():
+        return TrainedScale(None, None, None)
+    state = json.loads((path / STATE).read_text())
+    config = state.get("config", {})
+    return TrainedScale(state.get("step"), config.get("trained_mpp"), config.get("trained_level"))
 
 
-def open_source(path: str | os.PathLike) -> SlideSource:
-    """Open an ingested slide store (a folder) or a slide file (OpenSlide or TIFF formats).
-
-    Raises:
-        PredictError: missing or unreadable; the message names the path.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise PredictError(f"no slide at {path}")
-    if path.is_dir():
-        try:
-            store = open_store(path)
-        except StoreError as error:
-            raise PredictError(str(error)) from None
-        levels = [level.image for level in store.levels]
-        return SlideSource(path, slide_name(path), levels, store.mpp, lambda: None)
-    try:
-        reader = open_slide(path)
-    except ValueError as error:  # SlideFormatError names every backend's complaint
-        raise PredictError(str(error)) from None
-    levels = [ReaderLevel(reader, n) for n in range(reader.level_count)]
-    return SlideSource(path, slide_name(path), levels, reader.mpp, reader.close)
-
-
-def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
+def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = "auto"):
     """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors.
 
     Raises:
@@ -132,7 +107,7 @@ def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
             "saved one, or a weights .safetensors file"
         )
     weights = load_weights(path)
-    backend = get_backend(backend_name)
+    backend = get_backend(backend_name, kernels=kernels)
     model = backend.build_model(0)
     expected = {name: v.shape for name, v in backend.flat_params(model).items()}
     found = {name: tuple(v.shape) for name, v in weights.items()}
@@ -147,29 +122,38 @@ def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx"):
     return backend, model
 
 
-def output_paths(out_dir: Path, name: str, tiff: bool, overlay: bool) -> OutputPaths:
+def output_paths(
+    out_dir: Path, name: str, tiff: bool, overlay: bool, geojson: bool = False
+) -> OutputPaths:
     """Where the outputs of slide `name` go in `out_dir`."""
     out_dir = Path(out_dir)
     return OutputPaths(
         out_dir / f"{name}.zarr",
         out_dir / f"{name}.ome.tif" if tiff else None,
         out_dir / f"{name}_overlay.png" if overlay else None,
+        out_dir / f"{name}.geojson" if geojson else None,
     )
 
 
-def check_outputs(slides: Sequence[Path], planned: Sequence[OutputPaths], overwrite: bool):
+def check_outputs(
+    slides: Sequence[Path],
+    planned: Sequence[OutputPaths],
+    overwrite: bool,
+    checkpoint: Path | None = None,
+):
     """Before any work: outputs must be distinct, not inputs, and new unless `overwrite`."""
     seen: dict[Path, Path] = {}
-    inputs = {Path(s).resolve() for s in slides}
     for slide, paths in zip(slides, planned, strict=True):
         for path in (p for p in paths if p is not None):
-            if path.resolve() in inputs:
-                raise PredictError(f"output {path} would replace the input slide; choose --out")
+            try:
+                check_output_file(path)
+                check_not_input(path, [Path(s) for s in slides] + [checkpoint], "output")
+            except OutputError as error:
+                raise PredictError(str(error)) from None
             if path in seen:
                 raise PredictError(f"{seen[path]} and {slide} would both write {path}")
             seen[path] = Path(slide)
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+            check_replaceable(path, overwrite, written_by_predict, "prediction")
 
 
 def predict_slide(
@@ -181,8 +165,11 @@ def predict_slide(
     tile: int | None = None,
     progress: Progress | None = None,
     min_side_px: int = MIN_LEVEL_SIDE_PX,
+    level: int = 0,
+    threshold: float = 0.5,
+    meta: dict | None = None,
 ) -> PredictResult:
-    """Predict one slide into `outputs.zarr` (and the OME-TIFF and overlay when asked).
+    """Predict level `level` of one slide into `outputs.zarr` (and the extras asked for).
 
     Args:
         backend, model: the engine and a model with loaded weights.
@@ -192,58 +179,116 @@ def predict_slide(
         tile: owned tile side px (multiple of 64), overriding `budget_bytes`.
         progress: callable(phase, done, total).
         min_side_px: the pyramid halves while the shorter side is at least this.
+        level: the slide's pyramid level to predict (see `choose_level`).
+        threshold: p >= threshold is tissue in the overlay and the GeoJSON.
+        meta: provenance (`provenance.provenance`); built without a checkpoint if None.
     """
     start = time.perf_counter()
-    image_hw = tuple(source.image.shape[:2])
-    with ProbabilityMapWriter(outputs.zarr, image_hw, source.mpp, min_side_px=min_side_px) as out:
-        tiled_predict(backend, model, source.image, tile, budget_bytes, out.level0, progress)
+    image = source.levels[level]
+    image_hw, mpp = tuple(image.shape[:2]), source.level_mpp(level)
+    if meta is None:
+        meta = provenance(None, None, source.path, source.level_hws[0], level, mpp, threshold)
+    with ProbabilityMapWriter(
+        outputs.zarr, image_hw, mpp, min_side_px=min_side_px, provenance=meta
+    ) as out:
+        tiled_predict(backend, model, image, tile, budget_bytes, out.level0, progress)
         out.finish(progress)
     levels = open_probability_levels(outputs.zarr)  # the writer's arrays moved with the rename
     if outputs.tiff is not None:
-        write_ome_tiff(levels, outputs.tiff, source.mpp, progress=progress)
+        write_ome_tiff(levels, outputs.tiff, mpp, progress=progress, provenance=meta)
     if outputs.overlay is not None:
-        write_overlay(source.levels, levels, outputs.overlay)
+        cut = threshold_u8(threshold)
+        write_overlay(source.levels[level:], levels, outputs.overlay, threshold_u8=cut, meta=meta)
+    if outputs.geojson is not None:
+        features = prediction_features(levels, threshold, source.level_hws[0], meta)
+        write_geojson(features, outputs.geojson)
     seconds = time.perf_counter() - start
-    log.info("%s: %dx%d in %.1f s", source.path, *image_hw, seconds)
-    return PredictResult(source.path, outputs, image_hw, seconds, peak_rss_bytes())
+    log.info("%s: level %d, %dx%d (HxW) px in %.1f s", source.path, level, *image_hw, seconds)
+    return PredictResult(source.path, outputs, image_hw, seconds, peak_rss_bytes(), level, mpp)
+
+
+class PredictOptions(NamedTuple):
+    """What `gigamlx predict` was asked for, beyond the checkpoint and slides."""
+
+    memory_budget: str = "4GB"
+    tiff: bool = False
+    overlay: bool = False
+    geojson: bool = False
+    overwrite: bool = False
+    tile: int | None = None
+    threshold: float = 0.5
+    level: int | None = None  # None: the level matching the checkpoint's training resolution
+    kernels: str = "auto"  # the mlx backend's model path ("auto", "fused" or "mlx")
 
 
 def predict_slides(
     checkpoint: str | os.PathLike,
     slides: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
-    memory_budget: str = "4GB",
-    tiff: bool = False,
-    overlay: bool = False,
-    overwrite: bool = False,
-    tile: int | None = None,
+    options: PredictOptions | None = None,
     on_slide: Callable[[SlideSource], Progress | None] | None = None,
+    **fields,
 ) -> list[PredictResult]:
     """Predict every slide with the model of `checkpoint`; inputs are all checked first.
 
     Args:
+        options: what to write and how (or give its fields as keywords: overlay=True).
         on_slide: called as each slide starts; returns that slide's progress callback.
+        kernels: the mlx backend's model path ("auto", "fused" or "mlx").
 
     Raises:
         PredictError, CheckpointError, FileExistsError: bad input, before any output is written.
     """
+    o = options or PredictOptions(**fields)
     if not slides:
         raise PredictError("no slides given")
-    if tile is not None and (tile <= 0 or tile % 64):
-        raise PredictError(f"--tile must be a positive multiple of 64, got {tile}")
-    budget_bytes = parse_bytes(memory_budget)
-    backend, model = load_model(checkpoint)
+    if o.tile is not None and (o.tile <= 0 or o.tile % 64):
+        raise PredictError(f"--tile must be a positive multiple of 64, got {o.tile}")
+    if not 0 < o.threshold <= 1:
+        raise PredictError(f"--threshold must be in (0, 1], got {o.threshold}")
+    budget_bytes = parse_bytes(o.memory_budget)
+    check_output_folder(Path(out_dir))
+    backend, model = load_model(checkpoint, kernels=o.kernels)
+    scale = trained_scale(checkpoint)
     sources = [open_source(s) for s in slides]
+    out_dir, made_out_dir = Path(out_dir), not Path(out_dir).exists()
     try:
-        planned = [output_paths(Path(out_dir), s.name, tiff, overlay) for s in sources]
-        check_outputs([s.path for s in sources], planned, overwrite)
-        results = []
-        for source, outputs in zip(sources, planned, strict=True):
-            progress = on_slide(source) if on_slide is not None else None
-            results.append(
-                predict_slide(backend, model, source, outputs, budget_bytes, tile, progress)
-            )
-        return results
+        levels = [choose_level(s, scale.mpp, scale.level, o.level) for s in sources]
+        with ExitStack() as held:
+            planned = [output_paths(out_dir, s.name, o.tiff, o.overlay, o.geojson) for s in sources]
+            for outputs in planned:  # held to the end: no other predict writes these
+                held.enter_context(lock_output(outputs.zarr))
+            check_outputs([s.path for s in sources], planned, o.overwrite, Path(checkpoint))
+            return [
+                _predict_one(backend, model, checkpoint, scale, source, outputs, level, o,
+                             budget_bytes, on_slide)
+                for source, outputs, level in zip(sources, planned, levels, strict=True)
+            ]  # fmt: skip
     finally:
         for source in sources:
             source.close()
+        if made_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # an error before any output: leave nothing behind
+
+
+def _predict_one(
+    backend, model, checkpoint, scale, source, outputs, level, options, budget_bytes, on_slide
+) -> PredictResult:
+    """One slide of `predict_slides`, with its provenance."""
+    o = options
+    meta = provenance(
+        checkpoint, scale.step, source.path, source.level_hws[0], level,
+        source.level_mpp(level), o.threshold,
+    )  # fmt: skip
+    progress = on_slide(source) if on_slide is not None else None
+    return predict_slide(
+        backend, model, source, outputs, budget_bytes, o.tile, progress,
+        level=level, threshold=o.threshold, meta=meta,
+    )  # fmt: skip
+
+
+def lock_output(zarr_path: Path):
+    """The OS lock on one slide's outputs (its folder is made if missing)."""
+    zarr_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = zarr_path.parent / f".{zarr_path.name}.lock"
+    return hold_lock(lock_path, f"prediction output {zarr_path}")

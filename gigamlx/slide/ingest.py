@@ -10,31 +10,27 @@ import os
 import time
 from pathlib import Path
 
-from gigamlx.core.geometry import Box
-from gigamlx.slide.masks import GeoJsonMask, ImageMask, MaskSource, OtsuMask
+from gigamlx.core.outputs import check_not_input
+from gigamlx.slide.geojson import GeoJsonMask
+from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide
 from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
+from gigamlx.slide.written import check_chunk_px
 
 log = logging.getLogger(__name__)
 
 
-def _file_mask(reader: SlideReader, level: int, mask, geojson) -> MaskSource | None:
+def _file_mask(
+    reader: SlideReader, level: int, mask, geojson, tissue_classes: list[str] | None
+) -> MaskSource | None:
     """The mask read from a file (image or GeoJSON) on the ingested level's grid, if any."""
     hw = reader.level_hw(level)
     if mask is not None:
         return ImageMask(mask, hw)
     if geojson is not None:
-        return GeoJsonMask(geojson, hw, downsample=reader.level_hw(0)[1] / hw[1])
+        downsample = reader.level_hw(0)[1] / hw[1]
+        return GeoJsonMask(geojson, hw, downsample, tissue_classes)
     return None
-
-
-def _low_res(reader: SlideReader, max_pixels: int = 4096 * 4096):
-    """The slide's smallest level as (h, w, 3) numpy if it is small enough, else None."""
-    small = reader.level_count - 1
-    h, w = reader.level_hw(small)
-    if small == 0 or h * w > max_pixels or min(h, w) < 64:
-        return None
-    return reader.read(small, Box(0, 0, h, w))
 
 
 def ingest(
@@ -48,6 +44,7 @@ def ingest(
     progress: Progress | None = None,
     backend: str | None = None,
     overwrite: bool = False,
+    tissue_classes: list[str] | None = None,
 ) -> Path:
     """Write one level of a slide, plus an optional tissue mask, as a slide store.
 
@@ -57,11 +54,13 @@ def ingest(
         level: the slide's pyramid level that becomes the store's level 0.
         mask: a mask image on that level's grid (any non-zero = tissue).
         geojson: GeoJSON polygons in level-0 pixel coordinates (QuPath export).
-        otsu: compute the Otsu saturation baseline mask instead.
+        otsu: compute the Otsu saturation baseline mask instead (`masks.OTSU_DEFINITION`,
+            fitted on the store's own pyramid, as `eval --baseline otsu` does).
         chunk_px: tile side read from the slide and chunk side of the store.
         progress: optional callable(done_chunks, total_chunks).
         backend: force "openslide" or "tifffile"; None picks by file type.
         overwrite: replace an existing store at `out_path`.
+        tissue_classes: GeoJSON classes that are tissue (None: all but `Ignore*`; see geojson.py).
 
     Returns:
         The store path; `open_store(out_path).image` is (H, W, 3) uint8 of that level.
@@ -69,13 +68,16 @@ def ingest(
     asked = [n for n, v in (("mask", mask), ("geojson", geojson), ("otsu", otsu)) if v]
     if len(asked) > 1:
         raise ValueError(f"choose one mask source, got {', '.join(asked)}")
+    check_chunk_px(chunk_px)
+    check_not_input(out_path, [slide_path, mask, geojson], "output store")
     start = time.perf_counter()
     reader = open_slide(slide_path, backend)
     try:
         if not 0 <= level < reader.level_count:
             raise ValueError(f"{slide_path} has levels 0..{reader.level_count - 1}, not {level}")
         hw = reader.level_hw(level)
-        source = _file_mask(reader, level, mask, geojson)  # fails before any slow work
+        # a bad mask file fails here, before any slow work
+        source = _file_mask(reader, level, mask, geojson, tissue_classes)
         mpp = reader.mpp * reader.level_hw(0)[1] / hw[1] if reader.mpp else None
         attrs = {"source": str(Path(slide_path).resolve()), "source_level": level, "mpp": mpp}
         with StoreWriter(
@@ -84,7 +86,8 @@ def ingest(
             for box in chunk_boxes(hw, chunk_px):
                 writer.write_image(box, reader.read(level, box))
             if otsu:
-                source = OtsuMask.fit(writer.image_view(0), fit_image=_low_res(reader))
+                source = OtsuMask.fit(writer.image_pyramid(), source=str(slide_path))
+                writer.attrs["otsu_threshold"] = source.threshold
             for box in chunk_boxes(hw, chunk_px) if source is not None else ():
                 writer.write_mask(box, source.read(box))
             out = writer.finish()

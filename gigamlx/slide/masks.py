@@ -1,4 +1,4 @@
-"""Tissue mask sources: a mask image, GeoJSON polygons (QuPath), or an Otsu saturation baseline.
+"""Tissue mask sources: a mask image or the Otsu saturation baseline (GeoJSON: geojson.py).
 
 Each source is a small class with `read(box) -> (h, w) uint8 0/1` on the slide's pixel grid,
 so masks are produced chunk by chunk like everything else.
@@ -6,7 +6,6 @@ so masks are produced chunk by chunk like everything else.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,9 +15,11 @@ import numpy as np
 
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
+from gigamlx.slide import OTSU_DEFINITION, OTSU_FIT_MAX_PIXELS
 from gigamlx.slide.store import chunk_boxes
 
 log = logging.getLogger(__name__)
+__all__ = ["OTSU_DEFINITION", "ImageMask", "OtsuMask", "otsu_fit_level", "otsu_threshold"]
 
 
 class MaskError(ValueError):
@@ -71,112 +72,6 @@ class ImageMask:
         return (block != 0).view(np.uint8)
 
 
-def _rings(geometry: dict, source: str) -> list[list[np.ndarray]]:
-    """Polygons (each a list of (n, 2) x,y rings, exterior first) of one GeoJSON geometry."""
-    kind = geometry.get("type")
-    if kind == "Polygon":
-        return [[np.asarray(r, np.float64)[:, :2] for r in geometry["coordinates"]]]
-    if kind == "MultiPolygon":
-        return [[np.asarray(r, np.float64)[:, :2] for r in p] for p in geometry["coordinates"]]
-    if kind == "GeometryCollection":
-        return [p for g in geometry["geometries"] for p in _rings(g, source)]
-    raise MaskError(f"{source}: GeoJSON geometry {kind!r} is not a Polygon or MultiPolygon")
-
-
-def parse_geojson(data, source: str = "GeoJSON") -> list[list[np.ndarray]]:
-    """Polygons of a FeatureCollection, Feature, bare geometry, or a list of those.
-
-    Returns:
-        One list of rings per polygon; rings are (n, 2) float64 (x, y) pixel coordinates.
-    """
-    if isinstance(data, list):
-        return [p for item in data for p in parse_geojson(item, source)]
-    if not isinstance(data, dict):
-        raise MaskError(f"{source}: expected a GeoJSON object or list, got {type(data).__name__}")
-    kind = data.get("type")
-    if kind == "FeatureCollection":
-        return parse_geojson(data.get("features", []), source)
-    if kind == "Feature":
-        if data.get("geometry") is None:
-            log.warning("%s: skipping a feature without geometry", source)
-            return []
-        return _rings(data["geometry"], source)
-    return _rings(data, source)
-
-
-def _toggles(ring: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """Row and first column of every edge crossing of the rows' pixel centers in `box`.
-
-    A pixel is inside when an odd number of crossings lie left of (or on) its center.
-    """
-    x0, y0 = ring[:-1, 0], ring[:-1, 1]
-    x1, y1 = ring[1:, 0], ring[1:, 1]
-    if len(ring) and not np.array_equal(ring[0], ring[-1]):  # close the ring
-        x0, y0 = np.append(x0, ring[-1, 0]), np.append(y0, ring[-1, 1])
-        x1, y1 = np.append(x1, ring[0, 0]), np.append(y1, ring[0, 1])
-    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-    first = np.clip(np.ceil(lo - 0.5), box.y0, box.y1).astype(np.int64)
-    stop = np.clip(np.ceil(hi - 0.5), box.y0, box.y1).astype(np.int64)
-    count = stop - first  # rows with lo <= y + 0.5 < hi; 0 for horizontal edges
-    edge = np.repeat(np.arange(len(count)), count)
-    rows = first[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count)
-    yc = rows + 0.5
-    xc = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
-    cols = np.clip(np.ceil(xc - 0.5) - box.x0, 0, box.hw[1]).astype(np.int64)
-    return rows - box.y0, cols
-
-
-def rasterize_polygon(rings: list[np.ndarray], box: Box) -> np.ndarray:
-    """Even-odd fill (holes = interior rings) of one polygon at pixel centers in `box`.
-
-    Returns:
-        (h, w) bool, pixel (y, x) covering [y, y+1) x [x, x+1) in slide coordinates.
-    """
-    h, w = box.hw
-    parts = [_toggles(ring, box) for ring in rings if len(ring) >= 3]
-    if not parts:
-        return np.zeros((h, w), bool)
-    rows = np.concatenate([r for r, _ in parts])
-    cols = np.concatenate([c for _, c in parts])
-    diff = np.bincount(rows * (w + 1) + cols, minlength=h * (w + 1)).reshape(h, w + 1)
-    return (np.cumsum(diff[:, :w], axis=1) & 1).astype(bool)
-
-
-class GeoJsonMask:
-    """GeoJSON polygons (QuPath export) rasterized per box; coordinates are level-0 pixels."""
-
-    def __init__(self, path_or_data, image_hw: tuple[int, int], downsample: float = 1.0):
-        source = str(path_or_data) if isinstance(path_or_data, str | Path) else "GeoJSON"
-        data = path_or_data
-        if isinstance(path_or_data, str | Path):
-            data = json.loads(Path(path_or_data).read_text())
-        self.image_hw = tuple(image_hw)
-        self.polygons = [[r / downsample for r in p] for p in parse_geojson(data, source)]
-        if not self.polygons:
-            raise MaskError(f"{source}: no polygons found")
-        self._bounds = [self._bbox(p) for p in self.polygons]
-
-    @staticmethod
-    def _bbox(rings: list[np.ndarray]) -> Box:
-        points = np.concatenate(rings)
-        y0, x0 = np.floor(points[:, 1].min()), np.floor(points[:, 0].min())
-        y1, x1 = np.ceil(points[:, 1].max()) + 1, np.ceil(points[:, 0].max()) + 1
-        return Box(int(y0), int(x0), int(y1), int(x1))
-
-    def read(self, box: Box) -> np.ndarray:
-        """(h, w) uint8 0/1: the union of all polygons over `box`."""
-        out = np.zeros(box.hw, bool)
-        for rings, bounds in zip(self.polygons, self._bounds, strict=True):
-            if (
-                bounds.y0 < box.y1
-                and box.y0 < bounds.y1
-                and bounds.x0 < box.x1
-                and box.x0 < bounds.x1
-            ):
-                out |= rasterize_polygon(rings, box)
-        return out.view(np.uint8)
-
-
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation of (..., 3) uint8 RGB as uint8 0..255: (max - min) / max."""
     hi = rgb.max(axis=-1).astype(np.uint16)
@@ -199,14 +94,42 @@ def saturation_histogram(image, chunk_px: int = 1024, step: int = 1) -> np.ndarr
     return hist
 
 
-def otsu_threshold(hist: np.ndarray) -> int:
-    """Otsu's threshold t of a 256-bin histogram: class 1 is values > t."""
+def otsu_threshold(hist: np.ndarray, source: str = "image") -> int:
+    """Otsu's threshold t of a 256-bin histogram: class 1 is values > t.
+
+    Where several t tie (empty bins between two modes), the middle one: a two-valued image
+    splits halfway, not at its lower value.
+
+    Raises:
+        MaskError: fewer than two distinct values (e.g. a greyscale slide: saturation 0).
+    """
+    if np.count_nonzero(hist) < 2:
+        value = int(np.flatnonzero(hist)[0]) if hist.any() else 0
+        raise MaskError(
+            f"{source}: saturation is {value} everywhere (a greyscale or blank slide?), so "
+            "Otsu on saturation cannot tell tissue from background; give --mask or --geojson"
+        )
     p = hist.astype(np.float64) / max(hist.sum(), 1)
     omega = np.cumsum(p)
     mu = np.cumsum(p * np.arange(len(p)))
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mu[-1] * omega - mu) ** 2 / (omega * (1 - omega))
-    return int(np.nanargmax(np.where(np.isfinite(between), between, np.nan)))
+    between = np.where(np.isfinite(between), between, -1.0)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    return int(best[(len(best) - 1) // 2])
+
+
+def otsu_fit_level(level_hws: list[tuple[int, int]], max_pixels: int = OTSU_FIT_MAX_PIXELS):
+    """(level, step): the finest level with at most `max_pixels`, read every `step`-th pixel.
+
+    The one definition of where the Otsu threshold is fitted (ingest --otsu and
+    eval --baseline otsu both call it on the store's own pyramid).
+    """
+    for n, (h, w) in enumerate(level_hws):
+        if h * w <= max_pixels:
+            return n, 1
+    h, w = level_hws[-1]
+    return len(level_hws) - 1, int(np.ceil(np.sqrt(h * w / max_pixels)))
 
 
 class OtsuMask:
@@ -220,15 +143,18 @@ class OtsuMask:
         self.image_hw = tuple(image.shape[:2])
 
     @classmethod
-    def fit(cls, image, fit_image=None, smooth_px: int = 4, step: int = 4) -> OtsuMask:
-        """Fit the threshold on `fit_image` (e.g. a low-res level), else on every `step`-th
-        pixel of `image`; apply at full resolution on `image` (H, W, 3)."""
-        hist = saturation_histogram(fit_image) if fit_image is not None else None
-        if hist is None:
-            hist = saturation_histogram(image, step=step)
-        threshold = otsu_threshold(hist)
-        log.info("Otsu saturation threshold: %d", threshold)
-        return cls(image, threshold, smooth_px)
+    def fit(cls, levels: list, smooth_px: int = 4, source: str = "image") -> OtsuMask:
+        """Fit the threshold on the level `otsu_fit_level` picks; apply on `levels[0]`.
+
+        Args:
+            levels: (H, W, 3) uint8 array-likes of one pyramid, finest first.
+            source: the slide, named in errors.
+        """
+        fit_level, step = otsu_fit_level([tuple(a.shape[:2]) for a in levels])
+        hist = saturation_histogram(levels[fit_level], step=step)
+        threshold = otsu_threshold(hist, source)
+        log.info("Otsu saturation threshold %d (fitted on level %d)", threshold, fit_level)
+        return cls(levels[0], threshold, smooth_px)
 
     def read(self, box: Box) -> np.ndarray:
         """(h, w) uint8 0/1 for `box`, smoothing with a halo read across chunk borders."""

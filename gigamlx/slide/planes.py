@@ -7,13 +7,17 @@ stores (their mask, or their RGB image for the classical baseline).
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+from gigamlx.core.arrays import WindowArray
+from gigamlx.core.geometry import Box
+from gigamlx.slide import ngff
 
 logger = logging.getLogger(__name__)
 
@@ -26,57 +30,43 @@ class ArrayReadError(ValueError):
     """A file that cannot be read as a 2-D plane (missing, unknown format, wrong axes)."""
 
 
-@dataclass
-class LazyPlane:
+def plane_view(
+    source: str,
+    array: Any,
+    index_template: tuple[str | int, ...] = ("y", "x"),
+    closer: Any = None,
+    block_hint_hw: tuple[int, int] | None = None,
+) -> WindowArray:
     """A 2-D (H, W) view of an on-disk array; slicing reads only the chunks it touches.
 
-    Attributes:
+    Args:
         source: the path the plane came from (for messages).
         array: the underlying array (zarr array, numpy array, or anything sliceable).
         index_template: one entry per axis of `array`: "y", "x", or the integer to take on a
             size-1 axis (a channel, t or z axis).
-        closer: called by `close()` (e.g. a tifffile store), or None.
+        closer: its `close()` is called by the view's `close()` (e.g. a tifffile store).
         block_hint_hw: (rows, cols) to read at a time when `array` has no `chunks`.
     """
+    full = tuple(array.shape)
+    y_axis, x_axis = index_template.index("y"), index_template.index("x")
+    chunks = getattr(array, "chunks", None)
+    if chunks and len(chunks) == len(index_template):
+        chunk_hw = chunks[y_axis], chunks[x_axis]
+    else:
+        chunk_hw = block_hint_hw or (full[y_axis], full[x_axis])
 
-    source: str
-    array: Any
-    index_template: tuple[str | int, ...] = ("y", "x")
-    closer: Any = None
-    block_hint_hw: tuple[int, int] | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(H, W) in pixels."""
-        full = tuple(self.array.shape)
-        return full[self.index_template.index("y")], full[self.index_template.index("x")]
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.array.dtype)
-
-    @property
-    def chunk_hw(self) -> tuple[int, int]:
-        """(rows, cols) of one storage chunk; the whole plane for in-memory arrays."""
-        chunks = getattr(self.array, "chunks", None)
-        if not chunks or len(chunks) != len(self.index_template):
-            return self.block_hint_hw or self.shape
-        return chunks[self.index_template.index("y")], chunks[self.index_template.index("x")]
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        """Read rows `key[0]` x cols `key[1]` as a (h, w) numpy array."""
-        rows, cols = key
-        index = tuple(rows if a == "y" else cols if a == "x" else a for a in self.index_template)
+    def read(box: Box) -> np.ndarray:
+        rows, cols = slice(box.y0, box.y1), slice(box.x0, box.x1)
+        index = tuple(rows if a == "y" else cols if a == "x" else a for a in index_template)
         try:
-            return np.asarray(self.array[index])
+            block = np.asarray(array[index])
         except Exception as err:  # a corrupt or missing chunk, from zarr or tifffile
-            where = f"rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop}"
-            raise ArrayReadError(f"{self.source}: cannot read {where} ({err})") from err
+            where = f"rows {box.y0}:{box.y1}, cols {box.x0}:{box.x1}"
+            raise ArrayReadError(f"{source}: cannot read {where} ({err})") from err
+        return block.T if y_axis > x_axis else block
 
-    def close(self) -> None:
-        if self.closer is not None:
-            self.closer.close()
-            self.closer = None
+    close = closer.close if closer is not None else None
+    return WindowArray((full[y_axis], full[x_axis]), array.dtype, read, chunk_hw, source, close)
 
 
 def iter_blocks(shape_hw: tuple[int, int], block_hw: tuple[int, int]):
@@ -109,7 +99,7 @@ def aligned_block_hw(
     return (rows // chunk_h) * chunk_h if rows >= chunk_h else rows, cols
 
 
-def open_plane(path: str | Path, level: int = 0) -> LazyPlane:
+def open_plane(path: str | Path, level: int = 0) -> WindowArray:
     """Open a prediction or mask file as a (H, W) plane at pyramid `level`.
 
     A slide store (see `gigamlx.slide.store`) opens as its tissue mask.
@@ -120,6 +110,7 @@ def open_plane(path: str | Path, level: int = 0) -> LazyPlane:
     path = Path(path)
     if not path.exists():
         raise ArrayReadError(f"{path}: no such file or directory")
+    _check_complete(path)
     suffix = path.suffix.lower()
     try:
         if suffix in PIL_SUFFIXES:
@@ -142,9 +133,42 @@ def open_store_image(path: str | Path, level: int = 0) -> Any:
     return _store_level(Path(path), level).image
 
 
+def open_store_levels(path: str | Path) -> list:
+    """(H, W, 3) uint8 image views of every level of the slide store at `path`, finest first.
+
+    Raises:
+        ArrayReadError: `path` is not a slide store.
+    """
+    from gigamlx.slide.store import StoreError, open_store
+
+    try:
+        return [level.image for level in open_store(path).levels]
+    except StoreError as err:
+        raise ArrayReadError(str(err)) from err
+
+
 def is_store_group(group: zarr.Group) -> bool:
     """True for an ingested gigamlx store (or an OME-Zarr image with a `labels` group)."""
-    return "gigamlx" in group.attrs or "labels" in group
+    marker = group.attrs.get("gigamlx")
+    if isinstance(marker, dict) and marker.get("kind") == "prediction":
+        return False
+    return marker is not None or "labels" in group
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a write still in progress or interrupted: a hidden `.NAME.partial-*` sibling,
+    or a store whose gigamlx marker says it is not complete."""
+    if any(part.startswith(".") and ".partial-" in part for part in path.parts):
+        raise ArrayReadError(
+            f"{path}: an unfinished write (in progress, or left by a killed run); "
+            "score the finished output instead"
+        )
+    try:
+        marker = json.loads((path / "zarr.json").read_text()).get("attributes", {})["gigamlx"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if isinstance(marker, dict) and marker.get("complete") is False:
+        raise ArrayReadError(f"{path}: an unfinished gigamlx store (its write did not complete)")
 
 
 def _store_level(path: Path, level: int) -> Any:
@@ -160,7 +184,7 @@ def _store_level(path: Path, level: int) -> Any:
     return store.level(level)
 
 
-def _open_pil(path: Path, level: int) -> LazyPlane:
+def _open_pil(path: Path, level: int) -> WindowArray:
     from PIL import Image
 
     if level != 0:
@@ -172,28 +196,28 @@ def _open_pil(path: Path, level: int) -> LazyPlane:
             )
         pixels = np.asarray(image.getchannel(0) if image.mode in ("LA", "PA") else image)
     logger.debug("read %s whole: %s %s", path, pixels.shape, pixels.dtype)
-    return LazyPlane(str(path), pixels)
+    return plane_view(str(path), pixels)
 
 
-def _open_tiff(path: Path, level: int) -> LazyPlane:
+def _open_tiff(path: Path, level: int) -> WindowArray:
     import tifffile
 
     store = tifffile.imread(str(path), aszarr=True)
     try:
         node = zarr.open(store, mode="r")
         array, axes = _level_of(node, level, path, "single-level TIFF")
-        return LazyPlane(str(path), array, _index_template(array.shape, axes, str(path)), store)
+        return plane_view(str(path), array, _index_template(array.shape, axes, str(path)), store)
     except BaseException:
         store.close()
         raise
 
 
-def _open_zarr(path: Path, level: int) -> LazyPlane:
+def _open_zarr(path: Path, level: int) -> WindowArray:
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Group) and is_store_group(node):
         return _open_store_mask(path, level)
     array, axes = _level_of(node, level, path, "plain zarr array")
-    return LazyPlane(str(path), array, _index_template(array.shape, axes, str(path)))
+    return plane_view(str(path), array, _index_template(array.shape, axes, str(path)))
 
 
 def _level_of(node, level: int, path: Path, kind: str) -> tuple[Any, list | None]:
@@ -205,27 +229,22 @@ def _level_of(node, level: int, path: Path, kind: str) -> tuple[Any, list | None
     return node, None
 
 
-def _open_store_mask(path: Path, level: int) -> LazyPlane:
+def _open_store_mask(path: Path, level: int) -> WindowArray:
     """The tissue mask of a slide store, through `gigamlx.slide.store.open_store`."""
     mask = _store_level(path, level).mask
     if mask is None:
         raise ArrayReadError(f"{path}: slide store has no tissue mask at level {level}")
-    chunks = getattr(getattr(mask, "array", None), "chunks", None)
-    hint = tuple(chunks[-2:]) if chunks else (DEFAULT_BLOCK_PX, DEFAULT_BLOCK_PX)
-    return LazyPlane(str(path), mask, block_hint_hw=hint)
+    hint = mask.chunk_hw or (DEFAULT_BLOCK_PX, DEFAULT_BLOCK_PX)
+    return plane_view(str(path), mask, block_hint_hw=hint)
 
 
 def _multiscale_level(group: zarr.Group, level: int, source: str) -> tuple[Any, list | None]:
     """Array at pyramid `level` of an NGFF group (v0.4 or v0.5 metadata, or bare "0", "1")."""
-    attrs = dict(group.attrs)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if multiscales:
-        datasets = multiscales[0]["datasets"]
-        axes = multiscales[0].get("axes")
-        names = [a["name"] if isinstance(a, dict) else a for a in axes] if axes else None
-        if not 0 <= level < len(datasets):
-            raise ArrayReadError(f"{source}: no pyramid level {level} ({len(datasets)} levels)")
-        return group[datasets[level]["path"]], names
+    if ngff.first_multiscale(dict(group.attrs)) is not None:
+        arrays, names = ngff.multiscale_arrays(group)
+        if not 0 <= level < len(arrays):
+            raise ArrayReadError(f"{source}: no pyramid level {level} ({len(arrays)} levels)")
+        return arrays[level], names
     if str(level) in group:
         return group[str(level)], None
     members = sorted(group.keys())

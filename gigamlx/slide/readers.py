@@ -13,12 +13,16 @@ from typing import Protocol
 
 import numpy as np
 
-from gigamlx.core.arrays import read_window
+from gigamlx.core.arrays import WindowArray, axes_index, read_window, to_rgb
 from gigamlx.core.geometry import Box
+from gigamlx.core.units import to_um
 
 log = logging.getLogger(__name__)
 
 OPENSLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# slide files `open_slide` reads (ingest them into a store before training on them)
+SLIDE_FILE_SUFFIXES = OPENSLIDE_SUFFIXES + TIFF_SUFFIXES
 BACKENDS = ("openslide", "tifffile")
 
 
@@ -84,6 +88,34 @@ def _check_axes(shape: tuple[int, ...], axes: str, path: Path) -> None:
             raise SlideFormatError(f"{path}: axis {axis} has size {n}; expected one RGB image")
 
 
+def ome_mpp(ome_xml: str, source: Path | str = "OME-XML") -> float | None:
+    """µm per pixel (X) of the first image of an OME-XML document, parsed with its unit.
+
+    `PhysicalSizeXUnit` defaults to µm as the OME schema says; nm, mm, ... are converted.
+    A size that cannot be read is logged and ignored (the slide has no calibration).
+    """
+    import tifffile
+
+    try:
+        images = tifffile.xml2dict(ome_xml)["OME"].get("Image", [])
+    except Exception as err:  # malformed XML: the pixels may still be fine
+        log.warning("%s: unreadable OME-XML (%s); no pixel size", source, err)
+        return None
+    image = images[0] if isinstance(images, list) else images
+    pixels = (image or {}).get("Pixels", {})
+    if "PhysicalSizeX" not in pixels:
+        return None
+    mpp = to_um(pixels["PhysicalSizeX"], pixels.get("PhysicalSizeXUnit"))
+    if mpp is None:
+        log.warning(
+            "%s: PhysicalSizeX %r %s is not a length; no pixel size",
+            source,
+            pixels["PhysicalSizeX"],
+            pixels.get("PhysicalSizeXUnit", "µm"),
+        )
+    return mpp
+
+
 class TiffReader:
     """TIFF / OME-TIFF through tifffile: pyramidal (levels or subifds) or a single level."""
 
@@ -106,9 +138,9 @@ class TiffReader:
         self.mpp = self._mpp()
 
     def _mpp(self) -> float | None:
-        ome = self._tif.ome_metadata
-        if ome and 'PhysicalSizeX="' in ome:
-            return float(ome.split('PhysicalSizeX="')[1].split('"')[0])
+        """µm per pixel of level 0: OME-XML PhysicalSizeX with its unit, else the TIFF tags."""
+        if self._tif.ome_metadata:
+            return ome_mpp(self._tif.ome_metadata, self.path)
         tags = self._tif.pages.first.tags
         if "XResolution" in tags and tags.get("ResolutionUnit") is not None:
             num, den = tags["XResolution"].value
@@ -123,7 +155,7 @@ class TiffReader:
 
     def read(self, level: int, box: Box) -> np.ndarray:
         """Read `box` of `level` as (h, w, 3) uint8; pixels outside the level are 0."""
-        view = _AxesView(self._levels[level], self._axes, self.level_hw(level))
+        view = _rgb_view(self._levels[level], self._axes, self.level_hw(level))
         block = read_window(view, box)
         if self.dtype == np.uint16:
             block = (block >> 8).astype(np.uint8)
@@ -133,32 +165,18 @@ class TiffReader:
         self._tif.close()
 
 
-class _AxesView:
+def _rgb_view(array, axes: str, hw: tuple[int, int]) -> WindowArray:
     """(H, W, 3) view of a tifffile level with any of the axes Y X S C (+ size-1 others)."""
 
-    def __init__(self, array, axes: str, hw: tuple[int, int]):
-        self.array, self.axes, self.shape = array, axes, hw + (3,)
-        self.dtype = np.dtype(array.dtype)
+    def read(box: Box) -> np.ndarray:
+        return to_rgb(array[axes_index(axes, box)], axes)
 
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key
-        index = tuple(
-            {"Y": ys, "X": xs, "S": slice(None), "C": slice(None)}.get(a, 0) for a in self.axes
-        )
-        kept = [a for a in self.axes if a in "YXSC"]
-        block = np.asarray(self.array[index])
-        if len(kept) == 2:  # grayscale
-            return np.repeat(block.transpose([kept.index("Y"), kept.index("X")])[..., None], 3, -1)
-        channel = "S" if "S" in kept else "C"
-        block = block.transpose([kept.index("Y"), kept.index("X"), kept.index(channel)])
-        if block.shape[-1] < 3:
-            block = np.repeat(block[..., :1], 3, -1)
-        return block[..., :3]
+    return WindowArray((*hw, 3), array.dtype, read)
 
 
 def _backend_order(path: Path) -> tuple[str, ...]:
     name = path.name.lower()
-    if name.endswith(OPENSLIDE_SUFFIXES + (".tif", ".tiff")) and ".ome." not in name:
+    if name.endswith(SLIDE_FILE_SUFFIXES) and ".ome." not in name:
         return ("openslide", "tifffile")
     return ("tifffile", "openslide")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +17,23 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
+from gigamlx.core.outputs import (
+    check_output_file,
+    check_replaceable,
+    hidden_sibling,
+    name_the_path,
+    remove_stale_siblings,
+    replace_path,
+)
 from gigamlx.slide import ngff
+from gigamlx.slide.written import (
+    check_chunk_px,
+    is_slide_store,
+    settle_zarr_writes,
+    written_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,42 +46,38 @@ class StoreError(RuntimeError):
     """A path that is not a complete, readable slide store."""
 
 
-class ChannelsLast:
-    """Read-only (H, W, 3) uint8 view of an on-disk image array of any NGFF axis order."""
+def _chunk_hw(array, axes: str) -> tuple[int, int] | None:
+    chunks = getattr(array, "chunks", None)
+    return (chunks[axes.index("y")], chunks[axes.index("x")]) if chunks else None
 
-    def __init__(self, array, axes: str):
-        self.array, self.axes = array, axes
-        self.shape = (array.shape[axes.index("y")], array.shape[axes.index("x")], 3)
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = 3
 
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        return np.ascontiguousarray(self.window_view(key))
+def channels_last(array, axes: str) -> WindowArray:
+    """Read-only (H, W, 3) view of an on-disk image array of any NGFF axis order."""
+    hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
 
-    def window_view(self, key: tuple[slice, slice]) -> np.ndarray:
-        """`self[key]` as a possibly strided view of the decoded block: a caller that copies
-        it anyway (a flip, a window buffer) saves the channels-last copy."""
-        ys, xs = key if isinstance(key, tuple) else (key, slice(None))
-        index = tuple(
-            {"y": ys, "x": xs, "c": slice(None)}.get(axis, 0) for axis in self.axes
-        )  # t and z, if any, are singletons: take the first.
-        kept = [a for a in self.axes if a in "cyx"]
-        block = np.asarray(self.array[index])
-        block = block.transpose([kept.index(a) for a in "yxc" if a in kept])
-        if "c" not in kept:
-            block = block[..., None]
-        channels = block.shape[-1]
-        if channels in (1, 2):
-            block = np.repeat(block[..., :1], 3, axis=-1)
-        return block[..., :3]
+    def read(box: Box) -> np.ndarray:
+        return to_rgb(array[axes_index(axes, box)], axes)
+
+    return WindowArray((*hw, 3), array.dtype, read, _chunk_hw(array, axes))
+
+
+def mask_view(array, axes: str) -> WindowArray:
+    """Read-only (H, W) uint8 0/1 view of a label array (extra axes are size-1, taken at 0)."""
+    hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
+
+    def read(box: Box) -> np.ndarray:
+        block = to_plane(array[axes_index(axes, box)], axes)
+        return block if block.dtype == np.uint8 else (block != 0).view(np.uint8)
+
+    return WindowArray(hw, np.uint8, read, _chunk_hw(array, axes))
 
 
 class Level(NamedTuple):
-    """One pyramid level: (H, W, 3) image view, (H, W) mask or None, downsample factor."""
+    """One pyramid level: (H, W, 3) image view, (H, W) mask or None, downsample vs level 0."""
 
-    image: ChannelsLast
-    mask: object | None
-    downsample: int
+    image: WindowArray  # (H, W, 3)
+    mask: WindowArray | None  # (H, W) uint8 0/1
+    downsample: float  # vs level 0
 
 
 class SlideStore:
@@ -76,7 +86,11 @@ class SlideStore:
     def __init__(self, path: Path, levels: list[Level], attrs: dict):
         self.path, self.levels, self.attrs = path, levels, attrs
         self.image, self.mask = levels[0].image, levels[0].mask
-        self.mpp: float | None = attrs.get("mpp")
+        self.mpp: float | None = attrs.get("mpp")  # µm per pixel of level 0
+
+    def level_mpp(self, n: int) -> float | None:
+        """µm per pixel of level `n` (None when the store has no calibration)."""
+        return self.mpp * self.levels[n].downsample if self.mpp else None
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -102,10 +116,17 @@ def _what_to_do(path: Path) -> str:
     )
 
 
-def _multiscale_levels(group, ome: dict) -> tuple[list, str]:
-    multiscale = ome["multiscales"][0]
-    axes = "".join(a["name"] if isinstance(a, dict) else a for a in multiscale["axes"])
-    return [group[d["path"]] for d in multiscale["datasets"]], axes
+def _multiscale_levels(group) -> tuple[list, str]:
+    arrays, names = ngff.multiscale_arrays(group)
+    return arrays, "".join(names)
+
+
+def _downsamples(ome: dict, widths_px: list[int]) -> list[float]:
+    """Each level's downsample vs level 0: from the NGFF x scales, else from the widths."""
+    scales, _ = ngff.level_scales_x(ome["multiscales"][0])
+    if len(set(scales)) > 1 or len(scales) == 1:
+        return [s / scales[0] for s in scales]
+    return [widths_px[0] / w for w in widths_px]
 
 
 def _mask_levels(group) -> list:
@@ -116,24 +137,8 @@ def _mask_levels(group) -> list:
         label = labels[name]
     except (KeyError, IndexError):
         return []
-    arrays, axes = _multiscale_levels(label, dict(label.attrs).get("ome", dict(label.attrs)))
-    return [_MaskView(a, axes) for a in arrays]
-
-
-class _MaskView:
-    """Read-only (H, W) uint8 0/1 view of a label array (extra axes are size-1, taken at 0)."""
-
-    def __init__(self, array, axes: str):
-        self.array, self.axes = array, axes
-        self.shape = (array.shape[axes.index("y")], array.shape[axes.index("x")])
-        self.dtype, self.ndim = np.dtype(np.uint8), 2
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        ys, xs = key if isinstance(key, tuple) else (key, slice(None))
-        block = np.asarray(self.array[tuple({"y": ys, "x": xs}.get(a, 0) for a in self.axes)])
-        if self.axes.index("y") > self.axes.index("x"):
-            block = block.T
-        return block if block.dtype == np.uint8 else (block != 0).view(np.uint8)
+    arrays, axes = _multiscale_levels(label)
+    return [mask_view(a, axes) for a in arrays]
 
 
 def open_store(path: str | os.PathLike) -> SlideStore:
@@ -156,18 +161,50 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     if isinstance(node, zarr.Array):
         if node.ndim != 3 or node.shape[2] not in (1, 3, 4):
             raise StoreError(f"{path} holds a {node.shape} array, expected (H, W, 3) RGB")
-        return SlideStore(path, [Level(ChannelsLast(node, "yxc"), None, 1)], {})
+        return SlideStore(path, [Level(channels_last(node, "yxc"), None, 1)], {})
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
         raise StoreError(f"{path} is an incomplete or foreign zarr group: {_what_to_do(path)}")
-    arrays, axes = _multiscale_levels(node, ome)
-    masks = _mask_levels(node)
+    if written_kind(path) == "prediction":
+        raise StoreError(f"{path} is a probability map written by predict, not a slide store")
+    try:
+        arrays, axes = _multiscale_levels(node)
+        masks = _mask_levels(node)
+    except (KeyError, IndexError, TypeError) as error:
+        raise StoreError(f"{path}: unreadable OME-Zarr multiscale metadata ({error!r})") from None
+    images = [_image_view(path, a, axes) for a in arrays]
+    downsamples = _downsamples(ome, [image.shape[1] for image in images])
     levels = [
-        Level(ChannelsLast(a, axes), masks[n] if n < len(masks) else None, 2**n)
-        for n, a in enumerate(arrays)
+        Level(image, masks[n] if n < len(masks) else None, downsamples[n])
+        for n, image in enumerate(images)
     ]
-    return SlideStore(path, levels, attrs.get("gigamlx", {}))
+    _check_mask_grid(path, levels[0])
+    own = attrs.get("gigamlx", {})
+    if own.get("mpp") is None:  # another tool's store: its calibration is in the NGFF scales
+        own = own | {"mpp": ngff.multiscale_mpp(ome["multiscales"][0])}
+    return SlideStore(path, levels, own)
+
+
+def _image_view(path: Path, array, axes: str) -> WindowArray:
+    """The channels-last view, once the axes are known to name every dimension, y and x."""
+    if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
+        raise StoreError(
+            f"{path}: image axes {axes!r} do not describe its {array.ndim}-D array "
+            f"of shape {array.shape}; an RGB slide needs axes c, y, x (e.g. shape (3, H, W))"
+        )
+    if "c" in axes and array.shape[axes.index("c")] not in (1, 2, 3, 4):
+        raise StoreError(f"{path}: {array.shape[axes.index('c')]} channels; expected RGB")
+    return channels_last(array, axes)
+
+
+def _check_mask_grid(path: Path, level: Level) -> None:
+    if level.mask is not None and tuple(level.mask.shape) != level.image.shape[:2]:
+        mask_hw, image_hw = level.mask.shape, level.image.shape[:2]
+        raise StoreError(
+            f"{path}: tissue mask is {mask_hw[0]}x{mask_hw[1]} but the image is "
+            f"{image_hw[0]}x{image_hw[1]} (HxW); re-ingest it with a mask on the image's grid"
+        )
 
 
 def pyramid_hws(image_hw: tuple[int, int], min_side_px: int = 1024) -> list[tuple[int, int]]:
@@ -216,15 +253,26 @@ class StoreWriter:
         min_side_px: int = 1024,
         progress: Progress | None = None,
     ):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.path = check_output_file(Path(path), "store")
+        check_chunk_px(chunk_px)
+        check_replaceable(self.path, overwrite, is_slide_store, "slide store")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        token = f"{os.getpid()}-{secrets.token_hex(3)}"
-        self.tmp_path = self.path.parent / f".{self.path.name}.partial-{token}"
+        remove_stale_siblings(self.path)
+        self.tmp_path = hidden_sibling(self.path, "partial")
         self.chunk_px, self.overwrite, self.progress = chunk_px, overwrite, progress
         self.attrs = {"format": STORE_FORMAT, **(attrs or {})}
         self.hws = pyramid_hws(image_hw, min_side_px)
+        try:
+            self._create_arrays(with_mask)
+        except BaseException as error:
+            self.abort()
+            name_the_path(error, self.path)
+            raise
+        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
+        self.done, self.total = 0, n_chunks * (1 + with_mask)
+        self._image_pyramid_built = False
+
+    def _create_arrays(self, with_mask: bool) -> None:
         self.group = zarr.open_group(
             self.tmp_path, mode="w-", zarr_format=3, attributes={"gigamlx": {"complete": False}}
         )
@@ -233,8 +281,6 @@ class StoreWriter:
         if with_mask:
             label = self.group.create_group("labels").create_group(MASK_NAME)
             self.masks = [self._create(label, n, hw) for n, hw in enumerate(self.hws)]
-        n_chunks = sum(len(list(chunk_boxes(hw, chunk_px))) for hw in self.hws)
-        self.done, self.total = 0, n_chunks * (1 + with_mask)
 
     def _create(self, group, level: int, shape: tuple[int, ...]):
         chunks = (shape[0],) * (len(shape) == 3) + (self.chunk_px, self.chunk_px)
@@ -258,9 +304,9 @@ class StoreWriter:
         self.images[0][:, box.y0 : box.y1, box.x0 : box.x1] = np.moveaxis(rgb, -1, 0)
         self._tick()
 
-    def image_view(self, level: int = 0) -> ChannelsLast:
+    def image_view(self, level: int = 0) -> WindowArray:
         """(H, W, 3) view of what has been written so far (e.g. to fit a mask on level 0)."""
-        return ChannelsLast(self.images[level], "cyx")
+        return channels_last(self.images[level], "cyx")
 
     def write_mask(self, box: Box, mask: np.ndarray) -> None:
         """Write an (h, w) block of the level-0 tissue mask (non-zero = tissue) at `box`."""
@@ -275,9 +321,19 @@ class StoreWriter:
                 dst[..., box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, mean)
                 self._tick()
 
+    def image_pyramid(self) -> list[WindowArray]:
+        """Build the image pyramid from level 0 now (once); its (H, W, 3) views, finest first.
+
+        For a mask fitted on the store's own levels (Otsu) before the mask is written.
+        """
+        if not self._image_pyramid_built:
+            self._build_pyramid(self.images, mean=True)
+            self._image_pyramid_built = True
+        return [self.image_view(n) for n in range(len(self.images))]
+
     def finish(self) -> Path:
         """Build the pyramids, write the metadata and rename the store into place."""
-        self._build_pyramid(self.images, mean=True)
+        self.image_pyramid()
         self._build_pyramid(self.masks, mean=False)
         mpp, levels = self.attrs.get("mpp"), len(self.hws)
         self.group.update_attributes(ngff.image_attrs(levels, mpp))
@@ -292,18 +348,13 @@ class StoreWriter:
         return self.path
 
     def _rename_into_place(self) -> None:
-        old = None
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.path} appeared while writing; kept it")
-            old = self.path.parent / f".{self.path.name}.old-{secrets.token_hex(3)}"
-            os.rename(self.path, old)
-        os.rename(self.tmp_path, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if os.path.lexists(self.path) and not self.overwrite:
+            raise FileExistsError(f"{self.path} appeared while writing; kept it")
+        replace_path(self.tmp_path, self.path)
 
     def abort(self) -> None:
-        """Delete the partial store."""
+        """Delete the partial store (once zarr's chunk writes still in flight are done)."""
+        settle_zarr_writes()
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
@@ -312,3 +363,4 @@ class StoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+            name_the_path(exc, self.path)

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from gigamlx.core.config import check_seed
 from gigamlx.core.geometry import Box
-from gigamlx.slide.store import Progress, StoreError, StoreWriter, chunk_boxes, open_store
+from gigamlx.slide.store import (
+    Progress,
+    StoreError,
+    StoreWriter,
+    chunk_boxes,
+    open_store,
+)
+from gigamlx.slide.written import check_chunk_px
 from gigamlx.synth.noise import fbm, uniform, value_noise
 from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
 
@@ -208,6 +216,8 @@ def synth_slide(
     Returns:
         The store path; `open_store(path).image` is (H, W, 3) uint8, `.mask` (H, W) 0/1.
     """
+    check_seed(seed)
+    check_chunk_px(chunk_px)
     scene = make_scene(size_hw, seed)
     attrs = {"source": "synth", "seed": seed, "synth_version": SYNTH_VERSION, "mpp": 0.5}
     start = time.perf_counter()
@@ -219,7 +229,7 @@ def synth_slide(
             writer.write_image(box, rgb)
             writer.write_mask(box, mask)
         out = writer.finish()
-    log.info("synth %dx%d seed %d: %.1f s", *size_hw, seed, time.perf_counter() - start)
+    log.info("synth %dx%d (HxW) seed %d: %.1f s", *size_hw, seed, time.perf_counter() - start)
     return out
 
 

@@ -33,7 +33,7 @@ CACHE_SHARE = 0.1
 # plus the reader's transient copies (a zero-filled window, a turned region block)
 HOST_BYTES_PER_WINDOW_PX = 4 * (PREFETCH_DEPTH + 2) + 8
 _PROBE_TILES_PX = (64, 256)
-_cost_cache: dict[tuple[str, Mode], TileCost] = {}
+_cost_cache: dict[tuple[str, str, Mode], TileCost] = {}
 
 
 class TileCost(NamedTuple):
@@ -82,7 +82,7 @@ def tile_cost(
     backend: Backend, model, mode: Mode, spec: tuple[Layer, ...] = GIGAUNET_4492
 ) -> TileCost:
     """Fit the affine cost line from two probe tiles (cached per backend and mode)."""
-    key = (backend.name, mode)
+    key = (backend.name, backend.compute_path, mode)  # each model path has its own cost
     if key not in _cost_cache:
         halo = halo_px(spec)
         small, large = _PROBE_TILES_PX

@@ -1,7 +1,8 @@
 """The training loop: per step, draw regions, exact tiled gradients, one Adam update.
 
 The loop reads top to bottom: `train` runs steps until the target, checkpointing every few;
-Ctrl-C saves the last completed step; a non-finite loss stops without touching the weights.
+SIGINT, SIGTERM or SIGHUP (train/stop.py) save the last completed step; a non-finite loss
+stops without touching the weights.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import json
 import logging
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -22,9 +21,11 @@ from gigamlx.backends.base import FlatParams, World, WorldError
 from gigamlx.core.checkpoint import list_checkpoints
 from gigamlx.core.losses import TileStats, hard_dice
 from gigamlx.core.memory import peak_rss_bytes
+from gigamlx.core.outputs import name_the_path
 from gigamlx.tiling.scheduler import tiled_step
-from gigamlx.train.regions import RegionView
+from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_run
+from gigamlx.train.stop import StopFlag, Stopped, stop_on_signals
 
 log = logging.getLogger(__name__)
 TileProgress = Callable[[str, int, int], None]
@@ -34,12 +35,17 @@ class TrainingError(RuntimeError):
     """Training stopped; the message says why and where the last good checkpoint is."""
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C: the last completed step was saved."""
+class Interrupted(Stopped):
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP): the last completed step was saved."""
 
-    def __init__(self, step: int, checkpoint):
-        super().__init__(f"interrupted after step {step}; saved {checkpoint}")
+    def __init__(self, step: int, checkpoint, signum: int = signal.SIGINT):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} after step {step}; saved {checkpoint}", signum)
         self.step, self.checkpoint = step, checkpoint
+
+
+class _StepAbandoned(Exception):
+    """A stop signal arrived between tiles: the step is dropped, its update never applied."""
 
 
 class StepMetrics(NamedTuple):
@@ -57,6 +63,7 @@ class StepMetrics(NamedTuple):
     tiles: int
     regions: int
     world_size: int
+    compute_path: str  # the backend's model path: "fused", "mlx", "torch-cuda", ...
 
 
 def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
@@ -69,7 +76,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     losses, stats, results = [], TileStats(), []
     for region in regions:
         slide = run.slides[region.slide]
-        image, mask = RegionView(slide.image, region), RegionView(slide.mask, region)
+        image, mask = region_view(slide.image, region), region_view(slide.mask, region)
         result = tiled_step(
             run.backend,
             run.model,
@@ -91,9 +98,11 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     grads = world.mean_grads(grads)
     _check_finite(run, loss, grads)
     update_start = time.perf_counter()
-    with _interrupt_deferred():  # the update and its count land together or not at all
-        run.backend.apply_gradients(run.model, run.optimizer, grads)
-        run.step += 1
+    # from the config at every step (as nanoGPT does): a resumed run's --lr wins over the
+    # learning rate saved with the optimizer state
+    run.backend.set_learning_rate(run.optimizer, config.lr)
+    run.backend.apply_gradients(run.model, run.optimizer, grads)
+    run.step += 1
     now = time.perf_counter()
     return StepMetrics(
         step=run.step,
@@ -110,25 +119,8 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         tiles=sum(len(r.plan.tiles) for r in results),
         regions=len(regions),
         world_size=world.size,
+        compute_path=run.backend.compute_path,
     )
-
-
-@contextmanager
-def _interrupt_deferred():
-    """Hold Ctrl-C (SIGINT) back until the block ends, on the main thread where POSIX allows.
-
-    A Ctrl-C between the optimizer update and the step count would save weights one step
-    ahead of the sampler state; deferred, it arrives just after and the step is whole.
-    """
-    main = threading.current_thread() is threading.main_thread()
-    if not main or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _check_finite(run: Run, loss: float, grads: FlatParams) -> None:
@@ -146,26 +138,46 @@ def train(
     world: World | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
     tile_progress: TileProgress | None = None,
+    stop: StopFlag | None = None,
 ) -> list[StepMetrics]:
     """Train `run` to `run.config.steps`, writing metrics and checkpoints (rank 0 only).
 
     Every rank applies the same averaged gradient to the same weights; that is checked before
     the first step and after every step, and ranks that disagree or lose each other stop with
-    a TrainingError.
+    a TrainingError. A stop signal ends the loop at the next step boundary (or drops the
+    current step between tiles), saves the last completed step and raises Interrupted.
+
+    Args:
+        stop: the caller's flag (a command holding the handlers until it exits); None:
+            handlers are installed for this call.
     """
+    if stop is None:
+        with stop_on_signals(deferring=True) as own:
+            return train(run, world, on_step, tile_progress, own)
     world = world or World.single()
-    history = []
-    saved_step = run.step
+    stop.deferring = True  # from here on a signal only raises the flag
+    history = _steps(run, world, stop, on_step, tile_progress)
+    if run.step < run.config.steps:  # stopped by a signal (here or on another rank)
+        path = save_run(run) if world.is_main and run.step != history.saved_step else None
+        raise Interrupted(run.step, path or _newest(run), stop.signum or signal.SIGTERM)
+    stop.deferring = False  # finished: a signal stops whatever follows at once
+    return history.steps
+
+
+class _History(NamedTuple):
+    steps: list[StepMetrics]
+    saved_step: int  # the last step checkpointed
+
+
+def _steps(run: Run, world: World, stop: StopFlag, on_step, tile_progress) -> _History:
+    """Steps until the target or a stop signal, checkpointing every few (rank 0 writes)."""
+    history, saved_step = [], run.step
     try:
         _check_same_weights(run, world)
-        while run.step < run.config.steps:
-            before, before_step = run.sampler.state(), run.step
-            try:
-                metrics = train_step(run, world, tile_progress)
-            except KeyboardInterrupt:
-                if run.step == before_step:  # no update: its regions are redrawn on resume
-                    run.sampler.restore(before)
-                raise
+        while run.step < run.config.steps and not _stop_requested(stop, world):
+            metrics = _step_or_abandon(run, world, stop, tile_progress)
+            if metrics is None:
+                break
             _check_same_weights(run, world)
             history.append(metrics)
             if world.is_main:
@@ -176,12 +188,38 @@ def train(
                 if world.is_main:
                     save_run(run)
                 saved_step = run.step
-    except KeyboardInterrupt:
-        path = save_run(run) if world.is_main and run.step != saved_step else None
-        raise Interrupted(run.step, path or _newest(run)) from None
     except WorldError as error:
         raise TrainingError(f"{error}; {_last_good(run)}") from error
-    return history
+    return _History(history, saved_step)
+
+
+def _stop_requested(stop: StopFlag, world: World) -> bool:
+    """Whether to stop before the next step; across ranks, one stops all at the same step."""
+    if world.size == 1:
+        return stop.raised
+    return world.sum((float(stop.raised),))[0] > 0
+
+
+def _step_or_abandon(
+    run: Run, world: World, stop: StopFlag, tile_progress: TileProgress | None
+) -> StepMetrics | None:
+    """One step; None if a stop signal came between its tiles (one rank only: ranks of a
+    data-parallel run finish the step together). The step's regions are then redrawn later."""
+    if world.size > 1:
+        return train_step(run, world, tile_progress)
+
+    def watch(phase: str, done: int, total: int) -> None:
+        if stop.raised:
+            raise _StepAbandoned
+        if tile_progress is not None:
+            tile_progress(phase, done, total)
+
+    before = run.sampler.state()
+    try:
+        return train_step(run, world, watch)
+    except _StepAbandoned:
+        run.sampler.restore(before)
+        return None
 
 
 def _check_same_weights(run: Run, world: World) -> None:
@@ -207,5 +245,9 @@ def _newest(run: Run):
 
 def _append_metrics(run: Run, metrics: StepMetrics) -> None:
     row = metrics._asdict() | {"tile_hw": list(metrics.tile_hw)}
-    with open(run.metrics_path, "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+    try:
+        with open(run.metrics_path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+    except OSError as error:  # a full disk: say which file
+        name_the_path(error, run.metrics_path)
+        raise

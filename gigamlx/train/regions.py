@@ -1,6 +1,6 @@
 """Region sampling and tile-wise augmentation.
 
-A region is never copied whole: `RegionView` is an (H, W[, C]) array-like over a slide that
+A region is never copied whole: `region_view` is an (H, W[, C]) array-like over a slide that
 maps each window the scheduler asks for back to the slide, reads only that, and flips/rotates
 the small window. The eight flips/rotations of the square (D4) map boxes to boxes.
 """
@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gigamlx.core.arrays import WindowArray
 from gigamlx.core.geometry import Box
 
 log = logging.getLogger(__name__)
@@ -56,32 +57,25 @@ def source_box(out_box: Box, source_hw: tuple[int, int], flip: bool, rot90: int)
 
 def turn(block: np.ndarray, flip: bool, rot90: int) -> np.ndarray:
     """Apply the flip then the rotations to a (h, w[, C]) block (a view: no copy)."""
+    if not flip and rot90 % 4 == 0:
+        return block
     if flip:
         block = block[:, ::-1]
     return np.rot90(block, rot90 % 4, axes=(0, 1))
 
 
-class RegionView:
-    """Array-like (H, W[, C]) view of one turned region of a slide array; reads lazily."""
+def region_view(array, region: Region) -> WindowArray:
+    """(H, W[, C]) view of one turned region of a slide array; reads lazily."""
 
-    def __init__(self, array, region: Region):
-        self.array, self.region = array, region
-        self.shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
-        self.dtype = np.dtype(array.dtype)
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
-        rows, cols = key
-        r = self.region
-        box = source_box(
-            Box(rows.start, cols.start, rows.stop, cols.stop), r.source_hw, r.flip, r.rot90
-        )
+    def read(box: Box) -> np.ndarray:
+        r = region
+        src = source_box(box, r.source_hw, r.flip, r.rot90)
         y, x = r.origin_yx
-        key = (slice(y + box.y0, y + box.y1), slice(x + box.x0, x + box.x1))
-        # one copy from the decoded block: channels-last, flipped and turned at once
-        view = getattr(self.array, "window_view", None)
-        block = view(key) if view is not None else np.asarray(self.array[key])
-        return np.ascontiguousarray(turn(block, r.flip, r.rot90))
+        block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
+        return np.ascontiguousarray(turn(block, r.flip, r.rot90))  # one copy, if turned
+
+    shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
+    return WindowArray(shape, array.dtype, read)
 
 
 class RegionSampler:
@@ -107,8 +101,8 @@ class RegionSampler:
         if not self.eligible:
             largest = max(slide_hws, key=lambda hw: hw[0] * hw[1])
             raise ValueError(
-                f"region {region_hw[0]}x{region_hw[1]} is larger than every slide (largest "
-                f"{largest[0]}x{largest[1]}); lower --region or drop --no-pad"
+                f"region {region_hw[0]}x{region_hw[1]} px (HxW) is larger than every slide "
+                f"(largest {largest[0]}x{largest[1]}); lower --region or drop --no-pad"
             )
 
     def draw(self, count: int) -> list[Region]:
@@ -121,7 +115,12 @@ class RegionSampler:
         if (rh, rw) != self.region_hw and slide not in self._warned:
             self._warned.add(slide)
             log.warning(
-                "slide %d is %dx%d, smaller than the region: using %dx%d", slide, h, w, rh, rw
+                "slide %d is %dx%d px (HxW), smaller than the region: using %dx%d",
+                slide,
+                h,
+                w,
+                rh,
+                rw,
             )
         y0 = int(self.rng.integers(h - rh + 1))
         x0 = int(self.rng.integers(w - rw + 1))

@@ -5,21 +5,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
-from gigamlx.core.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint
+from gigamlx.core.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_checkpoint_folder,
+    prune_checkpoints,
+    remove_stale_temps,
+    save_checkpoint,
+)
 from gigamlx.core.config import TrainConfig
-from gigamlx.slide.store import SlideStore
-from gigamlx.train.data import open_training_slides
+from gigamlx.core.files import write_text_atomic
+from gigamlx.core.lock import hold_lock
+from gigamlx.core.outputs import check_output_folder, probe_writable
+from gigamlx.slide.magnification import LevelError, size_px
+from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+LOCK = ".lock"
+RUN_FILES = {CONFIG, METRICS, LOCK, "checkpoints"}  # all a run folder holds
 
 
 class RunDirError(ValueError):
@@ -33,7 +48,7 @@ class Run:
     model: Any
     optimizer: Any
     sampler: RegionSampler
-    slides: list[SlideStore]
+    slides: list[TrainingSlide]
     step: int  # optimizer steps completed
     run_dir: Path
 
@@ -42,47 +57,95 @@ class Run:
         return self.run_dir / METRICS
 
 
+def run_lock(run_dir: Path):
+    """The OS lock a session holds on its run folder (made if missing) from start to end."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return hold_lock(run_dir / LOCK, f"run folder {run_dir}")
+
+
 def _check_fresh(run_dir: Path) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
+    """A new run may use an empty folder, or one a run left before its first checkpoint."""
+    if list_checkpoints(run_dir):
         raise RunDirError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
         )
+    if run_dir.exists() and not all(_is_run_file(p.name) for p in run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} holds files that are not a gigamlx run; choose another --out")
+    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
+        log.warning("%s holds no checkpoint (its run stopped before one): starting afresh", run_dir)
 
 
-def start_run(
-    config: TrainConfig,
-    resume: bool,
-    overrides: dict | None = None,
-    slide_progress=None,
-    writes: bool = True,
-) -> Run:
-    """Build a run from `config`, or from the newest checkpoint in `config.out` when resuming.
+def _is_run_file(name: str) -> bool:
+    """A file a run writes, or the temporary of one (`.metrics.jsonl.tmp_123`)."""
+    return name in RUN_FILES or any(name.startswith(f".{known}.tmp") for known in RUN_FILES)
+
+
+def _saved_config(run_dir: Path, fallback: TrainConfig) -> TrainConfig:
+    """The config.json of a run that stopped before its first checkpoint (absent: fallback)."""
+    path = run_dir / CONFIG
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return fallback
+    except (ValueError, TypeError) as error:
+        raise RunDirError(f"{path} is unreadable ({error}); fix or delete it") from None
+
+
+def resolve_config(
+    config: TrainConfig, resume: bool, overrides: dict | None = None
+) -> tuple[TrainConfig, Checkpoint | None]:
+    """The configuration a run trains with, and on resume the checkpoint it continues from.
+
+    Resuming a folder that holds no checkpoint (its run stopped before the first) starts it
+    afresh from its config.json. Slide paths come back absolute, so a run resumes anywhere.
 
     Args:
         config: the requested configuration (on resume only `out` is read from it).
-        resume: continue the run in `config.out`.
+        resume: continue the run in `config.out`: its saved config, with `overrides`.
         overrides: on resume, config fields to change from the saved ones (what the user
             typed: a new --steps target, more --accumulate, another --backend: checkpoints
             are engine-neutral).
+    """
+    check_output_folder(Path(config.out))  # before anything makes it (the run lock does)
+    checkpoint = None
+    if resume:
+        run_dir = Path(config.out)
+        if list_checkpoints(run_dir):
+            checkpoint = load_checkpoint(run_dir)  # past damaged ones, with a warning
+            saved = TrainConfig.from_dict(checkpoint.config)
+        else:
+            saved = _saved_config(run_dir, config)
+        config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
+    data = tuple(os.path.abspath(p) for p in config.data)
+    return dataclasses.replace(config, data=data).validate(), checkpoint
+
+
+def open_run(
+    config: TrainConfig,
+    checkpoint: Checkpoint | None,
+    backend: Backend,
+    slide_progress=None,
+    writes: bool = True,
+) -> Run:
+    """Build the run of a resolved `config` on `backend`, continuing `checkpoint` if given.
+
+    Args:
         slide_progress: progress callback for generating the default slide.
         writes: False on data-parallel ranks other than 0: they neither check nor write the
             run folder (rank 0 does, and only it writes checkpoints and metrics).
     """
     run_dir = Path(config.out)
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(run_dir)
-        saved = TrainConfig.from_dict(checkpoint.config)
-        config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
-    elif writes:
+    if writes:
+        remove_stale_temps(run_dir)  # of killed runs; the run lock keeps live ones out
+    if checkpoint is None and writes:
         _check_fresh(run_dir)
-    config.validate()
-    slides = open_training_slides(config.data, slide_progress)
-    backend = get_backend(config.backend, device=config.device)
+    slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
+    config, region_hw = _resolve_scale(config, slides)
     model = backend.build_model(config.seed)
     optimizer = backend.make_optimizer(model, config.lr)
     sampler = RegionSampler(
-        [s.image_hw for s in slides], config.region_hw, config.seed, config.augment, config.pad
+        [s.image_hw for s in slides], region_hw, config.seed, config.augment, config.pad
     )
     step = 0
     if checkpoint is not None:
@@ -90,35 +153,90 @@ def start_run(
         backend.load_optimizer_state(optimizer, checkpoint.optimizer)
         sampler.restore(checkpoint.rng_state)
         step = checkpoint.step
-        if writes:
-            _truncate_metrics(run_dir / METRICS, step)
         log.info("resuming %s at step %d", checkpoint.path, step)
     if writes:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(json.dumps(config.to_dict(), indent=2))
+        for folder in (run_dir, run_dir / "checkpoints"):
+            if folder.is_dir():
+                probe_writable(folder)  # an unwritable folder fails now, not at the first save
+        _truncate_metrics(run_dir / METRICS, step)
+        write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     return Run(config, backend, model, optimizer, sampler, slides, step, run_dir)
 
 
-def save_run(run: Run) -> Path:
-    """Checkpoint the run after its last completed step; keep only the newest few."""
-    path = save_checkpoint(
-        run.run_dir,
-        run.step,
-        run.backend.flat_params(run.model),
-        run.backend.optimizer_state(run.optimizer),
-        run.config.to_dict(),
-        run.sampler.state(),
+def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):
+    """(config with trained_level / trained_mpp filled in, region (h, w) in pixels).
+
+    The µm/px trained at is the first store's (with --mpp every store is within 10% of it);
+    a physical --region is converted at that resolution.
+    """
+    first = slides[0]
+    trained_mpp = config.mpp or first.mpp
+    size, unit = config.region_size
+    try:
+        region_hw = size_px(size, unit, trained_mpp, str(first.path))
+    except LevelError as error:
+        raise DataError(str(error)) from None
+    levels = {s.level for s in slides}
+    trained_level = first.level if len(levels) == 1 else None
+    config = dataclasses.replace(config, trained_level=trained_level, trained_mpp=trained_mpp)
+    log.info(
+        "reading level %s at %s µm/px; region %dx%d px (HxW)",
+        trained_level if trained_level is not None else "per store",
+        f"{trained_mpp:.4g}" if trained_mpp else "unknown",
+        *region_hw,
     )
-    prune_checkpoints(run.run_dir, run.config.keep_checkpoints)
+    return config, region_hw
+
+
+def start_run(
+    config: TrainConfig, resume: bool, overrides: dict | None = None, slide_progress=None
+) -> Run:
+    """`resolve_config`, its backend, then `open_run`: a single-process run in one call."""
+    config, checkpoint = resolve_config(config, resume, overrides)
+    backend = get_backend(config.backend, config.device, config.kernels)
+    return open_run(config, checkpoint, backend, slide_progress)
+
+
+def save_run(run: Run) -> Path:
+    """Checkpoint the run after its last completed step; keep only the newest few.
+
+    A failed write (a full disk) leaves no partial folder and keeps every older checkpoint;
+    the error carries a note saying which one to continue from.
+    """
+    try:
+        path = save_checkpoint(
+            run.run_dir,
+            run.step,
+            run.backend.flat_params(run.model),
+            run.backend.optimizer_state(run.optimizer),
+            run.config.to_dict(),
+            run.sampler.state(),
+        )
+    except OSError as error:
+        saved = list_checkpoints(run.run_dir)
+        kept = f"kept the last checkpoint {saved[-1]}" if saved else "no checkpoint was saved"
+        error.add_note(f"step {run.step} was not saved, {kept}; free space, then --resume")
+        raise
+    try:
+        load_checkpoint_folder(path)  # read back before any older one goes
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} right after it was written; older ones are kept") from None
+    prune_checkpoints(run.run_dir, run.config.keep_checkpoints, newest=path)
     return path
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines of steps after the checkpoint: they are about to be redone."""
+    """Drop metric lines of steps after the checkpoint: they are about to be redone.
+
+    The file is replaced whole (a new file renamed over it): a crash keeps the old lines.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _step_of(line) <= step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _step_of(line: str) -> float:

@@ -4,25 +4,28 @@ run, train with the progress bar, then report. Rank 0 alone writes and draws."""
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from gigamlx.backends import get_backend
-from gigamlx.backends.base import World, WorldError
+from gigamlx.backends.base import Backend, World, WorldError
 from gigamlx.core.config import TrainConfig
 from gigamlx.train.loop import StepMetrics, TrainingError, train
 from gigamlx.train.profile import print_profile
 from gigamlx.train.progress import train_progress
-from gigamlx.train.run import Run, start_run
+from gigamlx.train.run import Run, open_run, resolve_config, run_lock
+from gigamlx.train.stop import StopFlag
 
 log = logging.getLogger(__name__)
 
 
-def join_world(config: TrainConfig, rank_timeout_s: float) -> World:
+def join_world(backend: Backend, rank_timeout_s: float) -> World:
     """This process's data-parallel world (a world of one unless under mlx.launch)."""
     try:  # under mlx.launch the ranks meet here
-        return get_backend(config.backend, config.device).world(rank_timeout_s)
+        return backend.world(rank_timeout_s)
     except WorldError as error:
         raise TrainingError(str(error)) from error
 
@@ -37,6 +40,7 @@ def train_session(
     profile: bool = False,
     rank_timeout_s: float = 600.0,
     dump_weights: str | None = None,
+    stop: StopFlag | None = None,
 ) -> list[StepMetrics]:
     """Train as the CLI asked; returns the steps this session ran.
 
@@ -46,16 +50,25 @@ def train_session(
         console: where the progress bar and the closing line go (stderr).
         slide_progress: (callback, rich Progress) for making the default slide.
         dump_weights: test hook, a path with {rank}: each rank's final weights as .npz.
+        stop: the command's stop flag (train/stop.py); None: the loop installs its own.
     """
-    world = join_world(config, rank_timeout_s)
-    update, bar = slide_progress
-    with bar:
-        run = start_run(config, resume, overrides, slide_progress=update, writes=world.is_main)
-    if world.is_main:
-        _log_start(run, world)
+    # one way in: the configuration (with the resume merge), ONE backend, its world, the run
+    config, checkpoint = resolve_config(config, resume, overrides)
+    backend = get_backend(config.backend, config.device, config.kernels)
+    world = join_world(backend, rank_timeout_s)
     main = world.is_main
-    with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
-        history = train(run, world, bar.on_step if main else None, bar.on_tile if main else None)
+    with ExitStack() as held:
+        if main:  # the one writer holds the run folder for the whole session
+            held.enter_context(run_lock(Path(config.out)))
+        update, bar = slide_progress
+        with bar:
+            run = open_run(config, checkpoint, backend, slide_progress=update, writes=main)
+        if main:
+            _log_start(run, world)
+        with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
+            history = train(
+                run, world, bar.on_step if main else None, bar.on_tile if main else None, stop
+            )
     if dump_weights:
         np.savez(dump_weights.format(rank=world.rank), **run.backend.flat_params(run.model))
     if main and profile:
@@ -68,12 +81,14 @@ def train_session(
 def _log_start(run: Run, world: World) -> None:
     c = run.config
     log.info(
-        "run %s: steps %d..%d, region %s, budget %s, loss %s, %d rank(s)",
+        "run %s: steps %d..%d, region %s, budget %s, loss %s, %s on %s, %d rank(s)",
         run.run_dir,
         run.step,
         c.steps,
         c.region,
         c.memory_budget,
         c.loss,
+        run.backend.name,
+        run.backend.compute_path,
         world.size,
     )

@@ -10,7 +10,6 @@ interface in the MLX layout, so checkpoints swap backends.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import NamedTuple
 
@@ -24,7 +23,8 @@ from gigamlx.backends.cuda_um.managed import ManagedMemory, resolve_device
 from gigamlx.backends.cuda_um.model import TorchGigaUNet, from_torch_layout, to_torch_layout
 from gigamlx.backends.cuda_um.optim import MLXAdam
 from gigamlx.core.geometry import Box, Tile
-from gigamlx.core.losses import Objective, TileStats
+from gigamlx.core.init import initial_weights
+from gigamlx.core.losses import Objective, TileStats, stats_from_rows
 from gigamlx.core.spec import halo_px, total_stride
 
 
@@ -54,6 +54,10 @@ class CudaUMBackend:
             self.um = ManagedMemory(self.device, managed_limit_bytes)
             # TF32 convolutions (cuDNN's default on Ampere+) would break float32 parity with mlx
             torch.backends.cudnn.allow_tf32 = False
+
+    @property
+    def compute_path(self) -> str:
+        return f"torch-{self.device.type}"
 
     def stage(self, data: TileData) -> StagedTile:
         """Move one tile's data to the device; safe to call on a reader thread.
@@ -125,15 +129,9 @@ class CudaUMBackend:
         return tree
 
     def build_model(self, seed: int) -> TorchGigaUNet:
-        """MLX's initialisation (uniform +-sqrt(1/(C_in k^2)) weights, zero biases), torch RNG."""
-        generator = torch.Generator().manual_seed(seed)
+        """Weights from core/init.py: the same seed gives the same model on every backend."""
         model = TorchGigaUNet()
-        with torch.no_grad():
-            for layer in model.spec:
-                module = getattr(model, layer.name)
-                scale = math.sqrt(1.0 / (layer.in_ch * layer.kernel**2))
-                module.weight.uniform_(-scale, scale, generator=generator)
-                module.bias.zero_()
+        model.load_mlx_layout(initial_weights(seed, model.spec))
         model.backend_device = str(self.device)  # backend_for(model) rebuilds this backend
         model.to(self.device)
         self._warm_up(model)
@@ -144,6 +142,9 @@ class CudaUMBackend:
 
     def make_optimizer(self, model: TorchGigaUNet, lr: float) -> MLXAdam:
         return MLXAdam(model, lr)
+
+    def set_learning_rate(self, optimizer: MLXAdam, lr: float) -> None:
+        optimizer.learning_rate = np.float32(lr)
 
     def apply_gradients(self, model: TorchGigaUNet, optimizer: MLXAdam, grads: FlatParams) -> None:
         optimizer.update(self.to_tree(model, grads))
@@ -235,7 +236,7 @@ def _bce(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _stat_rows(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Per-row partial sums (6, h): short float32 sums, finished in float64 on the host."""
+    """Per-row partial sums (6, h) in the order of losses.STAT_ROWS."""
     p = torch.sigmoid(z)
     hard = (z > 0).to(torch.float32)
     parts = [p * g, p, g, _bce(z, g), hard * g, hard]
@@ -243,8 +244,7 @@ def _stat_rows(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _to_stats(rows: torch.Tensor, tile: Tile) -> TileStats:
-    sums = rows.cpu().numpy().astype(np.float64).sum(axis=1)
-    return TileStats(*(float(s) for s in sums), pixels=tile.out_box.area())
+    return stats_from_rows(rows.cpu().numpy(), tile.out_box.area())
 
 
 def _mlx_moment(model: TorchGigaUNet, key: str, value: torch.Tensor) -> np.ndarray:

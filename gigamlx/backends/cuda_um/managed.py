@@ -131,8 +131,9 @@ class ManagedMemory:
     def active_bytes(self) -> int:
         return int(self.lib.um_active_bytes())
 
-    def peak_bytes(self) -> int:
-        return int(self.lib.um_peak_bytes())
+    def limit_bytes(self) -> int:
+        """The most managed bytes the pool hands out (64-bit: GPUs hold more than 2 GiB)."""
+        return int(self.lib.um_limit_bytes())
 
     def reset_peak(self) -> None:
         self.lib.um_reset_peak()
@@ -196,6 +197,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "um_peak_bytes": ([], wide),
         "um_reset_peak": ([], None),
         "um_set_limit": ([wide], None),
+        "um_limit_bytes": ([], wide),
         "um_error_string": ([integer], ctypes.c_char_p),
     }
     for name, (arguments, result) in signatures.items():
@@ -235,7 +237,10 @@ def _load_libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
-    return libc if hasattr(libc, "malloc_trim") else None
+    if not hasattr(libc, "malloc_trim"):
+        return None
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
 
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -14,17 +14,32 @@ from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
 from gigamlx.core.geometry import Tile
-from gigamlx.core.losses import Objective, TileStats
+from gigamlx.core.init import initial_weights
+from gigamlx.core.losses import Objective, TileStats, stats_from_rows
 
 
 class MLXBackend:
+    """GigaUNet on MLX (Metal, CPU or CUDA: MLX's default device).
+
+    Args:
+        kernels: "auto", "fused" or "mlx": which model path runs, chosen once here
+            (fused.choose_kernels) and reported by `describe()` and the step metrics.
+    """
+
     name = "mlx"
+
+    def __init__(self, kernels: str = "auto"):
+        self.kernels = fused.choose_kernels(kernels)
+
+    @property
+    def compute_path(self) -> str:
+        return self.kernels.name  # "fused" or "mlx"
 
     def stage(self, data: TileData) -> TileData:
         return data  # unified memory: nothing to move
 
     def tile_stats(self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
-        _, rows = _surrogate(model, data, padded_hw, Objective(), _target(data))
+        _, rows = _surrogate(model, data, padded_hw, Objective(), _target(data), self.kernels.fused)
         mx.eval(rows)  # sync point: one tile's forward graph
         return _to_stats(rows, data.tile)
 
@@ -34,7 +49,9 @@ class MLXBackend:
         target = _target(data)
 
         def surrogate(params_model: GigaUNet):
-            value, rows = _surrogate(params_model, data, padded_hw, objective, target)
+            value, rows = _surrogate(
+                params_model, data, padded_hw, objective, target, self.kernels.fused
+            )
             return value, mx.stop_gradient(rows)
 
         (_, rows), grads = nn.value_and_grad(model, surrogate)(model)
@@ -45,7 +62,7 @@ class MLXBackend:
     def tile_predict(
         self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]
     ) -> np.ndarray:
-        p = mx.sigmoid(_owned_logits(model, data, padded_hw))
+        p = mx.sigmoid(_owned_logits(model, data, padded_hw, self.kernels.fused))
         mx.eval(p)  # sync point
         return np.array(p, dtype=np.float32)
 
@@ -56,9 +73,9 @@ class MLXBackend:
         return tree_unflatten([(name, mx.array(v, dtype=mx.float32)) for name, v in flat.items()])
 
     def build_model(self, seed: int) -> GigaUNet:
-        mx.random.seed(seed)
+        """Weights from core/init.py: the same seed gives the same model on every backend."""
         model = GigaUNet()
-        mx.eval(model.parameters())
+        self.load_params(model, initial_weights(seed, model.spec))
         return model
 
     def load_params(self, model: GigaUNet, flat: FlatParams) -> None:
@@ -69,6 +86,9 @@ class MLXBackend:
         optimizer = optim.Adam(learning_rate=lr)
         optimizer.init(model.trainable_parameters())
         return optimizer
+
+    def set_learning_rate(self, optimizer: optim.Adam, lr: float) -> None:
+        optimizer.learning_rate = lr  # a float32 scalar in its state, as at make_optimizer
 
     def apply_gradients(self, model: GigaUNet, optimizer: optim.Adam, grads: FlatParams) -> None:
         optimizer.update(model, self.to_tree(model, grads))
@@ -82,11 +102,10 @@ class MLXBackend:
         mx.eval(optimizer.state)
 
     def describe(self) -> dict[str, str]:
-        """Device, BLAS and the fused tail kernel, for `gigamlx info`."""
+        """Device, BLAS and the model path, for `gigamlx info`."""
         blas = blas_info()
-        fused_on, fused_reason = fused.status()
         return {
-            "fused tail kernel (cpu)": f"{'active' if fused_on else 'inactive'} ({fused_reason})",
+            "kernels": f"{self.kernels.name} ({self.kernels.reason})",
             "mlx device": str(mx.default_device()),
             "mlx metal available": str(mx.metal.is_available()),
             "BLAS (mlx cpu)": f"{blas.name} {blas.path or ''} ({blas.reason})",
@@ -112,19 +131,20 @@ def _surrogate(
     padded_hw: tuple[int, int],
     objective: Objective,
     target: mx.array,
+    fused_kernels: bool,
 ) -> tuple[mx.array, mx.array]:
-    """Surrogate value () and stat rows (6, h_out) of one tile, fused on the CPU when built.
+    """Surrogate value () and stat rows (6, h_out) of one tile, fused on the fused path.
 
     The per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE).
     """
-    if fused.active():
+    if fused_kernels:
         tile: Tile = data.tile
         x = mx.array(data.image)[None]  # (1, h_in, w_in, 3) uint8: the kernels scale it
-        z = model.logits(x, tile.in_box, padded_hw)  # (1, h_in, w_in, 1): the crop is fused
+        z = model.logits(x, tile.in_box, padded_hw, True)  # (1, h_in, w_in, 1): crop is fused
         if z.dtype == mx.float32:
             return fused.tile_loss(z, target, tile.crop_yx, objective)
     a, b, c = objective
-    z = _owned_logits(model, data, padded_hw)
+    z = _owned_logits(model, data, padded_hw, fused_kernels)
     p = mx.sigmoid(z)
     value = mx.sum((a * target + b) * p) + c * mx.sum(_bce(z, target))
     return value, _stat_rows(z, target)
@@ -135,11 +155,13 @@ def _target(data: TileData) -> mx.array:
     return mx.array(data.target).astype(mx.float32)
 
 
-def _owned_logits(model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> mx.array:
+def _owned_logits(
+    model: GigaUNet, data: TileData, padded_hw: tuple[int, int], fused_kernels: bool
+) -> mx.array:
     """Logits on the tile's owned box: (h_out, w_out)."""
     tile: Tile = data.tile
     x = mx.array(data.image)[None].astype(mx.float32) / 255.0  # (1, h_in, w_in, 3)
-    z = model.logits(x, tile.in_box, padded_hw)
+    z = model.logits(x, tile.in_box, padded_hw, fused_kernels)
     (cy, cx), (h, w) = tile.crop_yx, tile.out_box.hw
     return z[0, cy : cy + h, cx : cx + w, 0]
 
@@ -150,7 +172,7 @@ def _bce(z: mx.array, g: mx.array) -> mx.array:
 
 
 def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
-    """Per-row partial sums (7, h): short float32 sums, finished in float64 on the host."""
+    """Per-row partial sums (6, h) in the order of losses.STAT_ROWS."""
     p = mx.sigmoid(z)
     hard = (z > 0).astype(mx.float32)
     parts = [p * g, p, g, _bce(z, g), hard * g, hard]
@@ -158,5 +180,4 @@ def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
 
 
 def _to_stats(rows: mx.array, tile: Tile) -> TileStats:
-    sums = np.array(rows, dtype=np.float64).sum(axis=1)
-    return TileStats(*(float(s) for s in sums), pixels=tile.out_box.area())
+    return stats_from_rows(np.array(rows), tile.out_box.area())

@@ -100,7 +100,8 @@ def preload_blas() -> BlasInfo:
         _state["info"] = info
         choice = os.environ.get(ENV_VAR, "").strip()
         asked = choice and choice.lower() not in DISABLE_VALUES
-        log = logger.warning if asked and info.path is None else logger.info
+        # which BLAS is in use is for `gigamlx info` and --verbose; a failed request warns
+        log = logger.warning if asked and info.path is None else logger.debug
         log("BLAS for MLX: %s (%s)", info.name, info.path or info.reason)
     return _state["info"]
 

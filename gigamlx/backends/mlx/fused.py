@@ -1,16 +1,16 @@
-"""The compiled fused tail (kernels/ext, module `gigamlx_fused`): loader, switch and wrappers.
+"""The compiled fused kernels (kernels/ext, module `gigamlx_fused`): loader, choice and wrappers.
 
-The extension is optional: when it is not built, fails its smoke test, the default device is
-not the CPU, or GIGAMLX_FUSED=0, callers take the pure-MLX path (the reference), and the
-reason is logged once.
+The extension is optional: `choose_kernels` decides once, when a backend is built, whether the
+fused kernels or the pure-MLX ops (the reference, and what Metal runs) compute the model; the
+reason is reported by `gigamlx info` and logged once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache
 from types import ModuleType
+from typing import NamedTuple
 
 import mlx.core as mx
 
@@ -45,30 +45,49 @@ def _load() -> tuple[ModuleType | None, str]:
     return gigamlx_fused, f"gigamlx_fused {gigamlx_fused.__version__}"
 
 
-def status() -> tuple[bool, str]:
-    """(active, reason): whether the fused path is used now, and why (for `gigamlx info`)."""
-    if os.environ.get("GIGAMLX_FUSED", "1") == "0":
-        return False, "disabled by GIGAMLX_FUSED=0"
+class KernelPath(NamedTuple):
+    """Which model path the mlx backend runs, chosen once when the backend is built."""
+
+    name: str  # "fused" (the compiled CPU kernels of kernels/ext) or "mlx" (pure MLX ops)
+    reason: str
+
+    @property
+    def fused(self) -> bool:
+        return self.name == "fused"
+
+
+KERNEL_CHOICES = ("auto", "fused", "mlx")
+
+
+def choose_kernels(requested: str = "auto") -> KernelPath:
+    """Resolve `requested` ("auto", "fused" or "mlx") to the path this process runs.
+
+    "auto" takes the fused kernels when the extension loads and the default device is the CPU
+    (they have no Metal/CUDA implementation), else the pure-MLX ops; "fused" insists.
+
+    Raises:
+        ValueError: an unknown choice, or "fused" where the kernels cannot run.
+    """
+    if requested not in KERNEL_CHOICES:
+        raise ValueError(
+            f"unknown kernels {requested!r}; choose one of {', '.join(KERNEL_CHOICES)}"
+        )
+    if requested == "mlx":
+        return KernelPath("mlx", "pure-MLX ops, as asked")
     if mx.default_device() != mx.cpu:
-        return False, f"default device is {mx.default_device()}; the fused kernel is CPU-only"
-    module, reason = _load()
-    return module is not None, reason
-
-
-def active() -> bool:
-    """Whether to take the fused path; logs the reason once when it is not taken."""
-    ok, reason = status()
-    if not ok and reason not in _logged:
-        _logged.add(reason)
-        failed = "built" in reason  # not built / built but unusable: worth a warning
-        log = logger.warning if failed else logger.info
-        log("fused tail kernel inactive (%s): using the pure-MLX path", reason)
-    return ok
-
-
-def down1_active() -> bool:
-    """Whether to take the fused first layer: `active()`, unless GIGAMLX_FUSED_DOWN1=0."""
-    return os.environ.get("GIGAMLX_FUSED_DOWN1", "1") != "0" and active()
+        why = f"default device is {mx.default_device()}; the fused kernels are CPU-only"
+    else:
+        module, why = _load()
+        if module is not None:
+            return KernelPath("fused", why)
+    if requested == "fused":
+        raise ValueError(f"--kernels fused cannot run here: {why}; use --kernels mlx")
+    if why not in _logged:  # once per process: a missing build is worth a warning
+        _logged.add(why)
+        (logger.warning if "built" in why else logger.info)(
+            "fused kernels inactive (%s): using the pure-MLX path", why
+        )
+    return KernelPath("mlx", why)
 
 
 def down1(
@@ -79,7 +98,7 @@ def down1(
     pad: int,
     keep_yx: tuple[int, int, int, int],
 ) -> mx.array:
-    """Fused strided conv + bias + ReLU + zeroing (call only if `active()`).
+    """Fused strided conv + bias + ReLU + zeroing (only on the fused path).
 
     Args:
         x: (N, H, W, C_in) the network input, float32 or uint8 (read as value / 255, bit for
@@ -104,7 +123,7 @@ def head_logits(
     b_head: mx.array,
     keep_yx: tuple[int, int, int, int],
 ) -> mx.array:
-    """Fused up-sample + ReLU + zeroing + concat(x) + 3x3 head conv (call only if `active()`).
+    """Fused up-sample + ReLU + zeroing + concat(x) + 3x3 head conv (only on the fused path).
 
     Args:
         h2: (N, h, w, C_in) input of the up-sampling conv-transpose (kernel == stride s).
@@ -125,7 +144,7 @@ def head_logits(
 def tile_loss(
     z: mx.array, g: mx.array, crop_yx: tuple[int, int], coefficients: tuple[float, float, float]
 ) -> tuple[mx.array, mx.array]:
-    """Surrogate value and per-row statistics on the owned crop (call only if `active()`).
+    """Surrogate value and per-row statistics on the owned crop (only on the fused path).
 
     Args:
         z: (1, H, W, 1) window logits.

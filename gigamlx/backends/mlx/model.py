@@ -43,7 +43,11 @@ class GigaUNet(nn.Module):
         return self._spec
 
     def logits(
-        self, x: mx.array, in_box: Box | None = None, padded_hw: tuple[int, int] | None = None
+        self,
+        x: mx.array,
+        in_box: Box | None = None,
+        padded_hw: tuple[int, int] | None = None,
+        fused_kernels: bool = False,
     ) -> mx.array:
         """Pre-sigmoid head output. x: (N, H, W, 3) -> (N, H, W, 1).
 
@@ -52,13 +56,15 @@ class GigaUNet(nn.Module):
                 fused kernels read it as is: no float copies of the window).
             in_box: where this window sits in the image; None for a whole-image pass.
             padded_hw: the padded image size, required with `in_box`.
+            fused_kernels: compute the first layer and the full-resolution tail with the
+                compiled CPU kernels (the backend decides, once; see fused.choose_kernels).
+                Same values; no gradient flows to `x` then.
         """
-        kernel_dtype = x.dtype in (mx.float32, mx.uint8)
-        fusable = self._fusable_tail and kernel_dtype and fused.active()
-        fuse_at = len(self._spec) - 2 if fusable else None
-        fuse_first = self._fusable_first and kernel_dtype and fused.down1_active()
-        if x.dtype == mx.uint8 and not (fusable and fuse_first):
-            x = x.astype(mx.float32) / 255.0
+        fusable = fused_kernels and x.dtype in (mx.float32, mx.uint8)
+        fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
+        fuse_first = fusable and self._fusable_first
+        if x.dtype == mx.uint8 and not (fuse_at is not None and fuse_first):
+            x = x.astype(mx.float32) / 255.0  # a layer in pure MLX reads x: make it float
         saved = {"input": x}
         h = x
         for index, layer in enumerate(self._spec):

@@ -1,0 +1,81 @@
+"""The package layout: imports point down (scripts/import_graph.py), engines stay in backends/,
+and no top-level `kernels` Python package is installed."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import import_graph  # noqa: E402
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    """A fake gigamlx package under `root` with the given module sources."""
+    for name, source in files.items():
+        path = root / "gigamlx" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+        for parent in path.relative_to(root).parents:
+            if parent != Path("."):
+                (root / parent / "__init__.py").touch()
+    return root / "gigamlx"
+
+
+def test_gigamlx_imports_point_down(capsys):
+    assert import_graph.main([]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "core -> (nothing)" in out and "ok: no cycle" in out
+
+
+def test_import_graph_fails_on_a_cycle(tmp_path, capsys):
+    root = _package(
+        tmp_path,
+        {
+            "tiling/a.py": "from gigamlx.backends import b\n",
+            "backends/b.py": "def f():\n    from gigamlx.tiling import a\n",
+        },
+    )
+    assert import_graph.main(["--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "cycle: backends -> tiling -> backends" in err
+    assert "backends -> tiling: imports its own layer or one above" in err
+
+
+def test_import_graph_fails_on_an_engine_outside_backends(tmp_path, capsys):
+    root = _package(tmp_path, {"slide/s.py": "import mlx.core as mx\n"})
+    assert import_graph.main(["--root", str(root)]) == 1
+    assert "imports mlx.core outside gigamlx/backends/" in capsys.readouterr().err
+
+
+def test_unknown_package_must_be_placed_in_a_layer(tmp_path, capsys):
+    root = _package(tmp_path, {"extras/e.py": "import numpy\n"})
+    assert import_graph.main(["--root", str(root)]) == 1
+    assert "extras: not in LAYERS" in capsys.readouterr().err
+
+
+def test_no_kernels_python_package_of_ours(tmp_path):
+    """`import kernels` must not find this project (a PyPI package of that name exists)."""
+    code = (
+        "import importlib.util as u; s = u.find_spec('kernels'); "
+        "print('' if s is None else f'{s.origin} {list(s.submodule_search_locations or [])}')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as installed, no tree
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    ).stdout
+    assert str(REPO) not in found, found
+
+
+@pytest.mark.parametrize("engine", ["mlx", "torch"])
+def test_engines_load_lazily(engine):
+    """`import gigamlx` and its CLI module tree load no engine until a command needs one."""
+    if importlib.util.find_spec(engine) is None:
+        pytest.skip(f"{engine} not installed")
+    code = f"import sys, gigamlx, gigamlx.cli; print('{engine}' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

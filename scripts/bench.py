@@ -281,7 +281,7 @@ def _needs_bytes(kind: str, pixels: int, rows: list[dict]) -> float:
     seen = [r for r in rows if r["kind"] == kind and "rss_peak_bytes" in r]
     per_px, base = PRIOR_BYTES_PER_PX[kind], 0.5e9
     if seen and seen[-1]["pixels"] >= TRUST_PX:
-        base = seen[-1]["rss_base_bytes"]
+        base = seen[-1]["rss_base_bytes"] or 0.0  # None: no RSS reading; all of the peak counts
         per_px = (seen[-1]["rss_peak_bytes"] - base) / seen[-1]["pixels"]
     return base + per_px * pixels
 
@@ -397,7 +397,7 @@ def main(
     big_warmup: int = typer.Option(0, help="untimed steps of the --big region"),
     budget: str = typer.Option("2GB", help="memory budget of the tiled (gigamlx) runs"),
     cache_share: float = typer.Option(
-        0.2, help="MLX buffer cache of the tiled runs as a share of the budget (0: MLX's)"
+        0.0, help="MLX buffer cache of the tiled runs, share of the budget (0: the scheduler's)"
     ),
     max_rss_gb: float = typer.Option(0.0, help="skip peers needing more RSS (0: 75% of RAM)"),
     json_out: Path = typer.Option(Path("out/bench.json"), "--json", help="where to write rows"),

@@ -19,7 +19,7 @@ BLAS = preload_blas()  # must run before mlx.core is imported
 
 import mlx.core as mx  # noqa: E402
 
-from gigamlx.backends.mlx import conv, conv_transpose  # noqa: E402
+from gigamlx.backends.mlx import conv, conv_taps, conv_transpose  # noqa: E402
 
 
 class Case(NamedTuple):
@@ -30,6 +30,7 @@ class Case(NamedTuple):
     weight_shape: tuple[int, int, int, int]  # (C_out, k, k, C_in)
     stride: int
     pad: int | None
+    parts: tuple[int, ...] = ()  # the input's channels arrive as these parts (the head)
 
 
 CASES = (
@@ -40,6 +41,7 @@ CASES = (
     Case("up2 ct", (1, 80, 80, 8), (2, 4, 4, 8), 4, None),
     Case("up1 ct", (1, 320, 320, 4), (3, 4, 4, 4), 4, None),
     Case("head k3", (1, 1280, 1280, 6), (1, 3, 3, 6), 1, 1),
+    Case("head parts", (1, 1280, 1280, 6), (1, 3, 3, 6), 1, 1, (3, 3)),
 )
 
 
@@ -56,25 +58,35 @@ def best_seconds(fn: Callable[[], object], repeat: int) -> float:
 
 def time_op(op: Callable, case: Case, repeat: int) -> dict[str, float]:
     """Forward seconds, and forward+backward (vjp for x, weight, bias) seconds of one op."""
-    x = mx.random.normal(case.x_shape)
+    n, h, w, _ = case.x_shape
+    inputs = [mx.random.normal((n, h, w, c)) for c in case.parts or case.x_shape[3:]]
     weight = mx.random.normal(case.weight_shape) * 0.1
     bias = mx.random.normal(case.weight_shape[:1])
     extra = (case.stride,) if case.pad is None else (case.stride, case.pad)
-    mx.eval(x, weight, bias)
+    mx.eval(inputs, weight, bias)
 
-    out_shape = op(x, weight, bias, *extra).shape
-    cotangent = mx.random.normal(out_shape)  # a dense cotangent, as the layers above send
+    def call(*primals):
+        x = list(primals[:-2]) if case.parts else primals[0]
+        return op(x, *primals[-2:], *extra)
+
+    primals = [*inputs, weight, bias]
+    cotangent = mx.random.normal(call(*primals).shape)  # dense, as the layers above send
 
     def forward_backward():
-        return mx.vjp(lambda *p: op(*p, *extra), [x, weight, bias], [cotangent])
+        return mx.vjp(call, primals, [cotangent])
 
     return {
-        "forward_s": best_seconds(lambda: op(x, weight, bias, *extra), repeat),
+        "forward_s": best_seconds(lambda: call(*primals), repeat),
         "forward_backward_s": best_seconds(forward_backward, repeat),
     }
 
 
 def ops_for(case: Case) -> tuple[Callable, Callable]:
+    if case.parts:  # MLX's conv of the joined parts vs the head that never joins them
+        return (
+            lambda parts, *p: conv.conv2d_reference(mx.concatenate(parts, axis=-1), *p),
+            lambda parts, w, b, stride, pad: conv_taps.conv2d_parts(parts, w, b, pad),
+        )
     if case.pad is None:
         return conv_transpose.conv_transpose2d_reference, conv_transpose.conv_transpose2d
     return conv.conv2d_reference, conv.conv2d
@@ -87,7 +99,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated name prefixes")
     args = parser.parse_args()
     prefixes = [p for p in args.only.split(",") if p]
-    print(f"BLAS: {BLAS.name} {BLAS.path or BLAS.reason}")
+    device = f"{mx.default_device()} ({mx.device_info().get('device_name', '?')})"
+    print(f"device: {device}; BLAS: {BLAS.name} {BLAS.path or BLAS.reason}")
     print(
         f"{'op':10s} {'x shape':20s} {'ref fwd':>9s} {'fast fwd':>9s} "
         f"{'ref f+b':>9s} {'fast f+b':>9s} {'speedup f+b':>11s}"
@@ -108,7 +121,8 @@ def main() -> None:
         )
         rows.append({"op": case.name, "x_shape": case.x_shape, "reference": ref, "fast": new})
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"blas": BLAS._asdict(), "cases": rows}, indent=2))
+    result = {"device": device, "blas": BLAS._asdict(), "cases": rows}
+    args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
 
 

@@ -1,10 +1,15 @@
 """Memory as a setting: flat peak in image size, tiles that fit the budget, clear errors."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from reference import random_case
 
 import gigamlx
+from gigamlx.backends.mlx import fused
 from gigamlx.backends.mlx.backend import MLXBackend
 from gigamlx.tiling.budget import tile_cost
 from gigamlx.tiling.scheduler import tiled_step
@@ -88,3 +93,48 @@ def test_unknown_loss_is_a_clear_error(model):
     image, mask = random_case((64, 64), seed=1)
     with pytest.raises(ValueError, match="unknown loss"):
         gigamlx.tiled_value_and_grad(model, image, mask, loss="l2", tile=64)
+
+
+_METAL_CACHE_STEP = """
+import json, sys
+import gigamlx.backends.mlx  # noqa: F401  (first: the BLAS)
+import mlx.core as mx
+import numpy as np
+from gigamlx.backends.mlx.backend import MLXBackend
+from gigamlx.core.memory import SampledPeak
+from gigamlx.tiling.budget import tile_cost
+from gigamlx.tiling.scheduler import tiled_step
+# sampled, not ru_maxrss: Linux carries a forked parent's resident pages into the child's
+rss = SampledPeak(0.001)
+rss.reset()
+mx.set_cache_limit(mx.get_memory_limit())  # MLX's default on Metal (32 MB on the CPU build)
+backend, budget = MLXBackend(sys.argv[2]), int(sys.argv[1])
+model = backend.build_model(0)
+rng = np.random.default_rng(0)  # uint8 straight away: no float64 temporaries in the peak
+image = rng.integers(0, 256, (2048, 3072, 3), dtype=np.uint8)
+mask = rng.integers(0, 2, (2048, 3072), dtype=np.uint8)
+result = tiled_step(backend, model, image, mask, "dice", budget_bytes=budget)
+host = tile_cost(backend, model, "grad").host_bytes
+print(json.dumps({"peak": result.peak_bytes, "cache": result.cache_bytes, "host": host,
+                  "rss_peak": rss.peak(), "tiles": len(result.plan.tiles)}))
+"""
+
+
+@pytest.mark.parametrize("kernels", ["mlx", "fused"])
+def test_budget_bounds_process_with_metal_sized_cache(tmp_path, kernels):
+    """Metal's cache limit defaults to the memory limit: the budget must bound it (issue 11).
+
+    Before the cache limit was set from the budget, the pure-MLX path (Metal's) kept a 322 MB
+    active peak plus 555 MB of cache and a 687 MB peak RSS under this 600 MB budget."""
+    budget = 600 * 10**6
+    if kernels == "fused" and fused._load()[0] is None:
+        pytest.skip(f"fused kernels unavailable: {fused._load()[1]}")
+    done = subprocess.run(
+        [sys.executable, "-c", _METAL_CACHE_STEP, str(budget), kernels],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["tiles"] > 1  # the budget, not the image, chose the tiles
+    assert got["peak"] + got["cache"] <= budget - got["host"], got
+    assert got["rss_peak"] is None or got["rss_peak"] <= budget, got  # None: /proc hidden

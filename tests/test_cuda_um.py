@@ -15,6 +15,7 @@ from reference import loss_terms, mlx_whole_image, random_case
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import TileData
+from gigamlx.backends.cuda_um import managed
 from gigamlx.backends.cuda_um.build import NvccNotFound, build_library, find_nvcc
 from gigamlx.backends.cuda_um.model import from_torch_layout
 from gigamlx.core.arrays import read_window
@@ -22,7 +23,9 @@ from gigamlx.core.checkpoint import load_checkpoint
 from gigamlx.core.config import TrainConfig
 from gigamlx.core.geometry import padded_hw
 from gigamlx.core.losses import Objective
+from gigamlx.core.memory import current_rss_bytes
 from gigamlx.synth.render import synth_slide
+from gigamlx.tiling import budget
 from gigamlx.tiling.budget import tile_cost
 from gigamlx.tiling.scheduler import tiled_predict, tiled_step
 from gigamlx.train.loop import train
@@ -145,6 +148,13 @@ def test_checkpoint_resumes_in_the_other_backend(slide, mlx_straight, tmp_path, 
     assert saved["step"].item() == 2 and saved["down1.weight.m"].shape == (2, 16, 16, 3)
 
 
+no_rss = pytest.mark.skipif(
+    current_rss_bytes() is None,
+    reason="no current-RSS reading: Linux with /proc hidden (macOS reads it through psutil)",
+)
+
+
+@no_rss
 def test_cuda_um_cpu_memory_readings_drive_the_budget(pair):
     """On the CPU the budget is measured on the process RSS; a tile must cost bytes per pixel."""
     _, _, backend, model = pair
@@ -154,6 +164,21 @@ def test_cuda_um_cpu_memory_readings_drive_the_budget(pair):
     assert 12 <= cost.bytes_per_px <= 2000, cost
     reading = backend.memory()
     assert 0 < reading.active_bytes <= reading.peak_bytes
+
+
+@no_rss
+def test_cuda_um_cpu_budget_without_resettable_peak(pair, monkeypatch, tmp_path):
+    """macOS keeps no resettable peak RSS (no /proc/self/clear_refs): the sampled peak must
+    still give a tile a cost per pixel."""
+    _, _, backend, model = pair
+    monkeypatch.setattr(managed, "_STATUS", tmp_path / "no-status")
+    monkeypatch.setattr(managed, "_CLEAR_REFS", tmp_path / "no-clear-refs")
+    monkeypatch.setattr(budget, "_cost_cache", {})
+    block = np.ones(300 * 2**20 // 8)  # a lifetime peak above what the probes reach
+    del block
+    managed.trim_host_heap()
+    cost = tile_cost(backend, model, "grad")
+    assert cost.bytes_per_px > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -40,7 +40,8 @@ def test_train_writes_metrics_and_checkpoints(slide, tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("loss", "dice", "seconds", "read_seconds", "peak_engine_bytes", "peak_rss_bytes"):
+    keys = ("loss", "dice", "seconds", "read_seconds", "peak_engine_bytes", "engine_cache_bytes")
+    for key in keys + ("peak_rss_bytes",):
         assert key in rows[0]
     assert rows[0]["tiles"] >= 6 and rows[0]["world_size"] == 1
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002", "step_0000003"]

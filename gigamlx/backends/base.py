@@ -22,9 +22,10 @@ AllSum = Callable[[np.ndarray], np.ndarray]  # float64 (n,) -> the same on every
 
 
 class MemoryReading(NamedTuple):
-    active_bytes: int
-    peak_bytes: int
+    active_bytes: int  # held by live arrays now
+    peak_bytes: int  # most active bytes since the last reset
     limit_bytes: int | None
+    cache_bytes: int = 0  # freed but kept by the engine for reuse: the process holds it too
 
 
 class TileData(NamedTuple):
@@ -166,6 +167,14 @@ class Backend(Protocol):
     def memory(self) -> MemoryReading: ...
 
     def reset_peak_memory(self) -> None: ...
+
+    def bound_memory(self, budget_bytes: int, cache_bytes: int) -> None:
+        """Hold the process to `budget_bytes`: keep at most `cache_bytes` of freed buffers.
+
+        Raises:
+            ValueError: if the device cannot give the budget at all; names the maximum.
+        """
+        ...
 
     def release_cache(self) -> None:
         """Return freed buffers to the system (between tiles of different shapes)."""

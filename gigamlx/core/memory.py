@@ -1,10 +1,16 @@
-"""Process memory readings (engine-free): peak and current resident set size, in bytes."""
+"""Process memory readings (engine-free): peak and current resident set size, in bytes.
+
+Linux reads /proc; elsewhere (macOS has no /proc) psutil asks the kernel (Mach task_info).
+"""
 
 from __future__ import annotations
 
 import math
 import resource
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +33,14 @@ def cpu_usage() -> CpuUsage:
     return CpuUsage(r.ru_utime, r.ru_stime, r.ru_minflt, r.ru_majflt)
 
 
+try:
+    import psutil
+except ImportError:  # a dependency, but a reading that is missing must not stop a run
+    psutil = None
+
+_STATM = Path("/proc/self/statm")  # Linux: size, resident, ... in pages
+
+
 def peak_rss_bytes() -> int:
     """High-water mark of this process's resident memory."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -34,12 +48,55 @@ def peak_rss_bytes() -> int:
 
 
 def current_rss_bytes() -> int | None:
-    """Resident memory now (Linux /proc; None where that is not available)."""
+    """Resident memory now: /proc on Linux, psutil elsewhere; None where neither can tell
+    (Linux with /proc hidden). Callers treat None as unknown, never as 0 bytes."""
     try:
-        fields = Path("/proc/self/statm").read_text().split()
+        fields = _STATM.read_text().split()
+        return int(fields[1]) * resource.getpagesize()
     except OSError:
+        pass
+    if psutil is None:
         return None
-    return int(fields[1]) * resource.getpagesize()
+    try:
+        return int(psutil.Process().memory_info().rss)
+    except (psutil.Error, OSError):  # psutil itself reads /proc on Linux
+        return None
+
+
+class SampledPeak:
+    """Peak RSS since `reset()`, sampled on a daemon thread every `period_s`: for kernels that
+    keep no resettable peak (macOS; Linux has VmHWM). Spikes shorter than the period are
+    missed; `peak()` is None where the current RSS is unknown."""
+
+    def __init__(self, period_s: float = 0.002):
+        self.period_s = period_s
+        self._peak: int | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def reset(self) -> None:
+        with self._lock:
+            self._peak = current_rss_bytes()
+        if self._thread is None and self._peak is not None:
+            self._thread = threading.Thread(target=self._run, name="rss-peak", daemon=True)
+            self._thread.start()
+
+    def peak(self) -> int | None:
+        self._sample()
+        return self._peak
+
+    def _sample(self) -> None:
+        now = current_rss_bytes()
+        with self._lock:
+            if now is not None and (self._peak is None or now > self._peak):
+                self._peak = now
+
+    def _run(self) -> None:
+        if hasattr(signal, "pthread_sigmask"):  # never the thread a Ctrl-C is delivered to:
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # see train/loop
+        while True:  # a daemon: it lives as long as the process
+            time.sleep(self.period_s)
+            self._sample()
 
 
 def parse_bytes(text: str) -> int:
@@ -63,3 +120,12 @@ def parse_bytes(text: str) -> int:
     if value <= 0:
         raise ValueError(f"memory size must be positive, got {text!r}")
     return int(value * scale)
+
+
+def format_bytes(n: float) -> str:
+    """12345678 -> '12.3 MB' (decimal units, as `parse_bytes` reads them)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n} TB"

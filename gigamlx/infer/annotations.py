@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gigamlx.core.files import write_text_atomic
 from gigamlx.slide.contours import mask_polygons
 from gigamlx.slide.store import chunk_boxes
 
@@ -97,7 +98,5 @@ def prediction_features(
 def write_geojson(collection: dict, path: str | os.PathLike) -> Path:
     """Write a FeatureCollection atomically (a hidden temporary file renamed into place)."""
     path = Path(path)
-    tmp_path = path.parent / f".{path.name}.partial-{os.getpid()}"
-    tmp_path.write_text(json.dumps(collection, separators=(",", ":")))
-    os.replace(tmp_path, path)
+    write_text_atomic(path, json.dumps(collection, separators=(",", ":")))
     return path

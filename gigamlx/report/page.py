@@ -7,15 +7,14 @@ anywhere, offline, and prints. No scripts, nothing fetched.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import io
-import os
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
 from gigamlx.core.config import TrainConfig
+from gigamlx.core.files import write_text_atomic
 from gigamlx.report.charts import Card, chart_cards
 from gigamlx.report.facts import Fact, key_facts, missing
 from gigamlx.report.run_data import Overlay, ReportError, RunData, load_run
@@ -193,13 +192,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     if out.is_dir():
         out = out / REPORT
     page = render_page(data)
-    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(page, encoding="utf-8")
-        os.replace(temp, out)  # a reader never sees half a page
+        write_text_atomic(out, page)  # a reader never sees half a page
     except OSError as error:
-        with contextlib.suppress(OSError):  # e.g. the parent is a file: there is no temp
-            temp.unlink(missing_ok=True)
         raise ReportError(f"cannot write {out} ({error.strerror}); choose another --out") from None
     return out

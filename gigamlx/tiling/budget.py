@@ -4,7 +4,8 @@ A tile's peak memory is affine in its input-window pixels (every activation is a
 of bytes per pixel at its scale). Two small probe tiles measure the line; the largest tile on
 it that fits the budget is chosen. The probes run on zeros, before the image is touched.
 The budget is for the whole process: the host's own memory (interpreter, libraries) measured at
-the probes, and the scheduler's pass-2 cache, come out of it before the engine's share.
+the probes, the engine's cache of freed buffers and the scheduler's pass-2 cache come out of it
+before the tiles' share.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from gigamlx.backends.base import Backend, TileData
 from gigamlx.core.geometry import Box, Tile
 from gigamlx.core.losses import Objective
-from gigamlx.core.memory import current_rss_bytes
+from gigamlx.core.memory import current_rss_bytes, format_bytes
 from gigamlx.core.spec import GIGAUNET_4492, Layer, halo_px, total_stride
 from gigamlx.tiling.prefetch import PREFETCH_DEPTH
 
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["grad", "stats", "predict"]
 # Of the budget left after the host's own memory: the engine's tiles get this share, the
-# scheduler's pass-2 cache CACHE_SHARE, and the rest absorbs allocator rounding and prefetch.
-ENGINE_SHARE = 0.8
+# engine's cache of freed buffers BUFFER_CACHE_SHARE (the next tile reuses them instead of
+# faulting fresh pages in; on Metal it is unbounded unless set), the scheduler's pass-2 window
+# cache CACHE_SHARE, and the rest absorbs allocator rounding and prefetch.
+ENGINE_SHARE = 0.6
+BUFFER_CACHE_SHARE = 0.2
 CACHE_SHARE = 0.1
 # Host bytes per input-window pixel while tiles are in flight: the uint8 window (3 B) and target
 # (<= 1 B) of the tile computing, of the PREFETCH_DEPTH tiles queued and of the one being read,
@@ -96,9 +100,14 @@ def tile_cost(
 
 
 def _host_bytes(backend: Backend) -> float:
-    """Resident memory that is not the engine's (None-safe: 0 where RSS is unknown)."""
-    rss = current_rss_bytes()
-    return 0.0 if rss is None else max(rss - backend.memory().active_bytes, 0)
+    """Resident memory that is not the engine's, live or cached (0 where RSS is unknown)."""
+    rss, engine = current_rss_bytes(), backend.memory()
+    return 0.0 if rss is None else max(rss - engine.active_bytes - engine.cache_bytes, 0)
+
+
+def buffer_cache_bytes(cost: TileCost, budget_bytes: int) -> int:
+    """How many freed bytes the engine may keep cached for reuse within the budget."""
+    return max(int((budget_bytes - cost.host_bytes) * BUFFER_CACHE_SHARE), 0)
 
 
 def engine_bytes(cost: TileCost, budget_bytes: int, resting_bytes: int) -> float:
@@ -135,11 +144,3 @@ def choose_tile_hw(
         side += stride
     rows, cols = (-(-n // (-(-n // side) * stride)) * stride for n in padded)
     return rows, cols
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n} TB"

@@ -19,7 +19,13 @@ from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
 from gigamlx.core.spec import GIGAUNET_4492, Layer
-from gigamlx.tiling.budget import CACHE_SHARE, Mode, choose_tile_hw, tile_cost
+from gigamlx.tiling.budget import (
+    CACHE_SHARE,
+    Mode,
+    buffer_cache_bytes,
+    choose_tile_hw,
+    tile_cost,
+)
 from gigamlx.tiling.prefetch import PREFETCH_DEPTH, Prefetcher
 
 log = logging.getLogger(__name__)
@@ -36,11 +42,12 @@ class StepResult(NamedTuple):
     stats: TileStats  # sums over the whole image's real pixels
     grads: FlatParams  # float64, summed over tiles
     plan: TilePlan
-    peak_bytes: int  # engine peak while the step ran
+    peak_bytes: int  # engine peak (active bytes) while the step ran
     seconds: float
     read_seconds: float  # reading image and mask windows (on the prefetch thread)
     read_wait_seconds: float  # of which compute waited for (0 when reads fully overlap)
     forward_seconds: float  # Dice pass 1 (forward-only sums), reads included
+    cache_bytes: int = 0  # freed buffers the engine kept at the step's end (bounded by budget)
 
 
 def check_image(image, mask=None) -> tuple[int, int]:
@@ -72,6 +79,7 @@ def resolve_plan(
     if tile is None and budget_bytes is not None:
         resting = backend.memory().active_bytes
         cost = tile_cost(backend, model, mode, spec)
+        backend.bound_memory(budget_bytes, buffer_cache_bytes(cost, budget_bytes))
         tile = choose_tile_hw(cost, budget_bytes, resting, image_hw, spec)
     return plan_tiles(image_hw, tile or DEFAULT_TILE_PX, spec)
 
@@ -182,12 +190,13 @@ def tiled_step(
         for name, g in tile_grads.items():
             grads[name] = grads[name] + g if name in grads else g
         _report(progress, "backward", done, len(plan.tiles))
-    peak = backend.memory().peak_bytes
+    reading = backend.memory()
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
     return StepResult(
-        value, stats, grads, plan, peak, seconds, clock.read_s, clock.wait_s, forward_seconds
-    )
+        value, stats, grads, plan, reading.peak_bytes, seconds, clock.read_s, clock.wait_s,
+        forward_seconds, reading.cache_bytes,
+    )  # fmt: skip
 
 
 def tiled_predict(

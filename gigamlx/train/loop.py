@@ -57,7 +57,8 @@ class StepMetrics(NamedTuple):
     read_wait_seconds: float  # compute stalled on reads (prefetch overlaps the rest)
     forward_seconds: float  # Dice pass 1
     update_seconds: float  # optimizer
-    peak_engine_bytes: int
+    peak_engine_bytes: int  # active bytes
+    engine_cache_bytes: int  # freed buffers the engine keeps for reuse: held on top of active
     peak_rss_bytes: int
     tile_hw: tuple[int, int]
     tiles: int
@@ -114,6 +115,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         forward_seconds=sum(r.forward_seconds for r in results),
         update_seconds=now - update_start,
         peak_engine_bytes=max(r.peak_bytes for r in results),
+        engine_cache_bytes=max(r.cache_bytes for r in results),
         peak_rss_bytes=peak_rss_bytes(),
         tile_hw=results[0].plan.tile_hw,
         tiles=sum(len(r.plan.tiles) for r in results),

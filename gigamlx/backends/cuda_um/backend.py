@@ -181,11 +181,17 @@ class CudaUMBackend:
             active = torch.cuda.memory_allocated(self.device)
             free_bytes, _ = torch.cuda.mem_get_info(self.device)
             limit = free_bytes + torch.cuda.memory_reserved(self.device)
-            return MemoryReading(active, torch.cuda.max_memory_allocated(self.device), limit)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            cached = torch.cuda.memory_reserved(self.device) - active
+            return MemoryReading(active, peak, limit, cached)
         # trim first: the heap glibc keeps after a step is free, not active, memory, and
         # counting it would shrink the next step's tiles
         managed.trim_host_heap()
         return MemoryReading(managed.host_rss_bytes(), managed.host_peak_bytes(), None)
+
+    def bound_memory(self, budget_bytes: int, cache_bytes: int) -> None:
+        """Nothing to set: the managed pool is capped at start, torch's caches are emptied by
+        `release_cache`, and the CPU path's freed heap is trimmed at every reading."""
 
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from gigamlx.backends.cuda_um.build import NvccNotFound, build_library
-from gigamlx.core.memory import current_rss_bytes, peak_rss_bytes
+from gigamlx.core.memory import SampledPeak, current_rss_bytes, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +211,20 @@ def host_rss_bytes() -> int:
 
 
 def host_peak_bytes() -> int:
-    """VmHWM (resettable, see `reset_host_peak`) where Linux has it, else the lifetime peak."""
+    """VmHWM (resettable, see `reset_host_peak`) where Linux has it; else the RSS sampled since
+    the last reset (macOS), else the lifetime peak."""
     if _STATUS.exists():
         for line in _STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    return peak_rss_bytes()
+    return _SAMPLED_PEAK.peak() or peak_rss_bytes()
 
 
 def reset_host_peak() -> None:
     if _CLEAR_REFS.exists():
         _CLEAR_REFS.write_text("5")  # Linux: the peak RSS restarts from the current RSS
+    else:
+        _SAMPLED_PEAK.reset()
 
 
 def trim_host_heap() -> None:
@@ -245,6 +248,7 @@ def _load_libc() -> ctypes.CDLL | None:
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
+_SAMPLED_PEAK = SampledPeak()
 _LIBC = _load_libc()
 
 

@@ -9,13 +9,14 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from gigamlx.backends.base import FlatParams, MemoryReading, TileData, World
-from gigamlx.backends.mlx import fused
+from gigamlx.backends.mlx import fused, limits
 from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
 from gigamlx.core.geometry import Tile
 from gigamlx.core.init import initial_weights
 from gigamlx.core.losses import Objective, TileStats, stats_from_rows
+from gigamlx.core.memory import format_bytes
 
 
 class MLXBackend:
@@ -108,6 +109,7 @@ class MLXBackend:
             "kernels": f"{self.kernels.name} ({self.kernels.reason})",
             "mlx device": str(mx.default_device()),
             "mlx metal available": str(mx.metal.is_available()),
+            "mlx memory": _describe_memory(limits.device_memory()),
             "BLAS (mlx cpu)": f"{blas.name} {blas.path or ''} ({blas.reason})",
         }
 
@@ -115,14 +117,26 @@ class MLXBackend:
         return mlx_world(timeout_s)
 
     def memory(self) -> MemoryReading:
-        limit = mx.get_memory_limit()
-        return MemoryReading(mx.get_active_memory(), mx.get_peak_memory(), limit or None)
+        limit = mx.get_memory_limit() or None
+        return MemoryReading(
+            mx.get_active_memory(), mx.get_peak_memory(), limit, mx.get_cache_memory()
+        )
+
+    def bound_memory(self, budget_bytes: int, cache_bytes: int) -> None:
+        limits.apply(limits.plan_limits(budget_bytes, cache_bytes, limits.device_memory()))
 
     def reset_peak_memory(self) -> None:
         mx.reset_peak_memory()
 
     def release_cache(self) -> None:
         mx.clear_cache()
+
+
+def _describe_memory(device: limits.DeviceMemory) -> str:
+    text = f"limit {format_bytes(device.memory_limit_bytes)}"
+    if device.recommended_bytes:
+        text += f", recommended working set {format_bytes(device.recommended_bytes)}"
+    return text
 
 
 def _surrogate(

@@ -109,7 +109,7 @@ def _shift_sum(planes: mx.array, g: ConvGeometry) -> mx.array:
     return out
 
 
-def _spread(cotangent: mx.array, g: ConvGeometry, origin: int, extent_hw: tuple[int, int]):
+def spread(cotangent: mx.array, g: ConvGeometry, origin: int, extent_hw: tuple[int, int]):
     """Adjoint of `_shift_sum`: (N, Ho, Wo, C_out) -> dP (K*K*C_out, N*h*w).
 
     dP covers the block window starting at (origin, origin) of size extent_hw = (h, w): the
@@ -131,7 +131,7 @@ def _vjp_stride1(x, weight, cotangent, g: ConvGeometry):
     """Stride 1: z is the padded x, and its padding never needs a gradient, so spread dP over
     the unpadded input only; no re-padding of x and no crop of the input gradient."""
     n, in_h, in_w, c_in = x.shape
-    grad_planes = _spread(cotangent, g, g.pad, (in_h, in_w))  # (K*K*C_out, N*H*W)
+    grad_planes = spread(cotangent, g, g.pad, (in_h, in_w))  # (K*K*C_out, N*H*W)
     w_mat = _weight_matrix(weight, g)
     grad_x = (grad_planes.T @ w_mat).reshape(n, in_h, in_w, c_in)
     grad_w_mat = grad_planes @ x.reshape(-1, c_in)
@@ -140,7 +140,7 @@ def _vjp_stride1(x, weight, cotangent, g: ConvGeometry):
 
 def _vjp_strided(x, weight, cotangent, g: ConvGeometry):
     """Stride > 1: dP over the whole block grid, one matmul back to z, depth-to-space."""
-    grad_planes = _spread(cotangent, g, 0, (g.blocks_h, g.blocks_w))  # (K*K*C_out, N*blocks)
+    grad_planes = spread(cotangent, g, 0, (g.blocks_h, g.blocks_w))  # (K*K*C_out, N*blocks)
     w_mat = _weight_matrix(weight, g)
     grad_z = (grad_planes.T @ w_mat).reshape(x.shape[0], g.blocks_h, g.blocks_w, -1)
     grad_x = _from_blocks(grad_z, g, x.shape[1], x.shape[2])

@@ -66,26 +66,24 @@ class GigaUNet(nn.Module):
         if x.dtype == mx.uint8 and not (fuse_at is not None and fuse_first):
             x = x.astype(mx.float32) / 255.0  # a layer in pure MLX reads x: make it float
         saved = {"input": x}
-        h = x
+        parts = [x]  # the next layer's input: channels joined only where a layer needs it
         for index, layer in enumerate(self._spec):
             if index == fuse_at:
-                return self._fused_tail(h, x, in_box, padded_hw)
+                return self._fused_tail(ops.join(parts), x, in_box, padded_hw)
             module = getattr(self, layer.name)
             if index == 0 and fuse_first:
                 h = saved[layer.name] = self._fused_first(x, in_box, padded_hw)
+                parts = [h]
                 continue
             if layer.kind == "conv":
-                h = ops.conv2d(h, module.weight, module.bias, layer.stride, layer.pad)
+                h = ops.conv2d_parts(parts, module.weight, module.bias, layer.stride, layer.pad)
             else:
-                h = ops.conv_transpose2d(h, module.weight, module.bias, layer.stride)
+                h = ops.conv_transpose2d(ops.join(parts), module.weight, module.bias, layer.stride)
             if index == len(self._spec) - 1:
                 return h
-            h = nn.relu(h)
-            if in_box is not None:
-                h = _zero_outside(h, in_box, padded_hw, self._scales[layer.name])
+            h = _relu_inside(h, in_box, padded_hw, self._scales[layer.name])
             saved[layer.name] = h
-            if layer.skip is not None:
-                h = mx.concatenate([h, saved[layer.skip]], axis=-1)
+            parts = [h] if layer.skip is None else [h, saved[layer.skip]]
         raise AssertionError("empty spec")
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -153,14 +151,31 @@ def _fusable_first(spec: tuple[Layer, ...]) -> bool:
     )
 
 
-def _zero_outside(h: mx.array, in_box: Box, padded_hw: tuple[int, int], scale: int) -> mx.array:
-    """Zero the positions of a window tensor (N, h, w, C) that lie outside the padded image."""
-    keep = inside_at_scale(in_box, padded_hw, scale)
+def _relu_inside(
+    h: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None, scale: int
+) -> mx.array:
+    """ReLU, then zero the positions of a window tensor (N, h, w, C) outside the padded image."""
+    keep = None if in_box is None else inside_at_scale(in_box, padded_hw, scale)
     if keep is None:
-        return h
+        return relu(h)
     rows = mx.arange(h.shape[1])
     cols = mx.arange(h.shape[2])
     row_in = (rows >= keep.y0) & (rows < keep.y1)
     col_in = (cols >= keep.x0) & (cols < keep.x1)
+    return relu_where(h, row_in, col_in)
+
+
+def relu_where_reference(h: mx.array, row_in: mx.array, col_in: mx.array) -> mx.array:
+    """relu(h) where row_in[y] and col_in[x], else 0. h: (N, H, W, C); row_in (H,), col_in (W,)."""
     inside = (row_in[:, None] & col_in[None, :])[None, :, :, None]
-    return mx.where(inside, h, mx.zeros_like(h))
+    return mx.where(inside, mx.maximum(h, 0), 0)
+
+
+def relu_reference(h: mx.array) -> mx.array:
+    return mx.maximum(h, 0)
+
+
+# compiled: one pass over the activation instead of one per op (bit-identical to the
+# references: element-wise ops only; tests/test_mlx_conv_taps.py)
+relu_where = mx.compile(relu_where_reference)
+relu = mx.compile(relu_reference)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from gigamlx.backends.mlx import conv as fast_conv
+from gigamlx.backends.mlx import conv_taps
 from gigamlx.backends.mlx import conv_transpose as fast_conv_transpose
 
 
@@ -20,6 +21,22 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int)
     if k_h == k_w and k_h % stride == 0:
         return fast_conv.conv2d(x, weight, bias, stride, pad)
     return mx.conv2d(x, weight, stride=stride, padding=pad) + bias
+
+
+def conv2d_parts(
+    parts: list[mx.array], weight: mx.array, bias: mx.array, stride: int, pad: int
+) -> mx.array:
+    """`conv2d` of the channel-concatenation of `parts` (N, H, W, C_i), never built for the
+    one-channel stride-1 head (conv_taps.py); other layers join the parts first."""
+    c_out, k_h, k_w, _ = weight.shape
+    if len(parts) > 1 and c_out == 1 and stride == 1 and k_h == k_w and pad < k_h:
+        return conv_taps.conv2d_parts(parts, weight, bias, pad)
+    return conv2d(join(parts), weight, bias, stride, pad)
+
+
+def join(parts: list[mx.array]) -> mx.array:
+    """Concatenate channels-last arrays along channels (one part: itself, no copy)."""
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=-1)
 
 
 def conv_transpose2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int) -> mx.array:

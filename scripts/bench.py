@@ -88,8 +88,16 @@ class RandomRegion:
 
 
 def _soft_dice(p, g):
-    """Soft Dice of whole-image probabilities p and target g (torch or MLX arrays)."""
-    return 1 - (2 * (p * g).sum() + DICE_SMOOTH) / (p.sum() + g.sum() + DICE_SMOOTH)
+    """Soft Dice of whole-image (H, W) probabilities p and target g (torch or MLX arrays).
+
+    Sums by rows first: MLX's CPU sum of a whole float32 image accumulates sequentially and
+    stalls at 2^24 (8192² values in [0, 1) sum to 16777216.0).
+    """
+
+    def total(v):
+        return v.sum(-1).sum()
+
+    return 1 - (2 * total(p * g) + DICE_SMOOTH) / (total(p) + total(g) + DICE_SMOOTH)
 
 
 def _time_steps(step, steps: int, warmup: int, reset_peak=None) -> dict:

@@ -90,6 +90,14 @@ def choose_kernels(requested: str = "auto") -> KernelPath:
     return KernelPath("mlx", why)
 
 
+def reads_uint8() -> bool:
+    """Whether the built extension takes the uint8 image (0.2 and later; an older build in
+    site-packages needs float32 until `bash setup.sh` rebuilds it)."""
+    module, _ = _load()
+    version = getattr(module, "__version__", "0")
+    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 2)
+
+
 def down1(
     x: mx.array,
     weight: mx.array,

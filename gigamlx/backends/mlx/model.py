@@ -63,7 +63,8 @@ class GigaUNet(nn.Module):
         fusable = fused_kernels and x.dtype in (mx.float32, mx.uint8)
         fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
         fuse_first = fusable and self._fusable_first
-        if x.dtype == mx.uint8 and not (fuse_at is not None and fuse_first):
+        kernels_only = fuse_at is not None and fuse_first and fused.reads_uint8()
+        if x.dtype == mx.uint8 and not kernels_only:
             x = x.astype(mx.float32) / 255.0  # a layer in pure MLX reads x: make it float
         saved = {"input": x}
         parts = [x]  # the next layer's input: channels joined only where a layer needs it

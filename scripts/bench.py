@@ -10,7 +10,15 @@ Rows give the median s/step of --steps steps after --warmup untimed ones; the --
 runs --big-steps after --big-warmup (1 and 0: that one step includes the tile-size probes).
 gigamlx reads its windows inside the step; the peers get their whole image up front. A
 whole-image peer is skipped when its peak RSS, extrapolated from bytes/px measured at the
-smaller sizes, would exceed --max-rss-gb.
+smaller sizes, would exceed --max-rss-gb. `gigamlx-mlx` is the tiled step on the pure-MLX
+model path (kernels "mlx": the code Metal runs), at the square sizes only.
+
+Work per row: GFLOP/s = FLOP per step / median s/step, with FLOP per step = 2 * pixels *
+multiply-adds per pixel from the layer table (gigamlx.core.spec.macs_per_px): forward +
+backward for a whole-image step, two forwards + one backward for the exact two-pass tiled
+step (tile halos recomputed are not counted: they are overhead, not work). "% sgemm" is that
+rate over numpy's float32 matmul rate measured at the start of the same run. CPU seconds and
+page faults per step come from getrusage around the timed steps of each row's own process.
 """
 
 from __future__ import annotations
@@ -32,10 +40,11 @@ from rich.console import Console
 from rich.table import Table
 
 from gigamlx.core.losses import DICE_SMOOTH
-from gigamlx.core.memory import current_rss_bytes, parse_bytes, peak_rss_bytes
+from gigamlx.core.memory import cpu_usage, current_rss_bytes, parse_bytes, peak_rss_bytes
+from gigamlx.core.spec import macs_per_px
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-KINDS = ("torch", "gigamlx", "mlx-whole")  # torch first: the others' ratios refer to it
+KINDS = ("torch", "gigamlx", "gigamlx-mlx", "mlx-whole")  # torch first: ratios refer to it
 # peak RSS per pixel before anything is measured (issue 5: torch at 8192², MLX at 4096²)
 PRIOR_BYTES_PER_PX = {"torch": 190.0, "mlx-whole": 320.0}
 TRUST_PX = 1024 * 1024  # below this, fixed allocations distort a measured bytes/px
@@ -79,34 +88,75 @@ class RandomRegion:
 
 
 def _soft_dice(p, g):
-    """Soft Dice of whole-image probabilities p and target g (torch or MLX arrays)."""
-    return 1 - (2 * (p * g).sum() + DICE_SMOOTH) / (p.sum() + g.sum() + DICE_SMOOTH)
+    """Soft Dice of whole-image (H, W) probabilities p and target g (torch or MLX arrays).
+
+    Sums by rows first: MLX's CPU sum of a whole float32 image accumulates sequentially and
+    stalls at 2^24 (8192² values in [0, 1) sum to 16777216.0).
+    """
+
+    def total(v):
+        return v.sum(-1).sum()
+
+    return 1 - (2 * total(p * g) + DICE_SMOOTH) / (total(p) + total(g) + DICE_SMOOTH)
 
 
 def _time_steps(step, steps: int, warmup: int, reset_peak=None) -> dict:
     """Run `step` (returns the loss) warmup + steps times; time the last `steps` (their
-    engine peak too: `reset_peak` runs after the warm-up)."""
+    engine peak, CPU seconds and page faults too: `reset_peak` runs after the warm-up)."""
     losses, seconds = [], []
     for index in range(warmup + steps):
-        if index == warmup and reset_peak is not None:
-            reset_peak()
+        if index == warmup:
+            if reset_peak is not None:
+                reset_peak()
+            usage = cpu_usage()
         start = time.perf_counter()
         losses.append(step())
         if index >= warmup:
             seconds.append(time.perf_counter() - start)
-    return {"loss": losses[0], "step_seconds": seconds, "seconds": statistics.median(seconds)}
+    used = cpu_usage() - usage
+    per_step = {
+        "user_s": used.user_s / steps,
+        "system_s": used.system_s / steps,
+        "minor_faults": used.minor_faults / steps,
+    }
+    return {"loss": losses[0], "step_seconds": seconds, "seconds": statistics.median(seconds),
+            "per_step": per_step}  # fmt: skip
 
 
-def _run_tiled(hw, steps: int, warmup: int, budget_bytes: int) -> dict:
+def flop_per_step(kind: str, pixels: int) -> float:
+    """Useful FLOP of one step (see the module docstring): tiled steps make two passes."""
+    forward, backward = macs_per_px()
+    passes = 2 * forward + backward if kind.startswith("gigamlx") else forward + backward
+    return 2.0 * passes * pixels
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """numpy float32 matmul rate (best of `repeats`): the peak the rows are compared to."""
+    rng = np.random.default_rng(SEED)
+    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def _run_tiled(
+    hw, steps: int, warmup: int, budget_bytes: int, cache_share: float, kernels: str
+) -> dict:
     import gigamlx.backends.mlx  # noqa: F401  (first: loads a fast BLAS before mlx.core)
 
     # isort: split
     import mlx.core as mx
 
+    if cache_share > 0:  # freed buffers MLX keeps for reuse instead of faulting in new pages
+        mx.set_cache_limit(int(cache_share * budget_bytes))
+
     from gigamlx.backends import get_backend
     from gigamlx.tiling.scheduler import tiled_step
 
-    backend = get_backend("mlx")
+    backend = get_backend("mlx", kernels=kernels)
     model = backend.build_model(SEED)
     optimizer = backend.make_optimizer(model, LR)
     image, mask = RandomRegion(hw, 3), RandomRegion(hw, 0)
@@ -203,22 +253,27 @@ def _run_mlx_whole(hw, steps: int, warmup: int) -> dict:
     return row | {"mlx_peak_bytes": mx.get_peak_memory()}
 
 
-def run_one(kind: str, hw, steps: int, warmup: int, budget_bytes: int, weights: Path) -> dict:
+def run_one(kind: str, hw, steps: int, warmup: int, budget_bytes: int, weights: Path,
+            cache_share: float = 0.0) -> dict:  # fmt: skip
     """One configuration in this process; returns its row."""
     row = {"kind": kind, "hw": list(hw), "pixels": hw[0] * hw[1], "warmup": warmup}
     row["rss_base_bytes"] = current_rss_bytes()
-    if kind == "gigamlx":
-        row |= _run_tiled(hw, steps, warmup, budget_bytes)
+    if kind.startswith("gigamlx"):
+        kernels = "mlx" if kind == "gigamlx-mlx" else "auto"  # mlx: the pure-MLX model path
+        row |= _run_tiled(hw, steps, warmup, budget_bytes, cache_share, kernels)
     elif kind == "torch":
         row |= _run_torch(hw, steps, warmup, weights)
     else:
         row |= _run_mlx_whole(hw, steps, warmup)
+    row["gflops"] = flop_per_step(kind, row["pixels"]) / row["seconds"] / 1e9
     return row | {"rss_peak_bytes": peak_rss_bytes()}
 
 
-def _in_subprocess(kind: str, hw, steps: int, warmup: int, budget_bytes: int, weights) -> dict:
+def _in_subprocess(kind: str, hw, steps: int, warmup: int, budget_bytes: int, weights,
+                   cache_share: float) -> dict:  # fmt: skip
     cmd = [sys.executable, __file__, "--one", f"{kind}:{hw[0]}:{hw[1]}", "--steps", str(steps)]
     cmd += ["--warmup", str(warmup), "--budget-bytes", str(budget_bytes), "--weights", weights]
+    cmd += ["--cache-share", str(cache_share)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
@@ -253,24 +308,36 @@ def _gb(n) -> str:
     return "" if n is None else f"{n / 1e9:.2f}"
 
 
-def _table(rows: list[dict], budget_bytes: int) -> Table:
-    table = Table(title=f"training step, exact soft Dice; gigamlx budget {_gb(budget_bytes)} GB")
-    for column in ("image", "kind", "tiles", "s/step", "steps", "RSS GB", "MLX GB", "loss"):
-        table.add_column(column, justify="right")
-    for column in ("speed-up", "RSS vs torch", "note"):
+COLUMNS = ("image", "kind", "tiles", "s/step", "steps", "RSS GB", "MLX GB", "loss", "GFLOP/s",
+           "% sgemm", "user s", "sys s", "faults", "speed-up", "RSS vs torch", "note")  # fmt: skip
+
+
+def _cells(r: dict, sgemm: float) -> list[str]:
+    """One measured row's cells (all columns but the note)."""
+    tiles = f"{r['tile_hw'][0]}x{r['tile_hw'][1]} ×{r['tiles']}" if "tiles" in r else "whole"
+    speedup, ratio, use = r.get("speedup_vs_torch"), r.get("rss_ratio_vs_torch"), r["per_step"]
+    return [
+        "x".join(map(str, r["hw"])), r["kind"], tiles, f"{r['seconds']:.2f}",
+        f"{len(r['step_seconds'])}+{r['warmup']}w", _gb(r["rss_peak_bytes"]),
+        _gb(r.get("mlx_peak_bytes")), f"{r['loss']:.6f}", f"{r['gflops']:.1f}",
+        f"{100 * r['gflops'] / sgemm:.1f}%", f"{use['user_s']:.2f}", f"{use['system_s']:.2f}",
+        f"{use['minor_faults'] / 1e3:.0f}k", f"{speedup:.2f}×" if speedup else "",
+        f"1/{1 / ratio:.1f}" if ratio else "",
+    ]  # fmt: skip
+
+
+def _table(rows: list[dict], budget_bytes: int, sgemm: float) -> Table:
+    title = (f"training step, exact soft Dice; gigamlx budget {_gb(budget_bytes)} GB; "
+             f"numpy sgemm {sgemm:.0f} GFLOP/s; CPU seconds and page faults per step")  # fmt: skip
+    table = Table(title=title)
+    for column in COLUMNS:
         table.add_column(column, justify="right")
     for r in rows:
-        image, kind = "x".join(map(str, r["hw"])), r["kind"]
         if "seconds" not in r:
-            table.add_row(image, kind, *[""] * 8, r.get("skipped") or r.get("error", "failed"))
+            note = r.get("skipped") or r.get("error", "failed")
+            table.add_row("x".join(map(str, r["hw"])), r["kind"], *[""] * 13, note)
             continue
-        tiles = f"{r['tile_hw'][0]}x{r['tile_hw'][1]} ×{r['tiles']}" if "tiles" in r else "whole"
-        speedup, ratio = r.get("speedup_vs_torch"), r.get("rss_ratio_vs_torch")
-        table.add_row(
-            image, kind, tiles, f"{r['seconds']:.2f}", f"{len(r['step_seconds'])}+{r['warmup']}w",
-            _gb(r["rss_peak_bytes"]), _gb(r.get("mlx_peak_bytes")), f"{r['loss']:.6f}",
-            f"{speedup:.2f}×" if speedup else "", f"1/{1 / ratio:.1f}" if ratio else "", "",
-        )  # fmt: skip
+        table.add_row(*_cells(r, sgemm), "")
     return table
 
 
@@ -305,7 +372,7 @@ def _machine() -> dict:
             "mlx": metadata.version("mlx"), "torch": metadata.version("torch")}  # fmt: skip
 
 
-def _run_all(plan, budget_bytes: int, limit_bytes: float) -> list[dict]:
+def _run_all(plan, budget_bytes: int, limit_bytes: float, cache_share: float) -> list[dict]:
     """Each (hw, kind, steps, warmup) in its own process, or a row saying why it was skipped."""
     rows: list[dict] = []
     log = Console(stderr=True)
@@ -313,13 +380,16 @@ def _run_all(plan, budget_bytes: int, limit_bytes: float) -> list[dict]:
         weights = str(Path(tmp) / "weights.npz")
         _write_weights(Path(weights))
         for hw, kind, steps, warmup in plan:
-            needs = _needs_bytes(kind, hw[0] * hw[1], rows) if kind != "gigamlx" else 0
+            tiled = kind.startswith("gigamlx")
+            needs = 0 if tiled else _needs_bytes(kind, hw[0] * hw[1], rows)
             if needs > limit_bytes:
                 note = f"skipped: needs ~{needs / 1e9:.1f} GB"
                 rows.append({"kind": kind, "hw": list(hw), "skipped": note})
             else:
                 log.print(f"running {kind} {hw[0]}x{hw[1]}: {warmup} warm-up + {steps} steps")
-                rows.append(_in_subprocess(kind, hw, steps, warmup, budget_bytes, weights))
+                rows.append(
+                    _in_subprocess(kind, hw, steps, warmup, budget_bytes, weights, cache_share)
+                )
             log.print({k: v for k, v in rows[-1].items() if k != "profile"})
     _add_ratios(rows)
     return rows
@@ -334,6 +404,9 @@ def main(
     big_steps: int = typer.Option(1, help="timed steps of the --big region"),
     big_warmup: int = typer.Option(0, help="untimed steps of the --big region"),
     budget: str = typer.Option("2GB", help="memory budget of the tiled (gigamlx) runs"),
+    cache_share: float = typer.Option(
+        0.0, help="MLX buffer cache of the tiled runs, share of the budget (0: the scheduler's)"
+    ),
     max_rss_gb: float = typer.Option(0.0, help="skip peers needing more RSS (0: 75% of RAM)"),
     json_out: Path = typer.Option(Path("out/bench.json"), "--json", help="where to write rows"),
     one: str = typer.Option("", hidden=True, help="internal: run KIND:H:W in this process"),
@@ -343,7 +416,8 @@ def main(
     """gigamlx tiled vs PyTorch CPU eager and MLX whole-image steps, one process per row."""
     if one:
         kind, h, w = one.split(":")
-        print(json.dumps(run_one(kind, (int(h), int(w)), steps, warmup, budget_bytes, weights)))
+        row = run_one(kind, (int(h), int(w)), steps, warmup, budget_bytes, weights, cache_share)
+        print(json.dumps(row))
         return
     sides = [int(s) for s in sizes.split(",") if s]
     if any(s % 64 for s in sides):
@@ -354,13 +428,15 @@ def main(
             (tuple(int(n) for n in big.lower().split("x")), "gigamlx", big_steps, big_warmup)
         )
     budget_bytes = parse_bytes(budget)
-    rows = _run_all(plan, budget_bytes, max_rss_gb * 1e9 or 0.75 * RAM_BYTES)
-    console = Console(width=max(Console().width, 140))  # a redirected table stays one line a row
-    console.print(_table(rows, budget_bytes))
+    sgemm = sgemm_gflops()
+    rows = _run_all(plan, budget_bytes, max_rss_gb * 1e9 or 0.75 * RAM_BYTES, cache_share)
+    console = Console(width=max(Console().width, 200))  # a redirected table stays one line a row
+    console.print(_table(rows, budget_bytes, sgemm))
     for row in [r for r in rows if "profile" in r][-1:]:
         console.print(_profile_table(row))
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"machine": _machine(), "budget_bytes": budget_bytes, "rows": rows}
+    result = {"machine": _machine(), "budget_bytes": budget_bytes, "sgemm_gflops": sgemm,
+              "cache_share": cache_share, "rows": rows}  # fmt: skip
     json_out.write_text(json.dumps(result, indent=2))
 
 

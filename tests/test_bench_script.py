@@ -30,6 +30,7 @@ def test_random_region_windows_match_whole_read():
 
 
 def test_bench_script_small_run(tmp_path):
+    bench = _bench_module()
     pytest.importorskip("torch", reason="the PyTorch peer is an optional benchmark dependency")
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(SCRIPT), "--sizes", "256", "--big", "256x512", "--steps", "1"]
@@ -40,10 +41,20 @@ def test_bench_script_small_run(tmp_path):
     assert [(r["kind"], r["hw"]) for r in rows] == [
         ("torch", [256, 256]),
         ("gigamlx", [256, 256]),
+        ("gigamlx-mlx", [256, 256]),
         ("mlx-whole", [256, 256]),
         ("gigamlx", [256, 512]),
     ]
-    losses = [r["loss"] for r in rows[:3]]  # same weights, data and loss: same value
+    losses = [r["loss"] for r in rows[:4]]  # same weights, data and loss: same value
     np.testing.assert_allclose(losses, losses[0], rtol=1e-4)
     assert rows[1]["speedup_vs_torch"] > 0 and rows[1]["rss_ratio_vs_torch"] > 0
-    assert rows[3]["profile"]["total"] > 0
+    assert rows[4]["profile"]["total"] > 0
+    # two forwards + one backward of the tiled step vs one of each for the whole image
+    tiled, whole = (bench.flop_per_step(k, 256 * 256) for k in ("gigamlx", "torch"))
+    assert tiled > whole > 0
+    for row in rows:
+        assert row["gflops"] == pytest.approx(
+            bench.flop_per_step(row["kind"], row["pixels"]) / row["seconds"] / 1e9
+        )
+        assert row["per_step"]["user_s"] > 0 and row["per_step"]["minor_faults"] >= 0
+    assert "GFLOP/s" in done.stdout and "% sgemm" in done.stdout

@@ -186,6 +186,34 @@ def test_fused_down1_generic_shape_matches_pure_mlx():
         assert _rel(g, w) <= GRAD_RTOL
 
 
+def test_fused_kernels_read_uint8_images_as_value_over_255():
+    """A uint8 image gives bit for bit what astype(float32) / 255 gives (odd sizes, a box)."""
+    _require_ext()
+    if not fused.reads_uint8():
+        pytest.skip("extension built before 0.2 (float32 images only): bash setup.sh rebuilds it")
+    rng = np.random.default_rng(5)
+    x_u8 = mx.array(rng.integers(0, 256, (1, 44, 60, 3), dtype=np.uint8))
+    x = x_u8.astype(mx.float32) / 255.0
+    mx.random.seed(5)
+    weight, bias = mx.random.normal((2, 16, 16, 3)) * 0.05, mx.random.normal((2,)) * 0.1
+    keep = (1, 2, 10, 14)
+    cotangent = mx.random.normal((1, 11, 15, 2))
+
+    def down1(image):
+        return lambda w, b: fused.down1(image, w, b, 4, 6, keep)
+
+    (y8,), g8 = mx.vjp(down1(x_u8), [weight, bias], [cotangent])
+    (y,), g = mx.vjp(down1(x), [weight, bias], [cotangent])
+    assert mx.array_equal(y8, y) and all(mx.array_equal(a, b) for a, b in zip(g8, g, strict=True))
+
+    h2, _, *tail = _tail_inputs(1, 11, 15, seed=5)
+    box = (3, 5, 40, 57)
+    z8 = fused.head_logits(h2, x_u8, *tail, box)
+    assert mx.array_equal(z8, fused.head_logits(h2, x, *tail, box))
+    with pytest.raises(ValueError, match="uint8 or float32"):
+        fused.down1(x_u8.astype(mx.int32), weight, bias, 4, 6, keep)
+
+
 def test_fused_down1_refuses_an_input_gradient():
     _require_ext()
     x = mx.random.uniform(shape=(1, 16, 16, 3))
@@ -213,6 +241,27 @@ def test_fused_tile_loss_matches_pure_mlx(crop_yx, crop_hw):
     assert rows.shape == rows_ref.shape == (6, h)
     assert _rel(value, value_ref) <= VALUE_RTOL and _rel(rows, rows_ref) <= VALUE_RTOL
     dz = mx.grad(lambda z: fused.tile_loss(z, g, crop_yx, (a, b, c))[0])(z)
+    assert _rel(dz, mx.grad(lambda z: reference(z)[0])(z)) <= GRAD_RTOL
+
+
+def test_fused_tile_loss_handles_extreme_logits():
+    """The vectorized exp/log1p: saturated and tiny logits, a row not a multiple of 16. (Not
+    z == 0 itself: there MLX differentiates the reference's max(z, 0) and |z| piecewise.)"""
+    _require_ext()
+    row = [1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 20.0, -20.0, 86.0, -86.0, 88.0, -88.0, 150.0]
+    z = mx.array(np.array(row * 3, np.float32).reshape(1, 3, len(row), 1))
+    g = mx.array((np.arange(3 * len(row)) % 2).reshape(3, len(row)).astype(np.float32))
+    a, b, c = 0.3, -0.1, 1.0
+
+    def reference(z):
+        zc = z[0, :, :, 0]
+        value = mx.sum((a * g + b) * mx.sigmoid(zc)) + c * mx.sum(_bce(zc, g))
+        return value, _stat_rows(zc, g)
+
+    value, rows = fused.tile_loss(z, g, (0, 0), (a, b, c))
+    value_ref, rows_ref = reference(z)
+    assert _rel(value, value_ref) <= VALUE_RTOL and _rel(rows, rows_ref) <= VALUE_RTOL
+    dz = mx.grad(lambda z: fused.tile_loss(z, g, (0, 0), (a, b, c))[0])(z)
     assert _rel(dz, mx.grad(lambda z: reference(z)[0])(z)) <= GRAD_RTOL
 
 
@@ -246,6 +295,16 @@ def test_fused_model_and_backend_match_pure_mlx(model):
     for name, g in grads.items():
         assert _rel(mx.array(g), mx.array(grads_ref[name])) <= GRAD_RTOL, name
     assert len(tree_flatten(model.trainable_parameters())) == len(grads)
+
+
+def test_model_takes_uint8_images_on_both_paths(model):
+    """logits(uint8) == logits(float32 / 255), fused and pure MLX."""
+    x_u8 = mx.array(np.random.default_rng(2).integers(0, 256, (1, 128, 192, 3), dtype=np.uint8))
+    x = x_u8.astype(mx.float32) / 255.0
+    box, padded = Box(64, 0, 192, 192), (512, 256)
+    for fused_kernels in (True, False):
+        z_u8 = model.logits(x_u8, box, padded, fused_kernels)
+        assert mx.array_equal(z_u8, model.logits(x, box, padded, fused_kernels))
 
 
 def test_fused_model_matches_pure_mlx_inside_the_image(model):

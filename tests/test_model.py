@@ -9,6 +9,7 @@ from gigamlx.core.spec import (
     GIGAUNET_4492,
     Layer,
     check_spec,
+    macs_per_px,
     param_count,
     scales,
     window_margins_px,
@@ -27,6 +28,17 @@ def test_model_output_shape_and_range(model):
     values = np.array(probs)
     assert values.min() >= 0.0 and values.max() <= 1.0
     np.testing.assert_allclose(np.array(mx.sigmoid(model.logits(x))), values, atol=1e-7)
+
+
+def test_macs_per_px_sums_the_layer_table():
+    forward, backward = macs_per_px()
+    # down1 16*16*3*2 / 4^2, down2 8*8*2*4 / 16^2, down3 8*8*4*6 / 64^2, up3 6*4 / 16^2,
+    # up2 8*2 / 4^2, up1 4*3, head 3*3*6
+    by_layer = [96.0, 2.0, 0.375, 0.09375, 1.0, 12.0, 54.0]
+    assert forward == pytest.approx(sum(by_layer))
+    assert backward == pytest.approx(2 * sum(by_layer) - by_layer[0])  # no image gradient
+    tiny = (Layer("down1", "conv", 3, 1, 4, 2, 1, "relu"),)
+    assert macs_per_px(tiny) == (pytest.approx(16 * 3 / 4), pytest.approx(16 * 3 / 4))
 
 
 def test_spec_scales_follow_the_table():

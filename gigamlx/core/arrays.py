@@ -120,9 +120,13 @@ def read_window(array, box: Box, fill: int | float = 0) -> np.ndarray:
         An array of shape box.hw + array.shape[2:], dtype of `array`.
     """
     rows, cols = array.shape[0], array.shape[1]
-    out = np.full(box.hw + tuple(array.shape[2:]), fill, dtype=array.dtype)
     y0, x0 = max(box.y0, 0), max(box.x0, 0)
     y1, x1 = min(box.y1, rows), min(box.x1, cols)
+    if (y0, x0, y1, x1) == tuple(box) and not isinstance(array, np.ndarray):
+        block = array[y0:y1, x0:x1]  # inside: a block the reader just made needs no refill
+        owned = isinstance(block, np.ndarray) and block.base is None
+        return block if owned and block.flags.c_contiguous else np.array(block, array.dtype)
+    out = np.full(box.hw + tuple(array.shape[2:]), fill, dtype=array.dtype)
     if y0 < y1 and x0 < x1:
         out[y0 - box.y0 : y1 - box.y0, x0 - box.x0 : x1 - box.x0] = array[y0:y1, x0:x1]
     return out

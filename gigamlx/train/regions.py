@@ -58,10 +58,12 @@ def source_box(out_box: Box, source_hw: tuple[int, int], flip: bool, rot90: int)
 
 
 def turn(block: np.ndarray, flip: bool, rot90: int) -> np.ndarray:
-    """Apply the flip then the rotations to a (h, w[, C]) block."""
+    """Apply the flip then the rotations to a (h, w[, C]) block (a view: no copy)."""
+    if not flip and rot90 % 4 == 0:
+        return block
     if flip:
         block = block[:, ::-1]
-    return np.ascontiguousarray(np.rot90(block, rot90 % 4, axes=(0, 1)))
+    return np.rot90(block, rot90 % 4, axes=(0, 1))
 
 
 def region_view(array, region: Region, color: ColorJitter | None = None) -> WindowArray:
@@ -75,7 +77,7 @@ def region_view(array, region: Region, color: ColorJitter | None = None) -> Wind
         src = source_box(box, r.source_hw, r.flip, r.rot90)
         y, x = r.origin_yx
         block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
-        block = turn(block, r.flip, r.rot90)
+        block = np.ascontiguousarray(turn(block, r.flip, r.rot90))  # one copy, if turned
         return block if color is None else color.apply(block)
 
     shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])

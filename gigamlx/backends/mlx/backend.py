@@ -153,7 +153,7 @@ def _surrogate(
     """
     if fused_kernels:
         tile: Tile = data.tile
-        x = mx.array(data.image)[None].astype(mx.float32) / 255.0  # (1, h_in, w_in, 3)
+        x = mx.array(data.image)[None]  # (1, h_in, w_in, 3) uint8: the kernels scale it
         z = model.logits(x, tile.in_box, padded_hw, True)  # (1, h_in, w_in, 1): crop is fused
         if z.dtype == mx.float32:
             return fused.tile_loss(z, target, tile.crop_yx, objective)

@@ -90,6 +90,14 @@ def choose_kernels(requested: str = "auto") -> KernelPath:
     return KernelPath("mlx", why)
 
 
+def reads_uint8() -> bool:
+    """Whether the built extension takes the uint8 image (0.2 and later; an older build in
+    site-packages needs float32 until `bash setup.sh` rebuilds it)."""
+    module, _ = _load()
+    version = getattr(module, "__version__", "0")
+    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 2)
+
+
 def down1(
     x: mx.array,
     weight: mx.array,
@@ -101,7 +109,8 @@ def down1(
     """Fused strided conv + bias + ReLU + zeroing (only on the fused path).
 
     Args:
-        x: (N, H, W, C_in) the network input; it gets no gradient.
+        x: (N, H, W, C_in) the network input, float32 or uint8 (read as value / 255, bit for
+            bit as astype(float32) / 255); it gets no gradient.
         weight: (C_out, k, k, C_in) with k a multiple of `stride`; bias: (C_out,).
         keep_yx: (y0, x0, y1, x1) output box kept; outside it the activations are zeroed.
 
@@ -126,7 +135,8 @@ def head_logits(
 
     Args:
         h2: (N, h, w, C_in) input of the up-sampling conv-transpose (kernel == stride s).
-        x: (N, h*s, w*s, C_x) the network input, concatenated after the up-sampling.
+        x: (N, h*s, w*s, C_x) the network input, concatenated after the up-sampling; float32
+            or uint8 (read as value / 255).
         w_up: (C_up, s, s, C_in); b_up: (C_up,).
         w_head: (1, 3, 3, C_up + C_x); b_head: (1,).
         keep_yx: (y0, x0, y1, x1) full-resolution window box kept; outside it the up-sampled

@@ -52,18 +52,22 @@ class GigaUNet(nn.Module):
         """Pre-sigmoid head output. x: (N, H, W, 3) -> (N, H, W, 1).
 
         Args:
-            x: input (window), float32 in [0, 1].
+            x: input (window), float32 in [0, 1], or uint8 in 0..255 read as value / 255 (the
+                fused kernels read it as is: no float copies of the window).
             in_box: where this window sits in the image; None for a whole-image pass.
             padded_hw: the padded image size, required with `in_box`.
             fused_kernels: compute the first layer and the full-resolution tail with the
                 compiled CPU kernels (the backend decides, once; see fused.choose_kernels).
                 Same values; no gradient flows to `x` then.
         """
-        saved = {"input": x}
-        parts = [x]  # the next layer's input: channels joined only where a layer needs it
-        fusable = fused_kernels and x.dtype == mx.float32
+        fusable = fused_kernels and x.dtype in (mx.float32, mx.uint8)
         fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
         fuse_first = fusable and self._fusable_first
+        kernels_only = fuse_at is not None and fuse_first and fused.reads_uint8()
+        if x.dtype == mx.uint8 and not kernels_only:
+            x = x.astype(mx.float32) / 255.0  # a layer in pure MLX reads x: make it float
+        saved = {"input": x}
+        parts = [x]  # the next layer's input: channels joined only where a layer needs it
         for index, layer in enumerate(self._spec):
             if index == fuse_at:
                 return self._fused_tail(ops.join(parts), x, in_box, padded_hw)

@@ -13,7 +13,7 @@ using namespace nb::literals;
 
 NB_MODULE(gigamlx_fused, m) {
   m.doc() = "Fused full-resolution tail of GigaUNet for MLX on the CPU (forward and vjp).";
-  m.attr("__version__") = "0.1.0";
+  m.attr("__version__") = "0.2.0";  // 0.2: x may be uint8 (read as value / 255)
   m.def("head_logits", &gigamlx::head_logits, "h2"_a, "x"_a, "w_up"_a, "b_up"_a, "w_head"_a,
         "b_head"_a, "keep"_a,
         "Logits (N, H, W, 1) of up-sample + ReLU + zero outside keep (y0, x0, y1, x1) + "

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -21,15 +23,33 @@ inline int worker_count(int work_items) {
   return std::max(1, std::min(work_items, std::max(1, cores)));
 }
 
-// Run f(begin, end, worker) on contiguous chunks of [0, n); worker 0 runs on this thread.
-template <class F>
-void parallel_rows(int n, int workers, F&& f) {
+// Run f(state, begin, end, chunk) over [0, n) in chunks of `chunk` rows that the threads
+// (this one included) claim one at a time, each thread with its own state = make(). A thread
+// slowed down by another process or by the prefetch thread then takes fewer chunks instead of
+// holding the others up at the join (a static split leaves a core idle). Results must depend
+// only on the chunk index, never on which thread ran it (sums: one slot per chunk).
+template <class Make, class F>
+void parallel_chunks(int n, int chunk, Make&& make, F&& f) {
+  const int chunks = (n + chunk - 1) / chunk;
+  std::atomic<int> next{0};
+  auto run = [&]() {
+    auto state = make();
+    for (int c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      f(state, c * chunk, std::min(n, (c + 1) * chunk), c);
+    }
+  };
   std::vector<std::thread> pool;
-  for (int t = 1; t < workers; ++t) {
-    pool.emplace_back(f, t * n / workers, (t + 1) * n / workers, t);
-  }
-  f(0, n / workers, 0);
+  for (int t = 1; t < worker_count(chunks); ++t) pool.emplace_back(run);
+  run();
   for (auto& th : pool) th.join();
+}
+
+// Element-wise sum of the per-chunk vectors, in chunk order (so independent of timing).
+inline std::vector<double> sum_chunks(const std::vector<std::vector<double>>& parts) {
+  std::vector<double> total(parts.empty() ? 0 : parts[0].size(), 0.0);
+  for (const auto& part : parts)
+    for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
+  return total;
 }
 
 // The CPU stream: the kernels have no GPU implementation, so they always run there.
@@ -47,6 +67,47 @@ inline mx::array as_dense(const mx::array& a, const mx::Stream& s) {
 
 inline void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("gigamlx_fused: " + what);
+}
+
+// The network input x: float32 in [0, 1], or uint8 read as value / 255.0f (bit for bit what
+// the pure-MLX path computes with astype(float32) / 255), which spares a tile two full-size
+// float copies of its window.
+struct Image {
+  const void* data = nullptr;
+  bool u8 = false;
+  // out[m] = x[offset + m * step] for m in [0, n); GigaUNet's steps (3, 12) are constants
+  void gather(long offset, long step, int n, float* out) const {
+    if (step == 3) return gather_as<3>(offset, step, n, out);
+    if (step == 12) return gather_as<12>(offset, step, n, out);
+    gather_as<0>(offset, step, n, out);
+  }
+
+ private:
+  template <int kStep>
+  void gather_as(long offset, long step, int n, float* out) const {
+    const long stride = kStep ? kStep : step;
+    if (u8) {
+      const auto* src = static_cast<const uint8_t*>(data) + offset;
+      for (int m = 0; m < n; ++m) out[m] = static_cast<float>(src[m * stride]) / 255.0f;
+    } else {
+      const auto* src = static_cast<const float*>(data) + offset;
+      for (int m = 0; m < n; ++m) out[m] = src[m * stride];
+    }
+  }
+};
+
+inline Image image_of(const mx::array& x) {
+  return Image{x.dtype() == mx::uint8 ? static_cast<const void*>(x.data<uint8_t>())
+                                      : static_cast<const void*>(x.data<float>()),
+               x.dtype() == mx::uint8};
+}
+
+// The input image: uint8 (0..255) or float32, row-contiguous.
+inline mx::array as_dense_image(const mx::array& x, const mx::Stream& s) {
+  if (x.dtype() != mx::float32 && x.dtype() != mx::uint8) {
+    throw std::invalid_argument("gigamlx_fused: the image x must be uint8 or float32");
+  }
+  return mx::contiguous(x, false, s);
 }
 
 // Allocate an output and hand its float pointer back.

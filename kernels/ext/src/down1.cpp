@@ -19,7 +19,7 @@ Down1Dims dims_of(const std::vector<mx::array>& in, const Down1Params& p) {
 }
 
 Down1Args args_of(const std::vector<mx::array>& in, const Down1Params& p) {
-  return Down1Args{dims_of(in, p), p.keep, in[0].data<float>(), in[1].data<float>()};
+  return Down1Args{dims_of(in, p), p.keep, image_of(in[0]), in[1].data<float>()};
 }
 
 void write_doubles(float* dst, const std::vector<double>& values) {
@@ -31,7 +31,7 @@ void write_doubles(float* dst, const std::vector<double>& values) {
 mx::array down1(const mx::array& x, const mx::array& weight, const mx::array& bias,
                 Down1Params params) {
   auto s = cpu_stream();
-  std::vector<mx::array> in = {as_dense(x, s), as_dense(weight, s), as_dense(bias, s)};
+  std::vector<mx::array> in = {as_dense_image(x, s), as_dense(weight, s), as_dense(bias, s)};
   const Down1Dims d = dims_of(in, params);
   require(bias.size() == static_cast<size_t>(d.c_out), "bias must have C_out entries");
   return mx::array({d.n, d.out_h(), d.out_w(), d.c_out}, mx::float32,

@@ -4,6 +4,8 @@
 #include <array>
 #include <vector>
 
+#include "common.h"
+
 namespace gigamlx {
 
 struct Down1Dims {
@@ -21,7 +23,7 @@ struct Down1Dims {
 struct Down1Args {
   Down1Dims d;
   std::array<int, 4> keep;  // y0, x0, y1, x1 at the output's resolution
-  const float* x;           // (n, h, w, c_in)
+  Image x;                  // (n, h, w, c_in)
   const float* weight;      // (c_out, k, k, c_in)
 };
 

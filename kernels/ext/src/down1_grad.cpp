@@ -110,25 +110,27 @@ void backward_row(const Down1Args& a, int n, int i, Worker& wk) {
 void down1_backward(const Down1Args& a, const float* out, const float* d_out,
                     std::vector<double>& d_weight, std::vector<double>& d_bias) {
   const Down1Dims& d = a.d;
-  const int Ho = d.out_h(), Wo = d.out_w(), total = d.n * Ho, workers = worker_count(total);
-  std::vector<Worker> locals;
-  locals.reserve(workers);
-  for (int t = 0; t < workers; ++t) locals.emplace_back(d);
-  parallel_rows(total, workers, [&](int begin, int end, int t) {
-    Worker& wk = locals[t];
+  const int Ho = d.out_h(), Wo = d.out_w(), total = d.n * Ho;
+  constexpr int kRowsPerChunk = 8;
+  // per chunk: d weight then d bias, summed in chunk order below
+  std::vector<std::vector<double>> parts((total + kRowsPerChunk - 1) / kRowsPerChunk);
+  auto make = [&] { return Worker(d); };
+  parallel_chunks(total, kRowsPerChunk, make, [&](Worker& wk, int begin, int end, int chunk) {
+    std::fill(wk.weight.begin(), wk.weight.end(), 0.0);
+    std::fill(wk.bias.begin(), wk.bias.end(), 0.0);
     for (int r = begin; r < end; ++r) {
       const long offset = static_cast<long>(r) * Wo * d.c_out;
       if (masked_row(d, out + offset, d_out + offset, wk.g.data())) {
         backward_row(a, r / Ho, r % Ho, wk);
       }
     }
+    parts[chunk] = wk.weight;
+    parts[chunk].insert(parts[chunk].end(), wk.bias.begin(), wk.bias.end());
   });
-  d_weight.assign(locals[0].weight.size(), 0.0);
-  d_bias.assign(d.c_out, 0.0);
-  for (const Worker& wk : locals) {  // fixed order: results do not depend on timing
-    for (size_t k = 0; k < d_weight.size(); ++k) d_weight[k] += wk.weight[k];
-    for (int co = 0; co < d.c_out; ++co) d_bias[co] += wk.bias[co];
-  }
+  const std::vector<double> total_sums = sum_chunks(parts);
+  const size_t n_weight = static_cast<size_t>(d.c_out) * d.k * d.k * d.c_in;
+  d_weight.assign(total_sums.begin(), total_sums.begin() + n_weight);
+  d_bias.assign(total_sums.begin() + n_weight, total_sums.end());
 }
 
 }  // namespace gigamlx

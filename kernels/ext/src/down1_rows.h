@@ -7,42 +7,35 @@
 #include <vector>
 
 #include "down1_cpu.h"
+#include "vec.h"
 
 namespace gigamlx {
 
-// Blocks of kBlock output columns held as kVecs vectors: GCC/Clang vector types keep sums in
-// registers (plain float arrays get spilled).
-using Vec = float __attribute__((vector_size(64)));
-constexpr int kLanes = 16, kVecs = 4, kBlock = kLanes * kVecs;
+// Blocks of kBlock output columns held as kVecs vectors.
+constexpr int kVecs = 4, kBlock = kLanes * kVecs;
 
-inline Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
-// The phase planes of the last k input rows a worker saw, filled on demand: consecutive output
-// rows share k - s of their k input rows.
+// The phase planes of the last `slots` (>= k) input rows a worker saw, filled on demand:
+// consecutive output rows share k - s of their k input rows.
 class PlaneRing {
  public:
-  explicit PlaneRing(const Down1Dims& d)
-      : d_(d), size_(d.s * d.c_in * d.plane()), tags_(d.k, -1) {
-    data_.assign(static_cast<size_t>(d.k) * size_, 0.0f);
+  explicit PlaneRing(const Down1Dims& d, int slots = 0)
+      : d_(d), slots_(std::max(slots, d.k)), size_(d.s * d.c_in * d.plane()), tags_(slots_, -1) {
+    data_.assign(static_cast<size_t>(slots_) * size_, 0.0f);
   }
   // Planes of input row y (-pad <= y < h) of image n.
-  const float* get(const float* x, int n, int y) {
+  const float* get(const Image& x, int n, int y) {
     const long key = static_cast<long>(n) * (1L << 24) + y + d_.p;
-    const int slot = (y + d_.p) % d_.k;
+    const int slot = (y + d_.p) % slots_;
     float* dst = data_.data() + static_cast<size_t>(slot) * size_;
     if (tags_[slot] != key) {
-      fill(x + (static_cast<long>(n) * d_.h + y) * d_.w * d_.c_in, dst);
+      fill(x, (static_cast<long>(n) * d_.h + y) * d_.w * d_.c_in, dst);
       tags_[slot] = key;
     }
     return dst;
   }
 
  private:
-  void fill(const float* row, float* dst) const {
+  void fill(const Image& x, long row, float* dst) const {
     const int M = d_.plane(), c_in = d_.c_in, step = d_.s * c_in;
     std::fill(dst, dst + size_, 0.0f);
     for (int ph = 0; ph < d_.s; ++ph) {
@@ -52,12 +45,13 @@ class PlaneRing {
       const int m_hi = last < 0 ? 0 : std::min(M, last / d_.s + 1);
       for (int c = 0; c < c_in; ++c) {
         float* plane = dst + (ph * c_in + c) * M;
-        const float* src = row + (ph - d_.p) * c_in + c;
-        for (int m = m_lo; m < m_hi; ++m) plane[m] = src[m * step];
+        if (m_hi > m_lo) x.gather(row + (ph - d_.p) * c_in + c + m_lo * step, step, m_hi - m_lo,
+                                  plane + m_lo);
       }
     }
   }
   Down1Dims d_;
+  int slots_;
   size_t size_;
   std::vector<long> tags_;
   std::vector<float> data_;

@@ -25,7 +25,7 @@ HeadDims dims_of(const std::vector<mx::array>& in) {
 
 HeadArgs args_of(const std::vector<mx::array>& in, const KeepBox& keep) {
   return HeadArgs{dims_of(in),          keep,
-                  in[0].data<float>(),  in[1].data<float>(),
+                  in[0].data<float>(),  image_of(in[1]),
                   in[2].data<float>(),  in[3].data<float>(),
                   in[4].data<float>()};
 }
@@ -40,7 +40,7 @@ mx::array head_logits(
     const mx::array& h2, const mx::array& x, const mx::array& w_up, const mx::array& b_up,
     const mx::array& w_head, const mx::array& b_head, KeepBox keep) {
   auto s = cpu_stream();
-  std::vector<mx::array> in = {as_dense(h2, s),    as_dense(x, s),      as_dense(w_up, s),
+  std::vector<mx::array> in = {as_dense(h2, s),    as_dense_image(x, s), as_dense(w_up, s),
                                as_dense(b_up, s),  as_dense(w_head, s), as_dense(b_head, s)};
   const HeadDims d = dims_of(in);
   require(b_head.size() == 1, "b_head must have one entry");

@@ -1,57 +1,88 @@
-// Row kernels of the fused tail. Features are held per row in planar layout [c_f][W + 2]
-// (one zero column each side = the head's padding), so every inner loop is a contiguous,
-// vectorizable pass over a row that stays in L1/L2.
+// Row kernels of the fused tail. Features are held per row in planar layout (head_rows.h), so
+// every inner loop is a contiguous, vectorizable pass over a row that stays in L1/L2.
 #include <algorithm>
 
 #include "common.h"
 #include "head_cpu.h"
+#include "fastmath.h"
 #include "head_rows.h"
 
 namespace gigamlx {
 
-void fill_features(const HeadArgs& a, int n, int y, float* dst) {
+void up_pattern(const HeadArgs& a, int ky, int x0, float* pattern) {
   const HeadDims& d = a.d;
-  const int W = d.W(), stride = W + 2;
-  std::fill(dst, dst + d.c_f() * stride, 0.0f);
-  if (y < 0 || y >= d.H()) return;
-  const int i = y / d.s, ky = y % d.s;
-  const bool row_in = y >= a.keep[0] && y < a.keep[2];
-  const int x_lo = std::max(0, a.keep[1]), x_hi = std::min(W, a.keep[3]);
-  for (int j = 0; row_in && j < d.w; ++j) {
-    const float* hp = a.h2 + ((static_cast<long>(n) * d.h + i) * d.w + j) * d.c_in;
-    for (int kx = 0; kx < d.s; ++kx) {
-      const int X = j * d.s + kx;
-      if (X < x_lo || X >= x_hi) continue;
-      for (int c = 0; c < d.c_up; ++c) {
-        const float* wp = a.w_up + ((c * d.s + ky) * d.s + kx) * d.c_in;
-        float u = a.b_up[c];
-        for (int ci = 0; ci < d.c_in; ++ci) u += hp[ci] * wp[ci];
-        dst[c * stride + X + 1] = std::max(u, 0.0f);
+  for (int c = 0; c < d.c_up; ++c)
+    for (int ci = 0; ci < d.c_in; ++ci)
+      for (int l = 0; l < kLanes; ++l) {
+        const int kx = (x0 + l) % d.s;
+        pattern[(c * d.c_in + ci) * kLanes + l] = a.w_up[((c * d.s + ky) * d.s + kx) * d.c_in + ci];
       }
-    }
-  }
-  const float* xp = a.x + (static_cast<long>(n) * d.H() + y) * W * d.c_x;
-  for (int cx = 0; cx < d.c_x; ++cx) {
-    float* out = dst + (d.c_up + cx) * stride + 1;
-    for (int X = 0; X < W; ++X) out[X] = xp[X * d.c_x + cx];
-  }
 }
 
 namespace {
 
-// z_row[X] = b + sum over (dy, dx, ch) of w_head * feature[y + dy - 1][ch][X + dx - 1].
-void forward_row(const HeadArgs& a, const float* rows[3], float b_head, float* z_row) {
-  const int W = a.d.W(), c_f = a.d.c_f(), stride = W + 2;
-  std::fill(z_row, z_row + W, b_head);
-  for (int dy = 0; dy < 3; ++dy) {
-    for (int dx = 0; dx < 3; ++dx) {
-      for (int ch = 0; ch < c_f; ++ch) {
-        const float wv = a.w_head[(dy * 3 + dx) * c_f + ch];
-        const float* src = rows[dy] + ch * stride + dx;
-#pragma omp simd
-        for (int X = 0; X < W; ++X) z_row[X] += wv * src[X];
-      }
+// dst[X + 1] = relu(b + sum over ci of h2e[ci][X] * w_up[c, ky, X % s, ci]) for X < W, 16
+// columns at a time (writes up to round_up(W, 16): the caller zeroes past the keep box).
+// pattern: up_pattern(a, ky, 0), refilled per block when s does not divide the lane count.
+void up_row(const HeadArgs& a, int c, int ky, const float* h2e, int h2e_width,
+            std::vector<float>& pattern, float* dst) {
+  const HeadDims& d = a.d;
+  const bool periodic = kLanes % d.s == 0;  // then one pattern serves every block
+  for (int x0 = 0; x0 < d.W(); x0 += kLanes) {
+    if (!periodic) up_pattern(a, ky, x0, pattern.data());
+    Vec u = splat(a.b_up[c]);
+    for (int ci = 0; ci < d.c_in; ++ci)
+      u += load(&pattern[(c * d.c_in + ci) * kLanes]) * load(h2e + ci * h2e_width + x0);
+    store(dst + 1 + x0, vmax(u, splat(0.0f)));  // the row is padded past round_up(W, 64)
+  }
+}
+
+}  // namespace
+
+void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
+  const HeadDims& d = a.d;
+  const int W = d.W(), stride = feature_stride(W);
+  std::fill(dst, dst + d.c_f() * stride, 0.0f);
+  if (y < 0 || y >= d.H()) return;
+  const bool row_in = y >= a.keep[0] && y < a.keep[2];
+  const int x_lo = std::max(0, a.keep[1]), x_hi = std::min(W, a.keep[3]);
+  if (row_in && x_lo < x_hi) {
+    const float* coarse = h2e.get(a.h2, n, y / d.s);
+    std::vector<float> pattern(static_cast<size_t>(d.c_up) * d.c_in * kLanes);
+    for (int c = 0; c < d.c_up; ++c) {
+      float* out = dst + c * stride;
+      up_pattern(a, y % d.s, 0, pattern.data());
+      up_row(a, c, y % d.s, coarse, h2e.width(), pattern, out);
+      std::fill(out + 1, out + 1 + x_lo, 0.0f);
+      std::fill(out + 1 + x_hi, out + stride, 0.0f);
     }
+  }
+  const long row = (static_cast<long>(n) * d.H() + y) * W * d.c_x;
+  for (int cx = 0; cx < d.c_x; ++cx) a.x.gather(row + cx, d.c_x, W, dst + (d.c_up + cx) * stride + 1);
+}
+
+namespace {
+
+constexpr int kHeadVecs = 4, kHeadBlock = kHeadVecs * kLanes;
+
+// z_row[X] = b + sum over (dy, dx, ch) of w_head * feature[y + dy - 1][ch][X + dx - 1], 64
+// columns at a time with their sums in registers.
+void forward_row(const HeadArgs& a, const float* rows[3], float b_head, float* z_row) {
+  const int W = a.d.W(), c_f = a.d.c_f(), stride = feature_stride(W);
+  for (int x0 = 0; x0 < W; x0 += kHeadBlock) {
+    Vec acc[kHeadVecs];
+    for (auto& v : acc) v = splat(b_head);
+    for (int dy = 0; dy < 3; ++dy)
+      for (int dx = 0; dx < 3; ++dx)
+        for (int ch = 0; ch < c_f; ++ch) {
+          const float wv = a.w_head[(dy * 3 + dx) * c_f + ch];
+          const float* src = rows[dy] + ch * stride + dx + x0;
+#pragma GCC unroll 4
+          for (int v = 0; v < kHeadVecs; ++v) acc[v] += wv * load(src + v * kLanes);
+        }
+    float lanes[kHeadBlock];
+    std::memcpy(lanes, acc, sizeof(lanes));
+    std::copy_n(lanes, std::min(kHeadBlock, W - x0), z_row + x0);
   }
 }
 
@@ -59,14 +90,20 @@ void forward_row(const HeadArgs& a, const float* rows[3], float b_head, float* z
 
 void head_forward(const HeadArgs& a, float b_head, float* z) {
   const int H = a.d.H(), W = a.d.W(), total = a.d.n * H;
-  parallel_rows(total, worker_count(total), [&](int begin, int end, int) {
-    RowRing ring(a.d.c_f(), W);
+  struct Scratch {
+    RowRing ring;
+    Expanded h2e;
+  };
+  auto make = [&] { return Scratch{RowRing(a.d.c_f(), W), Expanded(a.d)}; };
+  parallel_chunks(total, 32, make, [&](Scratch& st, int begin, int end, int) {
+    RowRing& ring = st.ring;
+    Expanded& h2e = st.h2e;
     for (int r = begin; r < end; ++r) {
       const int n = r / H, y = r % H;
       const float* rows[3];
       for (int dy = 0; dy < 3; ++dy) {
         const int yy = y + dy - 1;
-        rows[dy] = ring.get(n, yy, [&](float* dst) { fill_features(a, n, yy, dst); });
+        rows[dy] = ring.get(n, yy, [&](float* dst) { fill_features(a, n, yy, h2e, dst); });
       }
       forward_row(a, rows, b_head, z + static_cast<long>(r) * W);
     }

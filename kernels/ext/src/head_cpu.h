@@ -5,6 +5,8 @@
 #include <array>
 #include <vector>
 
+#include "common.h"
+
 namespace gigamlx {
 
 struct HeadDims {
@@ -20,7 +22,7 @@ struct HeadArgs {
   HeadDims d;
   std::array<int, 4> keep;  // y0, x0, y1, x1 at full resolution (window-local)
   const float* h2;          // (n, h, w, c_in)
-  const float* x;           // (n, H, W, c_x)
+  Image x;                  // (n, H, W, c_x)
   const float* w_up;        // (c_up, s, s, c_in)
   const float* b_up;        // (c_up)
   const float* w_head;      // (1, 3, 3, c_f)

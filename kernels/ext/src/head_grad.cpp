@@ -1,5 +1,6 @@
 // Backward of the fused tail, parallel over coarse rows (each worker owns whole rows of d h2)
-// with per-worker weight sums: float along a row, double across rows and workers.
+// with per-worker weight sums: float along a row, double across rows and workers. Inner loops
+// run 16 columns at a time over zero-padded rows (head_rows.h).
 #include <algorithm>
 
 #include "common.h"
@@ -9,135 +10,183 @@
 namespace gigamlx {
 namespace {
 
+constexpr int kMaxFeatures = 16;  // head input channels the block loops support
+
 struct Worker {
-  Worker(const HeadDims& d)
-      : feats(d.c_f(), d.W()), dz(1, d.W()), du(d.c_up * d.W()),
-        w_up(d.c_up * d.s * d.s * d.c_in), b_up(d.c_up), w_head(9 * d.c_f()),
-        w_up_row(d.c_up * d.s * d.c_in) {}
+  explicit Worker(const HeadDims& d)
+      : feats(d.c_f(), d.W()), dz(1, d.W()), h2e(d), width(round_up(d.W(), 64)),
+        du(static_cast<size_t>(d.c_up) * width, 0.0f),
+        dh2e(static_cast<size_t>(d.c_in) * width, 0.0f),
+        pattern(static_cast<size_t>(d.c_up) * d.c_in * kLanes),
+        w_up(d.c_up * d.s * d.s * d.c_in), b_up(d.c_up), w_head(9 * d.c_f()) {}
   RowRing feats, dz;
-  std::vector<float> du;  // [c_up][W]: cotangent of the up-sampled pre-activations, one row
+  Expanded h2e;
+  int width;
+  std::vector<float> du;    // [c_up][width]: cotangent of the up-sampled pre-activations; 0 past W
+  std::vector<float> dh2e;  // [c_in][width]: d h2 of one coarse row, expanded like h2e
+  std::vector<float> pattern;  // up_pattern of the current kernel row
   std::vector<double> w_up, b_up, w_head;
   double b_head = 0.0;
-  std::vector<float> w_up_row;  // [c_up][s (kx)][c_in]: one row's d w_up before the double add
+  void clear_sums() {
+    for (auto* v : {&w_up, &b_up, &w_head}) std::fill(v->begin(), v->end(), 0.0);
+    b_head = 0.0;
+  }
 };
 
-float dot(const float* a, const float* b, int n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
-}
-
-// Head weight/bias sums and du (N.B. the ReLU/zeroing mask is feature > 0) for full row y.
-void head_part(const HeadArgs& a, const float* f[3], const float* g[3], Worker& wk) {
-  const int W = a.d.W(), c_f = a.d.c_f(), stride = W + 2;
-  const float* g_mid = g[1] + 1;
+// d w_head and d b_head of full row y: g rows (cotangent of z) times the feature rows.
+void head_weight_sums(const HeadArgs& a, const float* f[3], const float* g_mid, Worker& wk) {
+  const int W = a.d.W(), c_f = a.d.c_f(), stride = feature_stride(W);
   for (int dy = 0; dy < 3; ++dy)
-    for (int dx = 0; dx < 3; ++dx)
-      for (int ch = 0; ch < c_f; ++ch)
-        wk.w_head[(dy * 3 + dx) * c_f + ch] += dot(g_mid, f[dy] + ch * stride + dx, W);
-  float bias = 0.0f;
-#pragma omp simd reduction(+ : bias)
-  for (int X = 0; X < W; ++X) bias += g_mid[X];
-  wk.b_head += bias;
-  for (int c = 0; c < a.d.c_up; ++c) {
-    float* du = wk.du.data() + c * W;
-    std::fill(du, du + W, 0.0f);
-    for (int dy = 0; dy < 3; ++dy)
-      for (int dx = 0; dx < 3; ++dx) {
-        const float wv = a.w_head[(dy * 3 + dx) * c_f + c];
-        const float* src = g[2 - dy] + 2 - dx;
-#pragma omp simd
-        for (int X = 0; X < W; ++X) du[X] += wv * src[X];
+    for (int dx = 0; dx < 3; ++dx) {
+      Vec acc[kMaxFeatures] = {};
+      for (int x0 = 0; x0 < W; x0 += kLanes) {
+        const Vec g = load(g_mid + x0);
+        for (int ch = 0; ch < c_f; ++ch) acc[ch] += g * load(f[dy] + ch * stride + dx + x0);
       }
-    const float* feat = f[1] + c * stride + 1;
-    float bias_up = 0.0f;
-#pragma omp simd reduction(+ : bias_up)
-    for (int X = 0; X < W; ++X) {
-      du[X] = feat[X] > 0.0f ? du[X] : 0.0f;
-      bias_up += du[X];
+      for (int ch = 0; ch < c_f; ++ch) wk.w_head[(dy * 3 + dx) * c_f + ch] += lane_sum(acc[ch]);
     }
-    wk.b_up[c] += bias_up;
+  Vec bias = {};
+  for (int x0 = 0; x0 < W; x0 += kLanes) bias += load(g_mid + x0);
+  wk.b_head += lane_sum(bias);
+}
+
+// du[c] = (conv3x3^T g)[c] where the feature is > 0 (the ReLU/zeroing mask), and d b_up.
+void up_cotangent(const HeadArgs& a, const float* f_mid, const float* g[3], Worker& wk) {
+  const int W = a.d.W(), c_f = a.d.c_f(), stride = feature_stride(W);
+  for (int c = 0; c < a.d.c_up; ++c) {
+    float* du = wk.du.data() + static_cast<size_t>(c) * wk.width;
+    const float* feat = f_mid + c * stride + 1;
+    Vec bias = {};
+    for (int x0 = 0; x0 < W; x0 += kLanes) {
+      Vec acc = {};
+      for (int dy = 0; dy < 3; ++dy)
+        for (int dx = 0; dx < 3; ++dx)
+          acc += a.w_head[(dy * 3 + dx) * c_f + c] * load(g[2 - dy] + 2 - dx + x0);
+      float lanes[kLanes];
+      store(lanes, acc);
+      for (int l = 0; l < kLanes; ++l) lanes[l] = feat[x0 + l] > 0.0f ? lanes[l] : 0.0f;
+      const Vec masked = load(lanes);
+      bias += masked;
+      store(du + x0, masked);
+    }
+    wk.b_up[c] += lane_sum(bias);
   }
 }
 
-// Up-sampling part for full row y = i * s + ky: d w_up sums and this row's share of d h2.
-void up_part(const HeadArgs& a, int n, int i, int ky, float* d_h2_row, Worker& wk) {
+// Up-sampling part for full row y = i * s + ky with CU x CI channels (s divides 16): d w_up
+// sums, and d h2 summed into the expanded row dh2e.
+template <int CU, int CI>
+void up_part_blocked(const HeadArgs& a, const float* h2e, int ky, Worker& wk) {
   const HeadDims& d = a.d;
-  const int W = d.W();
-  std::fill(wk.w_up_row.begin(), wk.w_up_row.end(), 0.0f);
-  const float* h2_row = a.h2 + (static_cast<long>(n) * d.h + i) * d.w * d.c_in;
-  for (int j = 0; j < d.w; ++j) {
-    const float* hp = h2_row + j * d.c_in;
-    float* dh = d_h2_row + j * d.c_in;
-    for (int kx = 0; kx < d.s; ++kx)
-      for (int c = 0; c < d.c_up; ++c) {
-        const float g = wk.du[c * W + j * d.s + kx];
-        if (g == 0.0f) continue;  // most of the ReLU's zeros: skip the 2 * c_in MACs
-        const float* wp = a.w_up + ((c * d.s + ky) * d.s + kx) * d.c_in;
-        float* acc = wk.w_up_row.data() + (c * d.s + kx) * d.c_in;
-        for (int ci = 0; ci < d.c_in; ++ci) {
-          acc[ci] += g * hp[ci];
-          dh[ci] += g * wp[ci];
-        }
+  const int W = d.W(), width = wk.width;
+  up_pattern(a, ky, 0, wk.pattern.data());
+  Vec pat[CU][CI], acc[CU][CI] = {};
+  for (int c = 0; c < CU; ++c)
+    for (int ci = 0; ci < CI; ++ci) pat[c][ci] = load(&wk.pattern[(c * CI + ci) * kLanes]);
+  for (int x0 = 0; x0 < W; x0 += kLanes) {
+    Vec du[CU];
+    for (int c = 0; c < CU; ++c) du[c] = load(&wk.du[c * width + x0]);
+    for (int ci = 0; ci < CI; ++ci) {
+      const Vec h = load(h2e + ci * width + x0);
+      float* dst = &wk.dh2e[ci * width + x0];
+      Vec t = load(dst);
+      for (int c = 0; c < CU; ++c) {
+        acc[c][ci] += du[c] * h;
+        t += du[c] * pat[c][ci];
       }
+      store(dst, t);
+    }
   }
-  for (int c = 0; c < d.c_up; ++c)
-    for (int kx = 0; kx < d.s; ++kx)
-      for (int ci = 0; ci < d.c_in; ++ci)
-        wk.w_up[((c * d.s + ky) * d.s + kx) * d.c_in + ci] +=
-            wk.w_up_row[(c * d.s + kx) * d.c_in + ci];
+  for (int c = 0; c < CU; ++c)
+    for (int ci = 0; ci < CI; ++ci)
+      for (int l = 0; l < kLanes; ++l)
+        wk.w_up[((c * d.s + ky) * d.s + l % d.s) * d.c_in + ci] += acc[c][ci][l];
+}
+
+// Any channel counts and strides: the same sums column by column.
+void up_part_generic(const HeadArgs& a, const float* h2e, int ky, Worker& wk) {
+  const HeadDims& d = a.d;
+  for (int X = 0; X < d.W(); ++X) {
+    const int kx = X % d.s;
+    for (int c = 0; c < d.c_up; ++c) {
+      const float g = wk.du[c * wk.width + X];
+      const float* wp = a.w_up + ((c * d.s + ky) * d.s + kx) * d.c_in;
+      for (int ci = 0; ci < d.c_in; ++ci) {
+        wk.w_up[((c * d.s + ky) * d.s + kx) * d.c_in + ci] += g * h2e[ci * wk.width + X];
+        wk.dh2e[ci * wk.width + X] += g * wp[ci];
+      }
+    }
+  }
+}
+
+// d h2 of one coarse row from its expanded sums; clears them for the next row.
+void fold_expanded(const HeadDims& d, Worker& wk, float* d_h2_row) {
+  for (int j = 0; j < d.w; ++j)
+    for (int ci = 0; ci < d.c_in; ++ci) {
+      float* src = &wk.dh2e[ci * wk.width + j * d.s];
+      float sum = 0.0f;
+      for (int kx = 0; kx < d.s; ++kx) sum += src[kx];
+      d_h2_row[j * d.c_in + ci] = sum;
+    }
+  std::fill(wk.dh2e.begin(), wk.dh2e.end(), 0.0f);
 }
 
 void backward_rows(const HeadArgs& a, const float* dz, float* d_h2, int begin, int end,
                    Worker& wk) {
   const HeadDims& d = a.d;
   const int H = d.H(), W = d.W();
+  const bool blocked = d.c_up == 3 && d.c_in == 4 && kLanes % d.s == 0;
   for (int b = begin; b < end; ++b) {
     const int n = b / d.h, i = b % d.h;
-    float* d_h2_row = d_h2 + static_cast<long>(b) * d.w * d.c_in;
-    std::fill(d_h2_row, d_h2_row + d.w * d.c_in, 0.0f);
     for (int ky = 0; ky < d.s; ++ky) {
       const int y = i * d.s + ky;
       const float *f[3], *g[3];
       for (int k = 0; k < 3; ++k) {
         const int yy = y + k - 1;
-        f[k] = wk.feats.get(n, yy, [&](float* dst) { fill_features(a, n, yy, dst); });
+        f[k] = wk.feats.get(n, yy, [&](float* dst) { fill_features(a, n, yy, wk.h2e, dst); });
         g[k] = wk.dz.get(n, yy, [&](float* dst) {
-          std::fill(dst, dst + W + 2, 0.0f);
+          std::fill(dst, dst + feature_stride(W), 0.0f);
           if (yy >= 0 && yy < H) std::copy_n(dz + (static_cast<long>(n) * H + yy) * W, W, dst + 1);
         });
       }
-      head_part(a, f, g, wk);
-      up_part(a, n, i, ky, d_h2_row, wk);
+      head_weight_sums(a, f, g[1] + 1, wk);
+      up_cotangent(a, f[1], g, wk);
+      const float* h2e = wk.h2e.get(a.h2, n, i);
+      if (blocked) {
+        up_part_blocked<3, 4>(a, h2e, ky, wk);
+      } else {
+        up_part_generic(a, h2e, ky, wk);
+      }
     }
+    fold_expanded(d, wk, d_h2 + static_cast<long>(b) * d.w * d.c_in);
   }
-}
-
-void add_into(std::vector<double>& total, const std::vector<double>& part) {
-  for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
 }
 
 }  // namespace
 
 void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g) {
-  const int total = a.d.n * a.d.h, workers = worker_count(total);
-  std::vector<Worker> locals;
-  locals.reserve(workers);
-  for (int t = 0; t < workers; ++t) locals.emplace_back(a.d);
-  parallel_rows(total, workers, [&](int begin, int end, int t) {
-    backward_rows(a, dz, g.d_h2, begin, end, locals[t]);
+  require(a.d.c_f() <= kMaxFeatures, "the head sees at most 16 channels");
+  const int total = a.d.n * a.d.h;
+  constexpr int kRowsPerChunk = 8;  // coarse rows a thread claims at a time
+  // per chunk: d w_up, d b_up, d w_head, d b_head, summed in chunk order below
+  std::vector<std::vector<double>> parts((total + kRowsPerChunk - 1) / kRowsPerChunk);
+  auto make = [&] { return Worker(a.d); };
+  parallel_chunks(total, kRowsPerChunk, make, [&](Worker& wk, int begin, int end, int chunk) {
+    wk.clear_sums();
+    backward_rows(a, dz, g.d_h2, begin, end, wk);
+    auto& part = parts[chunk];
+    part = wk.w_up;
+    part.insert(part.end(), wk.b_up.begin(), wk.b_up.end());
+    part.insert(part.end(), wk.w_head.begin(), wk.w_head.end());
+    part.push_back(wk.b_head);
   });
-  g.d_w_up.assign(locals[0].w_up.size(), 0.0);
-  g.d_b_up.assign(locals[0].b_up.size(), 0.0);
-  g.d_w_head.assign(locals[0].w_head.size(), 0.0);
-  g.d_b_head = 0.0;
-  for (const Worker& wk : locals) {  // fixed order: results do not depend on timing
-    add_into(g.d_w_up, wk.w_up);
-    add_into(g.d_b_up, wk.b_up);
-    add_into(g.d_w_head, wk.w_head);
-    g.d_b_head += wk.b_head;
-  }
+  const std::vector<double> sums = sum_chunks(parts);
+  auto at = sums.begin();
+  const size_t n_w_up = static_cast<size_t>(a.d.c_up) * a.d.s * a.d.s * a.d.c_in;
+  g.d_w_up.assign(at, at + n_w_up);
+  g.d_b_up.assign(at + n_w_up, at + n_w_up + a.d.c_up);
+  g.d_w_head.assign(at + n_w_up + a.d.c_up, sums.end() - 1);
+  g.d_b_head = sums.back();
 }
 
 }  // namespace gigamlx

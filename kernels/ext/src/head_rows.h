@@ -1,17 +1,24 @@
-// Internal to the fused tail: the per-row feature cache shared by forward and backward.
+// Internal to the fused tail: the per-row feature cache and the up-sampling input expanded to
+// full resolution, shared by forward and backward.
 #pragma once
 
 #include <vector>
 
 #include "head_cpu.h"
+#include "vec.h"
 
 namespace gigamlx {
 
-// Three consecutive rows ([channels][W + 2], zero column each side), filled on demand and
-// reused by the next output row, so each row is computed once per pass.
+// Row stride of a [channels][stride] feature row: element X of a channel sits at 1 + X, with
+// zeros at 0 and W + 1 (the head's padding) and beyond, so 64-column blocks may read past W.
+inline int feature_stride(int width) { return round_up(width, 64) + 64; }
+
+// Three consecutive rows ([channels][feature_stride]), filled on demand and reused by the next
+// output row, so each row is computed once per pass.
 class RowRing {
  public:
-  RowRing(int channels, int width) : stride_(width + 2), plane_(channels * stride_) {
+  RowRing(int channels, int width)
+      : stride_(feature_stride(width)), plane_(channels * stride_) {
     data_.assign(3 * plane_, 0.0f);
   }
   template <class Fill>
@@ -24,6 +31,7 @@ class RowRing {
     }
     return data_.data() + slot * plane_;
   }
+  int stride() const { return stride_; }
 
  private:
   int stride_, plane_;
@@ -31,8 +39,41 @@ class RowRing {
   long tag_[3] = {-1, -1, -1};
 };
 
+// Coarse rows of h2 repeated s times along the row, channel-planar: row[ci][X] = h2[X / s][ci]
+// for X < W, zero up to round_up(W, 64). Two slots: consecutive coarse rows alternate.
+class Expanded {
+ public:
+  explicit Expanded(const HeadDims& d) : d_(d), width_(round_up(d.W(), 64)) {
+    data_.assign(2 * static_cast<size_t>(d.c_in) * width_, 0.0f);
+  }
+  const float* get(const float* h2, int n, int i) {
+    const long key = static_cast<long>(n) * (1L << 24) + i;
+    const int slot = i & 1;
+    float* dst = data_.data() + static_cast<size_t>(slot) * d_.c_in * width_;
+    if (tag_[slot] != key) {
+      const float* row = h2 + (static_cast<long>(n) * d_.h + i) * d_.w * d_.c_in;
+      for (int j = 0; j < d_.w; ++j)
+        for (int ci = 0; ci < d_.c_in; ++ci)
+          for (int kx = 0; kx < d_.s; ++kx) dst[ci * width_ + j * d_.s + kx] = row[j * d_.c_in + ci];
+      tag_[slot] = key;
+    }
+    return dst;
+  }
+  int width() const { return width_; }
+
+ private:
+  HeadDims d_;
+  int width_;
+  std::vector<float> data_;
+  long tag_[2] = {-1, -1};
+};
+
+// Up-sampling weights of kernel row ky as lane patterns: pattern[(c * c_in + ci) * 16 + l] =
+// w_up[c, ky, (x0 + l) % s, ci] for a block starting at column x0.
+void up_pattern(const HeadArgs& a, int ky, int x0, float* pattern);
+
 // Row y of the head's input features: relu(up(h2)) zeroed outside keep, then x; zero for
-// rows outside the window (the head's padding). dst: [c_f][W + 2].
-void fill_features(const HeadArgs& a, int n, int y, float* dst);
+// rows outside the window (the head's padding). dst: [c_f][feature_stride(W)].
+void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst);
 
 }  // namespace gigamlx

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "fastmath.h"
+
 namespace gigamlx {
 namespace {
 
@@ -21,27 +23,53 @@ Crop crop_of(const mx::array& z, const mx::array& g, const LossParams& p) {
   return c;
 }
 
-// Stable sigmoid and log1p(exp(-|z|)) from one exp.
-inline void sigmoid_softplus(float z, float& p, float& softplus) {
-  const float e = std::exp(-std::fabs(z));
-  const float inv = 1.0f / (1.0f + e);
-  p = z >= 0.0f ? inv : e * inv;
-  softplus = std::log1p(e);
+// z and g of columns [x0, x0 + 16) of a row of w, zero-padded past w (pad z: any value).
+void load_block(const float* z, const float* g, int x0, int w, Vec& zv, Vec& gv, Vec& valid) {
+  float zt[kLanes] = {}, gt[kLanes] = {}, vt[kLanes] = {};
+  const int n = std::min(kLanes, w - x0);
+  for (int l = 0; l < n; ++l) zt[l] = z[x0 + l], gt[l] = g[x0 + l], vt[l] = 1.0f;
+  zv = load(zt), gv = load(gt), valid = load(vt);
 }
 
-// One crop row: surrogate value (returned) and the six statistics into stats[0..5].
+// One crop row: surrogate value (returned) and the six statistics into stats[0..5]; float per
+// lane along the row, double across lanes.
 double loss_row(const float* z, const float* g, int w, const LossParams& p, double* stats) {
-  double value = 0.0, s[6] = {0, 0, 0, 0, 0, 0};
-  for (int X = 0; X < w; ++X) {
-    float prob, softplus;
-    sigmoid_softplus(z[X], prob, softplus);
-    const float gg = g[X], hard = z[X] > 0.0f ? 1.0f : 0.0f;
-    const float bce = std::max(z[X], 0.0f) - z[X] * gg + softplus;
-    value += (p.a * gg + p.b) * prob + p.c * bce;
-    s[0] += prob * gg, s[1] += prob, s[2] += gg, s[3] += bce, s[4] += hard * gg, s[5] += hard;
+  Vec value = {}, s[6] = {};
+  for (int x0 = 0; x0 < w; x0 += kLanes) {
+    Vec zv, gv, valid = splat(1.0f);
+    if (x0 + kLanes <= w) {
+      zv = load(z + x0), gv = load(g + x0);
+    } else {
+      load_block(z, g, x0, w, zv, gv, valid);
+    }
+    Vec e;
+    const Vec prob = vsigmoid(zv, e) * valid;
+    const Vec hard = select(zv > 0.0f, valid, splat(0.0f));
+    const Vec bce = (vmax(zv, splat(0.0f)) - zv * gv + vlog1p_unit(e)) * valid;
+    value += (p.a * gv + p.b) * prob + p.c * bce;
+    s[0] += prob * gv, s[1] += prob, s[2] += gv, s[3] += bce, s[4] += hard * gv, s[5] += hard;
   }
-  std::memcpy(stats, s, sizeof(s));
-  return value;
+  for (int k = 0; k < 6; ++k) stats[k] = lane_sum_double(s[k]);
+  return lane_sum_double(value);
+}
+
+// One row of d z on the crop: scale * (d loss / d p * p (1 - p) + c (p - g)).
+void loss_grad_row(const float* z, const float* g, int w, const LossParams& p, float scale,
+                   float* dz) {
+  for (int x0 = 0; x0 < w; x0 += kLanes) {
+    Vec zv, gv, valid;
+    if (x0 + kLanes <= w) {
+      zv = load(z + x0), gv = load(g + x0);
+    } else {
+      load_block(z, g, x0, w, zv, gv, valid);
+    }
+    Vec e;
+    const Vec prob = vsigmoid(zv, e);
+    const Vec d = scale * ((p.a * gv + p.b) * prob * (1.0f - prob) + p.c * (prob - gv));
+    float lanes[kLanes];
+    store(lanes, d);
+    std::copy_n(lanes, std::min(kLanes, w - x0), dz + x0);
+  }
 }
 
 }  // namespace
@@ -63,16 +91,16 @@ void TileLoss::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>
   for (auto& o : out) encoder.set_output_array(o);
   encoder.dispatch([z = in[0].data<float>(), g = in[1].data<float>(), c, p = params_, value,
                     rows]() {
-    const int workers = worker_count(c.h);
-    std::vector<double> partial(workers, 0.0), stats(6 * static_cast<size_t>(c.h));
-    parallel_rows(c.h, workers, [&](int begin, int end, int t) {
+    std::vector<double> values(c.h), stats(6 * static_cast<size_t>(c.h));
+    auto make = [] { return 0; };
+    parallel_chunks(c.h, 64, make, [&](int, int begin, int end, int) {
       for (int y = begin; y < end; ++y) {
         const float* z_row = z + static_cast<long>(y + p.cy) * c.W + p.cx;
-        partial[t] += loss_row(z_row, g + static_cast<long>(y) * c.w, c.w, p, &stats[6 * y]);
+        values[y] = loss_row(z_row, g + static_cast<long>(y) * c.w, c.w, p, &stats[6 * y]);
       }
     });
     double total = 0.0;
-    for (double v : partial) total += v;
+    for (double v : values) total += v;  // row order: independent of timing
     *value = static_cast<float>(total);
     for (int y = 0; y < c.h; ++y)
       for (int k = 0; k < 6; ++k) rows[k * c.h + y] = static_cast<float>(stats[6 * y + k]);
@@ -99,19 +127,14 @@ void TileLossVJP::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::arr
   encoder.dispatch([z = in[0].data<float>(), g = in[1].data<float>(),
                     d_value = in[2].data<float>(), c, p = params_, dz]() {
     const float scale = *d_value;
-    parallel_rows(c.H, worker_count(c.H), [&](int begin, int end, int) {
+    parallel_chunks(c.H, 64, [] { return 0; }, [&](int, int begin, int end, int) {
       for (int y = begin; y < end; ++y) {
         float* d_row = dz + static_cast<long>(y) * c.W;
         std::memset(d_row, 0, sizeof(float) * c.W);
         if (y < p.cy || y >= p.cy + c.h) continue;
         const float* z_row = z + static_cast<long>(y) * c.W + p.cx;
         const float* g_row = g + static_cast<long>(y - p.cy) * c.w;
-        for (int X = 0; X < c.w; ++X) {
-          const float e = std::exp(-std::fabs(z_row[X]));
-          const float prob = z_row[X] >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-          const float dp = p.a * g_row[X] + p.b;
-          d_row[p.cx + X] = scale * (dp * prob * (1.0f - prob) + p.c * (prob - g_row[X]));
-        }
+        loss_grad_row(z_row, g_row, c.w, p, scale, d_row + p.cx);
       }
     });
   });

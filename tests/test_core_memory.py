@@ -1,8 +1,8 @@
 """Process memory readings: right units, a reading without /proc, a peak that can restart."""
 
+import mmap
 import time
 
-import numpy as np
 import pytest
 
 from gigamlx.core import memory
@@ -42,11 +42,14 @@ def test_sampled_peak_sees_a_short_allocation_and_restarts():
     sampler = SampledPeak(period_s=0.001)
     sampler.reset()
     base = sampler.peak()
-    block = np.ones(40 * 2**20 // 8)  # 40 MiB, touched
+    # 40 MiB of fresh pages, touched: a mapping of its own (numpy's buffer could reuse heap
+    # pages that are already resident in a long test process, and RSS would not move)
+    block = mmap.mmap(-1, 40 * 2**20)
+    block.write(b"\1" * len(block))
     deadline = time.monotonic() + 5.0  # a loaded machine may run the sampler thread late
     while sampler._peak < base + 30 * 2**20 and time.monotonic() < deadline:
         time.sleep(0.01)  # the thread's own samples (peak() would sample here itself)
-    del block
+    block.close()
     assert sampler.peak() >= base + 30 * 2**20
     sampler.reset()
     assert sampler.peak() < base + 30 * 2**20  # freed: the new peak starts from now

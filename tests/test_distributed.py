@@ -98,6 +98,7 @@ def slide(tmp_path_factory):
     return str(synth_slide(tmp_path_factory.mktemp("dist") / "s.zarr", (512, 768), seed=1))
 
 
+@pytest.mark.slow  # two mlx.launch ranks: .ci/run runs it once, in its slow step
 def test_distributed_two_ranks_match_accumulate(slide, tmp_path):
     dump = str(tmp_path / "w_{rank}.npz")
     _train_two_ranks(slide, tmp_path / "two", "--steps", "3", "--dump-weights", dump)
@@ -123,6 +124,7 @@ def test_distributed_two_ranks_match_accumulate(slide, tmp_path):
     assert (tmp_path / "two" / "checkpoints" / "step_0000003").is_dir()
 
 
+@pytest.mark.slow  # two mlx.launch ranks: .ci/run runs it once, in its slow step
 def test_distributed_resume_with_another_world_size(slide, tmp_path):
     out = tmp_path / "run"
     _run([*CLI, "train", slide, *SMALL, "--steps", "1", "--out", str(out)])

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from gigamlx.slide.store import open_store
@@ -31,6 +32,7 @@ def _all_tissue_dice(store: Path) -> float:
     return 2 * mask.sum() / (mask.size + mask.sum())
 
 
+@pytest.mark.slow  # end to end (slides, training, prediction): run once, in CI's slow step
 def test_reproduce_learns_beyond_a_trivial_baseline(tmp_path):
     script = _load_script()
     # 80 steps at this size are seed-sensitive (issue 15: the ReLU units of GigaUNet-4492 can

@@ -23,7 +23,7 @@ from gigamlx.core.outputs import (
     replace_path,
 )
 from gigamlx.slide import ngff
-from gigamlx.slide.store import chunk_boxes, downsample2, pyramid_hws
+from gigamlx.slide.store import build_pyramid, chunk_boxes, pyramid_hws
 from gigamlx.slide.written import settle_zarr_writes, written_kind
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CHUNK_PX = 512  # zarr chunk side = OME-TIFF tile side: each TIFF tile decodes one chunk
 MIN_LEVEL_SIDE_PX = 512
 OVERLAY_MAX_SIDE_PX = 2048
+PYRAMID_CHUNK_PX = 2048  # levels 1.. are built in blocks of this side
 TISSUE_RGB = np.array([0.0, 190.0, 90.0], np.float32)
 OUTLINE_RGB = np.array([0.0, 110.0, 40.0], np.float32)
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -83,12 +84,14 @@ class ProbabilityMapWriter:
 
     def finish(self, progress: Progress | None = None) -> Path:
         """Build levels 1.. from level 0, write the metadata, rename into place."""
-        boxes = [(n, b) for n in range(1, len(self.hws)) for b in chunk_boxes(self.hws[n], 2048)]
-        for done, (n, box) in enumerate(boxes, 1):
-            block = self.levels[n - 1][2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
-            self.levels[n][box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, True)
+        total = sum(len(list(chunk_boxes(hw, PYRAMID_CHUNK_PX))) for hw in self.hws[1:])
+        done = iter(range(1, total + 1))
+
+        def tick() -> None:
             if progress is not None:
-                progress("pyramid", done, len(boxes))
+                progress("pyramid", next(done), total)
+
+        build_pyramid(self.levels, self.hws, PYRAMID_CHUNK_PX, True, tick)
         self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))
         self.group.update_attributes({"provenance": self.provenance | {"mpp": self.mpp}})
         self.group.update_attributes({"gigamlx": {"kind": "prediction", "format": 1}})

@@ -260,8 +260,11 @@ def predict_slides(
                 held.enter_context(lock_output(outputs.zarr))
             check_outputs([s.path for s in sources], planned, o.overwrite, Path(checkpoint))
             return [
-                _predict_one(backend, model, checkpoint, scale, source, outputs, level, o,
-                             budget_bytes, on_slide)
+                _predict_one(
+                    backend, model, source, outputs, level,
+                    checkpoint=checkpoint, scale=scale, options=o,
+                    budget_bytes=budget_bytes, on_slide=on_slide,
+                )
                 for source, outputs, level in zip(sources, planned, levels, strict=True)
             ]  # fmt: skip
     finally:
@@ -272,7 +275,7 @@ def predict_slides(
 
 
 def _predict_one(
-    backend, model, checkpoint, scale, source, outputs, level, options, budget_bytes, on_slide
+    backend, model, source, outputs, level, *, checkpoint, scale, options, budget_bytes, on_slide
 ) -> PredictResult:
     """One slide of `predict_slides`, with its provenance."""
     o = options
@@ -282,7 +285,8 @@ def _predict_one(
     )  # fmt: skip
     progress = on_slide(source) if on_slide is not None else None
     return predict_slide(
-        backend, model, source, outputs, budget_bytes, o.tile, progress,
+        backend, model, source, outputs,
+        budget_bytes=budget_bytes, tile=o.tile, progress=progress,
         level=level, threshold=o.threshold, meta=meta,
     )  # fmt: skip
 

@@ -234,6 +234,20 @@ def downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.nd
     return ((summed + 2) // 4).astype(np.uint8)
 
 
+def build_pyramid(
+    arrays: list, hws: list[tuple[int, int]], chunk_px: int, mean: bool, on_chunk=None
+) -> None:
+    """The one pyramid builder: level n from level n-1, chunk by chunk (2x2 mean, or a pick
+    for masks), for arrays shaped (..., H_n, W_n). `on_chunk()` is called after each chunk."""
+    for n in range(1, len(arrays)):
+        src, dst = arrays[n - 1], arrays[n]
+        for box in chunk_boxes(hws[n], chunk_px):
+            block = src[..., 2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
+            dst[..., box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, mean)
+            if on_chunk is not None:
+                on_chunk()
+
+
 class StoreWriter:
     """Writes a store under a hidden sibling name; `finish` renames it into place.
 
@@ -314,12 +328,7 @@ class StoreWriter:
         self._tick()
 
     def _build_pyramid(self, arrays: list, mean: bool) -> None:
-        for n in range(1, len(arrays)):
-            src, dst = arrays[n - 1], arrays[n]
-            for box in chunk_boxes(self.hws[n], self.chunk_px):
-                block = src[..., 2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
-                dst[..., box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, mean)
-                self._tick()
+        build_pyramid(arrays, self.hws, self.chunk_px, mean, lambda: self._tick())
 
     def image_pyramid(self) -> list[WindowArray]:
         """Build the image pyramid from level 0 now (once); its (H, W, 3) views, finest first.

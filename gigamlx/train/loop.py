@@ -85,10 +85,10 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
             run.model,
             image,
             mask,
-            config.loss,
-            config.tile,
-            config.budget_bytes,
-            tile_progress,
+            loss=config.loss,
+            tile=config.tile,
+            budget_bytes=config.budget_bytes,
+            progress=tile_progress,
         )
         for name, g in result.grads.items():
             grads[name] = grads.get(name, 0.0) + g / share

@@ -84,3 +84,16 @@ def test_prediction_provenance_and_omero(slide_and_weights, tmp_path):
     assert (
         not feature or feature[0]["properties"]["gigamlx"]["source_sha256"] == meta["source_sha256"]
     )
+
+
+def test_predict_overwrite_replaces_its_own_geojson(slide_and_weights, tmp_path):
+    """Its GeoJSON carries predict's marker, so --overwrite may replace it; a user's may not."""
+    slide, weights = slide_and_weights
+    args = ["predict", str(weights), str(slide), "--out", str(tmp_path), "--geojson"]
+    assert runner.invoke(app, args).exit_code == 0
+    again = runner.invoke(app, [*args, "--overwrite", "--threshold", "0.3"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "slide.geojson").read_text())["gigamlx"]["kind"] == "prediction"
+    (tmp_path / "slide.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    refused = runner.invoke(app, [*args, "--overwrite"])
+    assert refused.exit_code == 2 and "not a prediction written by gigamlx" in refused.output

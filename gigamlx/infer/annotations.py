@@ -92,7 +92,9 @@ def prediction_features(
         }
         extra = {"gigamlx": (properties or {}) | {"traced_level": level}}
         features.append({"type": "Feature", "geometry": geometry, "properties": qupath | extra})
-    return {"type": "FeatureCollection", "features": features}
+    # a GeoJSON foreign member: marks predict's output (--overwrite replaces only its own)
+    marker = {"kind": "prediction", "format": 1}
+    return {"type": "FeatureCollection", "gigamlx": marker, "features": features}
 
 
 def write_geojson(collection: dict, path: str | os.PathLike) -> Path:

@@ -110,7 +110,8 @@ class ProbabilityMapWriter:
 
 
 def written_by_predict(path: str | os.PathLike) -> bool:
-    """True when the output at `path` carries predict's marker (zarr attrs, TIFF/PNG tag)."""
+    """True when the output at `path` carries predict's marker (zarr attrs, TIFF/PNG tag,
+    GeoJSON feature provenance)."""
     path = Path(path)
     if path.is_dir():
         return written_kind(path) == "prediction"
@@ -126,6 +127,8 @@ def written_by_predict(path: str | os.PathLike) -> bool:
 
             with Image.open(path) as image:
                 return image.text.get("Software") == SOFTWARE
+        if path.name.lower().endswith(".geojson"):  # predict --geojson: provenance per feature
+            return json.loads(path.read_text()).get("gigamlx", {}).get("kind") == "prediction"
     except Exception:  # noqa: BLE001 - unreadable as that format: not ours
         return False
     return False

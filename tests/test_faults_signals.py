@@ -21,6 +21,7 @@ from gigamlx.synth.render import synth_slide
 from gigamlx.train import run as run_module
 from gigamlx.train.loop import Interrupted, train
 from gigamlx.train.run import start_run
+from gigamlx.train.stop import stop_on_signals
 
 runner = CliRunner()
 STEPS = 8
@@ -223,3 +224,19 @@ def test_signal_before_training_stops_at_once(slide, tmp_path, monkeypatch):
     monkeypatch.undo()
     again = runner.invoke(app, ["train", slide, *ARGS, "--steps", "1", "--out", out, "--quiet"])
     assert again.exit_code == 0, again.output
+
+
+def test_a_stopped_command_ignores_late_signals_until_it_exits():
+    """After a stop, late signals are ignored with SIG_IGN: a Python handler would be reset to
+    the default while the interpreter shuts down, and a late Ctrl-C then killed the process
+    (exit -2) instead of letting it exit 130 after its save."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with stop_on_signals(deferring=True, keep_after_stop=True) as flag:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert flag.raised
+        assert {signal.getsignal(s) for s in handlers} == {signal.SIG_IGN}
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -62,8 +62,8 @@ def stop_on_signals(deferring: bool = False, keep_after_stop: bool = False) -> I
 
     Args:
         deferring: start with signals only raising the flag (the loop sets this itself).
-        keep_after_stop: once a stop was signalled, leave the handlers in place after the
-            block (a command about to exit: a late Ctrl-C must not cut its exit short).
+        keep_after_stop: once a stop was signalled, ignore stop signals after the block (a
+            command about to exit: a late Ctrl-C must not cut its exit short).
     """
     flag = StopFlag(deferring)
     if threading.current_thread() is not threading.main_thread():
@@ -74,9 +74,12 @@ def stop_on_signals(deferring: bool = False, keep_after_stop: bool = False) -> I
     try:
         yield flag
     finally:
-        if not (keep_after_stop and flag.raised):
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        for signum, handler in previous.items():
+            # after a stop, a command about to exit ignores later stop signals: SIG_IGN (not a
+            # Python handler, which CPython resets to the default while it shuts down) keeps a
+            # late Ctrl-C from killing the process before it exits with its own code
+            keep = keep_after_stop and flag.raised
+            signal.signal(signum, signal.SIG_IGN if keep else handler)
 
 
 def exit_code(signum: int) -> int:

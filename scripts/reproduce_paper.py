@@ -73,7 +73,7 @@ class Plan:
 # --quick: the recipe chosen on the validation slides (ablations in the README notes): half-
 # slide regions (one region per step: larger regions average out the region-to-region noise
 # that made 1024x1024 runs collapse to "all tissue"), a high peak rate with cosine decay
-QUICK = Plan((2048, 4096), 4, (2048, 2048), 6, "2048x2048", steps=400, lr=3e-2)
+QUICK = Plan((2048, 4096), 4, (2048, 2048), 6, "2048x2048", steps=400, lr=1e-2)
 # default: the paper's recipe, whole 16000x64000 regions of default-size slides
 FULL = Plan(
     (16384, 65536), 2, (4096, 16384), 5, "16000x64000", steps=4940, lr=3e-3, memory_budget="4GB"
@@ -161,7 +161,9 @@ def predict_heldout(run, heldout: list[Path], out_dir: Path, budget_bytes: int) 
     for path in heldout:
         source = open_source(path)
         outputs = output_paths(out_dir, source.name, tiff=False, overlay=True)
-        predict_slide(run.backend, run.model, source, outputs, budget_bytes)
+        predict_slide(
+            run.backend, run.model, source, outputs, budget_bytes, normalize=run.config.normalize
+        )
         preds.append(outputs.zarr)
     return preds
 

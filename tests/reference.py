@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 from gigamlx.backends.cuda_um.model import TorchGigaUNet, from_torch_layout
 from gigamlx.core.geometry import padded_hw
 from gigamlx.core.losses import DICE_SMOOTH
+from gigamlx.core.normalise import InputNorm
 
 
 def _pad(image: np.ndarray) -> np.ndarray:
@@ -36,12 +37,21 @@ def loss_terms(z, g, loss: str, lib):
     return value
 
 
-def float64_reference(flat_mlx: dict, image: np.ndarray, mask: np.ndarray, loss: str):
-    """(loss, grads in MLX layout, probabilities) of a whole-image float64 pass."""
+def float64_reference(
+    flat_mlx: dict, image: np.ndarray, mask: np.ndarray, loss: str, norm: InputNorm | None = None
+):
+    """(loss, grads in MLX layout, probabilities) of a whole-image float64 pass.
+
+    `norm` standardises the zero-padded image here, before the network (whose own
+    standardisation stays the identity): an implementation independent of the models'.
+    """
     model = TorchGigaUNet(dtype=torch.float64)
     model.load_mlx_layout(flat_mlx)
     h, w = image.shape[:2]
-    x = torch.from_numpy(_pad(image)).permute(2, 0, 1)[None].double() / 255.0
+    padded = _pad(image).astype(np.float64) / 255.0
+    if norm is not None:
+        padded = norm.apply(padded)
+    x = torch.from_numpy(padded).permute(2, 0, 1)[None]
     z = model.logits(x)[0, 0, :h, :w]
     g = torch.from_numpy((mask != 0).astype(np.float64))
     value = loss_terms(z, g, loss, torch)

@@ -9,6 +9,7 @@ import gigamlx
 from gigamlx.backends import get_backend
 from gigamlx.backends.mlx import fused
 from gigamlx.backends.mlx.backend import MLXBackend
+from gigamlx.core.normalise import InputNorm
 from gigamlx.tiling.scheduler import tiled_predict, tiled_step
 
 # (image H, W), tile side: non-square; tile not dividing the image; H, W not multiples of 64;
@@ -81,3 +82,26 @@ def test_predict_writes_into_out_uint8(model):
     assert returned is out
     expected = np.rint(gigamlx.predict(model, image, tile=256) * 255).astype(np.uint8)
     assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+NORM = InputNorm(mean=(0.83, 0.62, 0.8), std=(0.11, 0.21, 0.09))  # near an H&E slide's
+
+
+@pytest.mark.parametrize("hw,tile", [CASES[1], CASES[2]])
+def test_a_standardised_model_matches_float64_whole_image(backend, hw, tile):
+    """The input standardisation (core/normalise.py) keeps tiling exact: the reference
+    standardises the zero-padded image itself; tiles must zero it outside the image."""
+    model = backend.build_model(5)
+    model.input_norm = NORM
+    image, mask = random_case(hw, seed=hw[0] + 1)
+    flat = backend.flat_params(model)
+    ref_loss, ref_grads, ref_probs = float64_reference(flat, image, mask, "dice+bce", NORM)
+    result = tiled_step(backend, model, image, mask, "dice+bce", tile)
+    assert abs(result.loss - ref_loss) <= 1e-5
+    names = sorted(ref_grads)
+    ref_all = _concat(ref_grads, names)
+    err = np.linalg.norm(_concat(result.grads, names) - ref_all) / np.linalg.norm(ref_all)
+    assert err <= 1e-4, f"tiled gradient {err:.2e} from float64"
+    assert np.abs(tiled_predict(backend, model, image, tile) - ref_probs).max() <= 1e-5
+    model.input_norm = InputNorm()  # the raw model differs: the test can tell them apart
+    assert np.abs(tiled_predict(backend, model, image, tile) - ref_probs).max() > 1e-3

@@ -4,12 +4,16 @@ import json
 
 import numpy as np
 import pytest
+import zarr
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
 from gigamlx.core.checkpoint import list_checkpoints, read_state
 from gigamlx.core.config import TrainConfig
+from gigamlx.core.normalise import slide_norm
+from gigamlx.infer.predict import load_model
 from gigamlx.synth.render import synth_slide
+from gigamlx.tiling.scheduler import tiled_predict
 from gigamlx.train.augment import draw_jitter
 from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
@@ -120,3 +124,34 @@ def test_bad_quality_options_are_one_line_errors():
     for bad in (dict(val_every=0), dict(val_fraction=0.7), dict(lr_schedule="step")):
         with pytest.raises(ValueError, match="--"):
             TrainConfig(**bad).validate()
+
+
+def test_each_slide_is_standardised_by_its_own_statistics(slides, tmp_path):
+    """Training, validation and prediction use the same per-slide standardisation; a run
+    trained with --no-normalize predicts with the raw model."""
+    out = tmp_path / "run"
+    run = start_run(_config(slides, out, 1, val_fraction=0.2), resume=False)
+    norms = [s.norm for s in run.slides]
+    assert norms[0] != norms[1] and not norms[0].is_identity
+    assert [a.norm for a in run.validator.areas] == norms  # each strip: its slide's numbers
+    train(run)
+    assert run.model.input_norm in norms  # the loop set a region's slide's before its step
+    assert json.loads((out / "config.json").read_text())["normalize"] is True
+
+    def predicted(run_dir, name):
+        args = ["predict", str(run_dir), slides[1], "--quiet", "--out", str(tmp_path / name)]
+        assert CliRunner().invoke(app, args).exit_code == 0
+        return np.asarray(zarr.open_group(str(tmp_path / name / "s2.zarr"), mode="r")["0"])
+
+    backend, model = load_model(out)
+    image = np.asarray(run.slides[1].image[0:320, 0:640])  # the whole slide
+    model.input_norm = slide_norm(image)
+    expected = tiled_predict(backend, model, image, 128)
+    assert np.abs(predicted(out, "p").astype(np.int16) - np.rint(expected * 255)).max() <= 1
+
+    raw = tmp_path / "raw"
+    train(start_run(_config(slides, raw, 1, normalize=False), resume=False))
+    backend, model = load_model(raw)
+    assert model.input_norm.is_identity
+    expected = tiled_predict(backend, model, image, 128)
+    assert np.abs(predicted(raw, "q").astype(np.int16) - np.rint(expected * 255)).max() <= 1

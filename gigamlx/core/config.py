@@ -48,6 +48,14 @@ class TrainConfig:
     )
     trained_level: int | None = field(default=None, metadata={"help": "set by the run"})
     trained_mpp: float | None = field(default=None, metadata={"help": "set by the run"})
+    # input standardisation (core/normalise.py): each slide by its own statistics
+    normalize: bool = field(
+        default=True,
+        metadata={
+            "help": "standardise each RGB channel by the slide's own mean and std (training, "
+            "validation and prediction alike); --no-normalize feeds raw [0, 1] RGB"
+        },
+    )
     kernels: str = field(
         default="auto",
         metadata={
@@ -144,6 +152,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {"normalize": False} | values  # runs saved before it trained on raw RGB
         return cls(
             **{k: tuple(v) if k in ("data", "val") else v for k, v in values.items() if k in known}
         )

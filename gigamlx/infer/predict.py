@@ -21,6 +21,7 @@ from gigamlx.backends import get_backend
 from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
 from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
+from gigamlx.core.normalise import InputNorm, slide_norm
 from gigamlx.core.outputs import (
     OutputError,
     check_not_input,
@@ -71,25 +72,37 @@ class PredictResult(NamedTuple):
 
 
 class TrainedScale(NamedTuple):
-    """What a checkpoint says about itself: its step and the level / µm per pixel it read."""
+    """What a checkpoint says about itself: its step, the level / µm per pixel it read, and
+    whether its model standardises each slide (core/normalise.py)."""
 
     step: int | None
     mpp: float | None
     level: int | None
+    normalize: bool = False
 
 
 def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
     """Step and training resolution recorded in a run or checkpoint folder (a bare weights
     file records nothing: level 0, no mpp)."""
+    state = _saved_state(checkpoint)
+    config = state.get("config", {})
+    return TrainedScale(
+        state.get("step"),
+        config.get("trained_mpp"),
+        config.get("trained_level"),
+        bool(config.get("normalize", False)),  # runs saved before it: the raw-RGB model
+    )
+
+
+def _saved_state(checkpoint: str | os.PathLike) -> dict:
+    """state.json of a checkpoint folder, or of a run folder's newest ({} for a weights file)."""
     path = Path(checkpoint)
     if path.is_dir() and not (path / STATE).exists():
         found = list_checkpoints(path)
         path = found[-1] if found else path
     if not (path / STATE).is_file():
-        return TrainedScale(None, None, None)
-    state = json.loads((path / STATE).read_text())
-    config = state.get("config", {})
-    return TrainedScale(state.get("step"), config.get("trained_mpp"), config.get("trained_level"))
+        return {}
+    return json.loads((path / STATE).read_text())
 
 
 def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = "auto"):
@@ -168,6 +181,7 @@ def predict_slide(
     level: int = 0,
     threshold: float = 0.5,
     meta: dict | None = None,
+    normalize: bool = False,
 ) -> PredictResult:
     """Predict level `level` of one slide into `outputs.zarr` (and the extras asked for).
 
@@ -182,9 +196,12 @@ def predict_slide(
         level: the slide's pyramid level to predict (see `choose_level`).
         threshold: p >= threshold is tissue in the overlay and the GeoJSON.
         meta: provenance (`provenance.provenance`); built without a checkpoint if None.
+        normalize: standardise the input by this slide's statistics (`TrainedScale.normalize`:
+            what the model was trained with).
     """
     start = time.perf_counter()
     image = source.levels[level]
+    model.input_norm = slide_norm(image) if normalize else InputNorm()
     image_hw, mpp = tuple(image.shape[:2]), source.level_mpp(level)
     if meta is None:
         meta = provenance(None, None, source.path, source.level_hws[0], level, mpp, threshold)
@@ -287,7 +304,7 @@ def _predict_one(
     return predict_slide(
         backend, model, source, outputs,
         budget_bytes=budget_bytes, tile=o.tile, progress=progress,
-        level=level, threshold=o.threshold, meta=meta,
+        level=level, threshold=o.threshold, meta=meta, normalize=scale.normalize,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from gigamlx.core.normalise import InputNorm
 from gigamlx.slide.magnification import LevelError, pick_level
 from gigamlx.slide.readers import SLIDE_FILE_SUFFIXES
 from gigamlx.slide.store import SlideStore, StoreError, open_store
@@ -27,6 +28,7 @@ class TrainingSlide(NamedTuple):
     mask: object
     level: int
     mpp: float | None  # µm per pixel of that level
+    norm: InputNorm = InputNorm()  # its input standardisation (the identity: raw RGB)
 
     @property
     def image_hw(self) -> tuple[int, int]:

@@ -78,6 +78,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     losses, stats, results = [], TileStats(), []
     for region in regions:
         slide = run.slides[region.slide]
+        run.model.input_norm = slide.norm
         image = region_view(slide.image, region, region.color)
         mask = region_view(slide.mask, region)
         result = tiled_step(

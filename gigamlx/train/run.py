@@ -27,6 +27,7 @@ from gigamlx.core.checkpoint import (
 from gigamlx.core.config import TrainConfig
 from gigamlx.core.files import write_text_atomic
 from gigamlx.core.lock import hold_lock
+from gigamlx.core.normalise import slide_norm
 from gigamlx.core.outputs import check_output_folder, probe_writable
 from gigamlx.infer.predict import slide_name
 from gigamlx.slide.magnification import LevelError, size_px
@@ -154,6 +155,9 @@ def open_run(
         config.val_fraction, bool(config.val), [s.image_hw for s in slides], region_hw
     )
     train_hws = [split_hw(s.image_hw, fraction)[0] for s in slides]
+    if config.normalize:  # each slide's statistics, from the part the run trains on
+        normed = zip(slides, train_hws, strict=True)
+        slides = [s._replace(norm=slide_norm(s.image, hw)) for s, hw in normed]
     sampler = RegionSampler(
         train_hws, region_hw, config.seed, config.augment, config.pad, config.color_jitter
     )
@@ -184,6 +188,8 @@ def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> V
     areas = heldout_areas([slide_name(s.path) for s in slides], slides, fraction)
     if config.val:
         stores = open_training_slides(config.val, None, config.level, config.mpp)
+        if config.normalize:
+            stores = [s._replace(norm=slide_norm(s.image)) for s in stores]
         areas += heldout_areas([slide_name(s.path) for s in stores], stores, 1.0)
     if not areas:
         return None

@@ -19,6 +19,7 @@ import numpy as np
 
 from gigamlx.core.arrays import crop_view
 from gigamlx.core.geometry import Box
+from gigamlx.core.normalise import InputNorm
 from gigamlx.eval.baseline import mask_plane
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair
 from gigamlx.infer.export import write_overlay
@@ -37,6 +38,7 @@ class ValArea(NamedTuple):
     name: str  # the slide's name: overlays go to RUN/val/<name>_overlay.png
     image: Any  # (H, W, 3) uint8 array-like
     mask: Any  # (H, W) array-like, non-zero is tissue
+    norm: InputNorm = InputNorm()  # the input standardisation of its slide
 
 
 def split_hw(slide_hw: tuple[int, int], fraction: float) -> tuple[tuple[int, int], Box | None]:
@@ -74,12 +76,14 @@ def resolve_val_fraction(
 
 
 def heldout_areas(names: list[str], slides, fraction: float) -> list[ValArea]:
-    """The held-out strip of every training slide (none when `fraction` is 0)."""
+    """The held-out strip of every training slide (none when `fraction` is 0), standardised
+    as its slide is (`slide.norm`)."""
     areas = []
     for name, slide in zip(names, slides, strict=True):
         _, box = split_hw(slide.image_hw, fraction)
         if box is not None:
-            areas.append(ValArea(name, crop_view(slide.image, box), crop_view(slide.mask, box)))
+            image, mask = crop_view(slide.image, box), crop_view(slide.mask, box)
+            areas.append(ValArea(name, image, mask, slide.norm))
     return areas
 
 
@@ -118,6 +122,7 @@ class Validator:
         counts, per_slide = PixelCounts(), {}
         for area in self.areas:
             prob = _prob_buffer(area.mask.shape[:2], self.out_dir / ".scratch.zarr")
+            model.input_norm = area.norm  # the loop sets each region's own before its step
             tiled_predict(backend, model, area.image, self.tile, self.budget_bytes, out=prob)
             area_counts = evaluate_pair(prob, area.mask, block_hw=BLOCK_HW)
             counts += area_counts

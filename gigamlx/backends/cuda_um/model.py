@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gigamlx.core.geometry import Box, inside_at_scale
+from gigamlx.core.normalise import InputNorm
 from gigamlx.core.spec import GIGAUNET_4492, Layer, check_spec, scales
 
 
@@ -29,8 +30,15 @@ class TorchGigaUNet(nn.Module):
             kind = nn.Conv2d if layer.kind == "conv" else nn.ConvTranspose2d
             module = kind(layer.in_ch, layer.out_ch, layer.kernel, layer.stride, layer.pad)
             self.add_module(layer.name, module.to(dtype))
+        self.input_norm = InputNorm()  # a plain attribute: set from the run, never trained
 
     def logits(self, x: torch.Tensor, in_box: Box | None = None, padded_hw=None) -> torch.Tensor:
+        if not self.input_norm.is_identity:  # (x - mean) / std, zero outside the image
+            mean = torch.tensor(self.input_norm.mean, dtype=x.dtype, device=x.device)
+            std = torch.tensor(self.input_norm.std, dtype=x.dtype, device=x.device)
+            x = (x - mean[:, None, None]) / std[:, None, None]
+            if in_box is not None:
+                x = _zero_outside(x, in_box, padded_hw, 1)
         saved = {"input": x}
         h = x
         for index, layer in enumerate(self.spec):

@@ -7,6 +7,7 @@ import mlx.nn as nn
 
 from gigamlx.backends.mlx import fused, ops
 from gigamlx.core.geometry import Box, inside_at_scale
+from gigamlx.core.normalise import InputNorm
 from gigamlx.core.spec import GIGAUNET_4492, Layer, check_spec, scales
 
 
@@ -28,6 +29,7 @@ class GigaUNet(nn.Module):
         object.__setattr__(self, "_scales", scales(spec))
         object.__setattr__(self, "_fusable_tail", _fusable_tail(spec))
         object.__setattr__(self, "_fusable_first", _fusable_first(spec))
+        self.input_norm = InputNorm()  # a plain attribute: set from the run, never trained
         for layer in spec:
             kind = nn.Conv2d if layer.kind == "conv" else nn.ConvTranspose2d
             setattr(
@@ -60,6 +62,8 @@ class GigaUNet(nn.Module):
                 compiled CPU kernels (the backend decides, once; see fused.choose_kernels).
                 Same values; no gradient flows to `x` then.
         """
+        if not self.input_norm.is_identity:
+            x = _standardised(x, self.input_norm, in_box, padded_hw)
         fusable = fused_kernels and x.dtype in (mx.float32, mx.uint8)
         fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
         fuse_first = fusable and self._fusable_first
@@ -150,6 +154,23 @@ def _fusable_first(spec: tuple[Layer, ...]) -> bool:
         and first.activation == "relu"
         and first.skip is None
     )
+
+
+def _standardised(
+    x: mx.array, norm: InputNorm, in_box: Box | None, padded_hw: tuple[int, int] | None
+) -> mx.array:
+    """(x - mean) / std per channel as float32, zeroed outside the padded image: the zero
+    padding a whole-image pass gives the standardised input (core/normalise.py)."""
+    if x.dtype == mx.uint8:
+        x = x.astype(mx.float32) / 255.0
+    x = (x - mx.array(norm.mean, mx.float32)) / mx.array(norm.std, mx.float32)
+    keep = None if in_box is None else inside_at_scale(in_box, padded_hw, 1)
+    if keep is None:
+        return x
+    rows, cols = mx.arange(x.shape[1]), mx.arange(x.shape[2])
+    row_in = (rows >= keep.y0) & (rows < keep.y1)
+    col_in = (cols >= keep.x0) & (cols < keep.x1)
+    return mx.where((row_in[:, None] & col_in[None, :])[None, :, :, None], x, 0.0)
 
 
 def _relu_inside(

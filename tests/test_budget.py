@@ -40,9 +40,11 @@ def test_budget_bounds_measured_peak(model, engine_mb):
     cost = tile_cost(backend, model, "grad")
     assert result.peak_bytes <= budget - cost.host_bytes  # the engine stays within its share
     # and the calibration is not wildly pessimistic: the step peaks near what was planned
+    # (1.2: the step's peak moved by up to 11 % between runs of the same code, 2 of ~10 CI
+    # passes on 2026-12-01 went above 1.1; the budget bound above is the hard one)
     (tile_h, tile_w), halo = result.plan.tile_hw, result.plan.halo_px
     planned = cost.fixed_bytes + cost.bytes_per_px * (tile_h + 2 * halo) * (tile_w + 2 * halo)
-    assert 0.5 * planned <= result.peak_bytes <= 1.1 * planned, (result.peak_bytes, planned)
+    assert 0.5 * planned <= result.peak_bytes <= 1.2 * planned, (result.peak_bytes, planned)
 
 
 def test_budget_picks_larger_tiles_for_larger_budgets(model):

@@ -13,8 +13,10 @@ from mlx.utils import tree_flatten
 from gigamlx.backends.base import TileData
 from gigamlx.backends.mlx import conv, conv_transpose, fused
 from gigamlx.backends.mlx.backend import MLXBackend, _bce, _stat_rows
-from gigamlx.core.geometry import Box, plan_tiles
+from gigamlx.backends.mlx.model import _standardised
+from gigamlx.core.geometry import Box, inside_at_scale, plan_tiles
 from gigamlx.core.losses import Objective
+from gigamlx.core.normalise import InputNorm
 
 VALUE_RTOL = 1e-5
 GRAD_RTOL = 1e-4
@@ -212,6 +214,42 @@ def test_fused_kernels_read_uint8_images_as_value_over_255():
     assert mx.array_equal(z8, fused.head_logits(h2, x, *tail, box))
     with pytest.raises(ValueError, match="uint8 or float32"):
         fused.down1(x_u8.astype(mx.int32), weight, bias, 4, 6, keep)
+
+
+def test_fused_kernels_standardise_as_the_pure_mlx_path_does():
+    """Extension 0.3 standardises the window it reads, (x - mean) / std zeroed outside x_keep:
+    bit for bit the model's pure-MLX standardisation, for uint8 and float32 windows."""
+    _require_ext()
+    if not fused.standardises():
+        pytest.skip("extension built before 0.3 (no standardisation): bash setup.sh rebuilds it")
+    rng = np.random.default_rng(6)
+    x_u8 = mx.array(rng.integers(0, 256, (1, 44, 60, 3), dtype=np.uint8))
+    norm = InputNorm((0.83, 0.62, 0.8), (0.11, 0.21, 0.09))
+    in_box, padded_hw = Box(-8, 20, 36, 80), (30, 70)  # rows 38.., cols 50.. lie outside
+    x_keep = tuple(inside_at_scale(in_box, padded_hw, 1))
+    assert x_keep != (0, 0, 44, 60)
+    x_std = _standardised(x_u8, norm, in_box, padded_hw)
+    kernel_norm = (norm.mean, norm.std, x_keep)
+    mx.random.seed(6)
+    weight, bias = mx.random.normal((2, 16, 16, 3)) * 0.05, mx.random.normal((2,)) * 0.1
+    keep, cotangent = (0, 0, 11, 15), mx.random.normal((1, 11, 15, 2))
+    for image in (x_u8, x_u8.astype(mx.float32) / 255.0):
+        (y_k,), g_k = mx.vjp(
+            lambda w, b, image=image: fused.down1(image, w, b, 4, 6, keep, kernel_norm),
+            [weight, bias],
+            [cotangent],
+        )
+        (y,), g = mx.vjp(
+            lambda w, b: fused.down1(x_std, w, b, 4, 6, keep), [weight, bias], [cotangent]
+        )
+        assert mx.array_equal(y_k, y)
+        assert all(mx.array_equal(a, b) for a, b in zip(g_k, g, strict=True))
+        h2, _, *tail = _tail_inputs(1, 11, 15, seed=6)
+        box = (0, 0, 44, 60)
+        z_k = fused.head_logits(h2, image, *tail, box, kernel_norm)
+        assert mx.array_equal(z_k, fused.head_logits(h2, x_std, *tail, box))
+    # and the standardisation is really applied: the raw window gives other numbers
+    assert not mx.array_equal(fused.head_logits(h2, x_u8, *tail, box), z_k)
 
 
 def test_fused_down1_refuses_an_input_gradient():

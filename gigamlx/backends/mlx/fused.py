@@ -98,6 +98,22 @@ def reads_uint8() -> bool:
     return tuple(int(v) for v in version.split(".")[:2]) >= (0, 2)
 
 
+def standardises() -> bool:
+    """Whether the built extension standardises the input itself (0.3 and later)."""
+    module, _ = _load()
+    version = getattr(module, "__version__", "0")
+    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 3)
+
+
+# (mean, std, x_keep_yx): standardise x in the kernel, (x - mean) / std per channel, zero
+# outside the window box x_keep_yx (core/normalise.py; bit for bit the pure-MLX arithmetic)
+KernelNorm = tuple[tuple[float, float, float], tuple[float, float, float], tuple[int, ...]]
+
+
+def _norm_args(norm: KernelNorm | None) -> tuple:
+    return () if norm is None else (list(norm[0]), list(norm[1]), tuple(norm[2]))
+
+
 def down1(
     x: mx.array,
     weight: mx.array,
@@ -105,6 +121,7 @@ def down1(
     stride: int,
     pad: int,
     keep_yx: tuple[int, int, int, int],
+    norm: KernelNorm | None = None,
 ) -> mx.array:
     """Fused strided conv + bias + ReLU + zeroing (only on the fused path).
 
@@ -113,13 +130,14 @@ def down1(
             bit as astype(float32) / 255); it gets no gradient.
         weight: (C_out, k, k, C_in) with k a multiple of `stride`; bias: (C_out,).
         keep_yx: (y0, x0, y1, x1) output box kept; outside it the activations are zeroed.
+        norm: the input's standardisation (`KernelNorm`, extension 0.3), or None.
 
     Returns:
         (N, Ho, Wo, C_out) as relu(mx.conv2d(x, weight, stride, pad) + bias), zeroed outside
         `keep_yx`; differentiable in weight and bias only.
     """
     module, _ = _load()
-    return module.down1(x, weight, bias, stride, pad, keep_yx)
+    return module.down1(x, weight, bias, stride, pad, keep_yx, *_norm_args(norm))
 
 
 def head_logits(
@@ -130,6 +148,7 @@ def head_logits(
     w_head: mx.array,
     b_head: mx.array,
     keep_yx: tuple[int, int, int, int],
+    norm: KernelNorm | None = None,
 ) -> mx.array:
     """Fused up-sample + ReLU + zeroing + concat(x) + 3x3 head conv (only on the fused path).
 
@@ -141,12 +160,13 @@ def head_logits(
         w_head: (1, 3, 3, C_up + C_x); b_head: (1,).
         keep_yx: (y0, x0, y1, x1) full-resolution window box kept; outside it the up-sampled
             activations are zeroed.
+        norm: the input's standardisation (`KernelNorm`, extension 0.3), or None.
 
     Returns:
         Logits (N, h*s, w*s, 1); differentiable in everything but x.
     """
     module, _ = _load()
-    return module.head_logits(h2, x, w_up, b_up, w_head, b_head, keep_yx)
+    return module.head_logits(h2, x, w_up, b_up, w_head, b_head, keep_yx, *_norm_args(norm))
 
 
 def tile_loss(

@@ -62,22 +62,28 @@ class GigaUNet(nn.Module):
                 compiled CPU kernels (the backend decides, once; see fused.choose_kernels).
                 Same values; no gradient flows to `x` then.
         """
-        if not self.input_norm.is_identity:
-            x = _standardised(x, self.input_norm, in_box, padded_hw)
         fusable = fused_kernels and x.dtype in (mx.float32, mx.uint8)
         fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
         fuse_first = fusable and self._fusable_first
         kernels_only = fuse_at is not None and fuse_first and fused.reads_uint8()
+        kernel_norm = None  # the kernels standardise the window they read: no float copy
+        if not self.input_norm.is_identity:
+            if kernels_only and fused.standardises():
+                keep = None if in_box is None else inside_at_scale(in_box, padded_hw, 1)
+                x_keep = (0, 0, x.shape[1], x.shape[2]) if keep is None else tuple(keep)
+                kernel_norm = (self.input_norm.mean, self.input_norm.std, x_keep)
+            else:
+                x = _standardised(x, self.input_norm, in_box, padded_hw)
         if x.dtype == mx.uint8 and not kernels_only:
             x = x.astype(mx.float32) / 255.0  # a layer in pure MLX reads x: make it float
         saved = {"input": x}
         parts = [x]  # the next layer's input: channels joined only where a layer needs it
         for index, layer in enumerate(self._spec):
             if index == fuse_at:
-                return self._fused_tail(ops.join(parts), x, in_box, padded_hw)
+                return self._fused_tail(ops.join(parts), x, in_box, padded_hw, kernel_norm)
             module = getattr(self, layer.name)
             if index == 0 and fuse_first:
-                h = saved[layer.name] = self._fused_first(x, in_box, padded_hw)
+                h = saved[layer.name] = self._fused_first(x, in_box, padded_hw, kernel_norm)
                 parts = [h]
                 continue
             if layer.kind == "conv":
@@ -95,7 +101,11 @@ class GigaUNet(nn.Module):
         return mx.sigmoid(self.logits(x))
 
     def _fused_first(
-        self, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
+        self,
+        x: mx.array,
+        in_box: Box | None,
+        padded_hw: tuple[int, int] | None,
+        norm: fused.KernelNorm | None = None,
     ) -> mx.array:
         """The first conv + ReLU + zeroing as one compiled kernel (backends/mlx/fused.py).
 
@@ -108,10 +118,15 @@ class GigaUNet(nn.Module):
         if in_box is not None:
             keep = inside_at_scale(in_box, padded_hw, self._scales[layer.name])
         keep_yx = (0, 0, *out_hw) if keep is None else tuple(keep)
-        return fused.down1(x, module.weight, module.bias, layer.stride, layer.pad, keep_yx)
+        return fused.down1(x, module.weight, module.bias, layer.stride, layer.pad, keep_yx, norm)
 
     def _fused_tail(
-        self, h: mx.array, x: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
+        self,
+        h: mx.array,
+        x: mx.array,
+        in_box: Box | None,
+        padded_hw: tuple[int, int] | None,
+        norm: fused.KernelNorm | None = None,
     ) -> mx.array:
         """The last up-sampling layer and the head as one compiled kernel (backends/mlx/fused.py).
 
@@ -123,7 +138,7 @@ class GigaUNet(nn.Module):
         if in_box is not None:
             keep = inside_at_scale(in_box, padded_hw, self._scales[up_layer.name])
         keep_yx = (0, 0, x.shape[1], x.shape[2]) if keep is None else tuple(keep)
-        return fused.head_logits(h, x, up.weight, up.bias, head.weight, head.bias, keep_yx)
+        return fused.head_logits(h, x, up.weight, up.bias, head.weight, head.bias, keep_yx, norm)
 
 
 def _fusable_tail(spec: tuple[Layer, ...]) -> bool:

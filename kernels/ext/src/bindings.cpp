@@ -13,11 +13,24 @@ using namespace nb::literals;
 
 NB_MODULE(gigamlx_fused, m) {
   m.doc() = "Fused full-resolution tail of GigaUNet for MLX on the CPU (forward and vjp).";
-  m.attr("__version__") = "0.2.0";  // 0.2: x may be uint8 (read as value / 255)
-  m.def("head_logits", &gigamlx::head_logits, "h2"_a, "x"_a, "w_up"_a, "b_up"_a, "w_head"_a,
-        "b_head"_a, "keep"_a,
-        "Logits (N, H, W, 1) of up-sample + ReLU + zero outside keep (y0, x0, y1, x1) + "
-        "concat x + 3x3 head conv.");
+  // 0.2: x may be uint8 (read as value / 255); 0.3: x may be standardised (mean, std, x_keep)
+  m.attr("__version__") = "0.3.0";
+  m.def(
+      "head_logits",
+      [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,
+         const gigamlx::mx::array& w_up, const gigamlx::mx::array& b_up,
+         const gigamlx::mx::array& w_head, const gigamlx::mx::array& b_head,
+         std::array<int, 4> keep, std::vector<float> mean, std::vector<float> std,
+         std::array<int, 4> x_keep) {
+        return gigamlx::head_logits(h2, x, w_up, b_up, w_head, b_head, keep,
+                                    gigamlx::input_norm(mean, std, x_keep));
+      },
+      "h2"_a, "x"_a, "w_up"_a, "b_up"_a, "w_head"_a, "b_head"_a, "keep"_a,
+      "mean"_a = std::vector<float>{}, "std"_a = std::vector<float>{},
+      "x_keep"_a = std::array<int, 4>{0, 0, 0, 0},
+      "Logits (N, H, W, 1) of up-sample + ReLU + zero outside keep (y0, x0, y1, x1) + "
+      "concat x (standardised by mean and std and zero outside x_keep when given) + 3x3 head "
+      "conv.");
   m.def(
       "tile_loss",
       [](const gigamlx::mx::array& z, const gigamlx::mx::array& g, int cy, int cx, float a,
@@ -30,10 +43,16 @@ NB_MODULE(gigamlx_fused, m) {
   m.def(
       "down1",
       [](const gigamlx::mx::array& x, const gigamlx::mx::array& weight,
-         const gigamlx::mx::array& bias, int stride, int pad, std::array<int, 4> keep) {
-        return gigamlx::down1(x, weight, bias, gigamlx::Down1Params{stride, pad, keep});
+         const gigamlx::mx::array& bias, int stride, int pad, std::array<int, 4> keep,
+         std::vector<float> mean, std::vector<float> std, std::array<int, 4> x_keep) {
+        return gigamlx::down1(
+            x, weight, bias,
+            gigamlx::Down1Params{stride, pad, keep, gigamlx::input_norm(mean, std, x_keep)});
       },
       "x"_a, "weight"_a, "bias"_a, "stride"_a, "pad"_a, "keep"_a,
-      "relu(conv(x) + bias) zeroed outside keep (y0, x0, y1, x1) at the output's resolution; "
-      "differentiable in weight and bias only.");
+      "mean"_a = std::vector<float>{}, "std"_a = std::vector<float>{},
+      "x_keep"_a = std::array<int, 4>{0, 0, 0, 0},
+      "relu(conv(x) + bias) zeroed outside keep (y0, x0, y1, x1) at the output's resolution, x "
+      "standardised by mean and std and zero outside x_keep when given; differentiable in "
+      "weight and bias only.");
 }

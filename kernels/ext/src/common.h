@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <atomic>
 #include <stdexcept>
@@ -69,17 +70,48 @@ inline void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("gigamlx_fused: " + what);
 }
 
+// The network input's standardisation (x - mean) / std per channel (gigamlx/core/normalise.py),
+// zero outside `keep` (window rows and cols [y0, y1) x [x0, x1) inside the padded image): the
+// zero padding a whole-image pass gives the standardised input. Off: x is read as it is.
+struct InputNorm {
+  bool on = false;
+  std::array<float, 3> mean{0.0f, 0.0f, 0.0f};
+  std::array<float, 3> std{1.0f, 1.0f, 1.0f};
+  std::array<int, 4> keep{0, 0, 0, 0};
+  bool operator==(const InputNorm&) const = default;
+  bool row_inside(int y) const { return !on || (y >= keep[0] && y < keep[2]); }
+  // the columns [lo, hi) of [0, w) that are read; the others stay zero
+  int col_lo() const { return on ? std::max(0, keep[1]) : 0; }
+  int col_hi(int w) const { return on ? std::min(w, keep[3]) : w; }
+};
+
+// Standardisation from Python's lists: off when `mean` is empty.
+inline InputNorm input_norm(const std::vector<float>& mean, const std::vector<float>& std,
+                            const std::array<int, 4>& keep) {
+  if (mean.empty()) return InputNorm{};
+  require(mean.size() == 3 && std.size() == 3, "mean and std need 3 values (R, G, B)");
+  return InputNorm{true, {mean[0], mean[1], mean[2]}, {std[0], std[1], std[2]}, keep};
+}
+
 // The network input x: float32 in [0, 1], or uint8 read as value / 255.0f (bit for bit what
 // the pure-MLX path computes with astype(float32) / 255), which spares a tile two full-size
-// float copies of its window.
+// float copies of its window; then standardised as the pure-MLX path does, (x - mean) / std.
 struct Image {
   const void* data = nullptr;
   bool u8 = false;
-  // out[m] = x[offset + m * step] for m in [0, n); GigaUNet's steps (3, 12) are constants
+  int channels = 3;
+  InputNorm norm{};
+  // out[m] = x[offset + m * step] for m in [0, n), one channel (step is a multiple of the
+  // channel count); GigaUNet's steps (3, 12) are constants
   void gather(long offset, long step, int n, float* out) const {
-    if (step == 3) return gather_as<3>(offset, step, n, out);
-    if (step == 12) return gather_as<12>(offset, step, n, out);
-    gather_as<0>(offset, step, n, out);
+    if (step == 3) gather_as<3>(offset, step, n, out);
+    else if (step == 12) gather_as<12>(offset, step, n, out);
+    else gather_as<0>(offset, step, n, out);
+    if (norm.on) {
+      const int c = static_cast<int>(offset % channels);
+      const float mean = norm.mean[c], sd = norm.std[c];
+      for (int m = 0; m < n; ++m) out[m] = (out[m] - mean) / sd;
+    }
   }
 
  private:
@@ -96,10 +128,11 @@ struct Image {
   }
 };
 
-inline Image image_of(const mx::array& x) {
+inline Image image_of(const mx::array& x, const InputNorm& norm = {}) {
+  require(!norm.on || x.shape(3) == 3, "a standardised input must have 3 channels");
   return Image{x.dtype() == mx::uint8 ? static_cast<const void*>(x.data<uint8_t>())
                                       : static_cast<const void*>(x.data<float>()),
-               x.dtype() == mx::uint8};
+               x.dtype() == mx::uint8, static_cast<int>(x.shape(3)), norm};
 }
 
 // The input image: uint8 (0..255) or float32, row-contiguous.

@@ -19,7 +19,7 @@ Down1Dims dims_of(const std::vector<mx::array>& in, const Down1Params& p) {
 }
 
 Down1Args args_of(const std::vector<mx::array>& in, const Down1Params& p) {
-  return Down1Args{dims_of(in, p), p.keep, image_of(in[0]), in[1].data<float>()};
+  return Down1Args{dims_of(in, p), p.keep, image_of(in[0], p.norm), in[1].data<float>()};
 }
 
 void write_doubles(float* dst, const std::vector<double>& values) {

@@ -10,10 +10,11 @@
 namespace gigamlx {
 
 // Geometry of the conv: stride and pad, and the output box (y0, x0, y1, x1) kept (outside it
-// the activations are zeroed), at the output's resolution.
+// the activations are zeroed), at the output's resolution; the input's standardisation.
 struct Down1Params {
   int stride, pad;
   std::array<int, 4> keep;
+  InputNorm norm{};
   bool operator==(const Down1Params&) const = default;
 };
 

@@ -28,20 +28,25 @@ class PlaneRing {
     const int slot = (y + d_.p) % slots_;
     float* dst = data_.data() + static_cast<size_t>(slot) * size_;
     if (tags_[slot] != key) {
-      fill(x, (static_cast<long>(n) * d_.h + y) * d_.w * d_.c_in, dst);
+      fill(x, y, (static_cast<long>(n) * d_.h + y) * d_.w * d_.c_in, dst);
       tags_[slot] = key;
     }
     return dst;
   }
 
  private:
-  void fill(const Image& x, long row, float* dst) const {
+  // input row y (at `row`, its first element) as phase planes; columns outside [0, w), and
+  // rows and columns outside a standardised input's keep box, stay zero
+  void fill(const Image& x, int y, long row, float* dst) const {
     const int M = d_.plane(), c_in = d_.c_in, step = d_.s * c_in;
     std::fill(dst, dst + size_, 0.0f);
+    if (!x.norm.row_inside(y)) return;
+    const int col_lo = x.norm.col_lo(), col_hi = x.norm.col_hi(d_.w);
     for (int ph = 0; ph < d_.s; ++ph) {
-      // plane columns m whose input column s*m + ph - pad lies in [0, w)
-      const int m_lo = std::max(0, (d_.p - ph + d_.s - 1) / d_.s);
-      const int last = d_.w - 1 - ph + d_.p;  // s * m_hi - s at most
+      // plane columns m whose input column s*m + ph - pad lies in [col_lo, col_hi)
+      const int first = col_lo - ph + d_.p;  // s * m_lo at least
+      const int m_lo = std::max(0, first <= 0 ? 0 : (first + d_.s - 1) / d_.s);
+      const int last = col_hi - 1 - ph + d_.p;  // s * m_hi - s at most
       const int m_hi = last < 0 ? 0 : std::min(M, last / d_.s + 1);
       for (int c = 0; c < c_in; ++c) {
         float* plane = dst + (ph * c_in + c) * M;

@@ -23,9 +23,9 @@ HeadDims dims_of(const std::vector<mx::array>& in) {
   return d;
 }
 
-HeadArgs args_of(const std::vector<mx::array>& in, const KeepBox& keep) {
-  return HeadArgs{dims_of(in),          keep,
-                  in[0].data<float>(),  image_of(in[1]),
+HeadArgs args_of(const std::vector<mx::array>& in, const HeadParams& p) {
+  return HeadArgs{dims_of(in),          p.keep,
+                  in[0].data<float>(),  image_of(in[1], p.norm),
                   in[2].data<float>(),  in[3].data<float>(),
                   in[4].data<float>()};
 }
@@ -38,13 +38,13 @@ void write_doubles(float* dst, const std::vector<double>& values) {
 
 mx::array head_logits(
     const mx::array& h2, const mx::array& x, const mx::array& w_up, const mx::array& b_up,
-    const mx::array& w_head, const mx::array& b_head, KeepBox keep) {
+    const mx::array& w_head, const mx::array& b_head, KeepBox keep, InputNorm norm) {
   auto s = cpu_stream();
   std::vector<mx::array> in = {as_dense(h2, s),    as_dense_image(x, s), as_dense(w_up, s),
                                as_dense(b_up, s),  as_dense(w_head, s), as_dense(b_head, s)};
   const HeadDims d = dims_of(in);
   require(b_head.size() == 1, "b_head must have one entry");
-  return mx::array({d.n, d.H(), d.W(), 1}, mx::float32, std::make_shared<HeadLogits>(s, keep),
+  return mx::array({d.n, d.H(), d.W(), 1}, mx::float32, std::make_shared<HeadLogits>(s, HeadParams{keep, norm}),
                    std::move(in));
 }
 
@@ -58,7 +58,7 @@ void HeadLogits::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::arra
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& a : in) encoder.set_input_array(a);
   encoder.set_output_array(out[0]);
-  encoder.dispatch([args = args_of(in, keep_), b = in[5].data<float>(), z]() {
+  encoder.dispatch([args = args_of(in, p_), b = in[5].data<float>(), z]() {
     head_forward(args, *b, z);  // read inside the task: the bias may still be computing
   });
 }
@@ -72,7 +72,7 @@ std::vector<mx::array> HeadLogits::vjp(
   auto grads = mx::array::make_arrays(
       {p[0].shape(), p[2].shape(), p[3].shape(), p[4].shape(), p[5].shape()},
       {mx::float32, mx::float32, mx::float32, mx::float32, mx::float32},
-      std::make_shared<HeadLogitsVJP>(s, keep_), in);
+      std::make_shared<HeadLogitsVJP>(s, p_), in);
   std::vector<mx::array> result;
   for (int arg : argnums) {
     // the input image x (argument 1) is data: the tail never needs its gradient
@@ -89,7 +89,7 @@ void HeadLogitsVJP::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::a
   for (auto& o : out) encoder.set_output_array(o);
   float* dst[4];
   for (int k = 0; k < 4; ++k) dst[k] = allocate(out[k + 1]);
-  encoder.dispatch([args = args_of(in, keep_), dz = in[5].data<float>(), d_h2,
+  encoder.dispatch([args = args_of(in, p_), dz = in[5].data<float>(), d_h2,
                     w_up = dst[0], b_up = dst[1], w_head = dst[2], b_head = dst[3]]() {
     HeadGrads g{d_h2};
     head_backward(args, dz, g);

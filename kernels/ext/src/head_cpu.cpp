@@ -57,8 +57,13 @@ void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
       std::fill(out + 1 + x_hi, out + stride, 0.0f);
     }
   }
+  // x joins as it is, or standardised and zero outside its keep box (the columns there stay 0)
+  const int xc_lo = a.x.norm.col_lo(), xc_hi = a.x.norm.col_hi(W);
+  if (!a.x.norm.row_inside(y) || xc_lo >= xc_hi) return;
   const long row = (static_cast<long>(n) * d.H() + y) * W * d.c_x;
-  for (int cx = 0; cx < d.c_x; ++cx) a.x.gather(row + cx, d.c_x, W, dst + (d.c_up + cx) * stride + 1);
+  for (int cx = 0; cx < d.c_x; ++cx)
+    a.x.gather(row + xc_lo * d.c_x + cx, d.c_x, xc_hi - xc_lo,
+               dst + (d.c_up + cx) * stride + 1 + xc_lo);
 }
 
 namespace {

@@ -87,3 +87,27 @@ def test_blas_preload_openblas_speeds_up_matmul():
     bundled = run_preload("none")
     # Bundled reference BLAS ~5 GFLOP/s vs OpenBLAS ~100+; 3x leaves room for a loaded machine.
     assert bundled["s"] > 3 * fast["s"], (bundled["s"], fast["s"])
+
+
+THREADS = """
+import json
+from gigamlx.backends.mlx import blas
+from gigamlx.backends.mlx.backend import MLXBackend
+MLXBackend("fused")
+lib = next((h for h in blas._handles if hasattr(h, "openblas_get_num_threads")), None)
+print(json.dumps({"threads": lib.openblas_get_num_threads() if lib else None}))
+"""
+
+
+@pytest.mark.skipif(installed_openblas() is None, reason="no system OpenBLAS to preload")
+def test_the_fused_path_runs_openblas_on_one_thread():
+    """Its matmuls are tiny; a second OpenBLAS thread only spins (system CPU). A user's
+    OPENBLAS_NUM_THREADS wins."""
+    pytest.importorskip("gigamlx_fused", reason="the fused extension is not built")
+    os.environ.pop("OPENBLAS_NUM_THREADS", None)
+    assert run_preload(None, THREADS)["threads"] == 1
+    os.environ["OPENBLAS_NUM_THREADS"] = "2"
+    try:
+        assert run_preload(None, THREADS)["threads"] == 2
+    finally:
+        del os.environ["OPENBLAS_NUM_THREADS"]

@@ -1,8 +1,11 @@
 """Process memory readings: right units, a reading without /proc, a peak that can restart."""
 
 import mmap
+import resource
+import sys
 import time
 
+import numpy as np
 import pytest
 
 from gigamlx.core import memory
@@ -53,3 +56,17 @@ def test_sampled_peak_sees_a_short_allocation_and_restarts():
     assert sampler.peak() >= base + 30 * 2**20
     sampler.reset()
     assert sampler.peak() < base + 30 * 2**20  # freed: the new peak starts from now
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_freed_blocks_are_reused_not_faulted_in_again():
+    """After keep_freed_memory, a freed 64 MB block comes back without fresh page faults."""
+    assert memory.keep_freed_memory(1 << 30)
+    faults = []
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = np.ones(64 << 20, np.uint8)  # touches every page
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        del block
+    pages = (64 << 20) // resource.getpagesize()
+    assert faults[1] < 0.1 * pages, faults

@@ -14,7 +14,8 @@ from gigamlx.core.normalise import slide_norm
 from gigamlx.infer.predict import load_model
 from gigamlx.synth.render import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
-from gigamlx.train.augment import draw_jitter
+from gigamlx.train import augment, regions
+from gigamlx.train.augment import draw_jitter, lut32
 from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
 from gigamlx.train.run import start_run
@@ -65,6 +66,25 @@ def test_color_jitter_is_exact_per_window_and_identity_at_zero():
     assert not np.array_equal(whole, plain)
     identity = draw_jitter(np.random.default_rng(1), 0.0)
     np.testing.assert_array_equal(identity.apply(image), image)
+
+
+def test_the_colour_table_gives_the_same_bytes(monkeypatch):
+    """Large regions recolour through a table of all 2^24 colours: the same bytes as the
+    per-pixel transform, including a lazy region view that picks the table."""
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    image[0, :8] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]] + [
+        [1, 2, 3]
+    ] * 3
+    jitter = draw_jitter(np.random.default_rng(3), 1.0)
+    np.testing.assert_array_equal(jitter.apply_table(image), jitter.apply(image))
+    region = Region(0, (0, 0), (48, 80), False, 3)
+    direct = region_view(image, region, jitter)[0:80, 0:48]
+    monkeypatch.setattr(regions, "LUT_MIN_REGION_PX", 1)  # this small region takes the table
+    calls = []
+    monkeypatch.setattr(augment, "lut32", lambda j: calls.append(j) or lut32(j))
+    np.testing.assert_array_equal(region_view(image, region, jitter)[0:80, 0:48], direct)
+    assert calls == [jitter]
 
 
 def test_lr_warms_up_then_decays_to_the_floor():

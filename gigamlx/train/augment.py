@@ -17,9 +17,15 @@ own halo in every tile). Defocus is modelled in the synthetic benchmark instead.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+
+# A region at least this large is transformed through a 256³ lookup table of the transform
+# (built once per region in ~1.7 s, then ~0.02 s per Mpx instead of ~0.2 s per Mpx): the
+# 16000x64000 step read both passes' windows 10x faster.
+LUT_MIN_REGION_PX = 64 * 2**20
 
 # rows: the RGB optical density of one unit of haematoxylin, eosin and DAB (residual)
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float64)
@@ -68,6 +74,40 @@ class ColorJitter(NamedTuple):
             mixed += lit[2] * np.float32(mix[2, c])
             out[..., c] = np.clip(np.rint(mixed), 0, 255)
         return out
+
+    def apply_table(self, rgb: np.ndarray) -> np.ndarray:
+        """`apply` through the lookup table of all 2^24 colours: the same bytes, faster on
+        large windows once the table exists (`lut32`, one per jitter, the latest two kept)."""
+        return unpack_rgb(self.lookup(rgb))
+
+    def lookup(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., 3) uint8 -> (...) uint32, the transformed colours packed as bytes R, G, B, 0
+        (`unpack_rgb` undoes it; a packed array turns 3x faster than an (h, w, 3) one)."""
+        index = rgb[..., 0].astype(np.uint32) << 16
+        index |= rgb[..., 1].astype(np.uint32) << 8
+        index |= rgb[..., 2]
+        return np.take(lut32(self), index)
+
+
+def unpack_rgb(packed: np.ndarray) -> np.ndarray:
+    """(...) uint32 of bytes R, G, B, 0 -> (..., 3) uint8, contiguous (one copy per channel:
+    3x faster than copying the 3-of-4-byte view at once)."""
+    source = packed.view(np.uint8).reshape(*packed.shape, 4)
+    out = np.empty((*packed.shape, 3), np.uint8)
+    for c in range(3):
+        out[..., c] = source[..., c]
+    return out
+
+
+@lru_cache(maxsize=2)
+def lut32(jitter: ColorJitter) -> np.ndarray:
+    """(2^24,) uint32: the transformed RGB of every colour (R << 16 | G << 8 | B), as bytes
+    R, G, B, 0 in one word, so a window's lookup is one gather."""
+    levels = np.arange(256, dtype=np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1)
+    table = np.zeros((256**3, 4), np.uint8)
+    table[:, :3] = jitter.apply(grid.reshape(4096, 4096, 3)).reshape(-1, 3)
+    return table.view(np.uint32).ravel()
 
 
 def draw_jitter(rng: np.random.Generator, strength: float) -> ColorJitter:

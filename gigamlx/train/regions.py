@@ -14,7 +14,7 @@ import numpy as np
 
 from gigamlx.core.arrays import WindowArray
 from gigamlx.core.geometry import Box
-from gigamlx.train.augment import ColorJitter, draw_jitter
+from gigamlx.train.augment import LUT_MIN_REGION_PX, ColorJitter, draw_jitter, unpack_rgb
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,16 @@ def region_view(array, region: Region, color: ColorJitter | None = None) -> Wind
     With `color`, each window read is colour-transformed (per pixel: exact for tiles).
     """
 
+    by_table = color is not None and region.source_hw[0] * region.source_hw[1] >= LUT_MIN_REGION_PX
+
     def read(box: Box) -> np.ndarray:
         r = region
         src = source_box(box, r.source_hw, r.flip, r.rot90)
         y, x = r.origin_yx
         block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
+        if by_table:  # look colours up, turn the packed words, then unpack: fewest bytes moved
+            packed = np.ascontiguousarray(turn(color.lookup(block), r.flip, r.rot90))
+            return unpack_rgb(packed)
         block = np.ascontiguousarray(turn(block, r.flip, r.rot90))  # one copy, if turned
         return block if color is None else color.apply(block)
 

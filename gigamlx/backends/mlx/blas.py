@@ -106,6 +106,19 @@ def preload_blas() -> BlasInfo:
     return _state["info"]
 
 
+def set_blas_threads(count: int) -> bool:
+    """Use `count` threads in the preloaded OpenBLAS, unless $OPENBLAS_NUM_THREADS says how
+    many; False where no OpenBLAS was preloaded (macOS, the bundled BLAS)."""
+    if os.environ.get("OPENBLAS_NUM_THREADS"):
+        return False
+    for lib in _handles:
+        setter = getattr(lib, "openblas_set_num_threads", None)
+        if setter is not None:
+            setter(int(count))
+            return True
+    return False
+
+
 def blas_info() -> BlasInfo:
     """What `preload_blas` decided, for `gigamlx info`; says so when it was never called."""
     return _state.get("info", BlasInfo("bundled", None, "preload_blas() was not called"))

@@ -93,17 +93,16 @@ THREADS = """
 import json
 from gigamlx.backends.mlx import blas
 from gigamlx.backends.mlx.backend import MLXBackend
-MLXBackend("fused")
+MLXBackend("mlx")
 lib = next((h for h in blas._handles if hasattr(h, "openblas_get_num_threads")), None)
 print(json.dumps({"threads": lib.openblas_get_num_threads() if lib else None}))
 """
 
 
 @pytest.mark.skipif(installed_openblas() is None, reason="no system OpenBLAS to preload")
-def test_the_fused_path_runs_openblas_on_one_thread():
-    """Its matmuls are tiny; a second OpenBLAS thread only spins (system CPU). A user's
-    OPENBLAS_NUM_THREADS wins."""
-    pytest.importorskip("gigamlx_fused", reason="the fused extension is not built")
+def test_openblas_runs_on_one_thread_in_every_process():
+    """The same thread count everywhere keeps matmuls bit-identical between processes (a run
+    and its resume); a user's OPENBLAS_NUM_THREADS wins."""
     os.environ.pop("OPENBLAS_NUM_THREADS", None)
     assert run_preload(None, THREADS)["threads"] == 1
     os.environ["OPENBLAS_NUM_THREADS"] = "2"

@@ -9,7 +9,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from gigamlx.backends.base import FlatParams, MemoryReading, TileData, World
-from gigamlx.backends.mlx import blas, fused, limits
+from gigamlx.backends.mlx import fused, limits
 from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
@@ -31,10 +31,6 @@ class MLXBackend:
 
     def __init__(self, kernels: str = "auto"):
         self.kernels = fused.choose_kernels(kernels)
-        if self.kernels.name == "fused":
-            # its only matmuls are the coarse layers' (tiny): OpenBLAS's second thread spins
-            # in the kernel between them (8192² step: system CPU 1.0 -> 0.4 s of ~1.8 s)
-            blas.set_blas_threads(1)
 
     @property
     def compute_path(self) -> str:

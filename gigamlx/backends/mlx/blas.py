@@ -82,6 +82,7 @@ def _preload() -> BlasInfo:
     for path in paths:
         failure = _load_global(path)
         if failure is None:
+            set_blas_threads(1)
             return BlasInfo(_name_of(path), path, "preloaded with RTLD_GLOBAL")
         failures.append(failure)
     if failures:
@@ -108,7 +109,14 @@ def preload_blas() -> BlasInfo:
 
 def set_blas_threads(count: int) -> bool:
     """Use `count` threads in the preloaded OpenBLAS, unless $OPENBLAS_NUM_THREADS says how
-    many; False where no OpenBLAS was preloaded (macOS, the bundled BLAS)."""
+    many; False where no OpenBLAS was preloaded (macOS, the bundled BLAS).
+
+    The preload asks for one, in every process: a matmul's rounding depends on how many
+    threads split it, so runs (and a run and its resume) only agree bit for bit when all use
+    the same count; and the fused path's only matmuls are the coarse layers' (tiny), between
+    which a second thread spun in the kernel (8192² step: system CPU 1.0 -> 0.4 s of ~1.8 s;
+    the pure-MLX path ran as fast on one thread: 20.0 vs 19.5 s).
+    """
     if os.environ.get("OPENBLAS_NUM_THREADS"):
         return False
     for lib in _handles:

@@ -69,8 +69,7 @@ class GigaUNet(nn.Module):
         kernel_norm = None  # the kernels standardise the window they read: no float copy
         if not self.input_norm.is_identity:
             if kernels_only and fused.standardises():
-                keep = None if in_box is None else inside_at_scale(in_box, padded_hw, 1)
-                x_keep = (0, 0, x.shape[1], x.shape[2]) if keep is None else tuple(keep)
+                x_keep = _keep_yx(in_box, padded_hw, 1, x.shape[1:3])
                 kernel_norm = (self.input_norm.mean, self.input_norm.std, x_keep)
             else:
                 x = _standardised(x, self.input_norm, in_box, padded_hw)
@@ -114,10 +113,7 @@ class GigaUNet(nn.Module):
         layer = self._spec[0]
         module = getattr(self, layer.name)
         out_hw = [(n + 2 * layer.pad - layer.kernel) // layer.stride + 1 for n in x.shape[1:3]]
-        keep = None
-        if in_box is not None:
-            keep = inside_at_scale(in_box, padded_hw, self._scales[layer.name])
-        keep_yx = (0, 0, *out_hw) if keep is None else tuple(keep)
+        keep_yx = _keep_yx(in_box, padded_hw, self._scales[layer.name], out_hw)
         return fused.down1(x, module.weight, module.bias, layer.stride, layer.pad, keep_yx, norm)
 
     def _fused_tail(
@@ -134,10 +130,7 @@ class GigaUNet(nn.Module):
         """
         up_layer, head_layer = self._spec[-2:]
         up, head = getattr(self, up_layer.name), getattr(self, head_layer.name)
-        keep = None
-        if in_box is not None:
-            keep = inside_at_scale(in_box, padded_hw, self._scales[up_layer.name])
-        keep_yx = (0, 0, x.shape[1], x.shape[2]) if keep is None else tuple(keep)
+        keep_yx = _keep_yx(in_box, padded_hw, self._scales[up_layer.name], x.shape[1:3])
         return fused.head_logits(h, x, up.weight, up.bias, head.weight, head.bias, keep_yx, norm)
 
 
@@ -182,9 +175,7 @@ def _standardised(
     keep = None if in_box is None else inside_at_scale(in_box, padded_hw, 1)
     if keep is None:
         return x
-    rows, cols = mx.arange(x.shape[1]), mx.arange(x.shape[2])
-    row_in = (rows >= keep.y0) & (rows < keep.y1)
-    col_in = (cols >= keep.x0) & (cols < keep.x1)
+    row_in, col_in = _inside(keep, x.shape[1:3])
     return mx.where((row_in[:, None] & col_in[None, :])[None, :, :, None], x, 0.0)
 
 
@@ -195,11 +186,22 @@ def _relu_inside(
     keep = None if in_box is None else inside_at_scale(in_box, padded_hw, scale)
     if keep is None:
         return relu(h)
-    rows = mx.arange(h.shape[1])
-    cols = mx.arange(h.shape[2])
-    row_in = (rows >= keep.y0) & (rows < keep.y1)
-    col_in = (cols >= keep.x0) & (cols < keep.x1)
-    return relu_where(h, row_in, col_in)
+    return relu_where(h, *_inside(keep, h.shape[1:3]))
+
+
+def _keep_yx(
+    in_box: Box | None, padded_hw: tuple[int, int] | None, scale: int, hw
+) -> tuple[int, int, int, int]:
+    """The (y0, x0, y1, x1) box of a window tensor at `scale` that lies inside the padded
+    image (the fused kernels' `keep`): all of `hw` = (h, w) when nothing is outside."""
+    keep = None if in_box is None else inside_at_scale(in_box, padded_hw, scale)
+    return (0, 0, *hw) if keep is None else tuple(keep)
+
+
+def _inside(keep: Box, hw) -> tuple[mx.array, mx.array]:
+    """(rows inside, cols inside) of an (h, w) window grid, as boolean vectors."""
+    rows, cols = mx.arange(hw[0]), mx.arange(hw[1])
+    return (rows >= keep.y0) & (rows < keep.y1), (cols >= keep.x0) & (cols < keep.x1)
 
 
 def relu_where_reference(h: mx.array, row_in: mx.array, col_in: mx.array) -> mx.array:

@@ -75,9 +75,7 @@ class Plan:
 # that made 1024x1024 runs collapse to "all tissue"), a high peak rate with cosine decay
 QUICK = Plan((2048, 4096), 4, (2048, 2048), 6, "2048x2048", steps=400, lr=1e-2)
 # default: the paper's recipe, whole 16000x64000 regions of default-size slides
-FULL = Plan(
-    (16384, 65536), 2, (4096, 16384), 5, "16000x64000", steps=4940, lr=3e-3, memory_budget="4GB"
-)
+FULL = Plan((16384, 65536), 2, (4096, 16384), 5, "16000x64000", steps=4940, lr=3e-3)
 FULL = replace(FULL, val_hw=(4096, 16384), n_val=1, val_every=100)
 
 

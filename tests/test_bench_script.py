@@ -58,3 +58,23 @@ def test_bench_script_small_run(tmp_path):
         )
         assert row["per_step"]["user_s"] > 0 and row["per_step"]["minor_faults"] >= 0
     assert "GFLOP/s" in done.stdout and "% sgemm" in done.stdout
+
+
+def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
+    """scripts/bench_read.py on a small synthetic store: one row per turn it can time."""
+    from gigamlx.backends import get_backend
+    from gigamlx.synth.render import synth_slide
+
+    store = synth_slide(tmp_path / "s.zarr", (320, 640), seed=1)
+    out = tmp_path / "read.json"
+    script = SCRIPT.with_name("bench_read.py")
+    cmd = [sys.executable, str(script), str(store), "--region", "256x512", "--tile", "128"]
+    done = subprocess.run(
+        cmd + ["--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    expected = ["numpy"] + (["native"] if get_backend("mlx").window_turner else [])
+    assert [r["kind"] for r in rows] == expected
+    assert all(r["wall_s"] > 0 and r["pixels"] >= 256 * 512 for r in rows)
+    assert "one pass of window reads" in done.stdout

@@ -353,3 +353,43 @@ def test_fused_model_matches_pure_mlx_inside_the_image(model):
     fused_z = [model.logits(x, box, padded, fused_kernels=True) for box, padded in cases]
     for z, (box, padded) in zip(fused_z, cases, strict=True):
         assert _rel(z, model.logits(x, box, padded)) <= VALUE_RTOL
+
+
+def test_native_window_turn_gives_numpys_bytes(monkeypatch):
+    """Extension 0.4 turns (and recolours) a training window in one pass: the same bytes as
+    train/regions.py's numpy for every flip and turn, contiguous or strided (planar) windows,
+    masks, with and without the colour table; and a region view reads the same through it."""
+    from gigamlx.train import regions
+    from gigamlx.train.augment import draw_jitter, lut32, unpack_rgb
+    from gigamlx.train.regions import Region, region_view, turn
+
+    _require_ext()
+    if not fused.turns_windows():
+        pytest.skip("extension built before 0.4 (no turn_window): bash setup.sh rebuilds it")
+    assert MLXBackend("mlx").window_turner is fused.turn_window  # on either model path
+    rng = np.random.default_rng(9)
+    jitter = draw_jitter(rng, 1.0)
+    table = lut32(jitter)
+    rgb = rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)
+    planar = np.ascontiguousarray(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)  # (h, w, 3) view
+    mask = rng.integers(0, 2, (37, 70), dtype=np.uint8)
+    for flip in (False, True):
+        for rot90 in range(4):
+            for block in (rgb, planar, mask):
+                want = np.ascontiguousarray(turn(block, flip, rot90))
+                got = fused.turn_window(block, None, flip, rot90)
+                assert got.flags.c_contiguous and got.base is None
+                np.testing.assert_array_equal(got, want)
+            recoloured = unpack_rgb(np.ascontiguousarray(turn(jitter.lookup(rgb), flip, rot90)))
+            for block in (rgb, planar):
+                got = fused.turn_window(block, table, flip, rot90)
+                np.testing.assert_array_equal(got, recoloured)
+    with pytest.raises(ValueError, match="colour table"):
+        fused.turn_window(mask, table, False, 0)
+    monkeypatch.setattr(regions, "LUT_MIN_REGION_PX", 1)  # this small region takes the table
+    region = Region(0, (3, 5), (30, 60), True, 3, jitter)
+    for array, color in ((rgb, jitter), (rgb, None), (mask, None)):
+        numpy_view = region_view(array, region, color)
+        native_view = region_view(array, region, color, fused.turn_window)
+        for box in (Box(0, 0, 60, 30), Box(7, 3, 41, 22)):
+            np.testing.assert_array_equal(native_view.read(box), numpy_view.read(box))

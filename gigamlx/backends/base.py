@@ -19,6 +19,8 @@ from gigamlx.core.losses import Objective, TileStats
 
 FlatParams = dict[str, np.ndarray]  # "down1.weight" -> array, engine layout, float64 or float32
 AllSum = Callable[[np.ndarray], np.ndarray]  # float64 (n,) -> the same on every rank, summed
+# (block, colour table or None, flip, rot90) -> the turned, recoloured block (train/regions.py)
+WindowTurner = Callable[[np.ndarray, np.ndarray | None, bool, int], np.ndarray]
 
 
 class MemoryReading(NamedTuple):
@@ -106,6 +108,12 @@ class Backend(Protocol):
     def compute_path(self) -> str:
         """Which code computes the model, chosen once when the backend was built ("fused" or
         "mlx" on mlx, "torch-cuda" or "torch-cpu" on cuda-um); reported in every step's metrics."""
+        ...
+
+    @property
+    def window_turner(self) -> WindowTurner | None:
+        """A native turn and colour lookup of training windows, one pass on the prefetch
+        thread (the same bytes as `train.regions`' numpy), or None where there is none."""
         ...
 
     def stage(self, data: TileData) -> TileData:

@@ -86,9 +86,15 @@ def axes_index(axes: str, box: Box) -> tuple:
     return tuple(pick.get(axis, 0) for axis in axes.lower())
 
 
-def to_rgb(block: np.ndarray, axes: str) -> np.ndarray:
-    """A block read with `axes_index(axes, ...)` as contiguous (h, w, 3): channels last,
-    grey or grey+alpha repeated to RGB, extra channels (alpha) dropped."""
+def to_rgb(block: np.ndarray, axes: str, contiguous: bool = True) -> np.ndarray:
+    """A block read with `axes_index(axes, ...)` as (h, w, 3): channels last, grey or
+    grey+alpha repeated to RGB, extra channels (alpha) dropped.
+
+    Args:
+        contiguous: copy into a C-contiguous array; False leaves a planar (c, y, x) block as a
+            strided channels-last view when the reader copies it anyway (`read_window` does;
+            the training windows' turn reads any strides), saving a transposing copy.
+    """
     kept = [a for a in axes.lower() if a in "yxcs"]
     channel = next((a for a in kept if a in "cs"), None)
     order = [kept.index("y"), kept.index("x")] + ([kept.index(channel)] if channel else [])
@@ -97,7 +103,7 @@ def to_rgb(block: np.ndarray, axes: str) -> np.ndarray:
         block = block[..., None]
     if block.shape[-1] < 3:
         block = np.repeat(block[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(block[..., :3])
+    return np.ascontiguousarray(block[..., :3]) if contiguous else block[..., :3]
 
 
 def to_plane(block: np.ndarray, axes: str) -> np.ndarray:

@@ -52,11 +52,12 @@ def _chunk_hw(array, axes: str) -> tuple[int, int] | None:
 
 
 def channels_last(array, axes: str) -> WindowArray:
-    """Read-only (H, W, 3) view of an on-disk image array of any NGFF axis order."""
+    """Read-only (H, W, 3) view of an on-disk image array of any NGFF axis order; a window
+    of a planar (c, y, x) array comes back as a strided view (`to_rgb(contiguous=False)`)."""
     hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
 
-    def read(box: Box) -> np.ndarray:
-        return to_rgb(array[axes_index(axes, box)], axes)
+    def read(box: Box) -> np.ndarray:  # planar stores: a strided view, copied once by the caller
+        return to_rgb(array[axes_index(axes, box)], axes, contiguous=False)
 
     return WindowArray((*hw, 3), array.dtype, read, _chunk_hw(array, axes))
 

@@ -79,8 +79,9 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
     for region in regions:
         slide = run.slides[region.slide]
         run.model.input_norm = slide.norm
-        image = region_view(slide.image, region, region.color)
-        mask = region_view(slide.mask, region)
+        turner = run.backend.window_turner
+        image = region_view(slide.image, region, region.color, turner)
+        mask = region_view(slide.mask, region, turner=turner)
         result = tiled_step(
             run.backend,
             run.model,

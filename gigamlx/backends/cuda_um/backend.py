@@ -17,7 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gigamlx.backends.base import FlatParams, MemoryReading, TileData, World, WorldError
+from gigamlx.backends.base import (
+    FlatParams,
+    MemoryReading,
+    TileData,
+    WindowTurner,
+    World,
+    WorldError,
+)
 from gigamlx.backends.cuda_um import managed
 from gigamlx.backends.cuda_um.managed import ManagedMemory, resolve_device
 from gigamlx.backends.cuda_um.model import TorchGigaUNet, from_torch_layout, to_torch_layout
@@ -58,6 +65,10 @@ class CudaUMBackend:
     @property
     def compute_path(self) -> str:
         return f"torch-{self.device.type}"
+
+    @property
+    def window_turner(self) -> WindowTurner | None:
+        return None  # numpy turns the windows (the native one lives in the mlx extension)
 
     def stage(self, data: TileData) -> StagedTile:
         """Move one tile's data to the device; safe to call on a reader thread.

@@ -8,7 +8,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from gigamlx.backends.base import FlatParams, MemoryReading, TileData, World
+from gigamlx.backends.base import FlatParams, MemoryReading, TileData, WindowTurner, World
 from gigamlx.backends.mlx import fused, limits
 from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
@@ -35,6 +35,11 @@ class MLXBackend:
     @property
     def compute_path(self) -> str:
         return self.kernels.name  # "fused" or "mlx"
+
+    @property
+    def window_turner(self) -> WindowTurner | None:
+        # on either model path: reading is the same work (none where the extension is absent)
+        return fused.turn_window if fused.turns_windows() else None
 
     def stage(self, data: TileData) -> TileData:
         return data  # unified memory: nothing to move
@@ -107,6 +112,7 @@ class MLXBackend:
         blas = blas_info()
         return {
             "kernels": f"{self.kernels.name} ({self.kernels.reason})",
+            "training windows": "turned by the extension" if self.window_turner else "numpy",
             "mlx device": str(mx.default_device()),
             "mlx metal available": str(mx.metal.is_available()),
             "mlx memory": _describe_memory(limits.device_memory()),

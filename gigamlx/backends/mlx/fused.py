@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 import mlx.core as mx
+import numpy as np
 
 logger = logging.getLogger(__name__)
 _logged: set[str] = set()
@@ -103,6 +104,28 @@ def standardises() -> bool:
     module, _ = _load()
     version = getattr(module, "__version__", "0")
     return tuple(int(v) for v in version.split(".")[:2]) >= (0, 3)
+
+
+def turns_windows() -> bool:
+    """Whether the built extension has `turn_window` (0.4 and later)."""
+    module, _ = _load()
+    return module is not None and hasattr(module, "turn_window")
+
+
+def turn_window(block: np.ndarray, table: np.ndarray | None, flip: bool, rot90: int) -> np.ndarray:
+    """np.rot90(block flipped left-right if `flip`, rot90) as a new contiguous array, each RGB
+    looked up in `table` (augment.lut32) when given: one pass without the GIL (extension 0.4).
+
+    Args:
+        block: (h, w) or (h, w, 3) uint8, any strides.
+        table: (2^24,) uint32 colours packed as bytes R, G, B, 0, indexed R << 16 | G << 8 | B.
+    """
+    module, _ = _load()
+    h, w = block.shape[:2]
+    out = np.empty(((w, h) if rot90 % 2 else (h, w)) + block.shape[2:], np.uint8)
+    as_3d = (lambda a: a) if block.ndim == 3 else (lambda a: a[..., None])
+    module.turn_window(as_3d(block), table, flip, rot90, as_3d(out))
+    return out
 
 
 # (mean, std, x_keep_yx): standardise x in the kernel, (x - mean) / std per channel, zero

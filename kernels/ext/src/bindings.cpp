@@ -1,20 +1,24 @@
 // Python bindings of the fused kernels (module gigamlx_fused), in MLX's nanobind domain so
 // mlx.core.array converts both ways.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/array.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/vector.h>
 
 #include "down1.h"
 #include "head.h"
 #include "loss.h"
+#include "window.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 
 NB_MODULE(gigamlx_fused, m) {
   m.doc() = "Fused full-resolution tail of GigaUNet for MLX on the CPU (forward and vjp).";
-  // 0.2: x may be uint8 (read as value / 255); 0.3: x may be standardised (mean, std, x_keep)
-  m.attr("__version__") = "0.3.0";
+  // 0.2: x may be uint8 (read as value / 255); 0.3: x may be standardised (mean, std, x_keep);
+  // 0.4: turn_window (numpy in, numpy out: the training windows' turn and colour table)
+  m.attr("__version__") = "0.4.0";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,
@@ -55,4 +59,31 @@ NB_MODULE(gigamlx_fused, m) {
       "relu(conv(x) + bias) zeroed outside keep (y0, x0, y1, x1) at the output's resolution, x "
       "standardised by mean and std and zero outside x_keep when given; differentiable in "
       "weight and bias only.");
+  m.def(
+      "turn_window",
+      [](nb::ndarray<const uint8_t, nb::ndim<3>, nb::device::cpu> src,
+         std::optional<nb::ndarray<const uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>
+             table,
+         bool flip, int rot90, nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu> out) {
+        const bool quarter = ((rot90 % 4) + 4) % 4 % 2 == 1;
+        const int64_t rows = src.shape(0), cols = src.shape(1), channels = src.shape(2);
+        const int64_t out_rows = quarter ? cols : rows, out_cols = quarter ? rows : cols;
+        if (static_cast<int64_t>(out.shape(0)) != out_rows ||
+            static_cast<int64_t>(out.shape(1)) != out_cols ||
+            static_cast<int64_t>(out.shape(2)) != channels)
+          throw std::invalid_argument("turn_window: out has the wrong shape for this turn");
+        if (channels != 1 && channels != 3)
+          throw std::invalid_argument("turn_window: 1 or 3 channels");
+        if (table && (channels != 3 || table->shape(0) != (size_t{1} << 24)))
+          throw std::invalid_argument("turn_window: a colour table needs 3 channels, 2^24 entries");
+        gigamlx::PixelView view{src.data(),      rows,           cols,          channels,
+                                src.stride(0),   src.stride(1),  src.stride(2)};
+        const uint32_t* colours = table ? table->data() : nullptr;
+        nb::gil_scoped_release unlocked;  // the compute thread runs meanwhile
+        gigamlx::turn_window(view, colours, flip, rot90, out.data());
+      },
+      "src"_a, "table"_a.none(), "flip"_a, "rot90"_a, "out"_a,
+      "out = np.rot90(src[:, ::-1] if flip else src, rot90) for (h, w, 1 or 3) uint8 src of any "
+      "strides, each RGB looked up in table (2^24 uint32: bytes R, G, B, 0 of the new colour "
+      "at R << 16 | G << 8 | B) when one is given; one pass, without the GIL.");
 }

@@ -1,0 +1,22 @@
+// Training windows on the CPU: the D4 turn and the colour table of a region, in one pass.
+#pragma once
+
+#include <cstdint>
+
+namespace gigamlx {
+
+// A (rows, cols, channels) uint8 array anywhere in memory; strides in bytes, any sign.
+struct PixelView {
+  const uint8_t* data;
+  int64_t rows, cols, channels;
+  int64_t row_stride, col_stride, channel_stride;
+};
+
+// out = rot90(fliplr?(src), rot90) as contiguous (rows', cols', channels) uint8, each pixel's
+// colour looked up in `table` on the way when it is not null: table[R << 16 | G << 8 | B]
+// holds the new colour as bytes R, G, B, 0 (channels must be 3). The turn is numpy's: flip
+// left-right first, then np.rot90(., rot90) counter-clockwise on axes (0, 1).
+void turn_window(const PixelView& src, const uint32_t* table, bool flip, int rot90,
+                 uint8_t* out);
+
+}  // namespace gigamlx

@@ -1,0 +1,90 @@
+"""Reading a training region's windows, as one pass of a step does: numpy vs the native turn.
+
+    python scripts/bench_read.py                        # the default slide, 16000x64000
+    python scripts/bench_read.py SLIDE.zarr --region 4096x4096 --repeats 1
+
+Every window of one pass (the tile plan of `--tile`, input box with its halo, and the mask's
+owned box) is read through `train.regions.region_view` with a colour jitter, a mirror and a
+quarter turn, first by numpy and then by the backend's `window_turner` (the extension's
+`turn_window`), alternating `--repeats` times in one process so the ratio is taken under the
+same load. Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gigamlx.backends import get_backend
+from gigamlx.core.arrays import read_window
+from gigamlx.core.config import parse_region
+from gigamlx.core.geometry import plan_tiles
+from gigamlx.train.augment import draw_jitter, lut32
+from gigamlx.train.data import open_training_slides
+from gigamlx.train.regions import Region, region_view
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def read_pass(slide, region: Region, tile_px: int, turner) -> dict[str, float]:
+    """Read every window of one pass; wall and CPU seconds, and pixels read."""
+    image = region_view(slide.image, region, region.color, turner)
+    mask = region_view(slide.mask, region, turner=turner)
+    plan = plan_tiles(image.shape[:2], (tile_px, tile_px))
+    wall, cpu, pixels = time.perf_counter(), time.process_time(), 0
+    for tile in plan.tiles:
+        pixels += read_window(image, tile.in_box).shape[0] * tile.in_box.hw[1]
+        read_window(mask, tile.out_box)
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+            "pixels": pixels}  # fmt: skip
+
+
+@app.command()
+def main(
+    slides: list[str] = typer.Argument(None, help="slide stores (default: the built-in slide)"),
+    region: str = typer.Option("16000x64000", help="HxW region read"),
+    tile: int = typer.Option(4032, help="owned tile side px of the pass (the halo is added)"),
+    repeats: int = typer.Option(2, help="alternations of numpy and native (median reported)"),
+    json_out: Path = typer.Option(Path("out/bench_read.json"), "--json"),
+) -> None:
+    """Time one pass of window reads, numpy turn vs native turn."""
+    slide = open_training_slides(tuple(slides or ()))[0]
+    source_hw = parse_region(region)
+    jitter = draw_jitter(np.random.default_rng(0), 1.0)
+    lut32(jitter)  # built once per region in a run too; not what is compared here
+    spec = Region(0, (0, 0), source_hw, True, 1, jitter)
+    turner = get_backend("mlx").window_turner
+    kinds = [("numpy", None)] + ([("native", turner)] if turner else [])
+    runs: dict[str, list[dict]] = {name: [] for name, _ in kinds}
+    for _ in range(repeats):
+        for name, fn in kinds:
+            runs[name].append(read_pass(slide, spec, tile, fn))
+    rows = []
+    for name, done in runs.items():
+        wall = statistics.median(r["wall_s"] for r in done)
+        cpu = statistics.median(r["cpu_s"] for r in done)
+        rows.append({"kind": name, "wall_s": wall, "cpu_s": cpu, "pixels": done[0]["pixels"],
+                     "ns_per_px": 1e9 * wall / done[0]["pixels"]})  # fmt: skip
+    table = Table(title=f"one pass of window reads, {region} region, {tile} px tiles")
+    for column in ("turn", "wall s", "CPU s", "ns / input px", "vs numpy"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        ratio = rows[0]["wall_s"] / row["wall_s"]
+        table.add_row(row["kind"], f"{row['wall_s']:.2f}", f"{row['cpu_s']:.2f}",
+                      f"{row['ns_per_px']:.1f}", f"{ratio:.2f}x")  # fmt: skip
+    Console().print(table)
+    if not turner:
+        Console().print("no native turn here (extension absent or older than 0.4): numpy only")
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps({"region": region, "tile": tile, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    app()

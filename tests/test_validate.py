@@ -95,7 +95,8 @@ def test_lr_warms_up_then_decays_to_the_floor():
     assert lrs[-1] == pytest.approx(1e-3)
     linear = TrainConfig(steps=100, lr=1.0, warmup=0.0, lr_schedule="linear", lr_min=0.0)
     assert linear.learning_rate(50) == pytest.approx(0.5)
-    assert TrainConfig(steps=10, warmup=0.0, lr_schedule="constant").learning_rate(7) == 1e-3
+    constant = TrainConfig(steps=10, lr=1e-3, warmup=0.0, lr_schedule="constant")
+    assert constant.learning_rate(7) == 1e-3
 
 
 def test_training_validates_logs_and_keeps_best(slides, tmp_path):

@@ -123,8 +123,8 @@ def turn_window(block: np.ndarray, table: np.ndarray | None, flip: bool, rot90: 
     module, _ = _load()
     h, w = block.shape[:2]
     out = np.empty(((w, h) if rot90 % 2 else (h, w)) + block.shape[2:], np.uint8)
-    as_3d = (lambda a: a) if block.ndim == 3 else (lambda a: a[..., None])
-    module.turn_window(as_3d(block), table, flip, rot90, as_3d(out))
+    channel_axis = () if block.ndim == 3 else (None,)  # the kernel takes (h, w, C) views
+    module.turn_window(block[..., *channel_axis], table, flip, rot90, out[..., *channel_axis])
     return out
 
 

@@ -65,7 +65,7 @@ NB_MODULE(gigamlx_fused, m) {
          std::optional<nb::ndarray<const uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>
              table,
          bool flip, int rot90, nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu> out) {
-        const bool quarter = ((rot90 % 4) + 4) % 4 % 2 == 1;
+        const bool quarter = gigamlx::quarter_turns(rot90) % 2 == 1;
         const int64_t rows = src.shape(0), cols = src.shape(1), channels = src.shape(2);
         const int64_t out_rows = quarter ? cols : rows, out_cols = quarter ? rows : cols;
         if (static_cast<int64_t>(out.shape(0)) != out_rows ||

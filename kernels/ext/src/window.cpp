@@ -19,7 +19,7 @@ Walk walk_of(int64_t rows, int64_t cols, bool flip, int rot90) {
   // np.rot90(m, k): k=1 out[i, j] = m[j, W-1-i]; k=2 m[H-1-i, W-1-j]; k=3 m[H-1-j, i]
   // (m is the flipped source: m[y, x] = src[y, cols-1-x]).
   Walk w{};
-  switch (((rot90 % 4) + 4) % 4) {
+  switch (quarter_turns(rot90)) {
     case 0: w = {0, 0, 1, 0, 0, 1}; break;
     case 1: w = {0, cols - 1, 0, -1, 1, 0}; break;
     case 2: w = {rows - 1, cols - 1, -1, 0, 0, -1}; break;
@@ -76,7 +76,7 @@ void copy_all(const PixelView& src, const uint32_t* table, const Walk& w, int64_
 void turn_window(const PixelView& src, const uint32_t* table, bool flip, int rot90,
                  uint8_t* out) {
   const Walk w = walk_of(src.rows, src.cols, flip, rot90);
-  const bool quarter = (((rot90 % 4) + 4) % 4) % 2 == 1;
+  const bool quarter = quarter_turns(rot90) % 2 == 1;
   const int64_t out_rows = quarter ? src.cols : src.rows;
   const int64_t out_cols = quarter ? src.rows : src.cols;
   if (table != nullptr) {

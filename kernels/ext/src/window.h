@@ -12,6 +12,9 @@ struct PixelView {
   int64_t row_stride, col_stride, channel_stride;
 };
 
+// rot90 as 0..3 counter-clockwise quarter turns (numpy's np.rot90 takes any integer).
+inline int quarter_turns(int rot90) { return ((rot90 % 4) + 4) % 4; }
+
 // out = rot90(fliplr?(src), rot90) as contiguous (rows', cols', channels) uint8, each pixel's
 // colour looked up in `table` on the way when it is not null: table[R << 16 | G << 8 | B]
 // holds the new colour as bytes R, G, B, 0 (channels must be 3). The turn is numpy's: flip

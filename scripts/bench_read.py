@@ -4,10 +4,11 @@
     python scripts/bench_read.py SLIDE.zarr --region 4096x4096 --repeats 1
 
 Every window of one pass (the tile plan of `--tile`, input box with its halo, and the mask's
-owned box) is read through `train.regions.region_view` with a colour jitter, a mirror and a
-quarter turn, first by numpy and then by the backend's `window_turner` (the extension's
-`turn_window`), alternating `--repeats` times in one process so the ratio is taken under the
-same load. Prints a table, writes JSON.
+owned box) is read through `train.regions.region_view` with a colour jitter, an uneven
+illumination, a mirror and a quarter turn (what a default training step reads), first by
+numpy and then by the backend's `window_turner` (the extension's `turn_window`), alternating
+`--repeats` times in one process so the ratio is taken under the same load. Prints a table,
+writes JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from gigamlx.backends import get_backend
 from gigamlx.core.arrays import read_window
 from gigamlx.core.config import parse_region
 from gigamlx.core.geometry import plan_tiles
-from gigamlx.train.augment import draw_jitter, lut32
+from gigamlx.train.augment import draw_illumination, draw_jitter, lut32
 from gigamlx.train.data import open_training_slides
 from gigamlx.train.regions import Region, region_view
 
@@ -35,7 +36,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 def read_pass(slide, region: Region, tile_px: int, turner) -> dict[str, float]:
     """Read every window of one pass; wall and CPU seconds, and pixels read."""
-    image = region_view(slide.image, region, region.color, turner)
+    image = region_view(slide.image, region, region.color, turner, region.light)
     mask = region_view(slide.mask, region, turner=turner)
     plan = plan_tiles(image.shape[:2], (tile_px, tile_px))
     wall, cpu, pixels = time.perf_counter(), time.process_time(), 0
@@ -59,7 +60,8 @@ def main(
     source_hw = parse_region(region)
     jitter = draw_jitter(np.random.default_rng(0), 1.0)
     lut32(jitter)  # built once per region in a run too; not what is compared here
-    spec = Region(0, (0, 0), source_hw, True, 1, jitter)
+    light = draw_illumination(np.random.default_rng(0), 1.0)
+    spec = Region(0, (0, 0), source_hw, True, 1, jitter, light)
     turner = get_backend("mlx").window_turner
     kinds = [("numpy", None)] + ([("native", turner)] if turner else [])
     runs: dict[str, list[dict]] = {name: [] for name, _ in kinds}

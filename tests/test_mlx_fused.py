@@ -356,16 +356,17 @@ def test_fused_model_matches_pure_mlx_inside_the_image(model):
 
 
 def test_native_window_turn_gives_numpys_bytes(monkeypatch):
-    """Extension 0.4 turns (and recolours) a training window in one pass: the same bytes as
-    train/regions.py's numpy for every flip and turn, contiguous or strided (planar) windows,
-    masks, with and without the colour table; and a region view reads the same through it."""
+    """Extension 0.5 turns, recolours and lights a training window in one pass: the same bytes
+    as train/regions.py's numpy for every flip and turn, contiguous or strided (planar) windows,
+    masks, with and without the colour table and the illumination gains; and a region view
+    reads the same through it."""
     from gigamlx.train import regions
-    from gigamlx.train.augment import draw_jitter, lut32, unpack_rgb
+    from gigamlx.train.augment import apply_gains, draw_illumination, draw_jitter, lut32, unpack_rgb
     from gigamlx.train.regions import Region, region_view, turn
 
     _require_ext()
     if not fused.turns_windows():
-        pytest.skip("extension built before 0.4 (no turn_window): bash setup.sh rebuilds it")
+        pytest.skip("extension built before 0.5 (no turn_window gains): bash setup.sh rebuilds it")
     assert MLXBackend("fused").window_turner is fused.turn_window
     assert MLXBackend("mlx").window_turner is None  # the pure-MLX path runs no compiled code
     rng = np.random.default_rng(9)
@@ -382,15 +383,30 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
                 assert got.flags.c_contiguous and got.base is None
                 np.testing.assert_array_equal(got, want)
             recoloured = unpack_rgb(np.ascontiguousarray(turn(jitter.lookup(rgb), flip, rot90)))
+            out_hw = recoloured.shape[:2]
+            # gains round to .5 on some pixels (x.5 * 2 = odd): rounding half to even is tested
+            rows, cols = np.arange(out_hw[0]), np.arange(out_hw[1])
+            gains = (
+                np.where(rows % 2 == 0, 1.0, rng.uniform(0.5, 1.5, out_hw[0])).astype(np.float32),
+                np.where(cols % 3 == 0, 0.5, 1.25).astype(np.float32),
+            )
             for block in (rgb, planar):
                 got = fused.turn_window(block, table, flip, rot90)
                 np.testing.assert_array_equal(got, recoloured)
+                got = fused.turn_window(block, table, flip, rot90, gains)
+                np.testing.assert_array_equal(got, apply_gains(recoloured, *gains))
+                plain = np.ascontiguousarray(turn(block, flip, rot90))
+                got = fused.turn_window(block, None, flip, rot90, gains)
+                np.testing.assert_array_equal(got, apply_gains(plain, *gains))
     with pytest.raises(ValueError, match="colour table"):
         fused.turn_window(mask, table, False, 0)
+    with pytest.raises(ValueError, match="gains"):
+        fused.turn_window(mask, None, False, 0, (np.ones(37, np.float32), np.ones(70, np.float32)))
     monkeypatch.setattr(regions, "LUT_MIN_REGION_PX", 1)  # this small region takes the table
-    region = Region(0, (3, 5), (30, 60), True, 3, jitter)
-    for array, color in ((rgb, jitter), (rgb, None), (mask, None)):
-        numpy_view = region_view(array, region, color)
-        native_view = region_view(array, region, color, fused.turn_window)
+    light = draw_illumination(rng, 2.0)
+    region = Region(0, (3, 5), (30, 60), True, 3, jitter, light)
+    for array, color, lit in ((rgb, jitter, light), (rgb, None, light), (mask, None, None)):
+        numpy_view = region_view(array, region, color, light=lit)
+        native_view = region_view(array, region, color, fused.turn_window, lit)
         for box in (Box(0, 0, 60, 30), Box(7, 3, 41, 22)):
             np.testing.assert_array_equal(native_view.read(box), numpy_view.read(box))

@@ -15,7 +15,7 @@ from gigamlx.infer.predict import load_model
 from gigamlx.synth.render import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
 from gigamlx.train import augment, regions
-from gigamlx.train.augment import draw_jitter, lut32
+from gigamlx.train.augment import Illumination, draw_jitter, lut32
 from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
 from gigamlx.train.run import start_run
@@ -66,6 +66,31 @@ def test_color_jitter_is_exact_per_window_and_identity_at_zero():
     assert not np.array_equal(whole, plain)
     identity = draw_jitter(np.random.default_rng(1), 0.0)
     np.testing.assert_array_equal(identity.apply(image), image)
+
+
+def test_illumination_is_exact_per_window_dims_the_edges_and_is_drawn_only_when_on():
+    """The light factor depends on a pixel's place in the turned region: a window of the
+    region reads the same pixels as the whole region; the edges come out dimmer than the
+    middle; strength 0 leaves the sampler's stream as it was (runs saved before it resume
+    the same)."""
+    image = np.full((64, 96, 3), 200, np.uint8)
+    light = Illumination((0.15, 0.1), (0.0, 0.05))
+    region = Region(0, (0, 0), (64, 96), True, 1, None, light)
+    jitter = draw_jitter(np.random.default_rng(1), 1.0)
+    whole = region_view(image, region, jitter, light=light)[0:96, 0:64]
+    window = region_view(image, region, jitter, light=light)[10:50, 5:33]
+    np.testing.assert_array_equal(whole[10:50, 5:33], window)
+    lit = region_view(image, region, light=light)[0:96, 0:64].astype(int)
+    assert lit[48, 32].tolist() == [200, 200, 200]  # the middle: gains ~1
+    assert lit[0, 32, 0] == round(200 * (1 - 0.15)) and lit[48, 0, 0] < lit[48, 63, 0] < 200
+    old = RegionSampler([(64, 96)], (32, 32), seed=5, color_jitter=1.0)
+    off = RegionSampler([(64, 96)], (32, 32), seed=5, color_jitter=1.0, illumination=0.0)
+    on = RegionSampler([(64, 96)], (32, 32), seed=5, color_jitter=1.0, illumination=1.0)
+    assert old.draw(3) == off.draw(3) and all(r.light is None for r in off.draw(2))
+    drawn = on.draw(20)
+    assert all(
+        0 <= c <= 0.15 and abs(t) <= 0.05 for r in drawn for c, t in zip(*r.light, strict=True)
+    )
 
 
 def test_the_colour_table_gives_the_same_bytes(monkeypatch):

@@ -20,7 +20,10 @@ from gigamlx.core.losses import Objective, TileStats
 FlatParams = dict[str, np.ndarray]  # "down1.weight" -> array, engine layout, float64 or float32
 AllSum = Callable[[np.ndarray], np.ndarray]  # float64 (n,) -> the same on every rank, summed
 # (block, colour table or None, flip, rot90) -> the turned, recoloured block (train/regions.py)
-WindowTurner = Callable[[np.ndarray, np.ndarray | None, bool, int], np.ndarray]
+# (block, colour table or None, flip, rot90, (gain_y, gain_x) or None) -> turned window
+WindowTurner = Callable[
+    [np.ndarray, np.ndarray | None, bool, int, tuple[np.ndarray, np.ndarray] | None], np.ndarray
+]
 
 
 class MemoryReading(NamedTuple):

@@ -67,6 +67,7 @@ def train(
     lr_schedule: str = typer.Option(DEFAULTS.lr_schedule, help=help_of("lr_schedule")),
     lr_min: float = typer.Option(DEFAULTS.lr_min, help=help_of("lr_min")),
     color_jitter: float = typer.Option(DEFAULTS.color_jitter, help=help_of("color_jitter")),
+    illumination: float = typer.Option(DEFAULTS.illumination, help=help_of("illumination")),
     normalize: bool = typer.Option(DEFAULTS.normalize, help=help_of("normalize")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
     rank_timeout: float = typer.Option(

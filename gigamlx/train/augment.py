@@ -8,7 +8,11 @@ stays exact. The transform models how real slides differ from each other:
   eosin and residual (Ruifrok & Johnston's HED vectors), each scaled and shifted, and put back:
   one 3x3 matrix and an offset in OD space;
 - saturation (HSV-like): a mix with the pixel's grey level;
-- brightness and contrast of the scanner.
+- brightness and contrast of the scanner;
+- uneven illumination (`Illumination`): a smooth light factor over the region, dimmer towards
+  its edges or along one side, as vignetting and a drifting lamp give. It depends on a
+  pixel's place in the region, not on its neighbours, so a window still transforms exactly
+  as the same pixels of the whole region would.
 
 Blur is deliberately absent: a blurred pixel depends on its neighbours, so blurring each
 window separately would differ from blurring the region near window edges (it would need its
@@ -22,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gigamlx.core.geometry import Box
+
 # A region at least this large is transformed through a 256³ lookup table of the transform
 # (built once per region in ~1.7 s, then ~0.02 s per Mpx instead of ~0.2 s per Mpx): the
 # 16000x64000 step read both passes' windows 10x faster.
@@ -33,6 +39,10 @@ RGB_FROM_HED /= np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 # spreads at strength 1: stain scale, stain shift (OD), saturation, brightness, contrast
 SPREAD = {"scale": 0.25, "shift": 0.03, "saturation": 0.25, "brightness": 12.0, "contrast": 0.15}
+# spreads of the illumination at strength 1: light lost at the region's edges by the curvature
+# (a share, drawn in [0, curve]) and gained or lost along each axis by the tilt ([-tilt, tilt]);
+# the synthetic slides' own vignette dims the corners by ~12 %
+LIGHT_SPREAD = {"curve": 0.15, "tilt": 0.05}
 
 
 class ColorJitter(NamedTuple):
@@ -133,3 +143,41 @@ def draw_jitter(rng: np.random.Generator, strength: float) -> ColorJitter:
         float(rng.uniform(-s["brightness"], s["brightness"])),
         float(rng.uniform(1 - s["contrast"], 1 + s["contrast"])),
     )
+
+
+class Illumination(NamedTuple):
+    """One region's uneven light: pixel (y, x) is scaled by g(y) * h(x), where
+    g = 1 - curve * r**2 + tilt * r with r running from -1 at the region's first row to 1 at
+    its last (h likewise along the columns). Stored as plain floats (it travels in a Region)."""
+
+    curve_yx: tuple[float, float]
+    tilt_yx: tuple[float, float]
+
+    def gains(self, box: Box, region_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (box rows,) and (box cols,) factors of the window `box` of the region."""
+        return (
+            _axis_gain(box.y0, box.y1, region_hw[0], self.curve_yx[0], self.tilt_yx[0]),
+            _axis_gain(box.x0, box.x1, region_hw[1], self.curve_yx[1], self.tilt_yx[1]),
+        )
+
+
+def _axis_gain(start: int, stop: int, length: int, curve: float, tilt: float) -> np.ndarray:
+    r = np.arange(start, stop, dtype=np.float64) * (2 / max(length - 1, 1)) - 1
+    return (1 - curve * r * r + tilt * r).astype(np.float32)
+
+
+def apply_gains(rgb: np.ndarray, gain_y: np.ndarray, gain_x: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 times gain_y[y] * gain_x[x] (float32), rounded half to even, clipped to
+    0..255: the arithmetic of the native window turn (backends' WindowTurner), bit for bit."""
+    gain = gain_y[:, None] * gain_x[None, :]
+    out = rgb * gain[..., None]  # float32: uint8 times float32
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
+
+
+def draw_illumination(rng: np.random.Generator, strength: float) -> Illumination:
+    """A random Illumination; `strength` scales both spreads (0 gives uniform light)."""
+    curve = rng.uniform(0, LIGHT_SPREAD["curve"] * strength, size=2)
+    tilt = rng.uniform(-LIGHT_SPREAD["tilt"] * strength, LIGHT_SPREAD["tilt"] * strength, size=2)
+    return Illumination((float(curve[0]), float(curve[1])), (float(tilt[0]), float(tilt[1])))

@@ -80,7 +80,7 @@ def train_step(run: Run, world: World, tile_progress: TileProgress | None = None
         slide = run.slides[region.slide]
         run.model.input_norm = slide.norm
         turner = run.backend.window_turner
-        image = region_view(slide.image, region, region.color, turner)
+        image = region_view(slide.image, region, region.color, turner, region.light)
         mask = region_view(slide.mask, region, turner=turner)
         result = tiled_step(
             run.backend,

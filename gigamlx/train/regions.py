@@ -1,4 +1,4 @@
-"""Region sampling and tile-wise augmentation (D4 turns here, colour in augment.py).
+"""Region sampling and tile-wise augmentation (D4 turns here, colour and light in augment.py).
 
 A region is never copied whole: `region_view` is an (H, W[, C]) array-like over a slide that
 maps each window the scheduler asks for back to the slide, reads only that, and flips/rotates
@@ -18,6 +18,9 @@ from gigamlx.core.geometry import Box
 from gigamlx.train.augment import (
     LUT_MIN_REGION_PX,
     ColorJitter,
+    Illumination,
+    apply_gains,
+    draw_illumination,
     draw_jitter,
     lut32,
     unpack_rgb,
@@ -35,6 +38,7 @@ class Region(NamedTuple):
     flip: bool  # mirror left-right first
     rot90: int  # then rotate counter-clockwise this many quarter turns (np.rot90)
     color: ColorJitter | None = None  # per-pixel colour transform of the image (not the mask)
+    light: Illumination | None = None  # uneven light over the turned image (not the mask)
 
 
 def _turn_point(y: int, x: int, hw: tuple[int, int], flip: bool, rot90: int):
@@ -78,30 +82,35 @@ def region_view(
     region: Region,
     color: ColorJitter | None = None,
     turner: WindowTurner | None = None,
+    light: Illumination | None = None,
 ) -> WindowArray:
     """(H, W[, C]) view of one turned region of a slide array; reads lazily.
 
-    With `color`, each window read is colour-transformed (per pixel: exact for tiles). With
-    `turner` (the backend's native one, same bytes), a uint8 window is turned and looked up in
-    one pass instead of numpy's five.
+    With `color`, each window read is colour-transformed, and with `light` scaled by the
+    region's uneven illumination (per pixel, in the turned region's coordinates: exact for
+    tiles; `light` needs an (H, W, 3) uint8 image). With `turner` (the backend's native one,
+    same bytes), a uint8 window is turned, looked up and lit in one pass instead of numpy's five.
     """
 
     by_table = color is not None and region.source_hw[0] * region.source_hw[1] >= LUT_MIN_REGION_PX
+    shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
 
     def read(box: Box) -> np.ndarray:
         r = region
         src = source_box(box, r.source_hw, r.flip, r.rot90)
         y, x = r.origin_yx
         block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
+        gains = None if light is None else light.gains(box, shape[:2])
         if turner is not None and block.dtype == np.uint8 and (color is None or by_table):
-            return turner(block, lut32(color) if by_table else None, r.flip, r.rot90)
+            return turner(block, lut32(color) if by_table else None, r.flip, r.rot90, gains)
         if by_table:  # look colours up, turn the packed words, then unpack: fewest bytes moved
             packed = np.ascontiguousarray(turn(color.lookup(block), r.flip, r.rot90))
-            return unpack_rgb(packed)
-        block = np.ascontiguousarray(turn(block, r.flip, r.rot90))  # one copy, if turned
-        return block if color is None else color.apply(block)
+            block = unpack_rgb(packed)
+        else:
+            block = np.ascontiguousarray(turn(block, r.flip, r.rot90))  # one copy, if turned
+            block = block if color is None else color.apply(block)
+        return block if gains is None else apply_gains(block, *gains)
 
-    shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
     return WindowArray(shape, array.dtype, read)
 
 
@@ -120,9 +129,10 @@ class RegionSampler:
         augment: bool = True,
         pad: bool = True,
         color_jitter: float = 0.0,
+        illumination: float = 0.0,
     ):
         self.slide_hws, self.region_hw, self.augment = slide_hws, region_hw, augment
-        self.color_jitter = color_jitter
+        self.color_jitter, self.illumination = color_jitter, illumination
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self._warned: set[int] = set()
         fits = [i for i, (h, w) in enumerate(slide_hws) if h >= region_hw[0] and w >= region_hw[1]]
@@ -159,7 +169,10 @@ class RegionSampler:
         color = None
         if self.augment and self.color_jitter > 0:
             color = draw_jitter(self.rng, self.color_jitter)
-        return Region(slide, (y0, x0), (rh, rw), flip, rot90, color)
+        light = None  # drawn after the colour, and only when on: older runs keep their stream
+        if self.augment and self.illumination > 0:
+            light = draw_illumination(self.rng, self.illumination)
+        return Region(slide, (y0, x0), (rh, rw), flip, rot90, color, light)
 
     def state(self) -> dict:
         return self.rng.bit_generator.state

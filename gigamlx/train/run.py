@@ -159,7 +159,13 @@ def open_run(
         normed = zip(slides, train_hws, strict=True)
         slides = [s._replace(norm=slide_norm(s.image, hw)) for s, hw in normed]
     sampler = RegionSampler(
-        train_hws, region_hw, config.seed, config.augment, config.pad, config.color_jitter
+        train_hws,
+        region_hw,
+        config.seed,
+        config.augment,
+        config.pad,
+        config.color_jitter,
+        config.illumination,
     )
     validator = _validator(config, slides, fraction, run_dir) if writes else None
     step = 0

@@ -107,24 +107,36 @@ def standardises() -> bool:
 
 
 def turns_windows() -> bool:
-    """Whether the built extension has `turn_window` (0.4 and later)."""
+    """Whether the built extension has `turn_window` with gains (0.5 and later)."""
     module, _ = _load()
-    return module is not None and hasattr(module, "turn_window")
+    version = getattr(module, "__version__", "0")
+    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 5)
 
 
-def turn_window(block: np.ndarray, table: np.ndarray | None, flip: bool, rot90: int) -> np.ndarray:
+def turn_window(
+    block: np.ndarray,
+    table: np.ndarray | None,
+    flip: bool,
+    rot90: int,
+    gains: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """np.rot90(block flipped left-right if `flip`, rot90) as a new contiguous array, each RGB
-    looked up in `table` (augment.lut32) when given: one pass without the GIL (extension 0.4).
+    looked up in `table` (augment.lut32) when given, then lit by `gains` when given: one pass
+    without the GIL (extension 0.5).
 
     Args:
         block: (h, w) or (h, w, 3) uint8, any strides.
         table: (2^24,) uint32 colours packed as bytes R, G, B, 0, indexed R << 16 | G << 8 | B.
+        gains: float32 (out rows,) and (out cols,) factors (augment.apply_gains), RGB only.
     """
     module, _ = _load()
     h, w = block.shape[:2]
     out = np.empty(((w, h) if rot90 % 2 else (h, w)) + block.shape[2:], np.uint8)
     channel_axis = () if block.ndim == 3 else (None,)  # the kernel takes (h, w, C) views
-    module.turn_window(block[..., *channel_axis], table, flip, rot90, out[..., *channel_axis])
+    gain_y, gain_x = (None, None) if gains is None else gains
+    module.turn_window(
+        block[..., *channel_axis], table, flip, rot90, out[..., *channel_axis], gain_y, gain_x
+    )
     return out
 
 

@@ -17,8 +17,9 @@ using namespace nb::literals;
 NB_MODULE(gigamlx_fused, m) {
   m.doc() = "Fused full-resolution tail of GigaUNet for MLX on the CPU (forward and vjp).";
   // 0.2: x may be uint8 (read as value / 255); 0.3: x may be standardised (mean, std, x_keep);
-  // 0.4: turn_window (numpy in, numpy out: the training windows' turn and colour table)
-  m.attr("__version__") = "0.4.0";
+  // 0.4: turn_window (numpy in, numpy out: the training windows' turn and colour table);
+  // 0.5: turn_window's row and column gains (the uneven-illumination augmentation)
+  m.attr("__version__") = "0.5.0";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,
@@ -64,7 +65,11 @@ NB_MODULE(gigamlx_fused, m) {
       [](nb::ndarray<const uint8_t, nb::ndim<3>, nb::device::cpu> src,
          std::optional<nb::ndarray<const uint32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>>
              table,
-         bool flip, int rot90, nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu> out) {
+         bool flip, int rot90, nb::ndarray<uint8_t, nb::ndim<3>, nb::c_contig, nb::device::cpu> out,
+         std::optional<nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>>
+             gain_y,
+         std::optional<nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>>
+             gain_x) {
         const bool quarter = gigamlx::quarter_turns(rot90) % 2 == 1;
         const int64_t rows = src.shape(0), cols = src.shape(1), channels = src.shape(2);
         const int64_t out_rows = quarter ? cols : rows, out_cols = quarter ? rows : cols;
@@ -76,14 +81,24 @@ NB_MODULE(gigamlx_fused, m) {
           throw std::invalid_argument("turn_window: 1 or 3 channels");
         if (table && (channels != 3 || table->shape(0) != (size_t{1} << 24)))
           throw std::invalid_argument("turn_window: a colour table needs 3 channels, 2^24 entries");
+        if (gain_y.has_value() != gain_x.has_value())
+          throw std::invalid_argument("turn_window: give both gains or neither");
+        if (gain_y && (channels != 3 || static_cast<int64_t>(gain_y->shape(0)) != out_rows ||
+                       static_cast<int64_t>(gain_x->shape(0)) != out_cols))
+          throw std::invalid_argument("turn_window: gains need 3 channels, out rows and cols");
         gigamlx::PixelView view{src.data(),      rows,           cols,          channels,
                                 src.stride(0),   src.stride(1),  src.stride(2)};
         const uint32_t* colours = table ? table->data() : nullptr;
+        const gigamlx::Gains gains{gain_y ? gain_y->data() : nullptr,
+                                   gain_x ? gain_x->data() : nullptr};
         nb::gil_scoped_release unlocked;  // the compute thread runs meanwhile
-        gigamlx::turn_window(view, colours, flip, rot90, out.data());
+        gigamlx::turn_window(view, colours, gain_y ? &gains : nullptr, flip, rot90, out.data());
       },
-      "src"_a, "table"_a.none(), "flip"_a, "rot90"_a, "out"_a,
+      "src"_a, "table"_a.none(), "flip"_a, "rot90"_a, "out"_a, "gain_y"_a.none() = nb::none(),
+      "gain_x"_a.none() = nb::none(),
       "out = np.rot90(src[:, ::-1] if flip else src, rot90) for (h, w, 1 or 3) uint8 src of any "
       "strides, each RGB looked up in table (2^24 uint32: bytes R, G, B, 0 of the new colour "
-      "at R << 16 | G << 8 | B) when one is given; one pass, without the GIL.");
+      "at R << 16 | G << 8 | B) when one is given, then scaled by gain_y[i] * gain_x[j] "
+      "(float32 out rows / cols), rounded half to even and clamped, when given; one pass, "
+      "without the GIL.");
 }

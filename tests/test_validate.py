@@ -87,6 +87,8 @@ def test_illumination_is_exact_per_window_dims_the_edges_and_is_drawn_only_when_
     off = RegionSampler([(64, 96)], (32, 32), seed=5, color_jitter=1.0, illumination=0.0)
     on = RegionSampler([(64, 96)], (32, 32), seed=5, color_jitter=1.0, illumination=1.0)
     assert old.draw(3) == off.draw(3) and all(r.light is None for r in off.draw(2))
+    # a run saved before the option (no key in its config) resumes without it
+    assert TrainConfig.from_dict({}).illumination == 0.0 and TrainConfig().illumination == 1.0
     drawn = on.draw(20)
     assert all(
         0 <= c <= 0.15 and abs(t) <= 0.05 for r in drawn for c, t in zip(*r.light, strict=True)

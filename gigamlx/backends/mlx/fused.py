@@ -91,26 +91,27 @@ def choose_kernels(requested: str = "auto") -> KernelPath:
     return KernelPath("mlx", why)
 
 
-def reads_uint8() -> bool:
-    """Whether the built extension takes the uint8 image (0.2 and later; an older build in
-    site-packages needs float32 until `bash setup.sh` rebuilds it)."""
+def _built_at_least(major: int, minor: int) -> bool:
+    """Whether the extension loaded and its version is at least major.minor (an older build in
+    site-packages lacks the later features until `bash setup.sh` rebuilds it)."""
     module, _ = _load()
     version = getattr(module, "__version__", "0")
-    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 2)
+    return tuple(int(v) for v in version.split(".")[:2]) >= (major, minor)
+
+
+def reads_uint8() -> bool:
+    """Whether the built extension takes the uint8 image (0.2 and later; else float32)."""
+    return _built_at_least(0, 2)
 
 
 def standardises() -> bool:
     """Whether the built extension standardises the input itself (0.3 and later)."""
-    module, _ = _load()
-    version = getattr(module, "__version__", "0")
-    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 3)
+    return _built_at_least(0, 3)
 
 
 def turns_windows() -> bool:
     """Whether the built extension has `turn_window` with gains (0.5 and later)."""
-    module, _ = _load()
-    version = getattr(module, "__version__", "0")
-    return tuple(int(v) for v in version.split(".")[:2]) >= (0, 5)
+    return _built_at_least(0, 5)
 
 
 def turn_window(

@@ -116,6 +116,22 @@ def test_report_header_shows_best_validation_against_otsu(tmp_path, steps):
     assert "validation 12.5 s each" in words
 
 
+def test_report_shows_the_dice_at_the_cut_validation_chose(tmp_path):
+    """Runs whose validation chose a threshold: the header gives the Dice `best` was kept for
+    (at its cut), and the validation chart draws it beside the Dice at 0.5."""
+    run = make_run(tmp_path / "run", steps=60, val_every=20, best=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    for row in rows:
+        if row.get("kind") == "val":
+            row |= {"val_threshold": 0.35, "val_threshold_dice": row["val_dice"] + 0.003}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = [r for r in rows if r.get("kind") == "val"][-1]
+    page = _page(run)
+    assert f"{best['val_threshold_dice']:.4f}" in page.words and "p ≥ 0.35" in page.words
+    assert page.series("val_detail")["Dice at the chosen cut"] == 3
+    assert "tissue (p ≥ 0.35)" in page.words  # the overlays are cut where validation chose
+
+
 def test_report_best_step_comes_from_the_best_checkpoint(tmp_path):
     run = make_run(tmp_path / "run", steps=60, val_every=10)
     (run / "checkpoints" / "best" / "state.json").write_text(json.dumps({"step": 20}))

@@ -11,6 +11,7 @@ from gigamlx.cli import app
 from gigamlx.core.checkpoint import list_checkpoints, read_state
 from gigamlx.core.config import TrainConfig
 from gigamlx.core.normalise import slide_norm
+from gigamlx.eval.metrics import evaluate_pair, evaluate_thresholds
 from gigamlx.infer.predict import load_model
 from gigamlx.synth.render import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
@@ -19,7 +20,13 @@ from gigamlx.train.augment import Illumination, draw_jitter, lut32
 from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
 from gigamlx.train.run import start_run
-from gigamlx.train.validate import resolve_val_fraction, split_hw
+from gigamlx.train.validate import (
+    THRESHOLD_TOLERANCE,
+    THRESHOLDS,
+    best_threshold,
+    resolve_val_fraction,
+    split_hw,
+)
 
 VAL_KEYS = ("val_dice", "val_soft_dice", "val_precision", "val_recall", "val_otsu_dice")
 
@@ -141,10 +148,33 @@ def test_training_validates_logs_and_keeps_best(slides, tmp_path):
     steps = [r for r in rows if r.get("kind") != "val"]
     assert all("lr" in r for r in steps) and steps[0]["lr"] < steps[1]["lr"]  # warming up
     assert {p.name for p in (out / "val").glob("*.png")} == {"s1_overlay.png", "s2_overlay.png"}
+    for row in vals:  # 0.5 is one of the cuts, so the chosen one scores at least as well
+        assert row["val_threshold"] in THRESHOLDS and row["val_threshold_dice"] >= row["val_dice"]
     best = read_state(out / "checkpoints" / "best")
-    assert best["step"] == max(vals, key=lambda r: r["val_dice"])["step"]
-    assert best["val_dice"] == max(r["val_dice"] for r in vals)
+    chosen = max(vals, key=lambda r: r["val_threshold_dice"])  # the weights with their cut
+    assert best["step"] == chosen["step"] and best["val_dice"] == chosen["val_threshold_dice"]
+    assert best["threshold"] == chosen["val_threshold"]
     assert [p.name for p in list_checkpoints(out)] == ["step_0000004"]  # best is not pruned
+    last = read_state(list_checkpoints(out)[-1])  # validated at its step: it carries the cut
+    assert last["threshold"] == vals[-1]["val_threshold"]
+
+
+def test_validation_chooses_the_threshold_with_the_best_pooled_dice():
+    """Tissue at p 0.3, glass at p 0.1: every cut in (0.1, 0.3] is perfect, 0.5 finds nothing;
+    of the perfect ones the nearest 0.5 is kept."""
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:30, 10:45] = 1
+    prob = np.where(mask > 0, 0.3, 0.1)
+    counts = evaluate_thresholds(prob, mask, THRESHOLDS, block_hw=(16, 16))
+    for t, c in zip(THRESHOLDS, counts, strict=True):  # one pass equals one pass per cut
+        assert c == evaluate_pair(prob, mask, t, block_hw=(16, 16))
+    assert best_threshold(counts) == (0.3, 1.0)
+    assert counts[THRESHOLDS.index(0.5)].metrics()["dice"] == 0.0
+    prob[mask > 0] = 0.9  # now 0.5 is among the perfect cuts, and the nearest to itself
+    assert best_threshold(evaluate_thresholds(prob, mask, THRESHOLDS)) == (0.5, 1.0)
+    prob[5, 10] = 0.3  # one tissue pixel only the low cuts find: not worth leaving 0.5 for
+    threshold, dice = best_threshold(evaluate_thresholds(prob, mask, THRESHOLDS))
+    assert threshold == 0.5 and 1.0 - THRESHOLD_TOLERANCE < dice < 1.0
 
 
 def test_val_stores_are_scored_whole(slides, tmp_path):
@@ -161,11 +191,19 @@ def test_predict_names_the_best_checkpoint(slides, tmp_path):
     args = ["predict", str(out), slides[1], "--checkpoint", "best", "--quiet"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "p" / "s2.zarr").is_dir()
+    chosen = read_state(out / "checkpoints" / "best")["threshold"]
+    assert f"tissue at p >= {chosen:g}" in result.output
+    assert _provenance(tmp_path / "p" / "s2.zarr")["threshold"] == chosen  # cut as validated
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "t"), "--threshold", "0.75"])
+    assert result.exit_code == 0 and _provenance(tmp_path / "t" / "s2.zarr")["threshold"] == 0.75
     args[4] = "nonesuch"
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "q")])
     assert result.exit_code != 0 and "no checkpoint 'nonesuch'" in result.output
     assert "best" in result.output  # it lists what exists
+
+
+def _provenance(zarr_path) -> dict:
+    return zarr.open_group(str(zarr_path), mode="r").attrs["provenance"]
 
 
 def test_bad_quality_options_are_one_line_errors():

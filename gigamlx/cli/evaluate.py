@@ -48,7 +48,12 @@ def predict(
     geojson: bool = typer.Option(
         False, help="also NAME.geojson: tissue (p >= --threshold) as a QuPath annotation"
     ),
-    threshold: float = typer.Option(0.5, help="p >= threshold is tissue (overlay, GeoJSON)"),
+    threshold: float = typer.Option(
+        None,
+        help="p >= threshold is tissue (overlay, GeoJSON); default: the threshold the "
+        "checkpoint's validation chose (recorded in it), else 0.5",
+        show_default=False,
+    ),
     level: int = typer.Option(
         None,
         help="slide level to read; default: the level matching the µm/px the checkpoint "
@@ -109,7 +114,8 @@ def predict(
         err.print(
             f"{result.source}: level {result.level}, {result.image_hw[0]}x{result.image_hw[1]} "
             f"px (HxW){mpp} in {result.seconds:.1f} s, peak RSS "
-            f"{result.peak_rss_bytes / 1e9:.2f} GB -> {outputs}",
+            f"{result.peak_rss_bytes / 1e9:.2f} GB, tissue at p >= {result.threshold:g} "
+            f"-> {outputs}",
             soft_wrap=True,
             markup=False,
             highlight=False,

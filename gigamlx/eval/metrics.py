@@ -172,19 +172,35 @@ def evaluate_pair(
     Raises:
         EvaluationError: bad threshold, shapes differ, NaN or out-of-range probabilities.
     """
-    check_threshold(threshold)
+    return evaluate_thresholds(pred, mask, (threshold,), block_hw, pred_name, pred_scale)[0]
+
+
+def evaluate_thresholds(
+    pred: Any,
+    mask: Any,
+    thresholds: tuple[float, ...],
+    block_hw: tuple[int, int] | None = None,
+    pred_name: str = "prediction",
+    pred_scale: float = 255.0,
+) -> list[PixelCounts]:
+    """`evaluate_pair` at each of `thresholds` in one read of both arrays: the summed counts
+    in the order of `thresholds` (the soft sums do not depend on the threshold)."""
+    for threshold in thresholds:
+        check_threshold(threshold)
     pred_hw, mask_hw = tuple(pred.shape), tuple(mask.shape)
     if pred_hw != mask_hw:
         raise EvaluationError(f"shape mismatch: prediction {pred_hw} vs mask {mask_hw}")
     if block_hw is None:
         block_hw = aligned_block_hw(getattr(pred, "chunk_hw", None) or _chunks_hw(pred))
-    total = PixelCounts()
+    totals = [PixelCounts() for _ in thresholds]
     for rows, cols in iter_blocks(pred_hw, block_hw):
         prob = to_probability(np.asarray(pred[rows, cols]), pred_name, pred_scale)
         _check_block(prob, pred_name, rows, cols)
-        total += block_counts(prob, np.asarray(mask[rows, cols]) != 0, threshold)
-    logger.debug("%s: %d px, tp=%d fp=%d fn=%d", pred_name, total.n_px, *astuple(total)[:3])
-    return total
+        tissue = np.asarray(mask[rows, cols]) != 0
+        for total, threshold in zip(totals, thresholds, strict=True):
+            total += block_counts(prob, tissue, threshold)
+    logger.debug("%s: %d px, tp=%d fp=%d fn=%d", pred_name, totals[0].n_px, *astuple(totals[0])[:3])
+    return totals
 
 
 def _chunks_hw(array: Any) -> tuple[int, int]:

@@ -29,7 +29,12 @@ from gigamlx.core.outputs import (
     check_output_folder,
     check_replaceable,
 )
-from gigamlx.infer.annotations import prediction_features, threshold_u8, write_geojson
+from gigamlx.infer.annotations import (
+    DEFAULT_THRESHOLD,
+    prediction_features,
+    threshold_u8,
+    write_geojson,
+)
 from gigamlx.infer.export import (
     MIN_LEVEL_SIDE_PX,
     ProbabilityMapWriter,
@@ -69,16 +74,19 @@ class PredictResult(NamedTuple):
     peak_rss_bytes: int
     level: int = 0
     mpp: float | None = None
+    threshold: float = DEFAULT_THRESHOLD  # the cut of the overlay and the GeoJSON
 
 
 class TrainedScale(NamedTuple):
-    """What a checkpoint says about itself: its step, the level / µm per pixel it read, and
-    whether its model standardises each slide (core/normalise.py)."""
+    """What a checkpoint says about itself: its step, the level / µm per pixel it read,
+    whether its model standardises each slide (core/normalise.py), and the threshold its
+    validation chose (None: not validated at that step, or saved before thresholds were)."""
 
     step: int | None
     mpp: float | None
     level: int | None
     normalize: bool = False
+    threshold: float | None = None
 
 
 def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
@@ -91,7 +99,15 @@ def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
         config.get("trained_mpp"),
         config.get("trained_level"),
         bool(config.get("normalize", False)),  # runs saved before it: the raw-RGB model
+        state.get("threshold"),
     )
+
+
+def cut_of(threshold: float | None, scale: TrainedScale) -> float:
+    """The threshold to cut at: the one asked for, else the checkpoint's, else 0.5."""
+    if threshold is not None:
+        return threshold
+    return scale.threshold if scale.threshold is not None else DEFAULT_THRESHOLD
 
 
 def _saved_state(checkpoint: str | os.PathLike) -> dict:
@@ -179,7 +195,7 @@ def predict_slide(
     progress: Progress | None = None,
     min_side_px: int = MIN_LEVEL_SIDE_PX,
     level: int = 0,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     meta: dict | None = None,
     normalize: bool = False,
 ) -> PredictResult:
@@ -221,7 +237,8 @@ def predict_slide(
         write_geojson(features, outputs.geojson)
     seconds = time.perf_counter() - start
     log.info("%s: level %d, %dx%d (HxW) px in %.1f s", source.path, level, *image_hw, seconds)
-    return PredictResult(source.path, outputs, image_hw, seconds, peak_rss_bytes(), level, mpp)
+    rss = peak_rss_bytes()
+    return PredictResult(source.path, outputs, image_hw, seconds, rss, level, mpp, threshold)
 
 
 class PredictOptions(NamedTuple):
@@ -233,7 +250,7 @@ class PredictOptions(NamedTuple):
     geojson: bool = False
     overwrite: bool = False
     tile: int | None = None
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the checkpoint's chosen threshold, else 0.5
     level: int | None = None  # None: the level matching the checkpoint's training resolution
     kernels: str = "auto"  # the mlx backend's model path ("auto", "fused" or "mlx")
 
@@ -261,12 +278,13 @@ def predict_slides(
         raise PredictError("no slides given")
     if o.tile is not None and (o.tile <= 0 or o.tile % 64):
         raise PredictError(f"--tile must be a positive multiple of 64, got {o.tile}")
-    if not 0 < o.threshold <= 1:
+    if o.threshold is not None and not 0 < o.threshold <= 1:
         raise PredictError(f"--threshold must be in (0, 1], got {o.threshold}")
     budget_bytes = parse_bytes(o.memory_budget)
     check_output_folder(Path(out_dir))
     backend, model = load_model(checkpoint, kernels=o.kernels)
     scale = trained_scale(checkpoint)
+    o = o._replace(threshold=cut_of(o.threshold, scale))
     sources = [open_source(s) for s in slides]
     out_dir, made_out_dir = Path(out_dir), not Path(out_dir).exists()
     try:

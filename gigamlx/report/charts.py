@@ -88,6 +88,7 @@ def _val_detail(data: RunData) -> Card | None:
     differences that matter may be a few thousandths."""
     wanted = [
         ("Dice", "val_dice", VAL, False),
+        ("Dice at the chosen cut", "val_threshold_dice", VAL, True),
         ("Otsu", "val_otsu_dice", OTSU, True),
         ("soft Dice", "val_soft_dice", SOFT, False),
         ("precision", "val_precision", PRECISION, False),

@@ -52,6 +52,9 @@ def _quality(data: RunData) -> Fact:
         return Fact("train Dice", value, detail)
     dice, otsu = best["val_dice"], best.get("val_otsu_dice")
     detail = f"step {best['step']:,}"
+    if isinstance(best.get("val_threshold_dice"), int | float):  # the Dice `best` was kept for
+        dice = best["val_threshold_dice"]
+        detail += f" · p ≥ {best['val_threshold']:g}"
     if not isinstance(otsu, int | float):
         return Fact("best val Dice", f"{dice:.4f}", detail)
     delta = dice - otsu

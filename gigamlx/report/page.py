@@ -128,8 +128,10 @@ def _overlays(data: RunData) -> str:
     if not figures:
         return ""
     latest = f" at step {data.val[-1]['step']:,}" if data.val else ""
+    cut = data.val[-1].get("val_threshold") if data.val else None
+    cut_text = f"{cut:g}" if isinstance(cut, int | float) else "0.5"  # runs before cuts were chosen
     caption = (
-        f"Each validation slide as last predicted{latest}: tissue (p ≥ 0.5) tinted"
+        f"Each validation slide as last predicted{latest}: tissue (p ≥ {cut_text}) tinted"
         f'<i class="swatch" style="background:{TISSUE_TINT};opacity:.45"></i>and outlined'
         f'<i class="swatch" style="background:{TISSUE_OUTLINE}"></i>'
     )

@@ -114,8 +114,9 @@ def _best_step(run_dir: Path, val: list[dict]) -> int | None:
             return step
     except (OSError, ValueError, KeyError, TypeError):
         pass  # no best checkpoint (yet): the validation rows tell
-    scored = [row for row in val if _number(row.get("val_dice")) is not None]
-    return max(scored, key=lambda row: row["val_dice"])["step"] if scored else None
+    key = "val_threshold_dice" if any("val_threshold_dice" in row for row in val) else "val_dice"
+    scored = [row for row in val if _number(row.get(key)) is not None]
+    return max(scored, key=lambda row: row[key])["step"] if scored else None
 
 
 def _overlays(run_dir: Path) -> list[Overlay]:

@@ -153,7 +153,8 @@ def train(
 
     Before the first step of a fresh run (the untrained baseline), every `val_every` steps and
     at the end, rank 0 validates (when the run has validation areas), logs a "val" line, calls
-    `on_val(line)` and keeps the best weights as `best`.
+    `on_val(line)` and keeps the best weights as `best` (best by Dice at the threshold that
+    validation chose, which the checkpoint records).
 
     Every rank applies the same averaged gradient to the same weights; that is checked before
     the first step and after every step, and ranks that disagree or lose each other stop with
@@ -251,8 +252,9 @@ def _validate(run: Run, seconds: float, on_val: Callable[[dict], None] | None) -
     row = run.validator(run.backend, run.model, run.step, seconds)
     with open(run.metrics_path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
-    if row["val_dice"] > run.best_val_dice:
-        save_best(run, row["val_dice"])
+    run.val_threshold = (run.step, row["val_threshold"])
+    if row["val_threshold_dice"] > run.best_val_dice:  # the weights with their chosen cut
+        save_best(run, row["val_threshold_dice"])
     if on_val:
         on_val(row)
 

@@ -57,7 +57,8 @@ class Run:
     step: int  # optimizer steps completed
     run_dir: Path
     validator: Validator | None = None  # rank 0 only
-    best_val_dice: float = -1.0  # of the `best` checkpoint
+    best_val_dice: float = -1.0  # of the `best` checkpoint, at its chosen threshold
+    val_threshold: tuple[int, float] | None = None  # (step, cut) the last validation chose
 
     @property
     def metrics_path(self) -> Path:
@@ -203,17 +204,22 @@ def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> V
 
 
 def save_best(run: Run, val_dice: float) -> Path:
-    """Keep the weights of this step as RUN/checkpoints/best (never pruned)."""
+    """Keep the weights of this step as RUN/checkpoints/best (never pruned), with the
+    threshold validation chose for them (`Run.val_threshold`)."""
     run.best_val_dice = val_dice
     return _checkpoint(run, name=BEST, extra={"val_dice": val_dice})
 
 
 def _checkpoint(run: Run, name: str | None = None, extra: dict | None = None) -> Path:
-    """Write the run's state after its last completed step (save_checkpoint's folder)."""
+    """Write the run's state after its last completed step (save_checkpoint's folder); a
+    step validation scored carries the threshold it chose (what `predict` cuts at)."""
     weights, moments = (
         run.backend.flat_params(run.model),
         run.backend.optimizer_state(run.optimizer),
     )
+    extra = dict(extra or {})
+    if run.val_threshold is not None and run.val_threshold[0] == run.step:
+        extra["threshold"] = run.val_threshold[1]
     state = (run.config.to_dict(), run.sampler.state())
     return save_checkpoint(run.run_dir, run.step, weights, moments, *state, name=name, extra=extra)
 

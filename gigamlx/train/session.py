@@ -93,8 +93,11 @@ def closing_line(first: dict, last: dict, run_dir) -> str:
     model, otsu = last["val_dice"], last["val_otsu_dice"]
     verdict = "above" if model > otsu else "below"
     start = f"{first['val_dice']:.4f} at step {first['step']} -> " if first is not last else ""
+    tuned = ""
+    if "val_threshold" in last:  # lines logged before thresholds were chosen have none
+        tuned = f" ({last['val_threshold_dice']:.4f} at its chosen p >= {last['val_threshold']:g})"
     return (
-        f"validation Dice {start}{model:.4f} at step {last['step']}, {verdict} Otsu's "
+        f"validation Dice {start}{model:.4f} at step {last['step']}{tuned}, {verdict} Otsu's "
         f"{otsu:.4f} on the same pixels; see it: gigamlx report {run_dir}"
     )
 

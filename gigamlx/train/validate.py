@@ -5,6 +5,12 @@ Validation areas are whole images (a held-out store, or the last `fraction` of a
 slide's long side, zero-padded at its edges like any image); the sampler never draws training
 regions that overlap a held-out strip. The Otsu detector is scored once on the same pixels,
 so every validation line carries the threshold baseline beside the model.
+
+Each validation also picks the decision threshold: the cut of p (0.10 … 0.90) with the best
+pooled Dice on these pixels, or the cut nearest 0.5 within `THRESHOLD_TOLERANCE` of it. A
+model trained with BCE puts ambiguous pixels (faint tissue, fat) at their base rate, below
+0.5, so 0.5 is often not its best cut; the chosen one is kept with the weights (`best` and
+the checkpoint of that step) and `gigamlx predict` cuts there.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from gigamlx.core.arrays import crop_view
 from gigamlx.core.geometry import Box
 from gigamlx.core.normalise import InputNorm
 from gigamlx.eval.baseline import mask_plane
-from gigamlx.eval.metrics import PixelCounts, evaluate_pair
+from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
+from gigamlx.infer.annotations import DEFAULT_THRESHOLD, threshold_u8
 from gigamlx.infer.export import write_overlay
 from gigamlx.slide.masks import OtsuMask
 from gigamlx.tiling.scheduler import tiled_predict
@@ -31,7 +38,9 @@ log = logging.getLogger(__name__)
 AUTO_VAL_FRACTION = 0.1
 BLOCK_HW = (1024, 1024)  # metric blocks: bounded float64 memory whatever the area
 OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every validation
-IN_MEMORY_MAX_PX = 2**28  # larger validation areas are predicted into a zarr scratch array
+IN_MEMORY_MAX_PX = 2**28  # validation maps beyond this many pixels go to zarr scratch arrays
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # the cuts validation may choose
+THRESHOLD_TOLERANCE = 0.001  # Dice a cut nearer 0.5 may give up (below: best_threshold)
 
 
 class ValArea(NamedTuple):
@@ -87,14 +96,25 @@ def heldout_areas(names: list[str], slides, fraction: float) -> list[ValArea]:
     return areas
 
 
-def _prob_buffer(hw: tuple[int, int], scratch: Path):
-    """A (H, W) uint8 array to predict into: numpy, or a zarr array on disk when large."""
-    if hw[0] * hw[1] <= IN_MEMORY_MAX_PX:
+def _prob_buffer(hw: tuple[int, int], scratch: Path, in_memory: bool):
+    """A (H, W) uint8 array to predict into: numpy, or a zarr array on disk."""
+    if in_memory:
         return np.zeros(hw, np.uint8)
     import zarr
 
     shutil.rmtree(scratch, ignore_errors=True)
     return zarr.create_array(store=str(scratch), shape=hw, chunks=BLOCK_HW, dtype="uint8")
+
+
+def best_threshold(counts: list[PixelCounts]) -> tuple[float, float]:
+    """(threshold, Dice): of the cuts in `THRESHOLDS` (`counts` in their order) whose pooled
+    Dice is within `THRESHOLD_TOLERANCE` of the best, the nearest 0.5. A model trained on
+    Dice alone gives near-binary maps whose Dice hardly moves between 0.1 and 0.9: without
+    the tolerance, noise would send the cut to either end from one validation to the next."""
+    scored = [(t, c.metrics()["dice"]) for t, c in zip(THRESHOLDS, counts, strict=True)]
+    floor = max(dice for _, dice in scored) - THRESHOLD_TOLERANCE
+    near_best = [(t, dice) for t, dice in scored if dice >= floor]
+    return min(near_best, key=lambda td: (abs(td[0] - 0.5), -td[1]))
 
 
 class Validator:
@@ -116,26 +136,39 @@ class Validator:
         return self._otsu
 
     def __call__(self, backend, model, step: int, seconds: float) -> dict:
-        """One validation: the metrics line for metrics.jsonl (pooled over all areas)."""
+        """One validation: the metrics line for metrics.jsonl (pooled over all areas), with
+        the threshold it chooses (`val_threshold`) and the Dice there (`val_threshold_dice`)."""
         start = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        counts, per_slide = PixelCounts(), {}
-        for area in self.areas:
-            prob = _prob_buffer(area.mask.shape[:2], self.out_dir / ".scratch.zarr")
+        scratch = self.out_dir / ".scratch"
+        pooled = [PixelCounts() for _ in THRESHOLDS]
+        per_slide, probs, in_memory_px = {}, [], 0
+        for index, area in enumerate(self.areas):
+            hw = area.mask.shape[:2]
+            in_memory = in_memory_px + hw[0] * hw[1] <= IN_MEMORY_MAX_PX
+            in_memory_px += hw[0] * hw[1] if in_memory else 0
+            prob = _prob_buffer(hw, scratch / f"{index}.zarr", in_memory)
             model.input_norm = area.norm  # the loop sets each region's own before its step
             tiled_predict(backend, model, area.image, self.tile, self.budget_bytes, out=prob)
-            area_counts = evaluate_pair(prob, area.mask, block_hw=BLOCK_HW)
-            counts += area_counts
-            per_slide[area.name] = area_counts.metrics()["dice"]
+            area_counts = evaluate_thresholds(prob, area.mask, THRESHOLDS, block_hw=BLOCK_HW)
+            for total, counts in zip(pooled, area_counts, strict=True):
+                total += counts
+            per_slide[area.name] = area_counts
+            probs.append(prob)  # kept (in memory up to IN_MEMORY_MAX_PX) for the overlays
+        threshold, threshold_dice = best_threshold(pooled)
+        cut = threshold_u8(threshold)
+        for area, prob in zip(self.areas, probs, strict=True):
             overlay = self.out_dir / f"{area.name}_overlay.png"
-            write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, compress_level=1)
-        shutil.rmtree(self.out_dir / ".scratch.zarr", ignore_errors=True)
-        metrics = counts.metrics()
+            write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, cut, compress_level=1)
+        shutil.rmtree(scratch, ignore_errors=True)
+        metrics = pooled[THRESHOLDS.index(DEFAULT_THRESHOLD)].metrics()
         row = {"step": step, "kind": "val"}
         for name in ("dice", "soft_dice", "precision", "recall"):
             row[f"val_{name}"] = metrics[name]
+        row["val_threshold"], row["val_threshold_dice"] = threshold, threshold_dice
         row["val_otsu_dice"] = self.otsu()["dice"]
-        row["val_slides"] = per_slide
+        at_cut = THRESHOLDS.index(threshold)  # each slide's Dice as its overlay shows it
+        row["val_slides"] = {name: c[at_cut].metrics()["dice"] for name, c in per_slide.items()}
         row["val_seconds"] = time.perf_counter() - start
         row["seconds"] = seconds + row["val_seconds"]
         return row

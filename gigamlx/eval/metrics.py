@@ -104,28 +104,28 @@ def to_probability(
     )
 
 
-def block_counts(prob: np.ndarray, tissue: np.ndarray, threshold: float) -> PixelCounts:
-    """Counts and soft sums of one block.
+def block_counts(
+    prob: np.ndarray, tissue: np.ndarray, thresholds: tuple[float, ...]
+) -> list[PixelCounts]:
+    """Counts and soft sums of one block at each of `thresholds` (the soft sums, which do not
+    depend on the threshold, are summed once).
 
     Args:
         prob: (h, w) float64 probabilities in [0, 1].
         tissue: (h, w) bool mask.
-        threshold: a pixel is predicted tissue when prob >= threshold.
+        thresholds: a pixel is predicted tissue when prob >= threshold.
     """
-    predicted = prob >= threshold
-    tp = int(np.count_nonzero(predicted & tissue))
-    n_pred = int(np.count_nonzero(predicted))
     n_true = int(np.count_nonzero(tissue))
-    fp, fn = n_pred - tp, n_true - tp
-    return PixelCounts(
-        tp=tp,
-        fp=fp,
-        fn=fn,
-        tn=prob.size - tp - fp - fn,
-        sum_p=float(prob.sum(dtype=np.float64)),
-        sum_g=float(n_true),
-        sum_pg=float(prob.sum(where=tissue, dtype=np.float64)),
-    )
+    sum_p = float(prob.sum(dtype=np.float64))
+    sum_pg = float(prob.sum(where=tissue, dtype=np.float64))
+    counts = []
+    for threshold in thresholds:
+        predicted = prob >= threshold
+        tp = int(np.count_nonzero(predicted & tissue))
+        fp, fn = int(np.count_nonzero(predicted)) - tp, n_true - tp
+        tn = prob.size - tp - fp - fn
+        counts.append(PixelCounts(tp, fp, fn, tn, sum_p, float(n_true), sum_pg))
+    return counts
 
 
 def check_threshold(threshold: float) -> None:
@@ -197,8 +197,8 @@ def evaluate_thresholds(
         prob = to_probability(np.asarray(pred[rows, cols]), pred_name, pred_scale)
         _check_block(prob, pred_name, rows, cols)
         tissue = np.asarray(mask[rows, cols]) != 0
-        for total, threshold in zip(totals, thresholds, strict=True):
-            total += block_counts(prob, tissue, threshold)
+        for total, counts in zip(totals, block_counts(prob, tissue, thresholds), strict=True):
+            total += counts
     logger.debug("%s: %d px, tp=%d fp=%d fn=%d", pred_name, totals[0].n_px, *astuple(totals[0])[:3])
     return totals
 

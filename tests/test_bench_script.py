@@ -74,7 +74,8 @@ def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
-    expected = ["numpy"] + (["native"] if get_backend("mlx").window_turner else [])
-    assert [r["kind"] for r in rows] == expected
+    native = [("native", "zarr"), ("native", "direct")]
+    expected = [("numpy", "direct")] + (native if get_backend("mlx").window_turner else [])
+    assert [(r["kind"], r["decode"]) for r in rows] == expected
     assert all(r["wall_s"] > 0 and r["pixels"] >= 256 * 512 for r in rows)
     assert "one pass of window reads" in done.stdout

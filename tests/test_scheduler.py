@@ -105,3 +105,37 @@ def test_a_standardised_model_matches_float64_whole_image(backend, hw, tile):
     assert np.abs(tiled_predict(backend, model, image, tile) - ref_probs).max() <= 1e-5
     model.input_norm = InputNorm()  # the raw model differs: the test can tell them apart
     assert np.abs(tiled_predict(backend, model, image, tile) - ref_probs).max() > 1e-3
+
+
+@pytest.mark.parametrize("limit_tiles", [0, 2, 99])
+def test_dice_pass_two_starts_with_the_windows_kept_from_pass_one(model, limit_tiles):
+    """Windows from a store are kept for pass 2 as far as the budget's cache share allows
+    (none, some, all): those are not read again, pass 2 starts with the newest, and loss and
+    gradients are the bytes of a step that kept none."""
+    from gigamlx.core.arrays import WindowArray
+    from gigamlx.tiling.budget import CACHE_SHARE
+
+    backend = get_backend("mlx")
+    image, mask = random_case((333, 517), seed=5)
+    reads = []
+
+    def read(box):
+        reads.append(box)
+        return image[box.y0 : box.y1, box.x0 : box.x1]
+
+    lazy = WindowArray(image.shape, image.dtype, read)  # not an ndarray: may be cached
+    plain = tiled_step(backend, model, image, mask, "dice+bce", 128)
+    tiles = plain.plan.tiles
+    n_kept = min(limit_tiles, len(tiles))
+    last = tiles[len(tiles) - n_kept :]
+    budget = int(sum(t.in_box.area() * 3 + t.out_box.area() for t in last) / CACHE_SHARE) + 10
+    kept = tiled_step(backend, model, lazy, mask, "dice+bce", 128, budget_bytes=budget)
+    assert kept.kept_windows == n_kept and plain.kept_windows == 0
+    assert kept.loss == plain.loss
+    for name, g in plain.grads.items():
+        np.testing.assert_array_equal(kept.grads[name], g, err_msg=name)
+    first_pass, second_pass = reads[: len(tiles)], reads[len(tiles) :]
+    assert len(second_pass) == len(tiles) - n_kept
+    expected = [t.in_box for t in reversed(tiles[: len(tiles) - n_kept])]
+    assert [(b.y0, b.x0) for b in second_pass] == [(max(b.y0, 0), max(b.x0, 0)) for b in expected]
+    assert len(first_pass) == len(tiles)

@@ -28,6 +28,7 @@ from gigamlx.core.outputs import (
     replace_path,
 )
 from gigamlx.slide import ngff
+from gigamlx.slide.chunks import direct_reader
 from gigamlx.slide.written import (
     check_chunk_px,
     is_slide_store,
@@ -51,23 +52,31 @@ def _chunk_hw(array, axes: str) -> tuple[int, int] | None:
     return (chunks[axes.index("y")], chunks[axes.index("x")]) if chunks else None
 
 
-def channels_last(array, axes: str) -> WindowArray:
+def _getter(array, direct: bool) -> Callable:
+    """`index -> array[index]`: by decoding chunks directly where the layout allows."""
+    return (direct and direct_reader(array)) or array.__getitem__
+
+
+def channels_last(array, axes: str, direct: bool = True) -> WindowArray:
     """Read-only (H, W, 3) view of an on-disk image array of any NGFF axis order; a window
-    of a planar (c, y, x) array comes back as a strided view (`to_rgb(contiguous=False)`)."""
+    of a planar (c, y, x) array comes back as a strided view (`to_rgb(contiguous=False)`).
+    `direct=False` reads through zarr only (what `slide.chunks` is measured against)."""
     hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
+    get = _getter(array, direct)
 
     def read(box: Box) -> np.ndarray:  # planar stores: a strided view, copied once by the caller
-        return to_rgb(array[axes_index(axes, box)], axes, contiguous=False)
+        return to_rgb(get(axes_index(axes, box)), axes, contiguous=False)
 
     return WindowArray((*hw, 3), array.dtype, read, _chunk_hw(array, axes))
 
 
-def mask_view(array, axes: str) -> WindowArray:
+def mask_view(array, axes: str, direct: bool = True) -> WindowArray:
     """Read-only (H, W) uint8 0/1 view of a label array (extra axes are size-1, taken at 0)."""
     hw = array.shape[axes.index("y")], array.shape[axes.index("x")]
+    get = _getter(array, direct)
 
     def read(box: Box) -> np.ndarray:
-        block = to_plane(array[axes_index(axes, box)], axes)
+        block = to_plane(get(axes_index(axes, box)), axes)
         return block if block.dtype == np.uint8 else (block != 0).view(np.uint8)
 
     return WindowArray(hw, np.uint8, read, _chunk_hw(array, axes))
@@ -130,7 +139,7 @@ def _downsamples(ome: dict, widths_px: list[int]) -> list[float]:
     return [widths_px[0] / w for w in widths_px]
 
 
-def _mask_levels(group) -> list:
+def _mask_levels(group, direct: bool) -> list:
     try:
         labels = group["labels"]
         names = dict(labels.attrs).get("ome", dict(labels.attrs)).get("labels", [])
@@ -139,14 +148,15 @@ def _mask_levels(group) -> list:
     except (KeyError, IndexError):
         return []
     arrays, axes = _multiscale_levels(label)
-    return [mask_view(a, axes) for a in arrays]
+    return [mask_view(a, axes, direct) for a in arrays]
 
 
-def open_store(path: str | os.PathLike) -> SlideStore:
+def open_store(path: str | os.PathLike, direct_chunks: bool = True) -> SlideStore:
     """Open a slide store for reading.
 
     Accepts gigamlx stores, other OME-Zarr images (any axis order over t, c, z, y, x) and a
-    plain zarr array of shape (H, W, 3).
+    plain zarr array of shape (H, W, 3). `direct_chunks=False` reads every window through
+    zarr instead of `slide.chunks` (same values; for benchmarks).
 
     Raises:
         StoreError: the path is missing, incomplete (an interrupted write) or not a slide store;
@@ -162,7 +172,7 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     if isinstance(node, zarr.Array):
         if node.ndim != 3 or node.shape[2] not in (1, 3, 4):
             raise StoreError(f"{path} holds a {node.shape} array, expected (H, W, 3) RGB")
-        return SlideStore(path, [Level(channels_last(node, "yxc"), None, 1)], {})
+        return SlideStore(path, [Level(channels_last(node, "yxc", direct_chunks), None, 1)], {})
     attrs = dict(node.attrs)
     ome = attrs.get("ome", attrs)
     if "multiscales" not in ome or attrs.get("gigamlx", {}).get("complete") is False:
@@ -171,10 +181,10 @@ def open_store(path: str | os.PathLike) -> SlideStore:
         raise StoreError(f"{path} is a probability map written by predict, not a slide store")
     try:
         arrays, axes = _multiscale_levels(node)
-        masks = _mask_levels(node)
+        masks = _mask_levels(node, direct_chunks)
     except (KeyError, IndexError, TypeError) as error:
         raise StoreError(f"{path}: unreadable OME-Zarr multiscale metadata ({error!r})") from None
-    images = [_image_view(path, a, axes) for a in arrays]
+    images = [_image_view(path, a, axes, direct_chunks) for a in arrays]
     downsamples = _downsamples(ome, [image.shape[1] for image in images])
     levels = [
         Level(image, masks[n] if n < len(masks) else None, downsamples[n])
@@ -187,7 +197,7 @@ def open_store(path: str | os.PathLike) -> SlideStore:
     return SlideStore(path, levels, own)
 
 
-def _image_view(path: Path, array, axes: str) -> WindowArray:
+def _image_view(path: Path, array, axes: str, direct: bool) -> WindowArray:
     """The channels-last view, once the axes are known to name every dimension, y and x."""
     if len(axes) != array.ndim or "y" not in axes or "x" not in axes:
         raise StoreError(
@@ -196,7 +206,7 @@ def _image_view(path: Path, array, axes: str) -> WindowArray:
         )
     if "c" in axes and array.shape[axes.index("c")] not in (1, 2, 3, 4):
         raise StoreError(f"{path}: {array.shape[axes.index('c')]} channels; expected RGB")
-    return channels_last(array, axes)
+    return channels_last(array, axes, direct)
 
 
 def _check_mask_grid(path: Path, level: Level) -> None:

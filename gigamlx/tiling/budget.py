@@ -28,7 +28,8 @@ Mode = Literal["grad", "stats", "predict"]
 # Of the budget left after the host's own memory: the engine's tiles get this share, the
 # engine's cache of freed buffers BUFFER_CACHE_SHARE (the next tile reuses them instead of
 # faulting fresh pages in; on Metal it is unbounded unless set), the scheduler's pass-2 window
-# cache CACHE_SHARE, and the rest absorbs allocator rounding and prefetch.
+# cache CACHE_SHARE, and the rest absorbs allocator rounding, prefetch and the store reader's
+# decoded chunks kept between windows (slide.chunks: at most 48 MB per array and thread).
 ENGINE_SHARE = 0.6
 BUFFER_CACHE_SHARE = 0.2
 CACHE_SHARE = 0.1

@@ -2,7 +2,8 @@
 
 It owns every evaluation of a step (through the backend's tile methods), accumulates sums and
 gradients in float64, and measures the peak memory of what it ran. Dice takes two passes:
-forward-only sums, then per-tile gradients with the exact per-pixel cotangent from those sums.
+forward-only sums, then per-tile gradients with the exact per-pixel cotangent from those sums
+(pass 2 runs backwards, starting with the windows pass 1 kept within the budget).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class StepResult(NamedTuple):
     read_wait_seconds: float  # of which compute waited for (0 when reads fully overlap)
     forward_seconds: float  # Dice pass 1 (forward-only sums), reads included
     cache_bytes: int = 0  # freed buffers the engine kept at the step's end (bounded by budget)
+    kept_windows: int = 0  # windows pass 2 took from pass 1 instead of reading them again
 
 
 def check_image(image, mask=None) -> tuple[int, int]:
@@ -107,6 +109,11 @@ def _staged(read: Callable[[Tile], TileData], stage: Callable[[TileData], TileDa
     return lambda tile: stage(read(tile))
 
 
+def _stage_or_read(read: Callable[[Tile], TileData], stage: Callable[[TileData], TileData]):
+    """Pass 2's loader: a window kept from pass 1 is staged, a tile is read and staged."""
+    return lambda item: stage(item if isinstance(item, TileData) else read(item))
+
+
 def iter_tile_data(items, load: Callable, clock: ReadClock) -> Iterator[TileData]:
     """`load(item)` for each item, one tile ahead on a thread, while the caller computes.
 
@@ -130,8 +137,22 @@ def _cache_limit_bytes(image, budget_bytes: int | None) -> int:
     return int(budget_bytes * CACHE_SHARE) if budget_bytes else DEFAULT_CACHE_BYTES
 
 
-def _window_bytes(plan: TilePlan) -> int:
-    return sum(t.in_box.area() * 3 + t.out_box.area() for t in plan.tiles)
+def _kept_tiles(plan: TilePlan, limit_bytes: int) -> list[Tile]:
+    """The last tiles of pass 1 whose windows (image and target) fit in `limit_bytes` together:
+    kept on the host, they start pass 2 without being read again."""
+    kept, total = [], 0
+    for tile in reversed(plan.tiles):
+        total += tile.in_box.area() * 3 + tile.out_box.area()
+        if total > limit_bytes:
+            break
+        kept.append(tile)
+    return kept[::-1]
+
+
+def _second_pass_order(plan: TilePlan, cache: list[TileData]) -> list[Tile | TileData]:
+    """Pass 2 goes backwards: the windows kept from the end of pass 1 first (newest first, so
+    the compute never waits for the first read), then the others, read again."""
+    return cache[::-1] + list(plan.tiles[: len(plan.tiles) - len(cache)])[::-1]
 
 
 def tiled_step(
@@ -163,27 +184,26 @@ def tiled_step(
     read = _reader(image, mask)
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
-    sums, cache = None, None
+    sums, cache = None, []
     forward_seconds = 0.0
+    second_order: list[Tile | TileData] = list(plan.tiles)
     if needs_two_passes(loss):
         sums = TileStats()
-        keep = _window_bytes(plan) <= _cache_limit_bytes(image, budget_bytes)
-        cache = [] if keep else None
-        # a cached window stays on the host: staged, it would hold device memory till pass 2
-        load = read if keep else _staged(read, backend.stage)
+        kept = set(_kept_tiles(plan, _cache_limit_bytes(image, budget_bytes)))
+        # a kept window stays on the host: staged, it would hold device memory till pass 2
+        staged = _staged(read, backend.stage)
+        load = lambda tile: read(tile) if tile in kept else staged(tile)  # noqa: E731
         for done, data in enumerate(iter_tile_data(plan.tiles, load, clock), 1):
             sums = sums + backend.tile_stats(model, data, plan.padded_hw)
-            if keep:
+            if data.tile in kept:
                 cache.append(data)
             _report(progress, "forward", done, len(plan.tiles))
         forward_seconds = time.perf_counter() - start
+        second_order = _second_pass_order(plan, cache)
     coefficients = objective(loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
-    if cache is not None:
-        second_pass = iter_tile_data(cache, backend.stage, clock)
-    else:
-        second_pass = iter_tile_data(plan.tiles, _staged(read, backend.stage), clock)
+    second_pass = iter_tile_data(second_order, _stage_or_read(read, backend.stage), clock)
     for done, data in enumerate(second_pass, 1):
         tile_stats, tile_grads = backend.tile_grad(model, data, plan.padded_hw, coefficients)
         stats = stats + tile_stats
@@ -195,7 +215,7 @@ def tiled_step(
     value = loss_value(loss, stats)
     return StepResult(
         value, stats, grads, plan, reading.peak_bytes, seconds, clock.read_s, clock.wait_s,
-        forward_seconds, reading.cache_bytes,
+        forward_seconds, reading.cache_bytes, len(cache),
     )  # fmt: skip
 
 

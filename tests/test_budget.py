@@ -55,6 +55,30 @@ def test_budget_picks_larger_tiles_for_larger_budgets(model):
     assert large.tile_hw[0] * large.tile_hw[1] > small.tile_hw[0] * small.tile_hw[1]
 
 
+def test_on_a_cpu_tiles_stop_at_the_cap_whatever_the_budget(model, monkeypatch):
+    """Past CPU_MAX_TILE_PX a side a larger budget buys no larger tile on a CPU (larger ones
+    were slower there); a step planned under the cap gives the numbers of the same tiles."""
+    from gigamlx.tiling import scheduler
+    from gigamlx.tiling.budget import choose_tile_hw
+
+    backend = MLXBackend()
+    assert backend.runs_on_cpu
+    cost = tile_cost(backend, model, "grad")
+    free = choose_tile_hw(cost, 2 * 10**9, 0, (4096, 4096))
+    capped = choose_tile_hw(cost, 2 * 10**9, 0, (4096, 4096), max_side_px=1000)
+    assert max(capped) <= 1000 < max(free)
+    assert choose_tile_hw(cost, 10**12, 0, (4096, 4096), max_side_px=1000) == capped
+
+    monkeypatch.setattr(scheduler, "CPU_MAX_TILE_PX", 128)
+    image, mask = random_case((333, 517), seed=7)
+    auto = tiled_step(backend, model, image, mask, "dice", budget_bytes=10**10)
+    assert auto.plan.tile_hw == (128, 128) and len(auto.plan.tiles) == 15
+    given = tiled_step(backend, model, image, mask, "dice", tile=128)
+    assert auto.loss == given.loss
+    for name, g in given.grads.items():
+        np.testing.assert_array_equal(auto.grads[name], g, err_msg=name)
+
+
 class _Untouchable:
     """An image that fails if any pixel is read: proves errors come before any compute."""
 

@@ -114,6 +114,12 @@ class Backend(Protocol):
         ...
 
     @property
+    def runs_on_cpu(self) -> bool:
+        """The model computes on the host's cores (the scheduler caps the tile size there:
+        larger tiles bring page faults and fewer, longer reads to overlap, not speed)."""
+        ...
+
+    @property
     def window_turner(self) -> WindowTurner | None:
         """A native turn and colour lookup of training windows, one pass on the prefetch
         thread (the same bytes as `train.regions`' numpy), or None where there is none."""

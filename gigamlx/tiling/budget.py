@@ -37,6 +37,11 @@ CACHE_SHARE = 0.1
 # (<= 1 B) of the tile computing, of the PREFETCH_DEPTH tiles queued and of the one being read,
 # plus the reader's transient copies (a zero-filled window, a turned region block)
 HOST_BYTES_PER_WINDOW_PX = 4 * (PREFETCH_DEPTH + 2) + 8
+# Largest tile side planned where the model computes on the CPU. A 16000x64000 step at 2 GB
+# plans 4032x4608 tiles (29.5 s); larger budgets planned larger tiles and ran slower (8 GB:
+# 32.4 s, 30.7 s of system time in page faults over three steps; 16 GB, 12800 px tiles:
+# 47.9 s, the compute waiting 13 s a step for ten long reads it could not overlap).
+CPU_MAX_TILE_PX = 4608
 _PROBE_TILES_PX = (64, 256)
 _cost_cache: dict[tuple[str, str, Mode], TileCost] = {}
 
@@ -122,11 +127,13 @@ def choose_tile_hw(
     resting_bytes: int,
     image_hw: tuple[int, int],
     spec: tuple[Layer, ...] = GIGAUNET_4492,
+    max_side_px: int | None = None,
 ) -> tuple[int, int]:
     """Tile (rows, cols) for this image whose predicted peak fits the budget.
 
-    The largest square tile that fits sets how many tiles each axis needs; the tiles are then
-    shrunk to split each axis evenly, so no tile is mostly padding.
+    The largest square tile that fits (and is no larger than `max_side_px`, if given) sets
+    how many tiles each axis needs; the tiles are then shrunk to split each axis evenly, so
+    no tile is mostly padding.
 
     Raises:
         ValueError: if even the smallest tile does not fit; names the budget and the minimum.
@@ -140,8 +147,9 @@ def choose_tile_hw(
             f"({stride}x{stride} px) needs about {format_bytes(minimum)}; raise the budget"
         )
     padded = [-(-n // stride) * stride for n in image_hw]
+    largest = min(max(padded), (max_side_px or max(padded)) // stride * stride)
     side = stride
-    while side < max(padded) and cost.in_flight_bytes(side + stride, halo) <= usable:
+    while side + stride <= largest and cost.in_flight_bytes(side + stride, halo) <= usable:
         side += stride
     rows, cols = (-(-n // (-(-n // side) * stride)) * stride for n in padded)
     return rows, cols

@@ -22,6 +22,7 @@ from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_pas
 from gigamlx.core.spec import GIGAUNET_4492, Layer
 from gigamlx.tiling.budget import (
     CACHE_SHARE,
+    CPU_MAX_TILE_PX,
     Mode,
     buffer_cache_bytes,
     choose_tile_hw,
@@ -77,12 +78,14 @@ def resolve_plan(
     budget_bytes: int | None,
     spec: tuple[Layer, ...] = GIGAUNET_4492,
 ) -> TilePlan:
-    """Tiles for this image: `tile` if given, else the largest that fit `budget_bytes`."""
+    """Tiles for this image: `tile` if given, else the largest that fit `budget_bytes` (on a
+    CPU, at most CPU_MAX_TILE_PX a side)."""
     if tile is None and budget_bytes is not None:
         resting = backend.memory().active_bytes
         cost = tile_cost(backend, model, mode, spec)
         backend.bound_memory(budget_bytes, buffer_cache_bytes(cost, budget_bytes))
-        tile = choose_tile_hw(cost, budget_bytes, resting, image_hw, spec)
+        cap = CPU_MAX_TILE_PX if backend.runs_on_cpu else None
+        tile = choose_tile_hw(cost, budget_bytes, resting, image_hw, spec, cap)
     return plan_tiles(image_hw, tile or DEFAULT_TILE_PX, spec)
 
 

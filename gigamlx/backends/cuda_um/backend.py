@@ -67,6 +67,10 @@ class CudaUMBackend:
         return f"torch-{self.device.type}"
 
     @property
+    def runs_on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    @property
     def window_turner(self) -> WindowTurner | None:
         return None  # numpy turns the windows (the native one lives in the mlx extension)
 

@@ -37,6 +37,10 @@ class MLXBackend:
         return self.kernels.name  # "fused" or "mlx"
 
     @property
+    def runs_on_cpu(self) -> bool:
+        return mx.default_device() == mx.cpu
+
+    @property
     def window_turner(self) -> WindowTurner | None:
         # only beside the fused kernels: the pure-MLX path runs no compiled code at all, as on
         # a Mac (CI's pure-MLX pass is how the numpy turn gets exercised end to end)

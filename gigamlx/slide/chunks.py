@@ -118,6 +118,7 @@ class _ChunkFiles:
         self.root, self.chunk_shape, self.dtype = root, chunk_shape, dtype
         self.encode_key, self.compressed = encode_key, compressed
         self.chunk_bytes = int(np.prod(chunk_shape)) * dtype.itemsize
+        self.keep_max = KEPT_MAX_BYTES // self.chunk_bytes  # chunks kept (and spare) at most
 
     def read(self, bounds: list[tuple[int, int]], fill: np.ndarray) -> np.ndarray:
         state = _state_of(self)
@@ -125,7 +126,7 @@ class _ChunkFiles:
         ahead = self._chunk_ranges(_moved_on(bounds, state.last))
         kept: dict[tuple[int, ...], np.ndarray | None] = {}
         for coords in itertools.product(*self._chunk_ranges(bounds)):
-            keep = len(kept) < KEPT_MAX_BYTES // self.chunk_bytes and all(
+            keep = len(kept) < self.keep_max and all(
                 i in r for i, r in zip(coords, ahead, strict=True)
             )
             if coords in state.kept:
@@ -139,7 +140,7 @@ class _ChunkFiles:
             dst, src = self._overlap(coords, bounds)
             out[dst] = fill if block is None else block[src]
         state.spare += [b for b in state.kept.values() if b is not None]  # not shared after all
-        del state.spare[max(KEPT_MAX_BYTES // self.chunk_bytes - len(kept), 0) :]
+        del state.spare[max(self.keep_max - len(kept), 0) :]
         state.kept, state.last = kept, bounds
         return out
 

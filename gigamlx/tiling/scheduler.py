@@ -193,9 +193,11 @@ def tiled_step(
     if needs_two_passes(loss):
         sums = TileStats()
         kept = set(_kept_tiles(plan, _cache_limit_bytes(image, budget_bytes)))
-        # a kept window stays on the host: staged, it would hold device memory till pass 2
         staged = _staged(read, backend.stage)
-        load = lambda tile: read(tile) if tile in kept else staged(tile)  # noqa: E731
+
+        def load(tile: Tile) -> TileData:  # a kept window stays on the host till pass 2
+            return read(tile) if tile in kept else staged(tile)
+
         for done, data in enumerate(iter_tile_data(plan.tiles, load, clock), 1):
             sums = sums + backend.tile_stats(model, data, plan.padded_hw)
             if data.tile in kept:

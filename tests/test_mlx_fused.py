@@ -53,14 +53,15 @@ def _reference_tail(h2, x, w_up, b_up, w_head, b_head, keep_yx):
     return conv.conv2d(mx.concatenate([a, x], axis=-1), w_head, b_head, 1, 1)
 
 
-def _tail_inputs(n, h, w, seed):
+def _tail_inputs(n, h, w, seed, c_in=4, c_up=3, stride=4):
+    """GigaUNet's tail by default (h2 4 channels, up1 to 3, stride 4, joined with RGB)."""
     mx.random.seed(seed)
     return [
-        mx.random.normal((n, h, w, 4)),  # h2
-        mx.random.uniform(shape=(n, 4 * h, 4 * w, 3)),  # x
-        mx.random.normal((3, 4, 4, 4)) * 0.3,
-        mx.random.normal((3,)) * 0.1,
-        mx.random.normal((1, 3, 3, 6)) * 0.3,
+        mx.random.normal((n, h, w, c_in)),  # h2
+        mx.random.uniform(shape=(n, stride * h, stride * w, 3)),  # x
+        mx.random.normal((c_up, stride, stride, c_in)) * 0.3,
+        mx.random.normal((c_up,)) * 0.1,
+        mx.random.normal((1, 3, 3, c_up + 3)) * 0.3,
         mx.random.normal((1,)),
     ]
 
@@ -84,6 +85,38 @@ def test_choose_kernels_is_explicit():
             fused.choose_kernels("fused")
     else:
         assert fused.choose_kernels("fused").fused and fused.choose_kernels("auto").fused
+
+
+@pytest.mark.parametrize(
+    ("c_in", "c_up", "stride"),
+    [
+        (2, 2, 4),  # neither GigaUNet's blocked up-sampling (3 x 4) nor its 6-channel head
+        (4, 3, 2),  # the blocked up-sampling at another stride that divides 16
+        (4, 3, 3),  # a stride that does not divide 16: weight patterns per block
+    ],
+)
+def test_fused_tail_with_other_channels_and_strides_matches_pure_mlx(c_in, c_up, stride):
+    """The kernel's general loops (the GigaUNet shapes take blocked ones) give the same
+    values and gradients."""
+    _require_ext()
+    inputs = _tail_inputs(1, 7, 9, seed=c_in + c_up + stride, c_in=c_in, c_up=c_up, stride=stride)
+    keep_yx = (1, 2, 7 * stride - 1, 9 * stride - 3)
+    z, z_ref = fused.head_logits(*inputs, keep_yx), _reference_tail(*inputs, keep_yx)
+    assert z.shape == z_ref.shape == (1, 7 * stride, 9 * stride, 1)
+    assert _rel(z, z_ref) <= VALUE_RTOL
+    x, params = inputs[1], [inputs[0], *inputs[2:]]
+    cotangent = mx.random.normal(z_ref.shape)
+
+    def grads(fn):
+        return mx.vjp(lambda h2, *rest: fn(h2, x, *rest, keep_yx), params, [cotangent])[1]
+
+    for name, got, want in zip(
+        ("h2", "w_up", "b_up", "w_head", "b_head"),
+        grads(fused.head_logits),
+        grads(_reference_tail),
+        strict=True,
+    ):
+        assert _rel(got, want) <= GRAD_RTOL, name
 
 
 @pytest.mark.parametrize(

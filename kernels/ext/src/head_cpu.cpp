@@ -37,33 +37,71 @@ void up_row(const HeadArgs& a, int c, int ky, const float* h2e, int h2e_width,
   }
 }
 
+// up_row for all CU output channels of CI input channels at once (GigaUNet's up1: 3 x 4, s
+// divides 16): one load of each h2e channel per block serves every output, whose sums are
+// independent chains held in registers with their weight patterns. Same sums, same order.
+template <int CU, int CI>
+void up_rows_blocked(const HeadArgs& a, int ky, const float* h2e, int h2e_width,
+                     std::vector<float>& pattern, float* dst, int stride) {
+  up_pattern(a, ky, 0, pattern.data());
+  Vec pat[CU][CI], bias[CU];
+  for (int c = 0; c < CU; ++c) {
+    bias[c] = splat(a.b_up[c]);
+    for (int ci = 0; ci < CI; ++ci) pat[c][ci] = load(&pattern[(c * CI + ci) * kLanes]);
+  }
+  for (int x0 = 0; x0 < a.d.W(); x0 += kLanes) {
+    Vec h[CI];
+    for (int ci = 0; ci < CI; ++ci) h[ci] = load(h2e + ci * h2e_width + x0);
+    for (int c = 0; c < CU; ++c) {
+      Vec u = bias[c];
+      for (int ci = 0; ci < CI; ++ci) u += pat[c][ci] * h[ci];
+      store(dst + c * stride + 1 + x0, vmax(u, splat(0.0f)));
+    }
+  }
+}
+
 }  // namespace
 
 void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
   const HeadDims& d = a.d;
   const int W = d.W(), stride = feature_stride(W);
-  std::fill(dst, dst + d.c_f() * stride, 0.0f);
-  if (y < 0 || y >= d.H()) return;
+  if (y < 0 || y >= d.H()) {
+    std::fill(dst, dst + d.c_f() * stride, 0.0f);
+    return;
+  }
+  // each channel row: zero but where it is written below (only the x_lo..x_hi columns)
+  const auto zero_outside = [&](float* out, int lo, int hi) {
+    if (lo >= hi) lo = hi = 0;
+    std::fill(out, out + 1 + lo, 0.0f);
+    std::fill(out + 1 + hi, out + stride, 0.0f);
+  };
   const bool row_in = y >= a.keep[0] && y < a.keep[2];
   const int x_lo = std::max(0, a.keep[1]), x_hi = std::min(W, a.keep[3]);
   if (row_in && x_lo < x_hi) {
     const float* coarse = h2e.get(a.h2, n, y / d.s);
-    std::vector<float> pattern(static_cast<size_t>(d.c_up) * d.c_in * kLanes);
-    for (int c = 0; c < d.c_up; ++c) {
-      float* out = dst + c * stride;
-      up_pattern(a, y % d.s, 0, pattern.data());
-      up_row(a, c, y % d.s, coarse, h2e.width(), pattern, out);
-      std::fill(out + 1, out + 1 + x_lo, 0.0f);
-      std::fill(out + 1 + x_hi, out + stride, 0.0f);
+    thread_local std::vector<float> pattern;
+    pattern.resize(static_cast<size_t>(d.c_up) * d.c_in * kLanes);
+    if (d.c_up == 3 && d.c_in == 4 && kLanes % d.s == 0) {
+      up_rows_blocked<3, 4>(a, y % d.s, coarse, h2e.width(), pattern, dst, stride);
+    } else {
+      for (int c = 0; c < d.c_up; ++c) {
+        up_pattern(a, y % d.s, 0, pattern.data());
+        up_row(a, c, y % d.s, coarse, h2e.width(), pattern, dst + c * stride);
+      }
     }
+    for (int c = 0; c < d.c_up; ++c) zero_outside(dst + c * stride, x_lo, x_hi);
+  } else {
+    std::fill(dst, dst + d.c_up * stride, 0.0f);
   }
   // x joins as it is, or standardised and zero outside its keep box (the columns there stay 0)
   const int xc_lo = a.x.norm.col_lo(), xc_hi = a.x.norm.col_hi(W);
-  if (!a.x.norm.row_inside(y) || xc_lo >= xc_hi) return;
+  const bool x_in = a.x.norm.row_inside(y) && xc_lo < xc_hi;
   const long row = (static_cast<long>(n) * d.H() + y) * W * d.c_x;
-  for (int cx = 0; cx < d.c_x; ++cx)
-    a.x.gather(row + xc_lo * d.c_x + cx, d.c_x, xc_hi - xc_lo,
-               dst + (d.c_up + cx) * stride + 1 + xc_lo);
+  for (int cx = 0; cx < d.c_x; ++cx) {
+    float* out = dst + (d.c_up + cx) * stride;
+    zero_outside(out, xc_lo, x_in ? xc_hi : xc_lo);
+    if (x_in) a.x.gather(row + xc_lo * d.c_x + cx, d.c_x, xc_hi - xc_lo, out + 1 + xc_lo);
+  }
 }
 
 namespace {

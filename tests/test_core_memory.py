@@ -70,3 +70,19 @@ def test_freed_blocks_are_reused_not_faulted_in_again():
         del block
     pages = (64 << 20) // resource.getpagesize()
     assert faults[1] < 0.1 * pages, faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_released_freed_blocks_leave_the_resident_set():
+    """What keep_freed_memory keeps for reuse, release_freed_memory hands back (between
+    steps), a hole below a live block included."""
+    if current_rss_bytes() is None:
+        pytest.skip("no current-RSS reading here (Linux with /proc hidden)")
+    assert memory.keep_freed_memory(1 << 30)
+    block = np.ones(200 << 20, np.uint8)  # touches every page
+    above = np.ones(8 << 20, np.uint8)  # live above it: the freed block is a hole, not the top
+    del block
+    kept = current_rss_bytes()
+    assert memory.release_freed_memory()
+    assert current_rss_bytes() < kept - (150 << 20)
+    del above

@@ -81,6 +81,19 @@ def keep_freed_memory(max_block_bytes: int) -> bool:
     return True
 
 
+def release_freed_memory() -> bool:
+    """Hand the freed blocks glibc's malloc keeps (`keep_freed_memory`) back to the system,
+    holes between live blocks included (malloc_trim). Called between training steps: kept
+    across steps, fragmentation let a 16000x64000 step's resident set creep from 1.69 to
+    1.98 GB over four steps. False where the C library is not glibc."""
+    if not sys.platform.startswith("linux") or _kept.get("unsupported"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # musl and others
+        return False
+
+
 def current_rss_bytes() -> int | None:
     """Resident memory now: /proc on Linux, psutil elsewhere; None where neither can tell
     (Linux with /proc hidden). Callers treat None as unknown, never as 0 bytes."""

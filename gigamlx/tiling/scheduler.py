@@ -19,6 +19,7 @@ from gigamlx.backends.base import Backend, FlatParams, TileData
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
+from gigamlx.core.memory import release_freed_memory
 from gigamlx.core.spec import GIGAUNET_4492, Layer
 from gigamlx.tiling.budget import (
     CACHE_SHARE,
@@ -216,11 +217,14 @@ def tiled_step(
             grads[name] = grads[name] + g if name in grads else g
         _report(progress, "backward", done, len(plan.tiles))
     reading = backend.memory()
+    kept_windows = len(cache)
+    cache.clear(), second_order.clear()  # the windows kept for pass 2 are done with: free them
+    release_freed_memory()  # and what the C library keeps of the step's buffers (between steps)
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
     return StepResult(
         value, stats, grads, plan, reading.peak_bytes, seconds, clock.read_s, clock.wait_s,
-        forward_seconds, reading.cache_bytes, len(cache),
+        forward_seconds, reading.cache_bytes, kept_windows,
     )  # fmt: skip
 
 

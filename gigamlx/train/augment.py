@@ -87,7 +87,7 @@ class ColorJitter(NamedTuple):
 
     def apply_table(self, rgb: np.ndarray) -> np.ndarray:
         """`apply` through the lookup table of all 2^24 colours: the same bytes, faster on
-        large windows once the table exists (`lut32`, one per jitter, the latest two kept)."""
+        large windows once the table exists (`lut32`, one per jitter, the latest kept)."""
         return unpack_rgb(self.lookup(rgb))
 
     def lookup(self, rgb: np.ndarray) -> np.ndarray:
@@ -109,7 +109,7 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=1)
 def lut32(jitter: ColorJitter) -> np.ndarray:
     """(2^24,) uint32: the transformed RGB of every colour (R << 16 | G << 8 | B), as bytes
     R, G, B, 0 in one word, so a window's lookup is one gather.

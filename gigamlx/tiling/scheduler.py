@@ -218,8 +218,9 @@ def tiled_step(
         _report(progress, "backward", done, len(plan.tiles))
     reading = backend.memory()
     kept_windows = len(cache)
-    cache.clear(), second_order.clear()  # the windows kept for pass 2 are done with: free them
-    release_freed_memory()  # and what the C library keeps of the step's buffers (between steps)
+    cache.clear()  # the windows kept for pass 2 are done with: free them, then hand back
+    second_order.clear()  # what the C library keeps of the step's buffers (between steps)
+    release_freed_memory()
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
     return StepResult(

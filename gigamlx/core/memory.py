@@ -53,6 +53,17 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _kept: dict[str, int] = {}
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (Linux), else None (macOS, musl)."""
+    if not sys.platform.startswith("linux") or _kept.get("unsupported"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # musl and others: no libc.so.6
+        return None
+
+
 def keep_freed_memory(max_block_bytes: int) -> bool:
     """Let glibc's malloc reuse freed blocks up to `max_block_bytes` instead of unmapping them.
 
@@ -65,15 +76,11 @@ def keep_freed_memory(max_block_bytes: int) -> bool:
     """
     if _kept.get("bytes", 0) >= max_block_bytes:
         return True
-    if not sys.platform.startswith("linux") or _kept.get("unsupported"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, max_block_bytes) and libc.mallopt(
-            _M_TRIM_THRESHOLD, max_block_bytes
-        )
-    except (OSError, AttributeError):  # musl and others: no libc.so.6 or no mallopt
-        ok = False
+    libc = _glibc()
+    ok = libc is not None and bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, max_block_bytes)
+        and libc.mallopt(_M_TRIM_THRESHOLD, max_block_bytes)
+    )
     if not ok:
         _kept["unsupported"] = 1
         return False
@@ -86,12 +93,8 @@ def release_freed_memory() -> bool:
     holes between live blocks included (malloc_trim). Called between training steps: kept
     across steps, fragmentation let a 16000x64000 step's resident set creep from 1.69 to
     1.98 GB over four steps. False where the C library is not glibc."""
-    if not sys.platform.startswith("linux") or _kept.get("unsupported"):
-        return False
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):  # musl and others
-        return False
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
 
 
 def current_rss_bytes() -> int | None:

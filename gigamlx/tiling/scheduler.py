@@ -189,7 +189,7 @@ def tiled_step(
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
     sums, cache = None, []
-    forward_seconds = 0.0
+    forward_seconds, kept_windows = 0.0, 0
     second_order: list[Tile | TileData] = list(plan.tiles)
     if needs_two_passes(loss):
         sums = TileStats()
@@ -206,6 +206,8 @@ def tiled_step(
             _report(progress, "forward", done, len(plan.tiles))
         forward_seconds = time.perf_counter() - start
         second_order = _second_pass_order(plan, cache)
+        kept_windows = len(cache)
+        cache.clear()  # pass 2's order holds the kept windows now
     coefficients = objective(loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
@@ -217,10 +219,8 @@ def tiled_step(
             grads[name] = grads[name] + g if name in grads else g
         _report(progress, "backward", done, len(plan.tiles))
     reading = backend.memory()
-    kept_windows = len(cache)
-    cache.clear()  # the windows kept for pass 2 are done with: free them, then hand back
-    second_order.clear()  # what the C library keeps of the step's buffers (between steps)
-    release_freed_memory()
+    second_order.clear()  # the kept windows are done with: free them, then hand back what
+    release_freed_memory()  # the C library keeps of the step's buffers (between steps)
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
     return StepResult(

@@ -1,57 +1,80 @@
 """The full-resolution head: a stride-1 conv to one channel over joined inputs, without the join.
 
-The head reads concat(up-sampled, input) (N, H, W, C1 + C2). Forward, it is computed as
-`y[n, i, j] = b + sum_{part, a, b, c} pad(part)[n, i + a, j + b, c] * w[a, b, c_part]`: k*k*C
-multiply-adds of shifted views that `mx.compile` fuses into one pass writing only y, where
-the matmul formulation (conv.py) materialises the concatenation and k*k tap planes.
-Backward, the k*k stacked cotangents (conv.py's `_spread`) feed one BLAS call per part: the
+The head reads concat(up-sampled, input) (N, H, W, C1 + C2): its forward is the layer with the
+most multiply-adds per pixel (k*k*C) at full resolution. It is computed on channel planes laid
+end to end: each channel zero-padded to (Hp, Wp) = (H + 2*pad, W + 2*pad), the N images one
+after another, flattened to one row of length P = N*Hp*Wp. On that row a tap (a, b) is the
+plain offset a*Wp + b, so
+
+    T = W (k*k, C) @ planes (C, P)              one BLAS call: the channel sums of every tap
+    y[j] = bias + sum_tap T[tap, j + offset]    k*k contiguous slices, one fused pass
+
+and y[(n*Hp + i)*Wp + j] is the output at (n, i, j); positions with i >= Ho or j >= Wo are
+computed and never read (k - 1 columns per row). BLAS does the channel sums (vectorised, on
+every core), leaving k*k terms per pixel instead of k*k*C. That matters most inside
+`value_and_grad`, where MLX runs compiled functions op by op (their inputs are tracers): the
+sum of k*k*C strided channel views this replaces cost 2*k*k*C strided passes there. On a
+2304² window on the 2-core CPU: forward 141 -> 62 ms compiled, forward + backward inside
+`value_and_grad` 473 -> 196 ms. Where MLX cannot compile at all, the tap sum runs op by op.
+
+Backward, the k*k stacked cotangents (conv.py's `spread`) feed one BLAS call per part: the
 weight gradient, and the input gradient of the parts that need one (the network input needs
 none, and is never computed). On the pure-MLX path (Metal's) this is the layer that sets the
-peak memory of a tile's gradient. Where MLX cannot compile (no C++ compiler on a Linux CPU),
-the same graph runs op by op: the same values, more passes.
+peak memory of a tile's gradient.
 """
 
 from __future__ import annotations
 
 from functools import cache
+from math import isqrt
 
 import mlx.core as mx
 
 from gigamlx.backends.mlx import conv as fast_conv
 
 
-@cache
-def _forward(k: int, channels: tuple[int, ...]):
-    """The compiled forward for one kernel size and the channels of each part."""
+def _tap_sum_graph(taps: mx.array, bias: mx.array) -> mx.array:
+    """bias + sum over taps (a, b) of T[(a, b), j + a*Wp + b] for T (k*k, rows, Wp).
 
-    def forward(padded: list[mx.array], w: mx.array, bias: mx.array) -> mx.array:
-        out_h, out_w = padded[0].shape[1] - k + 1, padded[0].shape[2] - k + 1
-        y, offset = bias[0], 0
-        for xp, c_part in zip(padded, channels, strict=True):
-            for tap in range(k * k):
-                a, b = divmod(tap, k)
-                view = xp[:, a : a + out_h, b : b + out_w]
-                for c in range(c_part):
-                    y = y + view[..., c] * w[tap, offset + c]
-            offset += c_part
-        return y[..., None]  # (N, Ho, Wo, 1)
-
-    return mx.compile(forward)
+    Every offset follows from T's shape, so the compiled version re-traces per shape alone."""
+    k, row_w = isqrt(taps.shape[0]), taps.shape[2]
+    flat = taps.reshape(taps.shape[0], -1)
+    # the last output (n-1, Ho-1, Wo-1) reads T up to P - 1: y needs P - the largest offset
+    length = flat.shape[1] - (k - 1) * (row_w + 1)
+    y = bias
+    for a in range(k):
+        for b in range(k):
+            offset = a * row_w + b
+            y = y + flat[a * k + b, offset : offset + length]
+    return y
 
 
-def _pad(x: mx.array, pad: int) -> mx.array:
-    return mx.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)]) if pad else x
+_tap_sum = mx.compile(_tap_sum_graph)
+
+
+def _planes(parts: list[mx.array], pad: int) -> mx.array:
+    """(N, H, W, C_i) parts -> (sum C_i, N*(H + 2*pad)*(W + 2*pad)): zero-padded channel planes."""
+    hw_pad = [(0, 0), (0, 0), (pad, pad), (pad, pad)]
+    planes = [mx.pad(part.transpose(3, 0, 1, 2), hw_pad) for part in parts]
+    joined = planes[0] if len(planes) == 1 else mx.concatenate(planes)
+    return joined.reshape(joined.shape[0], -1)
+
+
+def _forward(parts: list[mx.array], w_mat: mx.array, bias: mx.array, k: int, pad: int):
+    n, in_h, in_w, _ = parts[0].shape
+    row_h, row_w = in_h + 2 * pad, in_w + 2 * pad
+    taps = w_mat @ _planes(parts, pad)  # (k*k, P)
+    y = _tap_sum(taps.reshape(k * k, n * row_h, row_w), bias)
+    return mx.as_strided(y, (n, row_h - k + 1, row_w - k + 1, 1), (row_h * row_w, row_w, 1, 1))
 
 
 @cache
 def _make(k: int, pad: int, channels: tuple[int, ...]):
-    forward = _forward(k, channels)
     c_in = sum(channels)
 
     @mx.custom_function
     def conv(parts: list[mx.array], weight: mx.array, bias: mx.array) -> mx.array:
-        padded = [_pad(part, pad) for part in parts]
-        return forward(padded, weight.reshape(k * k, c_in), bias)
+        return _forward(parts, weight.reshape(k * k, c_in), bias, k, pad)
 
     @conv.vjp
     def conv_vjp(primals, cotangent, output):

@@ -12,8 +12,10 @@ from mlx.utils import tree_flatten
 
 from gigamlx.backends.base import TileData
 from gigamlx.backends.mlx import conv, conv_transpose, fused
-from gigamlx.backends.mlx.backend import MLXBackend, _bce, _stat_rows
+from gigamlx.backends.mlx.backend import MLXBackend
 from gigamlx.backends.mlx.model import _standardised
+from gigamlx.backends.mlx.pixel_loss import bce_reference as _bce
+from gigamlx.backends.mlx.pixel_loss import stat_rows_reference as _stat_rows
 from gigamlx.core.geometry import Box, inside_at_scale, plan_tiles
 from gigamlx.core.losses import Objective
 from gigamlx.core.normalise import InputNorm

@@ -9,7 +9,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from gigamlx.backends.base import FlatParams, MemoryReading, TileData, WindowTurner, World
-from gigamlx.backends.mlx import fused, limits
+from gigamlx.backends.mlx import fused, limits, pixel_loss
 from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
 from gigamlx.backends.mlx.model import GigaUNet
@@ -50,7 +50,11 @@ class MLXBackend:
         return data  # unified memory: nothing to move
 
     def tile_stats(self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
-        _, rows = _surrogate(model, data, padded_hw, Objective(), _target(data), self.kernels.fused)
+        if self.kernels.fused:
+            _, rows = _surrogate(model, data, padded_hw, Objective(), _target(data), True)
+        else:
+            z = _owned_logits(model, data, padded_hw, False)
+            rows = pixel_loss.stat_rows(z, _target(data))
         mx.eval(rows)  # sync point: one tile's forward graph
         return _to_stats(rows, data.tile)
 
@@ -170,11 +174,8 @@ def _surrogate(
         z = model.logits(x, tile.in_box, padded_hw, True)  # (1, h_in, w_in, 1): crop is fused
         if z.dtype == mx.float32:
             return fused.tile_loss(z, target, tile.crop_yx, objective)
-    a, b, c = objective
     z = _owned_logits(model, data, padded_hw, fused_kernels)
-    p = mx.sigmoid(z)
-    value = mx.sum((a * target + b) * p) + c * mx.sum(_bce(z, target))
-    return value, _stat_rows(z, target)
+    return pixel_loss.surrogate(z, target, objective)
 
 
 def _target(data: TileData) -> mx.array:
@@ -191,19 +192,6 @@ def _owned_logits(
     z = model.logits(x, tile.in_box, padded_hw, fused_kernels)
     (cy, cx), (h, w) = tile.crop_yx, tile.out_box.hw
     return z[0, cy : cy + h, cx : cx + w, 0]
-
-
-def _bce(z: mx.array, g: mx.array) -> mx.array:
-    """Per-pixel binary cross-entropy from logits, stable for large |z|."""
-    return mx.maximum(z, 0) - z * g + mx.log1p(mx.exp(-mx.abs(z)))
-
-
-def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
-    """Per-row partial sums (6, h) in the order of losses.STAT_ROWS."""
-    p = mx.sigmoid(z)
-    hard = (z > 0).astype(mx.float32)
-    parts = [p * g, p, g, _bce(z, g), hard * g, hard]
-    return mx.stack([mx.sum(v, axis=1) for v in parts])
 
 
 def _to_stats(rows: mx.array, tile: Tile) -> TileStats:

@@ -1,0 +1,66 @@
+"""The pure-MLX path's per-pixel surrogate (pixel_loss.py) against MLX's own ops."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from gigamlx.backends.mlx import pixel_loss
+
+COEFFICIENTS = (0.7, -0.2, 0.3)  # (a, b, c): Dice's a*g + b and the BCE weight c
+# saturated, tiny and moderate logits, both signs (not z == 0 itself: there MLX differentiates
+# the reference's max(z, 0) and |z| piecewise)
+EXTREME = [1e-30, -1e-30, 1e-8, -1e-8, 0.5, -0.5, 9.0, -9.0, 20.0, -20.0, 86.0, -86.0, 150.0]
+
+
+def _rel(actual: mx.array, expected: mx.array) -> float:
+    return (mx.abs(actual - expected).max() / (mx.abs(expected).max() + 1e-30)).item()
+
+
+def _logits(case: str) -> tuple[mx.array, mx.array]:
+    rng = np.random.default_rng(5)
+    if case == "extreme":
+        z = np.array(EXTREME * 3, np.float32).reshape(3, len(EXTREME))
+    else:
+        z = rng.standard_normal((37, 53)) * {"small": 0.3, "moderate": 4.0, "large": 30.0}[case]
+    g = (rng.random(z.shape) > 0.4).astype(np.float32)
+    return mx.array(z.astype(np.float32)), mx.array(g)
+
+
+@pytest.mark.parametrize("case", ["small", "moderate", "large", "extreme"])
+def test_surrogate_matches_mlx_ops_in_value_rows_and_gradient(case):
+    z, g = _logits(case)
+    a, b, c = COEFFICIENTS
+    value, rows = pixel_loss.surrogate(z, g, COEFFICIENTS)
+    assert rows.shape == (6, z.shape[0])
+    assert _rel(value, pixel_loss.value_reference(z, g, a, b, c)) < 1e-6
+    assert _rel(rows, pixel_loss.stat_rows_reference(z, g)) < 1e-6
+    dz = mx.grad(lambda z: pixel_loss.surrogate(z, g, COEFFICIENTS)[0])(z)
+    dz_ref = mx.grad(lambda z: pixel_loss.value_reference(z, g, a, b, c))(z)
+    assert _rel(dz, dz_ref) < 1e-6
+
+
+@pytest.mark.parametrize("case", ["small", "large", "extreme"])
+def test_compiled_stat_rows_match_mlx_ops(case):
+    z, g = _logits(case)
+    assert _rel(pixel_loss.stat_rows(z, g), pixel_loss.stat_rows_reference(z, g)) < 1e-6
+
+
+def test_bce_keeps_precision_where_one_plus_exp_rounds_to_one():
+    """log1p(e) for tiny e: log(1 + e) would give 0 there, relative error 1."""
+    z = mx.array([[17.0, 30.0, -17.0, -30.0]])
+    g = mx.array([[1.0, 1.0, 0.0, 0.0]])  # each pixel right: its bce is log1p(exp(-|z|)) alone
+    bce = pixel_loss.stat_rows(z, g)[3]
+    expected = float(np.log1p(np.exp(-17.0)) * 2 + np.log1p(np.exp(-30.0)) * 2)
+    assert abs(bce.item() - expected) / expected < 1e-6
+
+
+def test_surrogate_takes_a_strided_crop_of_the_logits():
+    """The path feeds a cropped view of the window's logits, not a contiguous array."""
+    window, _ = _logits("moderate")
+    z = window[3:30, 5:50]
+    g = mx.array((np.arange(27 * 45).reshape(27, 45) % 3 == 0).astype(np.float32))
+    value, rows = pixel_loss.surrogate(z, g, COEFFICIENTS)
+    assert _rel(value, pixel_loss.value_reference(mx.contiguous(z), g, *COEFFICIENTS)) < 1e-6
+    assert _rel(rows, pixel_loss.stat_rows_reference(mx.contiguous(z), g)) < 1e-6

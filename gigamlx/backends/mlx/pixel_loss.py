@@ -17,7 +17,7 @@ through libm's fmaf (~10 ns per element on the 2-core x86 machine; `2**x` and `l
 ~3 and ~2 ns there): e = 2**(-|z| * log2 e), whose rounding of the exponent costs at most
 |z| * 2**-24 relative, i.e. < 3e-8 absolute for e <= 1; and log1p(e) by Kahan's
 `log(u) * e / (u - 1)` with u = 1 + e (e itself where u rounds to 1), accurate to a few ulps.
-On Metal all of these are single native instructions either way.
+On Metal all of these are fast either way; the saving there is the passes.
 """
 
 from __future__ import annotations

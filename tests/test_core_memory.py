@@ -3,6 +3,7 @@
 import mmap
 import resource
 import sys
+import threading
 import time
 
 import numpy as np
@@ -48,7 +49,10 @@ def test_sampled_peak_sees_a_short_allocation_and_restarts():
     # 40 MiB of fresh pages, touched: a mapping of its own (numpy's buffer could reuse heap
     # pages that are already resident in a long test process, and RSS would not move)
     block = mmap.mmap(-1, 40 * 2**20)
-    block.write(b"\1" * len(block))
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        # one byte per page: a 40 MiB bytes object to write would stay resident after this
+        # test where an earlier one made glibc keep freed blocks (keep_freed_memory)
+        block[offset] = 1
     deadline = time.monotonic() + 5.0  # a loaded machine may run the sampler thread late
     while sampler._peak < base + 30 * 2**20 and time.monotonic() < deadline:
         time.sleep(0.01)  # the thread's own samples (peak() would sample here itself)
@@ -56,6 +60,33 @@ def test_sampled_peak_sees_a_short_allocation_and_restarts():
     assert sampler.peak() >= base + 30 * 2**20
     sampler.reset()
     assert sampler.peak() < base + 30 * 2**20  # freed: the new peak starts from now
+
+
+def test_a_reading_taken_before_reset_does_not_land_after_it(monkeypatch):
+    """The sampler thread reads the RSS, a reset() comes, then the thread records its reading:
+    the stale, higher reading must not become the new peak (it once did: a flaky test)."""
+    high, low = 900 * 2**20, 100 * 2**20
+    reading, release = threading.Event(), threading.Event()
+
+    def rss() -> int:
+        if threading.current_thread().name == "stale-sample":
+            reading.set()
+            release.wait(5.0)  # hold the reading while the reset is attempted
+            return high
+        return low
+
+    monkeypatch.setattr(memory, "current_rss_bytes", rss)
+    sampler = SampledPeak(period_s=3600.0)  # its own thread never samples during the test
+    sample = threading.Thread(target=sampler._sample, name="stale-sample")
+    sample.start()
+    assert reading.wait(5.0)
+    resetter = threading.Thread(target=sampler.reset)
+    resetter.start()
+    resetter.join(0.2)  # the reset runs now if nothing holds it back
+    release.set()
+    sample.join(5.0)
+    resetter.join(5.0)
+    assert sampler._peak == low
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")

@@ -136,8 +136,10 @@ class SampledPeak:
         return self._peak
 
     def _sample(self) -> None:
-        now = current_rss_bytes()
+        # read under the lock: a reading taken before a reset() must not land after it (the
+        # last step's peak would leak into the next one)
         with self._lock:
+            now = current_rss_bytes()
             if now is not None and (self._peak is None or now > self._peak):
                 self._peak = now
 

@@ -64,19 +64,14 @@ def _rows(z: mx.array, g: mx.array, p: mx.array, bce: mx.array) -> mx.array:
 
 
 def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
+    """Per-row sums (6, h) of p*g, p, g, bce, hard*g, hard for logits z (h, w), g (h, w)."""
     p, bce = _p_and_bce(z, g)
     return _rows(z, g, p, bce)
 
 
-_stat_rows_compiled = mx.compile(_stat_rows)
-
-
-def stat_rows(z: mx.array, g: mx.array) -> mx.array:
-    """Per-row sums (6, h) of p*g, p, g, bce, hard*g, hard for logits z (h, w), g (h, w).
-
-    Compiled: called where nothing is differentiated (a tile's forward sums), so the
-    element-wise ops fuse."""
-    return _stat_rows_compiled(z, g)
+# compiled: it serves a tile's forward sums, where nothing is differentiated, so the
+# element-wise ops fuse
+stat_rows = mx.compile(_stat_rows)
 
 
 @cache

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gigamlx.slide.store import open_store
-from gigamlx.synth.render import default_slide, render, synth_slide
+from gigamlx.synth.render import default_slide, render, scene_layers, synth_slide
 from gigamlx.synth.scene import make_scene
 
 
@@ -92,3 +92,22 @@ def test_synth_pen_and_dust_are_background():
     assert np.abs(rgb.reshape(-1, 3) - ink).max(axis=1).min() < 60  # the ink is drawn
     background_only = render(scene._replace(pieces=(), fat=()), ys, xs)[1]
     assert not background_only.any()  # and the label comes from tissue alone
+
+
+def test_scene_layers_say_where_the_renderer_drew_what():
+    scene = make_scene((512, 768), 0)  # fat, two strokes, dust, three bubbles
+    ys, xs = np.arange(512), np.arange(768)
+    rgb, mask = render(scene, ys, xs)
+    layers = scene_layers(scene, ys, xs)
+    assert np.array_equal(layers.tissue, mask.astype(bool))  # the label, exactly
+    assert layers.fat.any() and not (layers.fat & ~layers.tissue).any()  # fat is tissue
+    assert layers.faint.any() and not (layers.faint & (layers.fat | ~layers.tissue)).any()
+    glass = np.array(scene.style.background_rgb)
+    luminance = rgb.astype(float).mean(axis=-1)
+    assert np.median(luminance[layers.dust & ~layers.tissue]) < glass.mean() - 60  # dark specks
+    under_pen = rgb[layers.pen & ~layers.tissue & ~layers.dust].astype(float)
+    assert np.median(np.abs(under_pen - glass).max(axis=1)) > 80  # inked
+    assert np.median(luminance[layers.bubble_rim & ~layers.tissue]) < glass.mean() - 20
+    window = scene_layers(scene, ys[100:300], xs[250:700])  # a chunk: the same pixels
+    for name, whole in layers._asdict().items():
+        assert np.array_equal(getattr(window, name), whole[100:300, 250:700]), name

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,8 +85,8 @@ def _max_field(ellipses, ys, xs, ysf, xsf, grow: float, values=None):
 
 
 def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
-    """Tissue mask (h, w) bool, stain density (h, w) float32, fold factor (h, w) and fat
-    septa (h, w): fat is tissue, its cells unstained and its membranes stained."""
+    """Tissue mask (h, w) bool, stain density (h, w) float32, fold factor (h, w) and the fat
+    patches (h, w) bool: fat is tissue, its cells unstained and its membranes stained."""
     noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5) * F32(BOUNDARY_NOISE)
     lobes = [(lobe, p.stain) for p in scene.pieces for lobe in p.lobes]
     best, stain = _max_field(
@@ -102,7 +103,7 @@ def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
     density = np.where(in_fat, np.maximum(stain, F32(0.5)) * F32(0.7) * septa, density)
     fold_best, _ = _max_field(scene.folds, ys, xs, ysf, xsf, 1.0)
     fold = np.clip(fold_best * F32(4), 0, 1)
-    return tissue, density, F32(1) + F32(0.9) * fold, septa
+    return tissue, density, F32(1) + F32(0.9) * fold, in_fat
 
 
 def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
@@ -216,17 +217,60 @@ def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tissue.view(np.uint8)
 
 
-def _debris(scene: Scene, rgb: np.ndarray, ys, xs, ysf, xsf) -> None:
-    """Dust specks and pen strokes painted over `rgb` (h, w, 3) in place; labels unchanged."""
-    dust = _discs(
+def _dust(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
+    """Coverage (h, w) in [0, 1] of the dust specks."""
+    return _discs(
         scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), scene.style.dust
     )
+
+
+def _debris(scene: Scene, rgb: np.ndarray, ys, xs, ysf, xsf) -> None:
+    """Dust specks and pen strokes painted over `rgb` (h, w, 3) in place; labels unchanged."""
+    dust = _dust(scene, ys, xs, ysf, xsf)
     rgb += (dust * F32(0.85))[..., None] * (DUST_RGB - rgb)
     alpha = np.zeros_like(dust)
     for stroke in scene.strokes:  # a stroke that misses leaves alpha 0: blending is identity
         alpha[:] = 0
         if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
             rgb += alpha[..., None] * (np.array(stroke.ink_rgb, np.float32) - rgb)
+
+
+class Layers(NamedTuple):
+    """Where the renderer drew each kind of thing, (h, w) bool each: what a model's errors on a
+    synthetic slide can be attributed to (scripts/error_anatomy.py)."""
+
+    tissue: np.ndarray  # the label
+    fat: np.ndarray  # fat patches: tissue, most of it as white as glass
+    faint: np.ndarray  # tissue outside fat with stain density < FAINT_DENSITY (pale pieces, edges)
+    pen: np.ndarray  # under a pen stroke (coverage >= 5 %)
+    dust: np.ndarray  # under a dust speck (coverage >= 5 %)
+    bubble_rim: np.ndarray  # under a bubble's dark rim (light dimmed by >= 3 %)
+    defocus: np.ndarray  # in an out-of-focus patch (blur >= 0.5)
+
+
+FAINT_DENSITY = 0.1  # below this stain density tissue differs from glass by a few grey levels
+
+
+def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
+    """The layers of `scene` at sampled global coordinates, like `render` (same arguments)."""
+    ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
+    ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
+    blur = defocus(scene, ys, xs)
+    tissue, density, _, in_fat = _tissue(scene, ys, xs, ysf, xsf, blur)
+    pen, alpha = np.zeros(tissue.shape, bool), np.zeros(tissue.shape, F32)
+    for stroke in scene.strokes:
+        alpha[:] = 0
+        if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
+            pen |= alpha >= F32(0.05)
+    return Layers(
+        tissue=tissue,
+        fat=in_fat,
+        faint=tissue & ~in_fat & (density < F32(FAINT_DENSITY)),
+        pen=pen,
+        dust=_dust(scene, ys, xs, ysf, xsf) >= F32(0.05),
+        bubble_rim=bubble_shade(scene, ysf, xsf) <= F32(0.97),
+        defocus=blur >= F32(0.5),
+    )
 
 
 def synth_slide(

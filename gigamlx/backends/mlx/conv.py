@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import mlx.core as mx
 
+from gigamlx.backends.mlx.conv_transpose import channel_sums
+
 
 class ConvGeometry(NamedTuple):
     """Sizes of one strided conv along H and W; `blocks_*` = rows/cols of z (= out + K - 1)."""
@@ -169,7 +171,7 @@ def _make(kernel: int, stride: int, pad: int):
         g = geometry(x.shape, kernel, stride, pad)
         vjp = _vjp_stride1 if stride == 1 else _vjp_strided
         grad_x, grad_weight = vjp(x, weight, cotangent, g)
-        return grad_x, grad_weight, cotangent.sum(axis=(0, 1, 2))
+        return grad_x, grad_weight, channel_sums(cotangent)
 
     return conv
 

@@ -30,6 +30,7 @@ from math import isqrt
 import mlx.core as mx
 
 from gigamlx.backends.mlx import conv as fast_conv
+from gigamlx.backends.mlx.conv_transpose import channel_sums
 
 
 def _tap_sum_graph(taps: mx.array, bias: mx.array) -> mx.array:
@@ -95,7 +96,7 @@ def _make(k: int, pad: int, channels: tuple[int, ...]):
             grad_w_cols.append(grad_planes @ part.reshape(-1, c_part))  # (k*k, c_part)
             offset += c_part
         grad_weight = mx.concatenate(grad_w_cols, axis=1).reshape(weight.shape)
-        return grad_parts, grad_weight, cotangent.sum(axis=(0, 1, 2))
+        return grad_parts, grad_weight, channel_sums(cotangent)
 
     return conv
 

@@ -12,6 +12,15 @@ from functools import cache
 import mlx.core as mx
 
 
+def channel_sums(cotangent: mx.array) -> mx.array:
+    """Bias gradient: (N, H, W, C) summed to (C,). These sums cancel heavily, so a float32
+    chain over a window loses the digits that matter: in float64 on the CPU, elsewhere (no
+    float64 on a GPU) each row first, then the rows."""
+    if mx.default_device() == mx.cpu:
+        return cotangent.astype(mx.float64).sum(axis=(0, 1, 2)).astype(cotangent.dtype)
+    return cotangent.sum(axis=2).sum(axis=(0, 1))
+
+
 def depth_to_space(blocks: mx.array, stride: int) -> mx.array:
     """(N, h, w, s, s, C) -> (N, h*s, w*s, C): each pixel's s x s block laid out in place."""
     n, h, w, _, _, c = blocks.shape
@@ -52,7 +61,7 @@ def _make(stride: int):
         grad_x = (grad_blocks @ _weight_matrix(weight).T).reshape(n, h, w, c_in)
         grad_wmat = x.reshape(n * h * w, c_in).T @ grad_blocks  # (C_in, s*s*C_out)
         grad_weight = grad_wmat.reshape(c_in, stride, stride, c_out).transpose(3, 1, 2, 0)
-        grad_bias = cotangent.sum(axis=(0, 1, 2))
+        grad_bias = channel_sums(cotangent)
         return grad_x, grad_weight, grad_bias
 
     return conv_transpose

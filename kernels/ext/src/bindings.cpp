@@ -19,7 +19,7 @@ NB_MODULE(gigamlx_fused, m) {
   // 0.2: x may be uint8 (read as value / 255); 0.3: x may be standardised (mean, std, x_keep);
   // 0.4: turn_window (numpy in, numpy out: the training windows' turn and colour table);
   // 0.5: turn_window's row and column gains (the uneven-illumination augmentation)
-  m.attr("__version__") = "0.5.1";
+  m.attr("__version__") = "0.6.0";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,

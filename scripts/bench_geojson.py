@@ -2,7 +2,7 @@
 (gigamlx now) vs filling every polygon over the whole chunk (gigamlx before), same output.
 
 Usage: python scripts/bench_geojson.py [--size 8192] [--polygons 20000] [--chunk 1024]
-       [--skip-whole-box] [--json out/bench_geojson.json]
+       [--skip-whole-box] [--json out/bench_geojson.json] [--markdown docs/benchmarks.md]
 Also times shapely (contains_xy at pixel centres) and rasterio when they are installed.
 """
 
@@ -77,6 +77,20 @@ def rasterio_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     return rasterize(shapes, out_shape=hw, dtype="uint8")
 
 
+HEADER = ("method", "seconds", "vs per-bbox", "px differing")
+MARKDOWN_TITLE = "GeoJSON annotations to a mask (bench_geojson.py)"
+MARKDOWN_WHAT = (
+    "Seconds to rasterise a QuPath-style GeoJSON of many nucleus-sized polygons chunk by chunk: "
+    "gigamlx's per-bounding-box fill vs its former whole-chunk fill, shapely and rasterio "
+    "where installed, and how many pixels differ from the first."
+)
+
+
+def _cells(row: dict, base_seconds: float) -> list[str]:
+    ratio = row["seconds"] / base_seconds
+    return [row["method"], f"{row['seconds']:.2f}", f"{ratio:.1f}x", str(row["pixels_differing"])]
+
+
 def _available(name: str) -> bool:
     import importlib.util
 
@@ -90,6 +104,11 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="chunk side read at a time")
     parser.add_argument("--skip-whole-box", action="store_true", help="skip the slow old way")
     parser.add_argument("--json", type=Path, default=Path("out/bench_geojson.json"))
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="rewrite this script's section of this file (e.g. docs/benchmarks.md)",
+    )
     args = parser.parse_args()
     hw = (args.size, args.size)
     data = nuclei_geojson(args.size, args.polygons)
@@ -109,17 +128,21 @@ def main() -> None:
         differ = int(np.count_nonzero(out != reference))
         rows.append({"method": name, "seconds": seconds, "pixels_differing": differ})
     base = rows[0]["seconds"]
+    table = [_cells(row, base) for row in rows]
     print(f"{args.polygons} polygons on {args.size}x{args.size} px (HxW), chunks {args.chunk}")
-    print(f"{'method':<28}{'seconds':>10}{'vs per-bbox':>13}{'px differing':>14}")
-    for row in rows:
-        ratio = row["seconds"] / base
-        print(
-            f"{row['method']:<28}{row['seconds']:>10.2f}{ratio:>12.1f}x{row['pixels_differing']:>14}"
-        )
+    print(f"{HEADER[0]:<28}{HEADER[1]:>10}{HEADER[2]:>13}{HEADER[3]:>14}")
+    for cells in table:
+        print(f"{cells[0]:<28}{cells[1]:>10}{cells[2]:>13}{cells[3]:>14}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     summary = {"size_px": args.size, "polygons": args.polygons, "chunk_px": args.chunk}
     args.json.write_text(json.dumps(summary | {"rows": rows}, indent=2))
     print(f"wrote {args.json}")
+    if args.markdown:
+        from benchmarks_md import markdown_table, publish  # scripts/benchmarks_md.py
+
+        caption = f"{args.polygons} polygons on {args.size}x{args.size} px, chunks {args.chunk}"
+        tables = [caption, markdown_table(HEADER, table)]
+        publish(args.markdown, "bench_geojson.py", MARKDOWN_TITLE, MARKDOWN_WHAT, tables)
 
 
 if __name__ == "__main__":

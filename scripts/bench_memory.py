@@ -25,6 +25,12 @@ app = typer.Typer(add_completion=False)
 # a whole-image step is skipped when its estimate (bytes/px measured at the previous size)
 # passes this share of RAM
 WHOLE_IMAGE_RAM_SHARE = 0.5
+MARKDOWN_TITLE = "Peak memory: tiled vs whole-image step (bench_memory.py)"
+MARKDOWN_WHAT = (
+    "One soft-Dice training step (forward and gradients, no update) per image size, tiled "
+    "within the budget vs the whole image at once, one process per row: seconds, MLX's peak "
+    "and the process's peak RSS."
+)
 
 
 def run_one(kind: str, side: int, budget_bytes: int, loss: str) -> dict:
@@ -109,6 +115,9 @@ def main(
     budget: str = typer.Option("2GB", help="memory budget of the tiled step"),
     loss: str = typer.Option("dice", help="dice (two passes), bce or dice+bce"),
     json_out: Path = typer.Option(Path("bench_memory.json"), "--json", help="where to write rows"),
+    markdown: Path | None = typer.Option(
+        None, help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"
+    ),
     one: str = typer.Option("", hidden=True, help="internal: run KIND:SIDE in this process"),
     budget_bytes: int = typer.Option(0, hidden=True),
 ) -> None:
@@ -132,8 +141,13 @@ def main(
             if kind == "whole" and "rss_peak_bytes" in rows[-1]:
                 whole_per_px = rows[-1]["rss_peak_bytes"] / (side * side)
             Console(stderr=True).print(rows[-1])
-    Console().print(_table(rows, budget_bytes))
+    table = _table(rows, budget_bytes)
+    Console().print(table)
     json_out.write_text(json.dumps({"budget_bytes": budget_bytes, "rows": rows}, indent=2))
+    if markdown:
+        from benchmarks_md import publish  # scripts/benchmarks_md.py
+
+        publish(markdown, "bench_memory.py", MARKDOWN_TITLE, MARKDOWN_WHAT, [table])
 
 
 if __name__ == "__main__":

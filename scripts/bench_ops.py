@@ -92,38 +92,63 @@ def ops_for(case: Case) -> tuple[Callable, Callable]:
     return conv.conv2d_reference, conv.conv2d
 
 
+HEADER = ("op", "x shape", "ref fwd", "fast fwd", "ref f+b", "fast f+b", "speedup f+b")
+WIDTHS = (10, 20, 9, 9, 9, 9, 11)  # printed: the first two left-aligned, the rest right
+MARKDOWN_TITLE = "Hot ops: MLX's own vs gigamlx's formulations (bench_ops.py)"
+MARKDOWN_WHAT = (
+    "Best-of-`--repeat` seconds of each model op at one tile shape, MLX's reference op vs the "
+    "formulation in gigamlx/backends/mlx/, forward and forward+backward (vjp for x, weight, "
+    "bias)."
+)
+
+
+def _cells(case: Case, ref: dict[str, float], new: dict[str, float]) -> list[str]:
+    speedup = ref["forward_backward_s"] / new["forward_backward_s"]
+    seconds = [ref["forward_s"], new["forward_s"], ref["forward_backward_s"]]
+    seconds.append(new["forward_backward_s"])
+    return [case.name, str(case.x_shape), *(f"{t:.4f}" for t in seconds), f"{speedup:.1f}x"]
+
+
+def _line(cells: list[str]) -> str:
+    pairs = enumerate(zip(cells, WIDTHS, strict=True))
+    return " ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=Path, default=Path("out/bench_ops.json"))
     parser.add_argument("--only", default="", help="comma-separated name prefixes")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="rewrite this script's section of this file (e.g. docs/benchmarks.md)",
+    )
     args = parser.parse_args()
     prefixes = [p for p in args.only.split(",") if p]
     device = f"{mx.default_device()} ({mx.device_info().get('device_name', '?')})"
     print(f"device: {device}; BLAS: {BLAS.name} {BLAS.path or BLAS.reason}")
-    print(
-        f"{'op':10s} {'x shape':20s} {'ref fwd':>9s} {'fast fwd':>9s} "
-        f"{'ref f+b':>9s} {'fast f+b':>9s} {'speedup f+b':>11s}"
-    )
-    rows = []
+    print(_line(list(HEADER)))
+    rows, table = [], []
     for case in CASES:
         if prefixes and not any(case.name.startswith(p) for p in prefixes):
             continue
         reference, fast = ops_for(case)
         ref = time_op(reference, case, args.repeat)
         new = time_op(fast, case, args.repeat)
-        speedup = ref["forward_backward_s"] / new["forward_backward_s"]
-        print(
-            f"{case.name:10s} {str(case.x_shape):20s} {ref['forward_s']:9.4f} "
-            f"{new['forward_s']:9.4f} {ref['forward_backward_s']:9.4f} "
-            f"{new['forward_backward_s']:9.4f} {speedup:10.1f}x",
-            flush=True,
-        )
+        table.append(_cells(case, ref, new))
+        print(_line(table[-1]), flush=True)
         rows.append({"op": case.name, "x_shape": case.x_shape, "reference": ref, "fast": new})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     result = {"device": device, "blas": BLAS._asdict(), "cases": rows}
     args.json.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.json}")
+    if args.markdown:
+        from benchmarks_md import markdown_table, publish  # scripts/benchmarks_md.py
+
+        header = [*HEADER[:2], *(f"{h} s" for h in HEADER[2:6]), HEADER[6]]
+        tables = [f"device: {device}", markdown_table(header, table)]
+        publish(args.markdown, "bench_ops.py", MARKDOWN_TITLE, MARKDOWN_WHAT, tables)
 
 
 if __name__ == "__main__":

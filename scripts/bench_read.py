@@ -35,6 +35,12 @@ from gigamlx.train.data import open_training_slides
 from gigamlx.train.regions import Region, region_view
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+MARKDOWN_TITLE = "Window reads of one pass (bench_read.py)"
+MARKDOWN_WHAT = (
+    "Every window one pass of a training step reads (tile inputs with halos, mask boxes; "
+    "colour jitter, illumination, mirror and quarter turn), numpy vs the native turn, zarr's "
+    "decode vs the direct chunk decode: median wall and CPU seconds over `--repeats`."
+)
 
 
 def read_pass(slide, region: Region, tile_px: int, turner) -> dict[str, float]:
@@ -57,6 +63,9 @@ def main(
     tile: int = typer.Option(4032, help="owned tile side px of the pass (the halo is added)"),
     repeats: int = typer.Option(2, help="alternations of numpy and native (median reported)"),
     json_out: Path = typer.Option(Path("out/bench_read.json"), "--json"),
+    markdown: Path | None = typer.Option(
+        None, help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"
+    ),
 ) -> None:
     """Time one pass of window reads: numpy vs native turn, zarr vs direct chunk decode."""
     slide = open_training_slides(tuple(slides or ()))[0]
@@ -93,6 +102,10 @@ def main(
         Console().print("no native turn here (extension absent or older than 0.4): numpy only")
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps({"region": region, "tile": tile, "rows": rows}, indent=2))
+    if markdown:
+        from benchmarks_md import publish  # scripts/benchmarks_md.py
+
+        publish(markdown, "bench_read.py", MARKDOWN_TITLE, MARKDOWN_WHAT, [table])
 
 
 if __name__ == "__main__":

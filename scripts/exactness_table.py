@@ -8,6 +8,7 @@ column is a whole-image float32 pass, the yardstick the contract is stated again
 
 Usage:
     python scripts/exactness_table.py --noise 0.2 --json out/exactness.json
+    python scripts/exactness_table.py --markdown docs/benchmarks.md   # its section there
     OPENBLAS_CORETYPE=Haswell python scripts/exactness_table.py   # another BLAS core
 """
 
@@ -33,6 +34,13 @@ from reference import disc_case, float64_reference, mlx_whole_image, perturbed  
 from gigamlx.backends.mlx.backend import MLXBackend  # noqa: E402
 from gigamlx.tiling.scheduler import tiled_step  # noqa: E402
 
+MARKDOWN_TITLE = "Gradient exactness per tensor (exactness_table.py)"
+MARKDOWN_WHAT = (
+    "`||g - g64|| / ||g64||` per parameter tensor against a float64 whole-image pass, for the "
+    "fused and the pure-MLX tiled paths and a whole-image float32 pass (the yardstick of "
+    "docs/exactness.md)."
+)
+
 
 def relative_errors(grads: dict, reference: dict) -> dict[str, float]:
     return {
@@ -50,6 +58,10 @@ def main(
     json_path: Annotated[Path, typer.Option("--json", help="where to write the rows")] = Path(
         "out/exactness.json"
     ),
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"),
+    ] = None,
 ) -> None:
     """Per-tensor relative gradient error, fused and pure-MLX tiled vs whole float32."""
     h, w = (int(v) for v in hw.lower().split("x"))
@@ -88,6 +100,10 @@ def main(
             indent=1,
         )
     )
+    if markdown:
+        from benchmarks_md import publish  # scripts/benchmarks_md.py
+
+        publish(markdown, "exactness_table.py", MARKDOWN_TITLE, MARKDOWN_WHAT, [table])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ paper-style row; `--json` writes per-slide model and Otsu Dice, mean ± std, s/s
 memory and the time to reach validation Dice 0.989.
 
 Usage: python scripts/reproduce_paper.py [--quick] [--work DIR] [--json FILE] [--steps N]
+       [--markdown docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -278,6 +279,29 @@ def reproduce(work: Path, plan: Plan, json_path: Path | None, console: Console) 
     return result
 
 
+MARKDOWN_TITLE = "Reproducing the paper's row (reproduce_paper.py)"
+MARKDOWN_WHAT = (
+    "Train on synthetic slides, keep the best weights by validation Dice, predict held-out "
+    "slides (other seeds) and score them beside Otsu: the paper-style row, then each slide."
+)
+
+
+def write_markdown(path: Path, result: dict, plan: Plan) -> None:
+    """This run's section of `path`: the paper-style table and the per-slide Dice."""
+    from benchmarks_md import markdown_table, publish  # scripts/benchmarks_md.py
+
+    slides = [[r["slide"], f"{r['dice']:.4f}", f"{r['otsu_dice']:.4f}"] for r in result["heldout"]]
+    target = result["time_to_target"]
+    reached = f"step {target['step']}, {target['seconds']:.0f} s" if target else "not reached"
+    caption = (
+        f"best step {result['best_step']}, cut at p >= {result['threshold']:g}; "
+        f"validation Dice {TARGET_DICE}: {reached}; {result['seconds_total']:.0f} s in all"
+    )
+    tables = [paper_table(result, plan), caption]
+    tables.append(markdown_table(["held-out slide", "gigamlx Dice", "Otsu Dice"], slides))
+    publish(path, "reproduce_paper.py", MARKDOWN_TITLE, MARKDOWN_WHAT, tables)
+
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -298,6 +322,10 @@ def main(
     ] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="override the lr schedule")] = None,
     warmup: Annotated[float | None, typer.Option(help="override the warm-up share")] = None,
+    markdown: Annotated[
+        Path | None,
+        typer.Option(help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"),
+    ] = None,
 ) -> None:
     """Train on synthetic slides, score held-out ones, print the paper-style row."""
     logging.basicConfig(level=logging.WARNING)
@@ -307,7 +335,9 @@ def main(
     overrides |= {"lr_schedule": lr_schedule, "warmup": warmup}
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     json_path = json_path or work / "reproduce.json"
-    reproduce(work, plan, json_path, Console(width=120))  # the tables need ~110 columns
+    result = reproduce(work, plan, json_path, Console(width=120))  # the tables need ~110 columns
+    if markdown:
+        write_markdown(markdown, result, plan)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,17 @@ def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     assert [(r["kind"], r["decode"]) for r in rows] == expected
     assert all(r["wall_s"] > 0 and r["pixels"] >= 256 * 512 for r in rows)
     assert "one pass of window reads" in done.stdout
+
+
+BENCH_SCRIPTS = ("bench.py", "bench_memory.py", "bench_ops.py", "bench_read.py",
+                 "bench_geojson.py", "reproduce_paper.py", "exactness_table.py")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BENCH_SCRIPTS)
+def test_bench_script_help_lists_markdown(name):
+    """Every benchmark script can write its own section of docs/benchmarks.md."""
+    cmd = [sys.executable, str(SCRIPT.with_name(name)), "--help"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"COLUMNS": "200", "TERM": "dumb"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--markdown" in done.stdout

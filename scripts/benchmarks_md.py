@@ -106,7 +106,7 @@ def _commit() -> str:
 
 
 def _blas() -> str:
-    if "mlx.core" not in sys.modules:
+    if "gigamlx.backends.mlx.blas" not in sys.modules:  # importing it would load a BLAS
         return "— (this run did not load MLX)"
     from gigamlx.backends.mlx.blas import blas_info
 
@@ -138,7 +138,7 @@ def machine_facts(sgemm_gflops: float | None = None, argv: Sequence[str] | None 
         "mlx": _version("mlx") or "not installed",
         "numpy": _version("numpy") or "not installed",
         "torch": _version("torch"),
-        "gigamlx": " ".join(filter(None, [gigamlx.__version__, _commit()])),
+        "gigamlx": f"{gigamlx.__version__} (commit {_commit() or 'unknown'})",
         "gigamlx_fused": _version("gigamlx-fused") or "not installed",
         "BLAS": _blas(),
         "numpy sgemm": f"{sgemm_gflops:.0f} GFLOP/s" if sgemm_gflops else None,

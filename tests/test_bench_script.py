@@ -33,9 +33,10 @@ def test_random_region_windows_match_whole_read():
 def test_bench_script_small_run(tmp_path):
     bench = _bench_module()
     pytest.importorskip("torch", reason="the PyTorch peer is an optional benchmark dependency")
-    out = tmp_path / "bench.json"
+    out, markdown = tmp_path / "bench.json", tmp_path / "benchmarks.md"
     cmd = [sys.executable, str(SCRIPT), "--sizes", "256", "--big", "256x512", "--steps", "1"]
-    done = subprocess.run(cmd + ["--json", str(out)], capture_output=True, text=True, timeout=300)
+    cmd += ["--json", str(out), "--markdown", str(markdown)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "profile of one 256x512 gigamlx step" in done.stdout
     rows = json.loads(out.read_text())["rows"]
@@ -62,6 +63,10 @@ def test_bench_script_small_run(tmp_path):
     # together cannot
     assert sum(row["per_step"]["user_s"] for row in rows) > 0
     assert "GFLOP/s" in done.stdout and "% sgemm" in done.stdout
+    section = markdown.read_text()  # its section of docs/benchmarks.md, from the same rows
+    assert section.startswith("<!-- bench:bench.py begin -->")
+    assert f"| {rows[1]['seconds']:.2f} |" in section and "numpy sgemm: " in section
+    assert "command: `python3 scripts/bench.py --sizes 256 --big 256x512" in section
 
 
 def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
@@ -73,9 +78,8 @@ def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     out = tmp_path / "read.json"
     script = SCRIPT.with_name("bench_read.py")
     cmd = [sys.executable, str(script), str(store), "--region", "256x512", "--tile", "128"]
-    done = subprocess.run(
-        cmd + ["--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300
-    )
+    cmd += ["--repeats", "1", "--json", str(out), "--markdown", str(tmp_path / "b.md")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
     native = [("native", "zarr"), ("native", "direct")]
@@ -83,6 +87,8 @@ def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     assert [(r["kind"], r["decode"]) for r in rows] == expected
     assert all(r["wall_s"] > 0 and r["pixels"] >= 256 * 512 for r in rows)
     assert "one pass of window reads" in done.stdout
+    section = (tmp_path / "b.md").read_text()
+    assert section.count("<!-- bench:bench_read.py") == 2 and "| numpy | direct |" in section
 
 
 BENCH_SCRIPTS = ("bench.py", "bench_memory.py", "bench_ops.py", "bench_read.py",

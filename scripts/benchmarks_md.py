@@ -95,11 +95,14 @@ def _version(package: str) -> str | None:
 
 
 def _commit() -> str:
-    """The checkout's short commit, '+dirty' with uncommitted changes; '' outside git."""
+    """The checkout's short commit, '+dirty' with uncommitted changes to anything but
+    markdown (a previous section written to docs/benchmarks.md is not a code change); ''
+    outside git."""
+    status = ["git", "status", "--porcelain", "-uno", "--", ".", ":(exclude)*.md"]
     try:
         run = dict(cwd=REPO, capture_output=True, text=True, timeout=10, check=False)
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], **run).stdout.strip()
+        dirty = subprocess.run(status, **run).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
     return head + ("+dirty" if head and dirty else "")

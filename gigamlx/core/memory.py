@@ -91,8 +91,8 @@ def keep_freed_memory(max_block_bytes: int) -> bool:
 def release_freed_memory() -> bool:
     """Hand the freed blocks glibc's malloc keeps (`keep_freed_memory`) back to the system,
     holes between live blocks included (malloc_trim). Called between training steps: kept
-    across steps, fragmentation let a 16000x64000 step's resident set creep from 1.69 to
-    1.98 GB over four steps. False where the C library is not glibc."""
+    across steps, fragmentation let a 16000x64000 step's resident set creep up from step to
+    step (docs/experiments.md). False where the C library is not glibc."""
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))
 

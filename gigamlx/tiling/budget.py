@@ -37,10 +37,8 @@ CACHE_SHARE = 0.1
 # (<= 1 B) of the tile computing, of the PREFETCH_DEPTH tiles queued and of the one being read,
 # plus the reader's transient copies (a zero-filled window, a turned region block)
 HOST_BYTES_PER_WINDOW_PX = 4 * (PREFETCH_DEPTH + 2) + 8
-# Largest tile side planned where the model computes on the CPU. A 16000x64000 step at 2 GB
-# plans 4032x4608 tiles (29.5 s); larger budgets planned larger tiles and ran slower (8 GB:
-# 32.4 s, 30.7 s of system time in page faults over three steps; 16 GB, 12800 px tiles:
-# 47.9 s, the compute waiting 13 s a step for ten long reads it could not overlap).
+# Largest tile side planned where the model computes on the CPU: larger tiles ran slower there
+# (page faults, and long reads the compute could not overlap); docs/experiments.md
 CPU_MAX_TILE_PX = 4608
 _PROBE_TILES_PX = (64, 256)
 _cost_cache: dict[tuple[str, str, Mode], TileCost] = {}

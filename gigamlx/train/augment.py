@@ -28,9 +28,8 @@ import numpy as np
 
 from gigamlx.core.geometry import Box
 
-# A region at least this large is transformed through a 256³ lookup table of the transform
-# (built once per region in ~1.7 s, then ~0.02 s per Mpx instead of ~0.2 s per Mpx): the
-# 16000x64000 step read both passes' windows 10x faster.
+# A region at least this large is transformed through a 256³ lookup table of the transform,
+# built once per region: cheaper per pixel than the direct transform (docs/experiments.md)
 LUT_MIN_REGION_PX = 64 * 2**20
 
 # rows: the RGB optical density of one unit of haematoxylin, eosin and DAB (residual)
@@ -92,7 +91,7 @@ class ColorJitter(NamedTuple):
 
     def lookup(self, rgb: np.ndarray) -> np.ndarray:
         """(..., 3) uint8 -> (...) uint32, the transformed colours packed as bytes R, G, B, 0
-        (`unpack_rgb` undoes it; a packed array turns 3x faster than an (h, w, 3) one)."""
+        (`unpack_rgb` undoes it; a packed array turns faster than an (h, w, 3) one)."""
         index = rgb[..., 0].astype(np.uint32) << 16
         index |= rgb[..., 1].astype(np.uint32) << 8
         index |= rgb[..., 2]
@@ -101,7 +100,7 @@ class ColorJitter(NamedTuple):
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
     """(...) uint32 of bytes R, G, B, 0 -> (..., 3) uint8, contiguous (one copy per channel:
-    3x faster than copying the 3-of-4-byte view at once)."""
+    faster than copying the 3-of-4-byte view at once)."""
     source = packed.view(np.uint8).reshape(*packed.shape, 4)
     out = np.empty((*packed.shape, 3), np.uint8)
     for c in range(3):

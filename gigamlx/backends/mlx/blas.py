@@ -1,9 +1,9 @@
 """Make MLX's Linux CPU build use an optimized BLAS (OpenBLAS) instead of its bundled one.
 
-The `mlx[cpu]` wheel links a reference BLAS (~5 GFLOP/s sgemm), but libmlx.so leaves
+The `mlx[cpu]` wheel links a slow reference BLAS, but libmlx.so leaves
 `cblas_sgemm` undefined and binds it through the normal dynamic-linker search, which looks
 at the global scope first. Loading OpenBLAS with RTLD_GLOBAL *before* `import mlx.core`
-therefore routes every MLX matmul and conv gemm to OpenBLAS (~30x faster). Loading it after
+therefore routes every MLX matmul and conv gemm to OpenBLAS (docs/benchmarks.md). Loading it after
 the import has no effect. On macOS MLX uses Accelerate and this module does nothing.
 
 Environment: GIGAMLX_BLAS=none disables the preload; GIGAMLX_BLAS=/path/lib.so picks the
@@ -114,8 +114,8 @@ def set_blas_threads(count: int) -> bool:
     The preload asks for one, in every process: a matmul's rounding depends on how many
     threads split it, so runs (and a run and its resume) only agree bit for bit when all use
     the same count; and the fused path's only matmuls are the coarse layers' (tiny), between
-    which a second thread spun in the kernel (8192² step: system CPU 1.0 -> 0.4 s of ~1.8 s;
-    the pure-MLX path ran as fast on one thread: 20.0 vs 19.5 s).
+    which a second thread spun in the kernel; the pure-MLX path ran as fast on one thread
+    (docs/experiments.md).
     """
     if os.environ.get("OPENBLAS_NUM_THREADS"):
         return False

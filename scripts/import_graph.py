@@ -1,11 +1,15 @@
 """Print gigamlx's package-level import graph and fail on a cycle or an upward import.
 
-Usage: python scripts/import_graph.py [--root gigamlx] [--json FILE]
+Usage: python scripts/import_graph.py [--root gigamlx] [--json FILE] [--docs FILE | --no-docs]
 
 Nodes are the sub-packages of gigamlx (core, slide, synth, backends, tiling, infer, eval, train,
 cli) and its top-level modules (api). Every import inside a function counts too: a lazy import
 is still a dependency. Exit status 1 when the graph has a cycle, when a package imports one at
 its own layer or above (LAYERS), or when an engine (mlx, torch) is imported outside backends/.
+
+The package map in docs/architecture.md is checked too, so it cannot drift: every
+`gigamlx/...` path it names must exist, and every sub-package of gigamlx (nested ones included)
+and every top-level module must be named there (`gigamlx/slide/`, `gigamlx/api.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +33,8 @@ LAYERS = [
     {"api", "cli"},  # the public Python API; the command line
 ]
 ENGINES = ("mlx", "torch")
+# a package or module path as the package map writes it: gigamlx/slide/, gigamlx/api.py
+_DOC_PATH = re.compile(r"\bgigamlx(?:/[A-Za-z_][A-Za-z0-9_]*)+(?:\.py|/)")
 ENGINE_HOME = "backends"
 
 
@@ -105,16 +112,46 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     return problems
 
 
+def doc_problems(root: Path, doc: Path) -> list[str]:
+    """Where the package map in `doc` and the package under `root` disagree, as messages."""
+    if not doc.is_file():
+        return [f"{doc}: missing (the package map; or pass --no-docs)"]
+    named = {m.group(0) for m in _DOC_PATH.finditer(doc.read_text())}
+    problems = []
+    for path in sorted(named):
+        relative = path.split("/", 1)[1]
+        if not (root / relative).exists():
+            problems.append(f"{doc.name} names {path}, which does not exist")
+    actual = [p.parent for p in root.rglob("__init__.py") if p.parent != root]
+    actual = [f"gigamlx/{d.relative_to(root).as_posix()}/" for d in actual]
+    actual += [f"gigamlx/{p.name}" for p in root.glob("*.py") if not p.name.startswith("__")]
+    for path in sorted(actual):
+        if path not in named:
+            problems.append(f"{path}: not in the package map of {doc.name} (add a line for it)")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(__file__).parents[1] / "gigamlx")
     parser.add_argument("--json", type=Path, help="also write the graph and problems here")
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        help="the package map to check (default: docs/architecture.md beside --root)",
+    )
+    parser.add_argument(
+        "--no-docs", action="store_true", help="check the imports only, not the package map"
+    )
     args = parser.parse_args(argv)
     graph, problems = build_graph(args.root)
     cycle = find_cycle(graph)
     if cycle:
         problems.insert(0, "cycle: " + " -> ".join(cycle))
     problems += layer_violations(graph)
+    if not args.no_docs:
+        doc = args.docs or args.root.resolve().parent / "docs" / "architecture.md"
+        problems += doc_problems(args.root, doc)
     for layer in reversed(LAYERS):
         for name in sorted(layer & set(graph)):
             print(f"{name:>9} -> {', '.join(sorted(graph[name])) or '(nothing)'}")
@@ -123,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {"graph": {k: sorted(v) for k, v in graph.items()}, "problems": problems}
         args.json.write_text(json.dumps(report, indent=2))
-    print("ok: no cycle, imports point down" if not problems else f"{len(problems)} problem(s)")
+    ok = "ok: no cycle, imports point down" + ("" if args.no_docs else ", package map current")
+    print(ok if not problems else f"{len(problems)} problem(s)")
     return 1 if problems else 0
 
 

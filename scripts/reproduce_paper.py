@@ -79,7 +79,7 @@ class Plan:
     illumination: float = 1.0
 
 
-# --quick: the recipe chosen on the validation slides (ablations in the README): whole-slide
+# --quick: the recipe chosen on the validation slides (docs/experiments.md): whole-slide
 # 2048x2048 regions (one region per step: larger regions average out the region-to-region
 # noise that made 1024x1024 runs collapse to "all tissue"), a high peak rate with cosine decay;
 # many small training slides rather than a few large ones (4 slides of 2048x4096 took frames

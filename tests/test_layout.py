@@ -79,3 +79,37 @@ def test_engines_load_lazily(engine):
     code = f"import sys, gigamlx, gigamlx.cli; print('{engine}' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _map(root: Path, text: str) -> Path:
+    doc = root / "docs" / "architecture.md"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return doc
+
+
+def test_package_map_passes_when_it_names_every_package(tmp_path, capsys):
+    root = _package(tmp_path, {"core/a.py": "", "slide/b.py": "", "api.py": ""})
+    _map(tmp_path, "gigamlx/core/  bottom\ngigamlx/slide/  slides\ngigamlx/api.py  API\n")
+    assert import_graph.main(["--root", str(root)]) == 0, capsys.readouterr().err
+
+
+def test_package_map_fails_on_a_package_it_does_not_name(tmp_path, capsys):
+    root = _package(tmp_path, {"core/a.py": "", "slide/b.py": "", "slide/deep/c.py": ""})
+    _map(tmp_path, "gigamlx/core/  bottom\ngigamlx/slide/  slides\n")
+    assert import_graph.main(["--root", str(root)]) == 1
+    assert "gigamlx/slide/deep/: not in the package map" in capsys.readouterr().err
+
+
+def test_package_map_fails_on_a_path_that_does_not_exist(tmp_path, capsys):
+    root = _package(tmp_path, {"core/a.py": ""})
+    _map(tmp_path, "gigamlx/core/  bottom\ngigamlx/cli/api.py  the API, misplaced\n")
+    assert import_graph.main(["--root", str(root)]) == 1
+    assert "names gigamlx/cli/api.py, which does not exist" in capsys.readouterr().err
+
+
+def test_package_map_must_exist_unless_told_not_to_check(tmp_path, capsys):
+    root = _package(tmp_path, {"core/a.py": ""})
+    assert import_graph.main(["--root", str(root)]) == 1
+    assert "architecture.md: missing" in capsys.readouterr().err
+    assert import_graph.main(["--root", str(root), "--no-docs"]) == 0

@@ -79,3 +79,24 @@ def test_engines_load_lazily(engine):
     code = f"import sys, gigamlx, gigamlx.cli; print('{engine}' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_mlx_path_needs_no_torch():
+    """A plain `pip install .` has no torch: the commands' modules and the mlx backend must
+    import and build with torch made unimportable."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import gigamlx, gigamlx.cli, gigamlx.api, gigamlx.train.run, gigamlx.infer.predict\n"
+        "import gigamlx.slide.ingest, gigamlx.synth\n"
+        "from gigamlx.cli import data, evaluate, info, report, train\n"
+        "from gigamlx.backends import get_backend\n"
+        "get_backend('mlx')\n"
+        "try:\n"
+        "    get_backend('cuda-um')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree, whatever is installed
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "gigamlx[cuda]" in done.stdout

@@ -149,8 +149,8 @@ build_ext() {
   command -v cmake >/dev/null || .venv/bin/python -m pip install -q "cmake>=3.25"
   # --no-build-isolation: compile against the exact mlx (and nanobind) installed in .venv
   .venv/bin/python -m pip install -q --no-build-isolation ./kernels/ext \
-    || say "could not build kernels/ext (a C++17 compiler is needed); gigamlx will use the" \
-      "slower pure-MLX path"
+    || say "could not build kernels/ext (it needs a C++17 compiler and the Python headers;" \
+      "Debian/Ubuntu: sudo apt install g++ python3-dev); gigamlx will use the slower pure-MLX path"
 }
 
 main() {

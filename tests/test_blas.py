@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -110,3 +111,53 @@ def test_openblas_runs_on_one_thread_in_every_process():
         assert run_preload(None, THREADS)["threads"] == 2
     finally:
         del os.environ["OPENBLAS_NUM_THREADS"]
+
+
+def test_blas_looks_in_the_environment_first():
+    """setup.sh unpacks OpenBLAS into the venv where apt needs root: it is tried first."""
+    assert blas.candidate_paths()[0] == os.path.join(
+        sys.prefix, blas.VENV_BLAS_DIR, "libopenblas.so.0"
+    )
+
+
+def test_blas_loads_the_runtime_beside_it_first(tmp_path, monkeypatch):
+    """The Fortran runtime unpacked beside OpenBLAS is loaded first, so the dynamic linker
+    resolves OpenBLAS's dependency to it (nothing else searches that folder)."""
+    for name in ("libgfortran.so.5", "libquadmath.so.0", "libopenblas.so.0"):
+        (tmp_path / name).touch()
+    loaded = []
+
+    class Library:
+        def __init__(self, path, mode):
+            loaded.append(os.path.basename(path))
+            self.cblas_sgemm = None
+
+    monkeypatch.setattr(blas.ctypes, "CDLL", Library)
+    monkeypatch.setattr(blas, "_handles", [])
+    assert blas._load_global(str(tmp_path / "libopenblas.so.0")) is None
+    assert loaded == ["libquadmath.so.0", "libgfortran.so.5", "libopenblas.so.0"]
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or installed_openblas() is None, reason="no OpenBLAS to copy"
+)
+def test_blas_preloads_the_copy_in_a_venv(tmp_path):
+    """A venv holding OpenBLAS under VENV_BLAS_DIR (as setup.sh leaves it without root) makes
+    MLX use that copy."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    target = venv / blas.VENV_BLAS_DIR
+    target.mkdir(parents=True)
+    shutil.copy(installed_openblas(), target / "libopenblas.so.0")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    site = sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]
+    env = {k: v for k, v in os.environ.items() if k != blas.ENV_VAR}
+    env["PYTHONPATH"] = os.pathsep.join([repo, *site])
+    code = "from gigamlx.backends.mlx.blas import preload_blas; print(preload_blas().path)"
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(target / "libopenblas.so.0")

@@ -113,3 +113,24 @@ def test_package_map_must_exist_unless_told_not_to_check(tmp_path, capsys):
     assert import_graph.main(["--root", str(root)]) == 1
     assert "architecture.md: missing" in capsys.readouterr().err
     assert import_graph.main(["--root", str(root), "--no-docs"]) == 0
+
+
+def test_mlx_path_needs_no_torch():
+    """A plain `pip install .` has no torch: the commands' modules and the mlx backend must
+    import and build with torch made unimportable."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import gigamlx, gigamlx.cli, gigamlx.api, gigamlx.train.run, gigamlx.infer.predict\n"
+        "import gigamlx.slide.ingest, gigamlx.synth\n"
+        "from gigamlx.cli import data, evaluate, info, report, train\n"
+        "from gigamlx.backends import get_backend\n"
+        "get_backend('mlx')\n"
+        "try:\n"
+        "    get_backend('cuda-um')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this tree, whatever is installed
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "gigamlx[cuda]" in done.stdout

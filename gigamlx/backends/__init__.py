@@ -29,7 +29,7 @@ def get_backend(name: str, device: str = "auto", kernels: str | None = None) -> 
             from gigamlx.backends.cuda_um.backend import CudaUMBackend
         except ImportError as error:
             raise ValueError(
-                f"--backend cuda-um needs PyTorch ({error}); pip install 'gigamlx[torch]'"
+                f"--backend cuda-um needs PyTorch ({error}); pip install 'gigamlx[cuda]'"
             ) from error
         return CudaUMBackend(device)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -6,6 +6,10 @@ at the global scope first. Loading OpenBLAS with RTLD_GLOBAL *before* `import ml
 therefore routes every MLX matmul and conv gemm to OpenBLAS (docs/benchmarks.md). Loading it after
 the import has no effect. On macOS MLX uses Accelerate and this module does nothing.
 
+Where the system has none and apt needs root, setup.sh unpacks Debian's OpenBLAS (and the
+Fortran runtime it needs, where the system lacks one) into the virtual environment, under
+`VENV_BLAS_DIR`; it is looked for there first.
+
 Environment: GIGAMLX_BLAS=none disables the preload; GIGAMLX_BLAS=/path/lib.so picks the
 library (it must export cblas_sgemm). NumPy's and SciPy's bundled OpenBLAS do not help:
 their symbols are renamed (scipy_cblas_sgemm...).
@@ -24,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "GIGAMLX_BLAS"
 DISABLE_VALUES = {"none", "off", "0", "false", "no"}
+VENV_BLAS_DIR = "opt/openblas"  # under sys.prefix: where setup.sh unpacks OpenBLAS without root
+# the libraries setup.sh may place beside it, in load order: OpenBLAS's Fortran runtime
+VENV_BLAS_DEPENDENCIES = ("libquadmath.so.0", "libgfortran.so.5")
 
 
 class BlasInfo(NamedTuple):
@@ -34,14 +41,19 @@ class BlasInfo(NamedTuple):
     reason: str
 
 
+# the one line that names the fix wherever no OpenBLAS is found (setup.sh prints the same)
+FIX = "sudo apt install libopenblas0-pthread (Fedora: sudo dnf install openblas)"
+
 _state: dict[str, BlasInfo] = {}
 _handles: list[ctypes.CDLL] = []  # keep loaded libraries referenced for the process lifetime
 
 
 def candidate_paths() -> list[str]:
-    """OpenBLAS shared objects to try, most specific first (Debian/Ubuntu, Fedora, Arch)."""
+    """OpenBLAS shared objects to try, most specific first: the one setup.sh unpacked into
+    this environment, then the system's (Debian/Ubuntu, Fedora, Arch)."""
     multiarch = f"/usr/lib/{platform.machine()}-linux-gnu"
     return [
+        os.path.join(sys.prefix, VENV_BLAS_DIR, "libopenblas.so.0"),
         f"{multiarch}/openblas-pthread/libopenblas.so.0",
         f"{multiarch}/libopenblas.so.0",
         f"{multiarch}/openblas-openmp/libopenblas.so.0",
@@ -53,8 +65,16 @@ def candidate_paths() -> list[str]:
 
 
 def _load_global(path: str) -> str | None:
-    """dlopen `path` with RTLD_GLOBAL; return None on success, else the reason it failed."""
+    """dlopen `path` with RTLD_GLOBAL; return None on success, else the reason it failed.
+
+    The libraries of VENV_BLAS_DEPENDENCIES found beside it are loaded first: the dynamic
+    linker then resolves the library's own dependencies to them by name (nothing else would
+    search that folder)."""
     try:
+        for name in VENV_BLAS_DEPENDENCIES:
+            beside = os.path.join(os.path.dirname(path), name)
+            if os.path.exists(beside):
+                _handles.append(ctypes.CDLL(beside, mode=ctypes.RTLD_GLOBAL))
         lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
     except OSError as error:
         return f"cannot load {path}: {error}"
@@ -87,7 +107,7 @@ def _preload() -> BlasInfo:
         failures.append(failure)
     if failures:
         return BlasInfo("bundled", None, "; ".join(failures))
-    return BlasInfo("bundled", None, "no OpenBLAS found (Debian: apt install libopenblas0-pthread)")
+    return BlasInfo("bundled", None, f"no OpenBLAS found ({FIX})")
 
 
 def preload_blas() -> BlasInfo:

@@ -19,11 +19,11 @@ from gigamlx.backends.cuda_um import managed
 from gigamlx.backends.cuda_um.build import NvccNotFound, build_library, find_nvcc
 from gigamlx.backends.cuda_um.model import from_torch_layout
 from gigamlx.core.arrays import read_window
-from gigamlx.core.checkpoint import load_checkpoint
-from gigamlx.core.config import TrainConfig
 from gigamlx.core.geometry import padded_hw
 from gigamlx.core.losses import Objective
 from gigamlx.core.memory import current_rss_bytes
+from gigamlx.runs.checkpoint import load_checkpoint
+from gigamlx.runs.config import TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.tiling import budget
 from gigamlx.tiling.budget import tile_cost

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.core import files
-from gigamlx.core.checkpoint import (
+from gigamlx.infer.predict import load_model
+from gigamlx.runs import files
+from gigamlx.runs.checkpoint import (
     MANIFEST,
     CheckpointError,
     list_checkpoints,
@@ -24,8 +25,7 @@ from gigamlx.core.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from gigamlx.core.config import TrainConfig
-from gigamlx.infer.predict import load_model
+from gigamlx.runs.config import TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.train.loop import train
 from gigamlx.train.run import METRICS, resolve_config, start_run

@@ -14,8 +14,8 @@ import zarr.storage
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
-from gigamlx.core import checkpoint
-from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
+from gigamlx.runs import checkpoint
+from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
 from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
-from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
-from gigamlx.core.config import TrainConfig
-from gigamlx.core.lock import LockError, hold_lock
+from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
+from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.lock import LockError, hold_lock
 from gigamlx.synth.render import synth_slide
 from gigamlx.train import run as run_module
 from gigamlx.train.loop import Interrupted, train

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 import gigamlx
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.core.checkpoint import CheckpointError, save_checkpoint
 from gigamlx.infer.export import open_probability_levels, sample_nearest, thumbnail_hw
 from gigamlx.infer.predict import (
     PredictError,
@@ -24,6 +23,7 @@ from gigamlx.infer.predict import (
     predict_slides,
     slide_name,
 )
+from gigamlx.runs.checkpoint import CheckpointError, save_checkpoint
 from gigamlx.slide.store import open_store
 from gigamlx.synth.render import synth_slide
 

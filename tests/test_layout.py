@@ -32,6 +32,16 @@ def test_gigamlx_imports_point_down(capsys):
     assert "core -> (nothing)" in out and "ok: no cycle" in out
 
 
+def test_core_is_the_maths_and_runs_the_files_above_it():
+    """core/ holds the model's maths; runs/ (config, checkpoints, outputs, locks) sits on it."""
+    rank = {name: n for n, layer in enumerate(import_graph.LAYERS) for name in layer}
+    assert rank["core"] < rank["runs"] < rank["slide"]
+    files = {p.stem for p in (REPO / "gigamlx" / "runs").glob("*.py")}
+    assert {"config", "checkpoint", "outputs", "lock", "files"} <= files
+    core = {p.stem for p in (REPO / "gigamlx" / "core").glob("*.py")}
+    assert not (core & files) - {"__init__"}, core & files
+
+
 def test_import_graph_fails_on_a_cycle(tmp_path, capsys):
     root = _package(
         tmp_path,

@@ -11,8 +11,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
-from gigamlx.core.config import TrainConfig
+from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
+from gigamlx.runs.config import TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.train import loop
 from gigamlx.train.loop import Interrupted, TrainingError, train

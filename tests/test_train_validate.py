@@ -8,11 +8,11 @@ import zarr
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
-from gigamlx.core.checkpoint import list_checkpoints, read_state
-from gigamlx.core.config import TrainConfig
 from gigamlx.core.normalise import slide_norm
 from gigamlx.eval.metrics import evaluate_pair, evaluate_thresholds
 from gigamlx.infer.predict import load_model
+from gigamlx.runs.checkpoint import list_checkpoints, read_state
+from gigamlx.runs.config import TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
 from gigamlx.train import augment, regions

@@ -65,8 +65,8 @@ def say_error(error: BaseException | str) -> None:
 @contextmanager
 def user_errors():
     """Known bad input ends the command with one line on stderr and exit code 2, no trace."""
-    from gigamlx.core.checkpoint import CheckpointError
-    from gigamlx.core.lock import LockError
+    from gigamlx.runs.checkpoint import CheckpointError
+    from gigamlx.runs.lock import LockError
     from gigamlx.slide.store import StoreError
     from gigamlx.train.loop import Interrupted, TrainingError
     from gigamlx.train.stop import Stopped, exit_code

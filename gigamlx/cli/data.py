@@ -1,4 +1,4 @@
-"""`gigamlx synth`, `ingest` and `info`: making and converting slides, and what is installed."""
+"""`gigamlx synth` and `ingest`: making and converting slides."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ from pathlib import Path
 import typer
 
 from gigamlx.cli.common import (
-    SIZE_CONVENTION,
     app,
     err,
     hw_text,
     progress_bar,
     setup_logging,
-    stdout_errors,
     user_errors,
 )
-from gigamlx.core.config import parse_region
+from gigamlx.runs.config import parse_region
 from gigamlx.slide import OTSU_DEFINITION
 
 
@@ -107,21 +105,3 @@ def _say_store(path: Path) -> None:
         markup=False,
         highlight=False,
     )
-
-
-@app.command()
-def info(
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
-) -> None:
-    """Versions, engine, BLAS, memory and the model's geometry."""
-    import json
-
-    from gigamlx.cli.info import collect_info
-
-    facts = collect_info() | {"size convention": SIZE_CONVENTION}
-    with stdout_errors():
-        if as_json:
-            typer.echo(json.dumps(facts, indent=2))
-            return
-        for key, value in facts.items():
-            typer.echo(f"{key:>22}: {value}")

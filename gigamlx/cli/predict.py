@@ -1,4 +1,4 @@
-"""`gigamlx predict` and `gigamlx eval`: probability maps of whole slides, and their Dice."""
+"""`gigamlx predict`: probability maps of whole slides."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ from gigamlx.cli.common import (
     err,
     progress_bar,
     setup_logging,
-    stdout_errors,
     user_errors,
 )
-from gigamlx.core.config import DEFAULTS, help_of
-from gigamlx.slide import OTSU_DEFINITION
+from gigamlx.runs.config import DEFAULTS, help_of
 
 
 def named_checkpoint(run_dir: Path, name: str) -> Path:
     """RUN/checkpoints/NAME, or a one-line error naming what exists."""
-    from gigamlx.core.checkpoint import CheckpointError
+    from gigamlx.runs.checkpoint import CheckpointError
 
     path = Path(run_dir) / "checkpoints" / name
     if not path.is_dir():
@@ -120,54 +118,3 @@ def predict(
             markup=False,
             highlight=False,
         )
-
-
-class MasksCommand(typer.core.TyperCommand):
-    """Lets `--masks M1 M2 ...` take several values after one flag."""
-
-    def parse_args(self, ctx, args):
-        from gigamlx.eval.report import expand_multi_value_option
-
-        return super().parse_args(ctx, expand_multi_value_option(args, "--masks"))
-
-
-@app.command("eval", cls=MasksCommand)
-def evaluate(
-    preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
-    masks: list[Path] = typer.Option(
-        ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
-    ),
-    threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
-    json_path: str = typer.Option(
-        None, "--json", help="also write the report as JSON to this file ('-': stdout)"
-    ),
-    baseline: str = typer.Option(
-        None,
-        help=f"'otsu': also score the classical baseline ({OTSU_DEFINITION}; the same as "
-        "ingest --otsu); masks must be slide stores",
-    ),
-    level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
-    pred_scale: str = typer.Option(
-        "auto",
-        help="uint8 predictions: '255' = round(255 p), '1' = a 0/1 map, 'auto' = 0/1 when "
-        "the values are only 0 and 1 (said on stderr)",
-    ),
-) -> None:
-    """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
-
-    Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 (0/1: see --pred-scale) or
-    float 0-1. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows,
-    then mean ± sample std.
-    Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
-    but tissue in the mask (or the reverse): 0. scripts/evaluate_dice.py runs this command.
-    """
-    from gigamlx.eval.report import run_evaluation
-
-    setup_logging(False)
-    with user_errors(), stdout_errors():
-        report = run_evaluation(
-            preds, masks, threshold, json_path, baseline, level, pred_scale=pred_scale
-        )
-    for slide in report.slides:
-        if slide.note:
-            err.print(f"note: {slide.note}", soft_wrap=True, markup=False, highlight=False)

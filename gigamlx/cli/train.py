@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
-from gigamlx.core.config import DEFAULTS, TrainConfig, help_of
+from gigamlx.runs.config import DEFAULTS, TrainConfig, help_of
 
 
 def _typed_options(ctx: typer.Context) -> dict:

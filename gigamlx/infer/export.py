@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from gigamlx.core.outputs import (
+from gigamlx.runs.outputs import (
     file_written_atomically,
     hidden_sibling,
     name_the_path,

@@ -18,17 +18,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gigamlx.backends import get_backend
-from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.core.normalise import InputNorm, slide_norm
-from gigamlx.core.outputs import (
-    OutputError,
-    check_not_input,
-    check_output_file,
-    check_output_folder,
-    check_replaceable,
-)
 from gigamlx.infer.annotations import (
     DEFAULT_THRESHOLD,
     prediction_features,
@@ -50,6 +41,15 @@ from gigamlx.infer.sources import (
     choose_level,
     open_source,
     slide_name,
+)
+from gigamlx.runs.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
+from gigamlx.runs.lock import hold_lock
+from gigamlx.runs.outputs import (
+    OutputError,
+    check_not_input,
+    check_output_file,
+    check_output_folder,
+    check_replaceable,
 )
 from gigamlx.tiling.scheduler import tiled_predict
 

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from gigamlx.core.outputs import check_not_input
+from gigamlx.runs.outputs import check_not_input
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide

@@ -19,7 +19,7 @@ from zarr.codecs import ZstdCodec
 
 from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
-from gigamlx.core.outputs import (
+from gigamlx.runs.outputs import (
     check_output_file,
     check_replaceable,
     hidden_sibling,

@@ -28,8 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gigamlx.core.config import check_seed
 from gigamlx.core.geometry import Box
+from gigamlx.runs.config import check_seed
 from gigamlx.slide.store import (
     Progress,
     StoreError,

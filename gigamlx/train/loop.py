@@ -18,10 +18,10 @@ from typing import NamedTuple
 import numpy as np
 
 from gigamlx.backends.base import FlatParams, World, WorldError
-from gigamlx.core.checkpoint import list_checkpoints
 from gigamlx.core.losses import TileStats, hard_dice
 from gigamlx.core.memory import peak_rss_bytes
-from gigamlx.core.outputs import name_the_path
+from gigamlx.runs.checkpoint import list_checkpoints
+from gigamlx.runs.outputs import name_the_path
 from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_best, save_run

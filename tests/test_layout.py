@@ -3,6 +3,7 @@ and no top-level `kernels` Python package is installed."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,14 @@ def test_engines_load_lazily(engine):
     code = f"import sys, gigamlx, gigamlx.cli; print('{engine}' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_progress_callbacks_are_defined_once():
+    """The progress callback types live in core/progress.py; everyone else imports them."""
+    pattern = re.compile(r"^\w*Progress\s*=\s*Callable\[", re.M)
+    homes = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "gigamlx").rglob("*.py"))
+        if pattern.search(path.read_text())
+    ]
+    assert homes == ["gigamlx/core/progress.py"], homes

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from gigamlx.backends import get_backend
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.core.normalise import InputNorm, slide_norm
+from gigamlx.core.progress import Progress
 from gigamlx.infer.annotations import (
     DEFAULT_THRESHOLD,
     prediction_features,
@@ -55,7 +56,6 @@ from gigamlx.tiling.scheduler import tiled_predict
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 __all__ = ["PredictError", "SlideSource", "open_source", "slide_name"]
 
 

@@ -1,6 +1,7 @@
 """The package layout: imports point down (scripts/import_graph.py), engines stay in backends/,
 and no top-level `kernels` Python package is installed."""
 
+import ast
 import importlib.util
 import os
 import re
@@ -101,3 +102,20 @@ def test_progress_callbacks_are_defined_once():
         if pattern.search(path.read_text())
     ]
     assert homes == ["gigamlx/core/progress.py"], homes
+
+
+WIDE_RECORDS = {"StepResult", "PredictOptions", "provenance", "PredictResult", "StepMetrics"}
+
+
+def test_wide_records_are_built_by_keyword():
+    """Records of many fields are built by keyword (no `# fmt: skip` to keep a positional row)."""
+    positional = []
+    for path in sorted((REPO / "gigamlx").rglob("*.py")):
+        source = path.read_text()
+        assert "fmt: skip" not in source, path
+        for node in ast.walk(ast.parse(source)):
+            name = getattr(node, "func", None)
+            name = getattr(name, "id", None) or getattr(name, "attr", None)
+            if isinstance(node, ast.Call) and name in WIDE_RECORDS and node.args:
+                positional.append(f"{path.relative_to(REPO)}:{node.lineno} {name}")
+    assert not positional, positional

@@ -100,7 +100,15 @@ def predict(
 
         try:
             options = PredictOptions(
-                memory_budget, tiff, overlay, geojson, overwrite, tile, threshold, level, kernels
+                memory_budget=memory_budget,
+                tiff=tiff,
+                overlay=overlay,
+                geojson=geojson,
+                overwrite=overwrite,
+                tile=tile,
+                threshold=threshold,
+                level=level,
+                kernels=kernels,
             )
             results = predict_slides(checkpoint, slides, out, options, on_slide)
         finally:

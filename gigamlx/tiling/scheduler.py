@@ -224,9 +224,18 @@ def tiled_step(
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
     return StepResult(
-        value, stats, grads, plan, reading.peak_bytes, seconds, clock.read_s, clock.wait_s,
-        forward_seconds, reading.cache_bytes, kept_windows,
-    )  # fmt: skip
+        loss=value,
+        stats=stats,
+        grads=grads,
+        plan=plan,
+        peak_bytes=reading.peak_bytes,
+        seconds=seconds,
+        read_seconds=clock.read_s,
+        read_wait_seconds=clock.wait_s,
+        forward_seconds=forward_seconds,
+        cache_bytes=reading.cache_bytes,
+        kept_windows=kept_windows,
+    )
 
 
 def tiled_predict(

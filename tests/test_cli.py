@@ -80,7 +80,7 @@ def test_cli_store_without_mask(tmp_path):
         ("--region", "16000by64000", "cannot read a region"),
         ("--memory-budget", "lots", "cannot read a memory size"),
         ("--memory-budget", "1MB", "too small"),
-        ("--loss", "focal", "unknown loss"),
+        ("--loss", "focal", "Invalid value for '--loss'"),  # typer's own: a Literal choice
         ("--lr", "-1", "--lr must be positive"),
     ],
 )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 
 from gigamlx.cli.common import app, err, setup_logging, stdout_errors, user_errors
 from gigamlx.slide import OTSU_DEFINITION
+
+# eval/baseline.py's BASELINES and eval/scale.py's PRED_SCALES, written out so that the CLI
+# loads no zarr until a command runs (tests/test_cli_conventions.py holds them equal)
+Baseline = Literal["otsu"]
+PredScale = Literal["auto", "255", "1"]
 
 
 class MasksCommand(typer.core.TyperCommand):
@@ -21,25 +27,31 @@ class MasksCommand(typer.core.TyperCommand):
 
 @app.command("eval", cls=MasksCommand)
 def evaluate(
-    preds: list[Path] = typer.Argument(..., metavar="PRED", help="probability maps"),
-    masks: list[Path] = typer.Option(
-        ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
-    ),
-    threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
-    json_path: str = typer.Option(
-        None, "--json", help="also write the report as JSON to this file ('-': stdout)"
-    ),
-    baseline: str = typer.Option(
-        None,
-        help=f"'otsu': also score the classical baseline ({OTSU_DEFINITION}; the same as "
-        "ingest --otsu); masks must be slide stores",
-    ),
-    level: int = typer.Option(0, min=0, help="pyramid level both are read at"),
-    pred_scale: str = typer.Option(
-        "auto",
-        help="uint8 predictions: '255' = round(255 p), '1' = a 0/1 map, 'auto' = 0/1 when "
-        "the values are only 0 and 1 (said on stderr)",
-    ),
+    preds: Annotated[list[Path], typer.Argument(metavar="PRED", help="probability maps")],
+    masks: Annotated[
+        list[Path],
+        typer.Option("--masks", metavar="MASK", help="masks or slide stores, in PRED order"),
+    ],
+    threshold: Annotated[float, typer.Option(help="p >= threshold is tissue; in [0, 1]")] = 0.5,
+    json_path: Annotated[
+        str | None,
+        typer.Option("--json", help="also write the report as JSON to this file ('-': stdout)"),
+    ] = None,
+    baseline: Annotated[
+        Baseline | None,
+        typer.Option(
+            help=f"also score the classical baseline (otsu: {OTSU_DEFINITION}; the same as "
+            "ingest --otsu); masks must be slide stores",
+        ),
+    ] = None,
+    level: Annotated[int, typer.Option(min=0, help="pyramid level both are read at")] = 0,
+    pred_scale: Annotated[
+        PredScale,
+        typer.Option(
+            help="uint8 predictions: '255' = round(255 p), '1' = a 0/1 map, 'auto' = 0/1 when "
+            "the values are only 0 and 1 (said on stderr)",
+        ),
+    ] = "auto",
 ) -> None:
     """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
 

@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 from importlib import metadata
+from typing import Annotated
 
 import typer
 
@@ -49,7 +50,9 @@ def collect_info() -> dict[str, str]:
 
 @app.command()
 def info(
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object to stdout")
+    ] = False,
 ) -> None:
     """Versions, engine, BLAS, memory and the model's geometry."""
     facts = collect_info() | {"size convention": SIZE_CONVENTION}

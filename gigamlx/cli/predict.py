@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from gigamlx.cli.common import (
+    Kernels,
     app,
     err,
     progress_bar,
@@ -32,43 +34,60 @@ def named_checkpoint(run_dir: Path, name: str) -> Path:
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(
-        ..., help="run folder (its newest checkpoint), checkpoint folder or weights .safetensors"
-    ),
-    slides: list[Path] = typer.Argument(
-        ..., help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)"
-    ),
-    out: Path = typer.Option(..., help="output folder: NAME.zarr per slide (and the extras)"),
-    memory_budget: str = typer.Option(DEFAULTS.memory_budget, help=help_of("memory_budget")),
-    tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
-    tiff: bool = typer.Option(False, help="also NAME.ome.tif: tiled pyramidal OME-TIFF"),
-    overlay: bool = typer.Option(False, help="also NAME_overlay.png: thumbnail, tissue outlined"),
-    geojson: bool = typer.Option(
-        False, help="also NAME.geojson: tissue (p >= --threshold) as a QuPath annotation"
-    ),
-    threshold: float = typer.Option(
-        None,
-        help="p >= threshold is tissue (overlay, GeoJSON); default: the threshold the "
-        "checkpoint's validation chose (recorded in it), else 0.5",
-        show_default=False,
-    ),
-    level: int = typer.Option(
-        None,
-        help="slide level to read; default: the level matching the µm/px the checkpoint "
-        "was trained at (within 10%)",
-        show_default=False,
-    ),
-    overwrite: bool = typer.Option(False, help="replace existing outputs"),
-    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
-    which: str = typer.Option(
-        None,
-        "--checkpoint",
-        help="which checkpoint of the run folder: best (by validation Dice) or step_NNNNNNN; "
-        "default the newest",
-        show_default=False,
-    ),
-    quiet: bool = typer.Option(False, help="no progress bar"),
-    verbose: bool = typer.Option(False, help="debug logging"),
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="run folder (its newest checkpoint), checkpoint folder or weights .safetensors"
+        ),
+    ],
+    slides: Annotated[
+        list[Path],
+        typer.Argument(
+            help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="output folder: NAME.zarr per slide (and the extras)")],
+    memory_budget: Annotated[
+        str, typer.Option(help=help_of("memory_budget"))
+    ] = DEFAULTS.memory_budget,
+    tile: Annotated[int | None, typer.Option(help=help_of("tile"), show_default=False)] = None,
+    tiff: Annotated[bool, typer.Option(help="also NAME.ome.tif: tiled pyramidal OME-TIFF")] = False,
+    overlay: Annotated[
+        bool, typer.Option(help="also NAME_overlay.png: thumbnail, tissue outlined")
+    ] = False,
+    geojson: Annotated[
+        bool,
+        typer.Option(help="also NAME.geojson: tissue (p >= --threshold) as a QuPath annotation"),
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="p >= threshold is tissue (overlay, GeoJSON); default: the threshold the "
+            "checkpoint's validation chose (recorded in it), else 0.5",
+            show_default=False,
+        ),
+    ] = None,
+    level: Annotated[
+        int | None,
+        typer.Option(
+            help="slide level to read; default: the level matching the µm/px the checkpoint "
+            "was trained at (within 10%)",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    kernels: Annotated[Kernels, typer.Option(help=help_of("kernels"))] = DEFAULTS.kernels,
+    which: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="which checkpoint of the run folder: best (by validation Dice) or "
+            "step_NNNNNNN; default the newest",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    verbose: Annotated[bool, typer.Option(help="debug logging")] = False,
 ) -> None:
     """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
 

@@ -24,7 +24,6 @@ from gigamlx.core.losses import Objective
 from gigamlx.core.memory import current_rss_bytes
 from gigamlx.runs.checkpoint import load_checkpoint
 from gigamlx.runs.config import TrainConfig
-from gigamlx.synth.render import synth_slide
 from gigamlx.tiling import budget
 from gigamlx.tiling.budget import tile_cost
 from gigamlx.tiling.scheduler import tiled_predict, tiled_step
@@ -97,8 +96,8 @@ def test_cuda_um_predictions_match_mlx(pair):
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("data") / "s.zarr", (320, 448), seed=2))
+def slide(synth_store):
+    return str(synth_store((320, 448), seed=2))
 
 
 def _start(slide, out, backend: str, steps: int, init=None):

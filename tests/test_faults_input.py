@@ -18,14 +18,13 @@ from typer.testing import CliRunner
 
 from gigamlx.cli import app
 from gigamlx.slide import ngff
-from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return synth_slide(tmp_path_factory.mktemp("inputs") / "s.zarr", (400, 600), seed=2)
+def slide(synth_store):
+    return synth_store((400, 600), seed=2)
 
 
 def _train(slide, tmp_path, *extra):

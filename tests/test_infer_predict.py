@@ -25,15 +25,14 @@ from gigamlx.infer.predict import (
 )
 from gigamlx.runs.checkpoint import CheckpointError, save_checkpoint
 from gigamlx.slide.store import open_store
-from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()
 SLIDE_HW = (600, 1100)  # two pyramid levels at the default 512 px minimum side
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return synth_slide(tmp_path_factory.mktemp("slides") / "s.zarr", SLIDE_HW, seed=1)
+def slide(synth_store):
+    return synth_store(SLIDE_HW, seed=1)
 
 
 def _in_memory(weights_path, slide_path) -> np.ndarray:

@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import import_graph  # scripts/import_graph.py, through pytest's pythonpath (pyproject.toml)
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import import_graph  # noqa: E402
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:

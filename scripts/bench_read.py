@@ -27,8 +27,8 @@ from rich.table import Table
 
 from gigamlx.backends import get_backend
 from gigamlx.core.arrays import read_window
-from gigamlx.core.config import parse_region
 from gigamlx.core.geometry import plan_tiles
+from gigamlx.runs.config import parse_region
 from gigamlx.slide.store import open_store
 from gigamlx.train.augment import draw_illumination, draw_jitter, lut32
 from gigamlx.train.data import open_training_slides

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from gigamlx.eval.anatomy import PROFILE_PX, Anatomy, slide_anatomy
 from gigamlx.eval.metrics import EvaluationError
-from gigamlx.eval.report import expand_multi_value_option
+from gigamlx.eval.slides import expand_multi_value_option
 
 
 def anatomy_tables(total: Anatomy) -> tuple[Table, Table]:

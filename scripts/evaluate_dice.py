@@ -2,7 +2,7 @@
 
 Usage: python scripts/evaluate_dice.py PRED... --masks MASK... [--threshold 0.5]
 [--json FILE] [--baseline otsu] [--level N]. A thin wrapper: it runs the `gigamlx eval`
-command itself (gigamlx/cli/evaluate.py), so the two never drift apart.
+command itself (gigamlx/cli/eval.py), so the two never drift apart.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from gigamlx.cli.evaluate import MasksCommand, evaluate
+from gigamlx.cli.eval import MasksCommand, evaluate
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command(cls=MasksCommand)(evaluate)  # the only command: `app PRED... --masks MASK...`

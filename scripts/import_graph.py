@@ -2,10 +2,11 @@
 
 Usage: python scripts/import_graph.py [--root gigamlx] [--json FILE] [--docs FILE | --no-docs]
 
-Nodes are the sub-packages of gigamlx (core, slide, synth, backends, tiling, infer, eval, train,
-cli) and its top-level modules (api). Every import inside a function counts too: a lazy import
-is still a dependency. Exit status 1 when the graph has a cycle, when a package imports one at
-its own layer or above (LAYERS), or when an engine (mlx, torch) is imported outside backends/.
+Nodes are the sub-packages of gigamlx (core, runs, slide, synth, backends, tiling, infer, eval,
+train, cli) and its top-level modules (api). Every import inside a function counts too: a lazy
+import is still a dependency. Exit status 1 when the graph has a cycle, when a package imports
+one at its own layer or above (LAYERS), or when an engine (mlx, torch) is imported outside
+backends/.
 
 The package map in docs/architecture.md is checked too, so it cannot drift: every
 `gigamlx/...` path it names must exist, and every sub-package of gigamlx (nested ones included)
@@ -24,7 +25,8 @@ from pathlib import Path
 
 # bottom to top: a package may import only packages on a lower layer (and itself)
 LAYERS = [
-    {"core"},  # spec, geometry, arrays, losses, config, memory, checkpoint
+    {"core"},  # the model's maths: spec, geometry, arrays, losses, normalise, units, memory
+    {"runs"},  # runs and files: config, checkpoint, outputs, lock, files
     {"slide"},  # readers, stores, NGFF, masks, planes
     {"synth", "backends"},  # the synthetic slide (writes stores); the engines
     {"tiling"},  # budget, prefetch, scheduler

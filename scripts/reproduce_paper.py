@@ -26,10 +26,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gigamlx.core.checkpoint import load_checkpoint
-from gigamlx.core.config import TrainConfig
 from gigamlx.core.memory import peak_rss_bytes
-from gigamlx.eval.report import Report, run_evaluation
+from gigamlx.eval.slides import Report, run_evaluation
 from gigamlx.infer.annotations import DEFAULT_THRESHOLD
 from gigamlx.infer.predict import (
     cut_of,
@@ -38,6 +36,8 @@ from gigamlx.infer.predict import (
     predict_slide,
     trained_scale,
 )
+from gigamlx.runs.checkpoint import load_checkpoint
+from gigamlx.runs.config import TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.train.loop import StepMetrics, train
 from gigamlx.train.run import start_run

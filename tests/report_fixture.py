@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gigamlx.core.config import TrainConfig
+from gigamlx.runs.config import TrainConfig
 
 
 def lr_at(step: int, steps: int, peak: float = 1e-3, warmup: int = 20) -> float:

@@ -11,15 +11,14 @@ from typer.testing import CliRunner
 from gigamlx.cli import app
 from gigamlx.core.geometry import Box
 from gigamlx.slide.store import StoreWriter
-from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()
 SMALL = ["--region", "256x320", "--memory-budget", "300MB", "--tile", "128", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("cli") / "s.zarr", (400, 600), seed=2))
+def slide(synth_store):
+    return str(synth_store((400, 600), seed=2))
 
 
 def _fails(args, message, code=2):
@@ -80,7 +79,7 @@ def test_cli_store_without_mask(tmp_path):
         ("--region", "16000by64000", "cannot read a region"),
         ("--memory-budget", "lots", "cannot read a memory size"),
         ("--memory-budget", "1MB", "too small"),
-        ("--loss", "focal", "unknown loss"),
+        ("--loss", "focal", "Invalid value for '--loss'"),  # typer's own: a Literal choice
         ("--lr", "-1", "--lr must be positive"),
     ],
 )

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from gigamlx.core.config import TrainConfig
 from gigamlx.core.normalise import MIN_STD, InputNorm, slide_norm
+from gigamlx.runs.config import TrainConfig
 
 
 def test_slide_norm_measures_the_slide_it_is_given():

@@ -19,12 +19,11 @@ from gigamlx.backends.cuda_um import managed
 from gigamlx.backends.cuda_um.build import NvccNotFound, build_library, find_nvcc
 from gigamlx.backends.cuda_um.model import from_torch_layout
 from gigamlx.core.arrays import read_window
-from gigamlx.core.checkpoint import load_checkpoint
-from gigamlx.core.config import TrainConfig
 from gigamlx.core.geometry import padded_hw
 from gigamlx.core.losses import Objective
 from gigamlx.core.memory import current_rss_bytes
-from gigamlx.synth.render import synth_slide
+from gigamlx.runs.checkpoint import load_checkpoint
+from gigamlx.runs.config import TrainConfig
 from gigamlx.tiling import budget
 from gigamlx.tiling.budget import tile_cost
 from gigamlx.tiling.scheduler import tiled_predict, tiled_step
@@ -97,8 +96,8 @@ def test_cuda_um_predictions_match_mlx(pair):
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("data") / "s.zarr", (320, 448), seed=2))
+def slide(synth_store):
+    return str(synth_store((320, 448), seed=2))
 
 
 def _start(slide, out, backend: str, steps: int, init=None):

@@ -7,16 +7,19 @@ import logging
 import os
 import shutil
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
+from factories import small_config
 from safetensors.numpy import load_file, save_file
 from typer.testing import CliRunner
 
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.core import files
-from gigamlx.core.checkpoint import (
+from gigamlx.infer.predict import load_model
+from gigamlx.runs import files
+from gigamlx.runs.checkpoint import (
     MANIFEST,
     CheckpointError,
     list_checkpoints,
@@ -24,26 +27,13 @@ from gigamlx.core.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from gigamlx.core.config import TrainConfig
-from gigamlx.infer.predict import load_model
-from gigamlx.synth.render import synth_slide
+from gigamlx.runs.config import TrainConfig
 from gigamlx.train.loop import train
 from gigamlx.train.run import METRICS, resolve_config, start_run
 
 runner = CliRunner()
 FILES = ["weights.safetensors", "optimizer.safetensors", "state.json"]
-
-
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("data") / "s.zarr", (400, 600), seed=1))
-
-
-def _config(slide, out, steps, **extra) -> TrainConfig:
-    base = dict(data=(slide,), region="256x320", steps=steps, memory_budget="300MB", lr=0.01)
-    # no validation, a constant learning rate: these cases are about faults
-    base |= dict(val_fraction=0.0, warmup=0.0, lr_schedule="constant")
-    return TrainConfig(out=str(out), checkpoint_every=1, tile=128, **(base | extra))
+_config = partial(small_config, checkpoint_every=1)  # these cases are about faults
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ import zarr.storage
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
-from gigamlx.core import checkpoint
-from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
-from gigamlx.synth.render import synth_slide
+from gigamlx.runs import checkpoint
+from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
 
 runner = CliRunner()
 SMALL = ["--region", "256x320", "--memory-budget", "300MB", "--tile", "128", "--quiet"]
@@ -25,8 +24,8 @@ DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return synth_slide(tmp_path_factory.mktemp("faults") / "s.zarr", (400, 600), seed=2)
+def slide(synth_store):
+    return synth_store((400, 600), seed=2)
 
 
 def _one_line_error(result, code: int, *words: str) -> str:

@@ -8,16 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import pytest
+from factories import small_config
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
-from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
-from gigamlx.core.config import TrainConfig
-from gigamlx.core.lock import LockError, hold_lock
-from gigamlx.synth.render import synth_slide
+from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
+from gigamlx.runs.lock import LockError, hold_lock
 from gigamlx.train import run as run_module
 from gigamlx.train.loop import Interrupted, train
 from gigamlx.train.run import start_run
@@ -28,18 +28,7 @@ STEPS = 8
 ARGS = ["--region", "256x320", "--memory-budget", "300MB", "--lr", "0.01", "--tile", "128"]
 ARGS += ["--val-fraction", "0", "--warmup", "0", "--lr-schedule", "constant"]  # as _config
 CLI = [sys.executable, "-m", "gigamlx.cli"]
-
-
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("data") / "s.zarr", (400, 600), seed=1))
-
-
-def _config(slide, out, steps=STEPS, **extra) -> TrainConfig:
-    base = dict(data=(slide,), region="256x320", steps=steps, memory_budget="300MB", lr=0.01)
-    # no validation, a constant learning rate: these cases are about faults
-    base |= dict(val_fraction=0.0, warmup=0.0, lr_schedule="constant")
-    return TrainConfig(out=str(out), tile=128, **(base | extra))
+_config = partial(small_config, steps=STEPS)  # these cases are about faults
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,18 @@
 """The package layout: imports point down (scripts/import_graph.py), engines stay in backends/,
 and no top-level `kernels` Python package is installed."""
 
+import ast
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import import_graph  # scripts/import_graph.py, through pytest's pythonpath (pyproject.toml)
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import import_graph  # noqa: E402
 
 
 def _package(root: Path, files: dict[str, str]) -> Path:
@@ -30,6 +31,16 @@ def test_gigamlx_imports_point_down(capsys):
     assert import_graph.main([]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "core -> (nothing)" in out and "ok: no cycle" in out
+
+
+def test_core_is_the_maths_and_runs_the_files_above_it():
+    """core/ holds the model's maths; runs/ (config, checkpoints, outputs, locks) sits on it."""
+    rank = {name: n for n, layer in enumerate(import_graph.LAYERS) for name in layer}
+    assert rank["core"] < rank["runs"] < rank["slide"]
+    files = {p.stem for p in (REPO / "gigamlx" / "runs").glob("*.py")}
+    assert {"config", "checkpoint", "outputs", "lock", "files"} <= files
+    core = {p.stem for p in (REPO / "gigamlx" / "core").glob("*.py")}
+    assert not (core & files) - {"__init__"}, core & files
 
 
 def test_import_graph_fails_on_a_cycle(tmp_path, capsys):
@@ -122,7 +133,7 @@ def test_mlx_path_needs_no_torch():
         "import sys; sys.modules['torch'] = None\n"
         "import gigamlx, gigamlx.cli, gigamlx.api, gigamlx.train.run, gigamlx.infer.predict\n"
         "import gigamlx.slide.ingest, gigamlx.synth\n"
-        "from gigamlx.cli import data, evaluate, info, report, train\n"
+        "from gigamlx.cli import data, eval, info, predict, report, train\n"
         "from gigamlx.backends import get_backend\n"
         "get_backend('mlx')\n"
         "try:\n"
@@ -134,3 +145,41 @@ def test_mlx_path_needs_no_torch():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "gigamlx[cuda]" in done.stdout
+
+
+def test_progress_callbacks_are_defined_once():
+    """The progress callback types live in core/progress.py; everyone else imports them."""
+    pattern = re.compile(r"^\w*Progress\s*=\s*Callable\[", re.M)
+    homes = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "gigamlx").rglob("*.py"))
+        if pattern.search(path.read_text())
+    ]
+    assert homes == ["gigamlx/core/progress.py"], homes
+
+
+WIDE_RECORDS = {"StepResult", "PredictOptions", "provenance", "PredictResult", "StepMetrics"}
+
+
+def test_wide_records_are_built_by_keyword():
+    """Records of many fields are built by keyword (no `# fmt: skip` to keep a positional row)."""
+    positional = []
+    for path in sorted((REPO / "gigamlx").rglob("*.py")):
+        source = path.read_text()
+        assert "fmt: skip" not in source, path
+        for node in ast.walk(ast.parse(source)):
+            name = getattr(node, "func", None)
+            name = getattr(name, "id", None) or getattr(name, "attr", None)
+            if isinstance(node, ast.Call) and name in WIDE_RECORDS and node.args:
+                positional.append(f"{path.relative_to(REPO)}:{node.lineno} {name}")
+    assert not positional, positional
+
+
+def test_every_package_folder_is_a_regular_package():
+    """setuptools' find_packages skips a folder without __init__.py: a plain `pip install .`
+    would leave it out, while an editable install or the tests would still find it."""
+    folders = {p.parent for p in (REPO / "gigamlx").rglob("*.py")} - {REPO / "gigamlx"}
+    missing = [
+        str(f.relative_to(REPO)) for f in sorted(folders) if not (f / "__init__.py").exists()
+    ]
+    assert not missing, missing

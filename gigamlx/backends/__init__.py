@@ -7,6 +7,7 @@ import os
 from gigamlx.backends.base import Backend
 
 BACKENDS = ("mlx", "cuda-um")
+KERNELS = ("auto", "fused", "mlx")  # the mlx backend's model paths (--kernels)
 KERNELS_ENV = "GIGAMLX_KERNELS"  # default of --kernels: CI forces the pure-MLX path with it
 
 

@@ -8,10 +8,16 @@ import os
 import sys
 import warnings
 from contextlib import contextmanager
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+
+from gigamlx.backends import BACKENDS, KERNELS
+from gigamlx.core.losses import LOSSES
+from gigamlx.runs.config import LR_SCHEDULES
+from gigamlx.slide.readers import BACKENDS as SLIDE_READERS
 
 app = typer.Typer(
     add_completion=True,
@@ -25,6 +31,13 @@ app = typer.Typer(
 err = Console(stderr=True)
 log = logging.getLogger("gigamlx")
 SIZE_CONVENTION = "sizes are HxW (rows x columns); OpenSlide and PIL say WxH"
+
+# options that take one of a fixed set: typer lists the choices in --help and rejects a typo
+LossName = Literal[LOSSES]
+BackendName = Literal[BACKENDS]
+Kernels = Literal[KERNELS]
+LrSchedule = Literal[LR_SCHEDULES]
+SlideReader = Literal[SLIDE_READERS]
 
 
 def hw_text(hw: tuple[int, int]) -> str:
@@ -42,9 +55,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True, help="print the version"
-    ),
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version"),
+    ] = False,
 ) -> None:
     # the app's help text is Typer(help=...); this callback only adds --version
     del version
@@ -65,8 +79,8 @@ def say_error(error: BaseException | str) -> None:
 @contextmanager
 def user_errors():
     """Known bad input ends the command with one line on stderr and exit code 2, no trace."""
-    from gigamlx.core.checkpoint import CheckpointError
-    from gigamlx.core.lock import LockError
+    from gigamlx.runs.checkpoint import CheckpointError
+    from gigamlx.runs.lock import LockError
     from gigamlx.slide.store import StoreError
     from gigamlx.train.loop import Interrupted, TrainingError
     from gigamlx.train.stop import Stopped, exit_code

@@ -1,32 +1,32 @@
-"""`gigamlx synth`, `ingest` and `info`: making and converting slides, and what is installed."""
+"""`gigamlx synth` and `ingest`: making and converting slides."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from gigamlx.cli.common import (
-    SIZE_CONVENTION,
+    SlideReader,
     app,
     err,
     hw_text,
     progress_bar,
     setup_logging,
-    stdout_errors,
     user_errors,
 )
-from gigamlx.core.config import parse_region
+from gigamlx.runs.config import parse_region
 from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., help="store to create, e.g. slide.zarr"),
-    size: str = typer.Option("16384x65536", help="slide size HxW in pixels"),
-    seed: int = typer.Option(0, help="same seed and size give the same bytes"),
-    chunk: int = typer.Option(1024, help="chunk side in pixels"),
-    overwrite: bool = typer.Option(False, help="replace an existing store"),
+    out: Annotated[Path, typer.Argument(help="store to create, e.g. slide.zarr")],
+    size: Annotated[str, typer.Option(help="slide size HxW in pixels")] = "16384x65536",
+    seed: Annotated[int, typer.Option(help="same seed and size give the same bytes")] = 0,
+    chunk: Annotated[int, typer.Option(help="chunk side in pixels")] = 1024,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Make a reproducible H&E-like slide with its true tissue mask (OME-Zarr)."""
     from gigamlx.synth.render import synth_slide
@@ -44,30 +44,39 @@ def synth(
 
 @app.command()
 def ingest(
-    slide: Path = typer.Argument(
-        ..., help="OpenSlide format (.svs, .ndpi, .mrxs, ...) or TIFF/OME-TIFF"
-    ),
-    out: Path = typer.Argument(..., help="store to create, e.g. slide.zarr"),
-    level: int = typer.Option(0, help="pyramid level of the slide to ingest"),
-    mask: Path = typer.Option(
-        None, help="mask image (TIFF/PNG) on that level's grid; non-zero = tissue"
-    ),
-    geojson: Path = typer.Option(
-        None, help="GeoJSON annotations (QuPath export), level-0 pixel coordinates"
-    ),
-    tissue_class: list[str] = typer.Option(
-        None,
-        help="with --geojson: a class that is tissue (repeat for several; 'unclassified' for "
-        "annotations without a class). Default: every class except Ignore*. Ignore* areas are "
-        "always cut out; lines and points are skipped.",
-        show_default=False,
-    ),
-    otsu: bool = typer.Option(
-        False, help=f"classical baseline as the mask: {OTSU_DEFINITION} (as eval --baseline otsu)"
-    ),
-    chunk: int = typer.Option(1024, help="chunk side in pixels"),
-    reader: str = typer.Option(None, help="force 'openslide' or 'tifffile'", show_default=False),
-    overwrite: bool = typer.Option(False, help="replace an existing store"),
+    slide: Annotated[
+        Path, typer.Argument(help="OpenSlide format (.svs, .ndpi, .mrxs, ...) or TIFF/OME-TIFF")
+    ],
+    out: Annotated[Path, typer.Argument(help="store to create, e.g. slide.zarr")],
+    level: Annotated[int, typer.Option(help="pyramid level of the slide to ingest")] = 0,
+    mask: Annotated[
+        Path | None,
+        typer.Option(help="mask image (TIFF/PNG) on that level's grid; non-zero = tissue"),
+    ] = None,
+    geojson: Annotated[
+        Path | None,
+        typer.Option(help="GeoJSON annotations (QuPath export), level-0 pixel coordinates"),
+    ] = None,
+    tissue_class: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="with --geojson: a class that is tissue (repeat for several; 'unclassified' "
+            "for annotations without a class). Default: every class except Ignore*. Ignore* "
+            "areas are always cut out; lines and points are skipped.",
+            show_default=False,
+        ),
+    ] = None,
+    otsu: Annotated[
+        bool,
+        typer.Option(
+            help=f"classical baseline as the mask: {OTSU_DEFINITION} (as eval --baseline otsu)"
+        ),
+    ] = False,
+    chunk: Annotated[int, typer.Option(help="chunk side in pixels")] = 1024,
+    reader: Annotated[
+        SlideReader | None, typer.Option(help="force a slide reader", show_default=False)
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Convert a slide (and its tissue mask) into OME-Zarr, chunk by chunk, atomically."""
     from gigamlx.slide.ingest import ingest as run_ingest
@@ -107,21 +116,3 @@ def _say_store(path: Path) -> None:
         markup=False,
         highlight=False,
     )
-
-
-@app.command()
-def info(
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
-) -> None:
-    """Versions, engine, BLAS, memory and the model's geometry."""
-    import json
-
-    from gigamlx.cli.info import collect_info
-
-    facts = collect_info() | {"size convention": SIZE_CONVENTION}
-    with stdout_errors():
-        if as_json:
-            typer.echo(json.dumps(facts, indent=2))
-            return
-        for key, value in facts.items():
-            typer.echo(f"{key:>22}: {value}")

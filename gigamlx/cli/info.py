@@ -1,11 +1,17 @@
-"""What `gigamlx info` prints: versions, engine, BLAS, memory, and the model's geometry."""
+"""`gigamlx info`: versions, engine, BLAS, memory, and the model's geometry."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
 from importlib import metadata
+from typing import Annotated
+
+import typer
+
+from gigamlx.cli.common import SIZE_CONVENTION, app, stdout_errors
 
 
 def _version(package: str) -> str:
@@ -40,3 +46,19 @@ def collect_info() -> dict[str, str]:
         "receptive field px": f"{receptive_field_px()} (one side)",
         "tile halo px": str(halo_px()),
     }
+
+
+@app.command()
+def info(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print one JSON object to stdout")
+    ] = False,
+) -> None:
+    """Versions, engine, BLAS, memory and the model's geometry."""
+    facts = collect_info() | {"size convention": SIZE_CONVENTION}
+    with stdout_errors():
+        if as_json:
+            typer.echo(json.dumps(facts, indent=2))
+            return
+        for key, value in facts.items():
+            typer.echo(f"{key:>22}: {value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,8 +12,10 @@ from gigamlx.cli.common import app, err, setup_logging, user_errors
 
 @app.command()
 def report(
-    run: Path = typer.Argument(..., help="run folder: the --out of gigamlx train"),
-    out: Path = typer.Option(None, help="HTML file to write  [default: RUN/report.html]"),
+    run: Annotated[Path, typer.Argument(help="run folder: the --out of gigamlx train")],
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file to write  [default: RUN/report.html]")
+    ] = None,
 ) -> None:
     """One HTML page of a run: its curves, configuration and validation overlays.
 

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
-from gigamlx.core.config import DEFAULTS, TrainConfig, help_of
+from gigamlx.cli.common import (
+    BackendName,
+    Kernels,
+    LossName,
+    LrSchedule,
+    app,
+    err,
+    progress_bar,
+    setup_logging,
+    user_errors,
+)
+from gigamlx.runs.config import DEFAULTS, TrainConfig, help_of
 
 
 def _typed_options(ctx: typer.Context) -> dict:
@@ -33,49 +44,65 @@ def _as_config(values: dict) -> dict:
 @app.command()
 def train(
     ctx: typer.Context,
-    data: list[Path] = typer.Argument(
-        None, help="ingested slide stores (default: a synthetic slide)"
-    ),
-    region: str = typer.Option(DEFAULTS.region, help=help_of("region")),
-    steps: int = typer.Option(DEFAULTS.steps, help=help_of("steps")),
-    memory_budget: str = typer.Option(DEFAULTS.memory_budget, help=help_of("memory_budget")),
-    loss: str = typer.Option(DEFAULTS.loss, help=help_of("loss")),
-    lr: float = typer.Option(DEFAULTS.lr, help=help_of("lr")),
-    seed: int = typer.Option(DEFAULTS.seed, help=help_of("seed")),
-    out: Path = typer.Option(Path(DEFAULTS.out), help=help_of("out")),
-    resume: bool = typer.Option(
-        False,
-        help="continue the run in --out from its newest checkpoint; options typed here "
-        "(e.g. --steps, --accumulate) override the saved ones",
-    ),
-    checkpoint_every: int = typer.Option(
-        DEFAULTS.checkpoint_every, help=help_of("checkpoint_every")
-    ),
-    accumulate: int = typer.Option(DEFAULTS.accumulate, help=help_of("accumulate")),
-    augment: bool = typer.Option(DEFAULTS.augment, help=help_of("augment")),
-    pad: bool = typer.Option(DEFAULTS.pad, help=help_of("pad")),
-    tile: int = typer.Option(None, help=help_of("tile"), show_default=False),
-    backend: str = typer.Option(DEFAULTS.backend, help=help_of("backend")),
-    device: str = typer.Option(DEFAULTS.device, help=help_of("device")),
-    level: int = typer.Option(None, help=help_of("level"), show_default=False),
-    mpp: float = typer.Option(None, help=help_of("mpp"), show_default=False),
-    kernels: str = typer.Option(DEFAULTS.kernels, help=help_of("kernels")),
-    val: list[Path] = typer.Option(None, help=help_of("val"), show_default=False),
-    val_fraction: float = typer.Option(None, help=help_of("val_fraction"), show_default=False),
-    val_every: int = typer.Option(DEFAULTS.val_every, help=help_of("val_every")),
-    warmup: float = typer.Option(DEFAULTS.warmup, help=help_of("warmup")),
-    lr_schedule: str = typer.Option(DEFAULTS.lr_schedule, help=help_of("lr_schedule")),
-    lr_min: float = typer.Option(DEFAULTS.lr_min, help=help_of("lr_min")),
-    color_jitter: float = typer.Option(DEFAULTS.color_jitter, help=help_of("color_jitter")),
-    illumination: float = typer.Option(DEFAULTS.illumination, help=help_of("illumination")),
-    normalize: bool = typer.Option(DEFAULTS.normalize, help=help_of("normalize")),
-    profile: bool = typer.Option(False, help="print where the seconds of a step went"),
-    rank_timeout: float = typer.Option(
-        600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"
-    ),
-    dump_weights: str = typer.Option(None, hidden=True, help="test hook: PATH with {rank}"),
-    quiet: bool = typer.Option(False, help="no progress bar"),
-    verbose: bool = typer.Option(False, help="debug logging"),
+    data: Annotated[
+        list[Path] | None,
+        typer.Argument(help="ingested slide stores (default: a synthetic slide)"),
+    ] = None,
+    region: Annotated[str, typer.Option(help=help_of("region"))] = DEFAULTS.region,
+    steps: Annotated[int, typer.Option(help=help_of("steps"))] = DEFAULTS.steps,
+    memory_budget: Annotated[
+        str, typer.Option(help=help_of("memory_budget"))
+    ] = DEFAULTS.memory_budget,
+    loss: Annotated[LossName, typer.Option(help=help_of("loss"))] = DEFAULTS.loss,
+    lr: Annotated[float, typer.Option(help=help_of("lr"))] = DEFAULTS.lr,
+    seed: Annotated[int, typer.Option(help=help_of("seed"))] = DEFAULTS.seed,
+    out: Annotated[Path, typer.Option(help=help_of("out"))] = Path(DEFAULTS.out),
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="continue the run in --out from its newest checkpoint; options typed here "
+            "(e.g. --steps, --accumulate) override the saved ones"
+        ),
+    ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option(help=help_of("checkpoint_every"))
+    ] = DEFAULTS.checkpoint_every,
+    accumulate: Annotated[int, typer.Option(help=help_of("accumulate"))] = DEFAULTS.accumulate,
+    augment: Annotated[bool, typer.Option(help=help_of("augment"))] = DEFAULTS.augment,
+    pad: Annotated[bool, typer.Option(help=help_of("pad"))] = DEFAULTS.pad,
+    tile: Annotated[int | None, typer.Option(help=help_of("tile"), show_default=False)] = None,
+    backend: Annotated[BackendName, typer.Option(help=help_of("backend"))] = DEFAULTS.backend,
+    device: Annotated[str, typer.Option(help=help_of("device"))] = DEFAULTS.device,
+    level: Annotated[int | None, typer.Option(help=help_of("level"), show_default=False)] = None,
+    mpp: Annotated[float | None, typer.Option(help=help_of("mpp"), show_default=False)] = None,
+    kernels: Annotated[Kernels, typer.Option(help=help_of("kernels"))] = DEFAULTS.kernels,
+    val: Annotated[list[Path] | None, typer.Option(help=help_of("val"), show_default=False)] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help=help_of("val_fraction"), show_default=False)
+    ] = None,
+    val_every: Annotated[int, typer.Option(help=help_of("val_every"))] = DEFAULTS.val_every,
+    warmup: Annotated[float, typer.Option(help=help_of("warmup"))] = DEFAULTS.warmup,
+    lr_schedule: Annotated[
+        LrSchedule, typer.Option(help=help_of("lr_schedule"))
+    ] = DEFAULTS.lr_schedule,
+    lr_min: Annotated[float, typer.Option(help=help_of("lr_min"))] = DEFAULTS.lr_min,
+    color_jitter: Annotated[
+        float, typer.Option(help=help_of("color_jitter"))
+    ] = DEFAULTS.color_jitter,
+    illumination: Annotated[
+        float, typer.Option(help=help_of("illumination"))
+    ] = DEFAULTS.illumination,
+    normalize: Annotated[bool, typer.Option(help=help_of("normalize"))] = DEFAULTS.normalize,
+    profile: Annotated[bool, typer.Option(help="print where the seconds of a step went")] = False,
+    rank_timeout: Annotated[
+        float,
+        typer.Option(help="under mlx.launch: seconds a rank waits for the others before it stops"),
+    ] = 600.0,
+    dump_weights: Annotated[
+        str | None, typer.Option(hidden=True, help="test hook: PATH with {rank}")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    verbose: Annotated[bool, typer.Option(help="debug logging")] = False,
 ) -> None:
     """Train on regions sampled from slides, one exact tiled step at a time.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gigamlx.core.files import write_text_atomic
+from gigamlx.runs.files import write_text_atomic
 from gigamlx.slide.contours import mask_polygons
 from gigamlx.slide.store import chunk_boxes
 

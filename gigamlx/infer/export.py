@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from gigamlx.core.outputs import (
+from gigamlx.core.progress import Progress
+from gigamlx.runs.outputs import (
     file_written_atomically,
     hidden_sibling,
     name_the_path,
@@ -34,7 +35,6 @@ OVERLAY_MAX_SIDE_PX = 2048
 PYRAMID_CHUNK_PX = 2048  # levels 1.. are built in blocks of this side
 TISSUE_RGB = np.array([0.0, 190.0, 90.0], np.float32)
 OUTLINE_RGB = np.array([0.0, 110.0, 40.0], np.float32)
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 SOFTWARE = "gigamlx predict"  # the marker of the TIFF and PNG outputs (--overwrite checks it)
 
 

@@ -18,17 +18,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gigamlx.backends import get_backend
-from gigamlx.core.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.core.lock import hold_lock
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.core.normalise import InputNorm, slide_norm
-from gigamlx.core.outputs import (
-    OutputError,
-    check_not_input,
-    check_output_file,
-    check_output_folder,
-    check_replaceable,
-)
+from gigamlx.core.progress import Progress
 from gigamlx.infer.annotations import (
     DEFAULT_THRESHOLD,
     prediction_features,
@@ -51,11 +43,19 @@ from gigamlx.infer.sources import (
     open_source,
     slide_name,
 )
+from gigamlx.runs.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
+from gigamlx.runs.lock import hold_lock
+from gigamlx.runs.outputs import (
+    OutputError,
+    check_not_input,
+    check_output_file,
+    check_output_folder,
+    check_replaceable,
+)
 from gigamlx.tiling.scheduler import tiled_predict
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 __all__ = ["PredictError", "SlideSource", "open_source", "slide_name"]
 
 
@@ -220,7 +220,15 @@ def predict_slide(
     model.input_norm = slide_norm(image) if normalize else InputNorm()
     image_hw, mpp = tuple(image.shape[:2]), source.level_mpp(level)
     if meta is None:
-        meta = provenance(None, None, source.path, source.level_hws[0], level, mpp, threshold)
+        meta = provenance(
+            checkpoint=None,
+            step=None,
+            source=source.path,
+            source_hw=source.level_hws[0],
+            level=level,
+            mpp=mpp,
+            threshold=threshold,
+        )
     with ProbabilityMapWriter(
         outputs.zarr, image_hw, mpp, min_side_px=min_side_px, provenance=meta
     ) as out:
@@ -238,7 +246,16 @@ def predict_slide(
     seconds = time.perf_counter() - start
     log.info("%s: level %d, %dx%d (HxW) px in %.1f s", source.path, level, *image_hw, seconds)
     rss = peak_rss_bytes()
-    return PredictResult(source.path, outputs, image_hw, seconds, rss, level, mpp, threshold)
+    return PredictResult(
+        source=source.path,
+        outputs=outputs,
+        image_hw=image_hw,
+        seconds=seconds,
+        peak_rss_bytes=rss,
+        level=level,
+        mpp=mpp,
+        threshold=threshold,
+    )
 
 
 class PredictOptions(NamedTuple):
@@ -296,12 +313,19 @@ def predict_slides(
             check_outputs([s.path for s in sources], planned, o.overwrite, Path(checkpoint))
             return [
                 _predict_one(
-                    backend, model, source, outputs, level,
-                    checkpoint=checkpoint, scale=scale, options=o,
-                    budget_bytes=budget_bytes, on_slide=on_slide,
+                    backend=backend,
+                    model=model,
+                    source=source,
+                    outputs=outputs,
+                    level=level,
+                    checkpoint=checkpoint,
+                    scale=scale,
+                    options=o,
+                    budget_bytes=budget_bytes,
+                    on_slide=on_slide,
                 )
                 for source, outputs, level in zip(sources, planned, levels, strict=True)
-            ]  # fmt: skip
+            ]
     finally:
         for source in sources:
             source.close()
@@ -310,20 +334,33 @@ def predict_slides(
 
 
 def _predict_one(
-    backend, model, source, outputs, level, *, checkpoint, scale, options, budget_bytes, on_slide
+    *, backend, model, source, outputs, level, checkpoint, scale, options, budget_bytes, on_slide
 ) -> PredictResult:
     """One slide of `predict_slides`, with its provenance."""
     o = options
     meta = provenance(
-        checkpoint, scale.step, source.path, source.level_hws[0], level,
-        source.level_mpp(level), o.threshold,
-    )  # fmt: skip
+        checkpoint=checkpoint,
+        step=scale.step,
+        source=source.path,
+        source_hw=source.level_hws[0],
+        level=level,
+        mpp=source.level_mpp(level),
+        threshold=o.threshold,
+    )
     progress = on_slide(source) if on_slide is not None else None
     return predict_slide(
-        backend, model, source, outputs,
-        budget_bytes=budget_bytes, tile=o.tile, progress=progress,
-        level=level, threshold=o.threshold, meta=meta, normalize=scale.normalize,
-    )  # fmt: skip
+        backend,
+        model,
+        source,
+        outputs,
+        budget_bytes=budget_bytes,
+        tile=o.tile,
+        progress=progress,
+        level=level,
+        threshold=o.threshold,
+        meta=meta,
+        normalize=scale.normalize,
+    )
 
 
 def lock_output(zarr_path: Path):

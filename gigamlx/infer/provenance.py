@@ -50,6 +50,7 @@ def gigamlx_version() -> str:
 
 
 def provenance(
+    *,
     checkpoint: str | os.PathLike | None,
     step: int | None,
     source: str | os.PathLike,

@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-from gigamlx.core.config import TrainConfig
-from gigamlx.core.files import write_text_atomic
 from gigamlx.report.charts import Card, chart_cards
 from gigamlx.report.facts import Fact, key_facts, missing
 from gigamlx.report.run_data import Overlay, ReportError, RunData, load_run
 from gigamlx.report.style import CSS
+from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.files import write_text_atomic
 
 REPORT = "report.html"
 OVERLAY_MAX_SIDE_PX = 1200  # sharp in a full-width figure; about 1 MB a slide

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-# the names gigamlx.train writes (train/run.py, core/checkpoint.py); read here without
+# the names gigamlx.train writes (train/run.py, runs/checkpoint.py); read here without
 # importing the trainer, so a report never loads an engine
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"

@@ -10,11 +10,12 @@ import os
 import time
 from pathlib import Path
 
-from gigamlx.core.outputs import check_not_input
+from gigamlx.core.progress import ChunkProgress
+from gigamlx.runs.outputs import check_not_input
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
 from gigamlx.slide.readers import SlideReader, open_slide
-from gigamlx.slide.store import Progress, StoreWriter, chunk_boxes
+from gigamlx.slide.store import StoreWriter, chunk_boxes
 from gigamlx.slide.written import check_chunk_px
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def ingest(
     geojson: str | os.PathLike | None = None,
     otsu: bool = False,
     chunk_px: int = 1024,
-    progress: Progress | None = None,
+    progress: ChunkProgress | None = None,
     backend: str | None = None,
     overwrite: bool = False,
     tissue_classes: list[str] | None = None,

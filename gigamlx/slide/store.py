@@ -19,7 +19,8 @@ from zarr.codecs import ZstdCodec
 
 from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
-from gigamlx.core.outputs import (
+from gigamlx.core.progress import ChunkProgress
+from gigamlx.runs.outputs import (
     check_output_file,
     check_replaceable,
     hidden_sibling,
@@ -43,7 +44,6 @@ MASK_NAME = "tissue"
 # zstd level of every array written: level 1 compresses real H&E as well as 3 and decodes
 # noisy pixels faster, which a step pays twice per window (docs/experiments.md)
 ZSTD_LEVEL = 1
-Progress = Callable[[int, int], None]
 
 
 class StoreError(RuntimeError):
@@ -279,7 +279,7 @@ class StoreWriter:
         attrs: dict | None = None,
         overwrite: bool = False,
         min_side_px: int = 1024,
-        progress: Progress | None = None,
+        progress: ChunkProgress | None = None,
     ):
         self.path = check_output_file(Path(path), "store")
         check_chunk_px(chunk_px)

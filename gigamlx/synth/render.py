@@ -28,10 +28,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gigamlx.core.config import check_seed
 from gigamlx.core.geometry import Box
+from gigamlx.core.progress import ChunkProgress
+from gigamlx.runs.config import check_seed
 from gigamlx.slide.store import (
-    Progress,
     StoreError,
     StoreWriter,
     chunk_boxes,
@@ -278,7 +278,7 @@ def synth_slide(
     size_hw: tuple[int, int] = DEFAULT_SLIDE_HW,
     seed: int = 0,
     chunk_px: int = 1024,
-    progress: Progress | None = None,
+    progress: ChunkProgress | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic H&E-like slide and its true tissue mask as a slide store.
@@ -320,7 +320,7 @@ def default_slide(
     cache: str | os.PathLike | None = None,
     size_hw: tuple[int, int] = DEFAULT_SLIDE_HW,
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: ChunkProgress | None = None,
 ) -> Path:
     """The default synthetic slide, generated once into the cache and reused afterwards.
 

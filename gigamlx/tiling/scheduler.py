@@ -20,6 +20,7 @@ from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
 from gigamlx.core.memory import release_freed_memory
+from gigamlx.core.progress import Progress
 from gigamlx.core.spec import GIGAUNET_4492, Layer
 from gigamlx.tiling.budget import (
     CACHE_SHARE,
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TILE_PX = 1024
 DEFAULT_CACHE_BYTES = 512 * 10**6  # Dice pass-2 cache when no budget is given
-Progress = Callable[[str, int, int], None]  # (phase, tiles done, tiles in phase)
 
 
 class StepResult(NamedTuple):
@@ -224,9 +224,18 @@ def tiled_step(
     seconds = time.perf_counter() - start
     value = loss_value(loss, stats)
     return StepResult(
-        value, stats, grads, plan, reading.peak_bytes, seconds, clock.read_s, clock.wait_s,
-        forward_seconds, reading.cache_bytes, kept_windows,
-    )  # fmt: skip
+        loss=value,
+        stats=stats,
+        grads=grads,
+        plan=plan,
+        peak_bytes=reading.peak_bytes,
+        seconds=seconds,
+        read_seconds=clock.read_s,
+        read_wait_seconds=clock.wait_s,
+        forward_seconds=forward_seconds,
+        cache_bytes=reading.cache_bytes,
+        kept_windows=kept_windows,
+    )
 
 
 def tiled_predict(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from gigamlx.core.normalise import InputNorm
+from gigamlx.core.progress import ChunkProgress
 from gigamlx.slide.magnification import LevelError, pick_level
 from gigamlx.slide.readers import SLIDE_FILE_SUFFIXES
 from gigamlx.slide.store import SlideStore, StoreError, open_store
@@ -55,7 +55,7 @@ def at_level(store: SlideStore, level: int | None, mpp: float | None) -> Trainin
 
 def open_training_slides(
     paths: tuple[str, ...],
-    progress: Callable[[int, int], None] | None = None,
+    progress: ChunkProgress | None = None,
     level: int | None = None,
     mpp: float | None = None,
 ) -> list[TrainingSlide]:

@@ -18,17 +18,17 @@ from typing import NamedTuple
 import numpy as np
 
 from gigamlx.backends.base import FlatParams, World, WorldError
-from gigamlx.core.checkpoint import list_checkpoints
 from gigamlx.core.losses import TileStats, hard_dice
 from gigamlx.core.memory import peak_rss_bytes
-from gigamlx.core.outputs import name_the_path
+from gigamlx.core.progress import Progress
+from gigamlx.runs.checkpoint import list_checkpoints
+from gigamlx.runs.outputs import name_the_path
 from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_best, save_run
 from gigamlx.train.stop import StopFlag, Stopped, stop_on_signals
 
 log = logging.getLogger(__name__)
-TileProgress = Callable[[str, int, int], None]
 
 
 class TrainingError(RuntimeError):
@@ -68,7 +68,7 @@ class StepMetrics(NamedTuple):
     lr: float  # the learning rate of this step's update
 
 
-def train_step(run: Run, world: World, tile_progress: TileProgress | None = None) -> StepMetrics:
+def train_step(run: Run, world: World, tile_progress: Progress | None = None) -> StepMetrics:
     """One optimizer step on `accumulate` regions per rank; returns its metrics."""
     start = time.perf_counter()
     config = run.config
@@ -145,7 +145,7 @@ def train(
     run: Run,
     world: World | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
-    tile_progress: TileProgress | None = None,
+    tile_progress: Progress | None = None,
     stop: StopFlag | None = None,
     on_val: Callable[[dict], None] | None = None,
 ) -> list[StepMetrics]:
@@ -221,7 +221,7 @@ def _stop_requested(stop: StopFlag, world: World) -> bool:
 
 
 def _step_or_abandon(
-    run: Run, world: World, stop: StopFlag, tile_progress: TileProgress | None
+    run: Run, world: World, stop: StopFlag, tile_progress: Progress | None
 ) -> StepMetrics | None:
     """One step; None if a stop signal came between its tiles (one rank only: ranks of a
     data-parallel run finish the step together). The step's regions are then redrawn later."""

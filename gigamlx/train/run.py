@@ -12,7 +12,9 @@ from typing import Any
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
-from gigamlx.core.checkpoint import (
+from gigamlx.core.normalise import slide_norm
+from gigamlx.infer.predict import slide_name
+from gigamlx.runs.checkpoint import (
     BEST,
     Checkpoint,
     CheckpointError,
@@ -24,12 +26,10 @@ from gigamlx.core.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from gigamlx.core.config import TrainConfig
-from gigamlx.core.files import write_text_atomic
-from gigamlx.core.lock import hold_lock
-from gigamlx.core.normalise import slide_norm
-from gigamlx.core.outputs import check_output_folder, probe_writable
-from gigamlx.infer.predict import slide_name
+from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.files import write_text_atomic
+from gigamlx.runs.lock import hold_lock
+from gigamlx.runs.outputs import check_output_folder, probe_writable
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend, World, WorldError
-from gigamlx.core.config import TrainConfig
+from gigamlx.runs.config import TrainConfig
 from gigamlx.train.loop import StepMetrics, TrainingError, train
 from gigamlx.train.profile import print_profile
 from gigamlx.train.progress import train_progress

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import mlx.core as mx
 import numpy as np
 
+from gigamlx.backends import KERNELS
+
 logger = logging.getLogger(__name__)
 _logged: set[str] = set()
 
@@ -57,9 +59,6 @@ class KernelPath(NamedTuple):
         return self.name == "fused"
 
 
-KERNEL_CHOICES = ("auto", "fused", "mlx")
-
-
 def choose_kernels(requested: str = "auto") -> KernelPath:
     """Resolve `requested` ("auto", "fused" or "mlx") to the path this process runs.
 
@@ -69,10 +68,8 @@ def choose_kernels(requested: str = "auto") -> KernelPath:
     Raises:
         ValueError: an unknown choice, or "fused" where the kernels cannot run.
     """
-    if requested not in KERNEL_CHOICES:
-        raise ValueError(
-            f"unknown kernels {requested!r}; choose one of {', '.join(KERNEL_CHOICES)}"
-        )
+    if requested not in KERNELS:
+        raise ValueError(f"unknown kernels {requested!r}; choose one of {', '.join(KERNELS)}")
     if requested == "mlx":
         return KernelPath("mlx", "pure-MLX ops, as asked")
     if mx.default_device() != mx.cpu:

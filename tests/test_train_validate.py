@@ -1,18 +1,20 @@
 """Training to quality: validation, the best checkpoint, the lr schedule, colour augmentation."""
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 import zarr
+from factories import small_config
 from typer.testing import CliRunner
 
 from gigamlx.cli import app
-from gigamlx.core.checkpoint import list_checkpoints, read_state
-from gigamlx.core.config import TrainConfig
 from gigamlx.core.normalise import slide_norm
 from gigamlx.eval.metrics import evaluate_pair, evaluate_thresholds
 from gigamlx.infer.predict import load_model
+from gigamlx.runs.checkpoint import list_checkpoints, read_state
+from gigamlx.runs.config import DEFAULTS, TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
 from gigamlx.train import augment, regions
@@ -37,9 +39,14 @@ def slides(tmp_path_factory):
     return [str(synth_slide(root / f"s{n}.zarr", (320, 640), seed=n)) for n in (1, 2)]
 
 
-def _config(data, out, steps, **extra) -> TrainConfig:
-    base = dict(region="256x256", steps=steps, memory_budget="300MB", lr=0.01, tile=128)
-    return TrainConfig(data=tuple(data), out=str(out), **(base | extra))
+# validation and the learning-rate schedule as a real run has them: the cases here are about them
+_config = partial(
+    small_config,
+    region="256x256",
+    val_fraction=DEFAULTS.val_fraction,
+    warmup=DEFAULTS.warmup,
+    lr_schedule=DEFAULTS.lr_schedule,
+)
 
 
 def test_split_hw_holds_out_the_end_of_the_long_side():

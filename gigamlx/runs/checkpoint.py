@@ -21,8 +21,8 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from gigamlx.core.files import fsync_file, sha256_of
-from gigamlx.core.outputs import pid_alive
+from gigamlx.runs.files import fsync_file, sha256_of
+from gigamlx.runs.outputs import pid_alive
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair, summarize
-from gigamlx.eval.report import (
+from gigamlx.eval.slides import (
     EvaluationError,
     evaluate_files,
     expand_multi_value_option,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gigamlx.core.checkpoint import (
+from gigamlx.runs.checkpoint import (
     CheckpointError,
     list_checkpoints,
     load_checkpoint,

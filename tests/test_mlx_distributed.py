@@ -19,7 +19,6 @@ import pytest
 
 from gigamlx.backends.base import World, WorldError
 from gigamlx.backends.mlx.distributed import RANK_LOST_EXIT, launched_backend
-from gigamlx.synth.render import synth_slide
 
 LIMIT_S = 240  # any one command of these tests
 CLI = [sys.executable, "-c", "from gigamlx.cli import app; app()"]
@@ -94,8 +93,8 @@ def _train_two_ranks(slide, out, *extra) -> str:
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("dist") / "s.zarr", (512, 768), seed=1))
+def slide(synth_store):
+    return str(synth_store((512, 768), seed=1))
 
 
 @pytest.mark.slow  # two mlx.launch ranks: .ci/run runs it once, in its slow step

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 import gigamlx
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.core.checkpoint import CheckpointError, save_checkpoint
 from gigamlx.infer.export import open_probability_levels, sample_nearest, thumbnail_hw
 from gigamlx.infer.predict import (
     PredictError,
@@ -24,16 +23,16 @@ from gigamlx.infer.predict import (
     predict_slides,
     slide_name,
 )
+from gigamlx.runs.checkpoint import CheckpointError, save_checkpoint
 from gigamlx.slide.store import open_store
-from gigamlx.synth.render import synth_slide
 
 runner = CliRunner()
 SLIDE_HW = (600, 1100)  # two pyramid levels at the default 512 px minimum side
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return synth_slide(tmp_path_factory.mktemp("slides") / "s.zarr", SLIDE_HW, seed=1)
+def slide(synth_store):
+    return synth_store(SLIDE_HW, seed=1)
 
 
 def _in_memory(weights_path, slide_path) -> np.ndarray:

@@ -7,28 +7,19 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
+from factories import small_config
 
-from gigamlx.core.checkpoint import list_checkpoints, load_checkpoint
-from gigamlx.core.config import TrainConfig
-from gigamlx.synth.render import synth_slide
+from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
 from gigamlx.train import loop
 from gigamlx.train.loop import Interrupted, TrainingError, train
 from gigamlx.train.run import RunDirError, start_run
 
-
-@pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return str(synth_slide(tmp_path_factory.mktemp("data") / "s.zarr", (400, 600), seed=1))
-
-
-def _config(slide, out, steps, **extra) -> TrainConfig:
-    base = dict(data=(slide,), region="256x320", steps=steps, memory_budget="300MB", lr=0.01)
-    # constant lr and no validation: the cases here are about the loop (test_validate.py)
-    base |= dict(val_fraction=0.0, warmup=0.0, lr_schedule="constant", color_jitter=0.0)
-    return TrainConfig(out=str(out), checkpoint_every=2, tile=128, **(base | extra))
+# no colour jitter either: the cases here are about the loop (test_train_validate.py)
+_config = partial(small_config, checkpoint_every=2, color_jitter=0.0)
 
 
 def _weights(out) -> dict:

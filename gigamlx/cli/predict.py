@@ -1,0 +1,147 @@
+"""`gigamlx predict`: probability maps of whole slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gigamlx.cli.common import (
+    Kernels,
+    app,
+    err,
+    progress_bar,
+    setup_logging,
+    user_errors,
+)
+from gigamlx.runs.config import DEFAULTS, help_of
+
+
+def named_checkpoint(run_dir: Path, name: str) -> Path:
+    """RUN/checkpoints/NAME, or a one-line error naming what exists."""
+    from gigamlx.runs.checkpoint import CheckpointError
+
+    path = Path(run_dir) / "checkpoints" / name
+    if not path.is_dir():
+        found = sorted(p.name for p in path.parent.glob("*") if not p.name.startswith("."))
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint {name!r} (found: {', '.join(found) or 'none'}); "
+            "--checkpoint best needs a run trained with validation"
+        )
+    return path
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="run folder (its newest checkpoint), checkpoint folder or weights .safetensors"
+        ),
+    ],
+    slides: Annotated[
+        list[Path],
+        typer.Argument(
+            help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="output folder: NAME.zarr per slide (and the extras)")],
+    memory_budget: Annotated[
+        str, typer.Option(help=help_of("memory_budget"))
+    ] = DEFAULTS.memory_budget,
+    tile: Annotated[int | None, typer.Option(help=help_of("tile"), show_default=False)] = None,
+    tiff: Annotated[bool, typer.Option(help="also NAME.ome.tif: tiled pyramidal OME-TIFF")] = False,
+    overlay: Annotated[
+        bool, typer.Option(help="also NAME_overlay.png: thumbnail, tissue outlined")
+    ] = False,
+    geojson: Annotated[
+        bool,
+        typer.Option(help="also NAME.geojson: tissue (p >= --threshold) as a QuPath annotation"),
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="p >= threshold is tissue (overlay, GeoJSON); default: the threshold the "
+            "checkpoint's validation chose (recorded in it), else 0.5",
+            show_default=False,
+        ),
+    ] = None,
+    level: Annotated[
+        int | None,
+        typer.Option(
+            help="slide level to read; default: the level matching the µm/px the checkpoint "
+            "was trained at (within 10%)",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    kernels: Annotated[Kernels, typer.Option(help=help_of("kernels"))] = DEFAULTS.kernels,
+    which: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="which checkpoint of the run folder: best (by validation Dice) or "
+            "step_NNNNNNN; default the newest",
+            show_default=False,
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    verbose: Annotated[bool, typer.Option(help="debug logging")] = False,
+) -> None:
+    """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
+
+    Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
+    (napari opens it), at the slide level matching the checkpoint's training resolution, with
+    its µm/px and provenance. --tiff adds an OME-TIFF that QuPath and OpenSlide open;
+    --overlay a PNG of the slide (longer side 2048 px) with tissue tinted and outlined;
+    --geojson the tissue outline as a QuPath annotation in level-0 pixel coordinates. Slides
+    of any size: tiles go straight to disk, the pyramid is built chunk by chunk.
+    """
+    from gigamlx.infer.predict import PredictOptions, predict_slides
+
+    setup_logging(verbose)
+    with user_errors():
+        if which:
+            checkpoint = named_checkpoint(checkpoint, which)
+        _, progress = progress_bar("predict")
+
+        def on_slide(source):
+            def update(phase: str, done: int, total: int) -> None:
+                description = f"{source.name}: {phase}"
+                progress.update(progress.task_ids[0], description=description, total=total)
+                progress.update(progress.task_ids[0], completed=done)
+
+            if quiet:
+                return None
+            progress.start()  # only once the inputs are checked: errors come without a bar
+            return update
+
+        try:
+            options = PredictOptions(
+                memory_budget=memory_budget,
+                tiff=tiff,
+                overlay=overlay,
+                geojson=geojson,
+                overwrite=overwrite,
+                tile=tile,
+                threshold=threshold,
+                level=level,
+                kernels=kernels,
+            )
+            results = predict_slides(checkpoint, slides, out, options, on_slide)
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+    for result in results:
+        outputs = ", ".join(str(p) for p in result.outputs if p is not None)
+        mpp = f" at {result.mpp:.4g} µm/px" if result.mpp else ""
+        err.print(
+            f"{result.source}: level {result.level}, {result.image_hw[0]}x{result.image_hw[1]} "
+            f"px (HxW){mpp} in {result.seconds:.1f} s, peak RSS "
+            f"{result.peak_rss_bytes / 1e9:.2f} GB, tissue at p >= {result.threshold:g} "
+            f"-> {outputs}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )

@@ -62,7 +62,9 @@ def train_session(
             held.enter_context(run_lock(Path(config.out)))
         update, bar = slide_progress
         with bar:
-            run = open_run(config, checkpoint, backend, slide_progress=update, writes=main)
+            run = open_run(
+                config, checkpoint, backend, slide_progress=update, writes=main, resume=resume
+            )
         if main:
             _log_start(run, world)
         with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:

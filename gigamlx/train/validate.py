@@ -36,6 +36,7 @@ from gigamlx.tiling.scheduler import tiled_predict
 log = logging.getLogger(__name__)
 
 AUTO_VAL_FRACTION = 0.1
+VAL_DIR = "val"  # RUN/val/: the overlays of the last validation
 BLOCK_HW = (1024, 1024)  # metric blocks: bounded float64 memory whatever the area
 OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every validation
 IN_MEMORY_MAX_PX = 2**28  # validation maps beyond this many pixels go to zarr scratch arrays
@@ -122,7 +123,7 @@ class Validator:
 
     def __init__(self, areas: list[ValArea], run_dir: Path, tile, budget_bytes: int | None):
         self.areas, self.tile, self.budget_bytes = areas, tile, budget_bytes
-        self.out_dir = Path(run_dir) / "val"
+        self.out_dir = Path(run_dir) / VAL_DIR
         self._otsu: dict | None = None
 
     def otsu(self) -> dict:

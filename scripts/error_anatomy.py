@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gigamlx.core.config import DEFAULT_THRESHOLD
 from gigamlx.eval.anatomy import PROFILE_PX, Anatomy, slide_anatomy
 from gigamlx.eval.metrics import EvaluationError
 from gigamlx.eval.report import expand_multi_value_option
@@ -70,7 +71,7 @@ def main(
         list[Path],
         typer.Option("--slides", help="the synthetic slide stores they predict, in order"),
     ],
-    threshold: Annotated[float, typer.Option(help="p >= threshold is tissue")] = 0.5,
+    threshold: Annotated[float, typer.Option(help="p >= threshold is tissue")] = DEFAULT_THRESHOLD,
     edge_px: Annotated[
         int, typer.Option(help=f"'at the boundary' within this many px (0-{PROFILE_PX})")
     ] = 4,

@@ -16,16 +16,16 @@ from gigamlx.cli.common import (
     stdout_errors,
     user_errors,
 )
-from gigamlx.core.config import parse_region
+from gigamlx.core.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, DEFAULTS, parse_region
 from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="store to create, e.g. slide.zarr"),
-    size: str = typer.Option("16384x65536", help="slide size HxW in pixels"),
-    seed: int = typer.Option(0, help="same seed and size give the same bytes"),
-    chunk: int = typer.Option(1024, help="chunk side in pixels"),
+    size: str = typer.Option("x".join(map(str, DEFAULT_SLIDE_HW)), help="slide size HxW in pixels"),
+    seed: int = typer.Option(DEFAULTS.seed, help="same seed and size give the same bytes"),
+    chunk: int = typer.Option(DEFAULT_CHUNK_PX, help="chunk side in pixels"),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
 ) -> None:
     """Make a reproducible H&E-like slide with its true tissue mask (OME-Zarr)."""
@@ -65,7 +65,7 @@ def ingest(
     otsu: bool = typer.Option(
         False, help=f"classical baseline as the mask: {OTSU_DEFINITION} (as eval --baseline otsu)"
     ),
-    chunk: int = typer.Option(1024, help="chunk side in pixels"),
+    chunk: int = typer.Option(DEFAULT_CHUNK_PX, help="chunk side in pixels"),
     reader: str = typer.Option(None, help="force 'openslide' or 'tifffile'", show_default=False),
     overwrite: bool = typer.Option(False, help="replace an existing store"),
 ) -> None:

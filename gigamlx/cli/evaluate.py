@@ -14,7 +14,7 @@ from gigamlx.cli.common import (
     stdout_errors,
     user_errors,
 )
-from gigamlx.core.config import DEFAULTS, help_of
+from gigamlx.core.config import DEFAULT_THRESHOLD, DEFAULTS, help_of
 from gigamlx.slide import OTSU_DEFINITION
 
 
@@ -137,7 +137,7 @@ def evaluate(
     masks: list[Path] = typer.Option(
         ..., "--masks", metavar="MASK", help="masks or slide stores, in PRED order"
     ),
-    threshold: float = typer.Option(0.5, help="p >= threshold is tissue; in [0, 1]"),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="p >= threshold is tissue; in [0, 1]"),
     json_path: str = typer.Option(
         None, "--json", help="also write the report as JSON to this file ('-': stdout)"
     ),

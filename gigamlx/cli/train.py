@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from gigamlx.cli.common import app, err, progress_bar, setup_logging, user_errors
-from gigamlx.core.config import DEFAULTS, TrainConfig, help_of
+from gigamlx.core.config import DEFAULTS, RANK_TIMEOUT_S, TrainConfig, help_of
 
 
 def _typed_options(ctx: typer.Context) -> dict:
@@ -71,7 +71,7 @@ def train(
     normalize: bool = typer.Option(DEFAULTS.normalize, help=help_of("normalize")),
     profile: bool = typer.Option(False, help="print where the seconds of a step went"),
     rank_timeout: float = typer.Option(
-        600.0, help="under mlx.launch: seconds a rank waits for the others before it stops"
+        RANK_TIMEOUT_S, help="under mlx.launch: seconds a rank waits for the others before it stops"
     ),
     dump_weights: str = typer.Option(None, hidden=True, help="test hook: PATH with {rank}"),
     quiet: bool = typer.Option(False, help="no progress bar"),
@@ -95,7 +95,7 @@ def train(
 
     setup_logging(verbose)
     fields = set(DEFAULTS.to_dict())
-    config = TrainConfig.from_dict(_as_config({k: v for k, v in ctx.params.items() if k in fields}))
+    config = TrainConfig(**_as_config({k: v for k, v in ctx.params.items() if k in fields}))
     # held to the very end: once a stop began, a late signal cannot cut the exit short
     with stop_on_signals(keep_after_stop=True) as stop, user_errors():
         if not resume:

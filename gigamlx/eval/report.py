@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gigamlx.core.arrays import WindowArray
+from gigamlx.core.config import DEFAULT_THRESHOLD
 from gigamlx.eval.baseline import BASELINES, baseline_plane
 from gigamlx.eval.metrics import (
     METRIC_NAMES,
@@ -94,7 +95,7 @@ def _check_inputs(preds: Sequence, masks: Sequence, threshold: float, baseline: 
 def evaluate_slide(
     pred_path: str | Path,
     mask_path: str | Path,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
@@ -157,7 +158,7 @@ def _score(
 def evaluate_files(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
@@ -253,7 +254,7 @@ def write_json(report: Report, path: str | Path) -> None:
 def run_evaluation(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     json_path: str | Path | None = None,
     baseline: str | None = None,
     level: int = 0,

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from gigamlx.core.config import DEFAULT_CHUNK_PX
 from gigamlx.core.outputs import check_not_input
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
@@ -40,7 +41,7 @@ def ingest(
     mask: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
     otsu: bool = False,
-    chunk_px: int = 1024,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     progress: Progress | None = None,
     backend: str | None = None,
     overwrite: bool = False,

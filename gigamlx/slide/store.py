@@ -18,6 +18,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
+from gigamlx.core.config import DEFAULT_CHUNK_PX
 from gigamlx.core.geometry import Box
 from gigamlx.core.outputs import (
     check_output_file,
@@ -276,7 +277,7 @@ class StoreWriter:
         self,
         path: str | os.PathLike,
         image_hw: tuple[int, int],
-        chunk_px: int = 1024,
+        chunk_px: int = DEFAULT_CHUNK_PX,
         with_mask: bool = True,
         attrs: dict | None = None,
         overwrite: bool = False,

@@ -17,6 +17,7 @@ import numpy as np
 
 from gigamlx.backends.base import Backend, FlatParams, TileData
 from gigamlx.core.arrays import read_window
+from gigamlx.core.config import DEFAULT_TILE_PX
 from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
 from gigamlx.core.memory import release_freed_memory
@@ -33,7 +34,6 @@ from gigamlx.tiling.prefetch import PREFETCH_DEPTH, Prefetcher
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TILE_PX = 1024
 DEFAULT_CACHE_BYTES = 512 * 10**6  # Dice pass-2 cache when no budget is given
 Progress = Callable[[str, int, int], None]  # (phase, tiles done, tiles in phase)
 

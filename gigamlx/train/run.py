@@ -16,6 +16,7 @@ from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
 from gigamlx.core.checkpoint import (
     BEST,
+    STATE,
     Checkpoint,
     CheckpointError,
     list_checkpoints,
@@ -26,7 +27,7 @@ from gigamlx.core.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from gigamlx.core.config import TrainConfig
+from gigamlx.core.config import ConfigError, TrainConfig
 from gigamlx.core.files import write_text_atomic
 from gigamlx.core.lock import hold_lock
 from gigamlx.core.normalise import slide_norm
@@ -118,9 +119,11 @@ def _saved_config(run_dir: Path, fallback: TrainConfig) -> TrainConfig:
     """The config.json of a run that stopped before its first checkpoint (absent: fallback)."""
     path = run_dir / CONFIG
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
+        return TrainConfig.from_dict(json.loads(path.read_text()), source=str(path))
     except FileNotFoundError:
         return fallback
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as error:
         raise RunDirError(f"{path} is unreadable ({error}); fix or delete it") from None
 
@@ -146,7 +149,7 @@ def resolve_config(
         run_dir = Path(config.out)
         if list_checkpoints(run_dir):
             checkpoint = load_checkpoint(run_dir)  # past damaged ones, with a warning
-            saved = TrainConfig.from_dict(checkpoint.config)
+            saved = TrainConfig.from_dict(checkpoint.config, source=str(checkpoint.path / STATE))
         else:
             saved = _saved_config(run_dir, config)
         config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})

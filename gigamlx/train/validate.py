@@ -24,11 +24,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gigamlx.core.arrays import crop_view
+from gigamlx.core.config import DEFAULT_THRESHOLD
 from gigamlx.core.geometry import Box
 from gigamlx.core.normalise import InputNorm
 from gigamlx.eval.baseline import mask_plane
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
-from gigamlx.infer.annotations import DEFAULT_THRESHOLD, threshold_u8
+from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.export import write_overlay
 from gigamlx.slide.masks import OtsuMask
 from gigamlx.tiling.scheduler import tiled_predict

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from gigamlx.core.files import fsync_file, sha256_of
+from gigamlx.core.files import format_of, fsync_file, sha256_of
 from gigamlx.core.outputs import pid_alive
 
 WEIGHTS = "weights.safetensors"
@@ -210,14 +210,10 @@ def load_checkpoint_folder(path: Path) -> Checkpoint:
 
 def check_format(state: dict, path: Path) -> None:
     """Raise CheckpointError unless this gigamlx reads the format of `state` (state.json)."""
-    version = state.get("format", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"checkpoint {path} is damaged: format {version!r} in {STATE}")
-    if version > CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"checkpoint {path} is checkpoint format {version}, written by a newer gigamlx; "
-            f"this one reads checkpoint format ≤ {CHECKPOINT_FORMAT}: upgrade gigamlx to use it"
-        )
+    try:
+        format_of(state, CHECKPOINT_FORMAT, "checkpoint")
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path}: {error} ({STATE})") from None
 
 
 def check_finite(tensors: dict[str, np.ndarray], source: Path) -> None:

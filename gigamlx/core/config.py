@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from gigamlx.core.files import format_of
 from gigamlx.core.losses import check_loss
 from gigamlx.core.memory import parse_bytes
 from gigamlx.core.units import parse_size
@@ -208,14 +209,10 @@ UPGRADES = {1: _upgrade_from_1}  # format N -> N + 1
 
 def upgrade_config(values: dict, source: str = "config") -> dict:
     """The options of a saved config of any known format, as this format has them."""
-    version = values.get("format", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"{source}: format {version!r} is not a config format number")
-    if version > CONFIG_FORMAT:
-        raise ConfigError(
-            f"{source}: config format {version} was written by a newer gigamlx; this one reads "
-            f"config format ≤ {CONFIG_FORMAT}: upgrade gigamlx to use it"
-        )
+    try:
+        version = format_of(values, CONFIG_FORMAT, "config")
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
     for number in range(version, CONFIG_FORMAT):
         values = UPGRADES[number](values)
     values = {k: v for k, v in values.items() if k != "format"}

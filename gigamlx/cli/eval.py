@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from gigamlx.cli.common import app, err, setup_logging, stdout_errors, user_errors
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 from gigamlx.slide import OTSU_DEFINITION
 
 # eval/baseline.py's BASELINES and eval/scale.py's PRED_SCALES, written out so that the CLI
@@ -32,7 +33,9 @@ def evaluate(
         list[Path],
         typer.Option("--masks", metavar="MASK", help="masks or slide stores, in PRED order"),
     ],
-    threshold: Annotated[float, typer.Option(help="p >= threshold is tissue; in [0, 1]")] = 0.5,
+    threshold: Annotated[
+        float, typer.Option(help="p >= threshold is tissue; in [0, 1]")
+    ] = DEFAULT_THRESHOLD,
     json_path: Annotated[
         str | None,
         typer.Option("--json", help="also write the report as JSON to this file ('-': stdout)"),

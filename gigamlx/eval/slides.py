@@ -28,6 +28,7 @@ from gigamlx.eval.metrics import (
     summarize,
 )
 from gigamlx.eval.scale import check_pred_scale, resolve_pred_scale
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 from gigamlx.slide.planes import ArrayReadError, open_plane
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _check_inputs(preds: Sequence, masks: Sequence, threshold: float, baseline: 
 def evaluate_slide(
     pred_path: str | Path,
     mask_path: str | Path,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
@@ -157,7 +158,7 @@ def _score(
 def evaluate_files(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
@@ -253,7 +254,7 @@ def write_json(report: Report, path: str | Path) -> None:
 def run_evaluation(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     json_path: str | Path | None = None,
     baseline: str | None = None,
     level: int = 0,

@@ -20,6 +20,7 @@ from zarr.codecs import ZstdCodec
 from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
 from gigamlx.core.progress import ChunkProgress
+from gigamlx.runs.config import DEFAULT_CHUNK_PX
 from gigamlx.runs.outputs import (
     check_output_file,
     check_replaceable,
@@ -274,7 +275,7 @@ class StoreWriter:
         self,
         path: str | os.PathLike,
         image_hw: tuple[int, int],
-        chunk_px: int = 1024,
+        chunk_px: int = DEFAULT_CHUNK_PX,
         with_mask: bool = True,
         attrs: dict | None = None,
         overwrite: bool = False,

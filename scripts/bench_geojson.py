@@ -1,21 +1,25 @@
-"""Rasterise a QuPath-style GeoJSON of many nucleus-sized polygons: per-bounding-box fill
-(gigamlx now) vs filling every polygon over the whole chunk (gigamlx before), same output.
+"""Rasterise a QuPath-style GeoJSON of many nucleus-sized polygons chunk by chunk, and ingest
+a slide with it (all in); with --peers also shapely and rasterio, where installed.
 
 Usage: python scripts/bench_geojson.py [--size 8192] [--polygons 20000] [--chunk 1024]
-       [--skip-whole-box] [--json out/bench_geojson.json]
-Also times shapely (contains_xy at pixel centres) and rasterio when they are installed.
+       [--no-ingest] [--peers] [--json out/bench_geojson.json]
+Only the public API is used (GeoJsonMask, ingest), so the same script times another checkout
+(PYTHONPATH=that checkout). Every row gives wall and process CPU seconds, and the JSON an sgemm
+rate: on a shared machine compare CPU seconds, or ratios measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from gigamlx.slide.geojson import GeoJsonMask, rasterize_polygon
+from gigamlx.slide.geojson import GeoJsonMask
+from gigamlx.slide.ingest import ingest
 from gigamlx.slide.store import chunk_boxes
 
 
@@ -37,31 +41,19 @@ def nuclei_geojson(size_px: int, count: int, seed: int = 0) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-def per_bbox(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
-    mask = GeoJsonMask(data, hw)
+def gigamlx_fill(path: Path, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
+    """Read and parse the file, then fill every chunk, as ingest does."""
+    mask = GeoJsonMask(path, hw)
     out = np.zeros(hw, np.uint8)
     for box in chunk_boxes(hw, chunk_px):
         out[box.y0 : box.y1, box.x0 : box.x1] = mask.read(box)
     return out
 
 
-def whole_box(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
-    """The previous reader: each polygon touching a chunk is filled over the whole chunk."""
-    mask = GeoJsonMask(data, hw)
-    bounds = mask.tissue.bounds
-    out = np.zeros(hw, np.uint8)
-    for box in chunk_boxes(hw, chunk_px):
-        block = np.zeros(box.hw, bool)
-        for rings, b in zip(mask.polygons, bounds, strict=True):
-            if b[0] < box.y1 and box.y0 < b[2] and b[1] < box.x1 and box.x0 < b[3]:
-                block |= rasterize_polygon(rings, box)
-        out[box.y0 : box.y1, box.x0 : box.x1] = block
-    return out
-
-
-def shapely_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
+def shapely_fill(path: Path, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     import shapely
 
+    data = json.loads(path.read_text())
     area = shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in data["features"]])
     out = np.zeros(hw, np.uint8)
     for box in chunk_boxes(hw, chunk_px):
@@ -70,10 +62,10 @@ def shapely_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     return out
 
 
-def rasterio_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
+def rasterio_fill(path: Path, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     from rasterio.features import rasterize
 
-    shapes = [(f["geometry"], 1) for f in data["features"]]
+    shapes = [(f["geometry"], 1) for f in json.loads(path.read_text())["features"]]
     return rasterize(shapes, out_shape=hw, dtype="uint8")
 
 
@@ -83,42 +75,78 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def _timed(fn, *args, **kwargs) -> tuple[object, float, float]:
+    """(fn's result, wall seconds, this process's CPU seconds)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best float32 n x n matmul rate: how fast this machine is right now."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = min(_timed(np.matmul, a, a)[1] for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def fill_rows(path: Path, hw: tuple[int, int], chunk_px: int, peers: bool) -> list[dict]:
+    """Each method from the file to the whole (H, W) mask; pixels differing from gigamlx's."""
+    methods = {"gigamlx GeoJsonMask": gigamlx_fill}
+    if peers and _available("shapely"):
+        methods["shapely contains_xy"] = shapely_fill
+    if peers and _available("rasterio"):
+        methods["rasterio rasterize"] = rasterio_fill
+    rows, reference = [], None
+    for name, fill in methods.items():
+        out, wall, cpu = _timed(fill, path, hw, chunk_px)
+        reference = out if reference is None else reference
+        differ = int(np.count_nonzero(out != reference))
+        rows.append({"method": name, "seconds": wall, "cpu_seconds": cpu, "px_differing": differ})
+    return rows
+
+
+def ingest_rows(root: Path, geojson: Path, hw: tuple[int, int], chunk_px: int) -> list[dict]:
+    """Ingest a synthetic tiled TIFF without a mask and with the GeoJSON (read from file)."""
+    import tifffile
+
+    slide = root / "slide.tif"
+    image = np.full((*hw, 3), 220, np.uint8)
+    image[::7, ::5] = np.random.default_rng(0).integers(0, 255, image[::7, ::5].shape, np.uint8)
+    tifffile.imwrite(slide, image, photometric="rgb", tile=(256, 256))
+    rows = []
+    for name, mask in (("ingest, no mask", None), ("ingest --geojson (all in)", geojson)):
+        out = root / "out.zarr"
+        _, wall, cpu = _timed(ingest, slide, out, geojson=mask, chunk_px=chunk_px, overwrite=True)
+        rows.append({"method": name, "seconds": wall, "cpu_seconds": cpu})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192, help="square grid side, px")
     parser.add_argument("--polygons", type=int, default=20000)
     parser.add_argument("--chunk", type=int, default=1024, help="chunk side read at a time")
-    parser.add_argument("--skip-whole-box", action="store_true", help="skip the slow old way")
+    parser.add_argument("--no-ingest", action="store_true", help="skip the ingest rows")
+    parser.add_argument("--peers", action="store_true", help="also shapely and rasterio (slow)")
     parser.add_argument("--json", type=Path, default=Path("out/bench_geojson.json"))
     args = parser.parse_args()
     hw = (args.size, args.size)
-    data = nuclei_geojson(args.size, args.polygons)
-    methods = {"gigamlx per-bbox": per_bbox}
-    if not args.skip_whole_box:
-        methods["gigamlx whole-box (before)"] = whole_box
-    if _available("shapely"):
-        methods["shapely contains_xy"] = shapely_fill
-    if _available("rasterio"):
-        methods["rasterio rasterize"] = rasterio_fill
-    rows, reference = [], None
-    for name, fill in methods.items():
-        start = time.perf_counter()
-        out = fill(data, hw, args.chunk)
-        seconds = time.perf_counter() - start
-        reference = out if reference is None else reference
-        differ = int(np.count_nonzero(out != reference))
-        rows.append({"method": name, "seconds": seconds, "pixels_differing": differ})
-    base = rows[0]["seconds"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "annotations.geojson"
+        path.write_text(json.dumps(nuclei_geojson(args.size, args.polygons)))
+        rows = fill_rows(path, hw, args.chunk, args.peers)
+        if not args.no_ingest:
+            rows += ingest_rows(Path(tmp), path, hw, args.chunk)
+    gflops = sgemm_gflops()
     print(f"{args.polygons} polygons on {args.size}x{args.size} px (HxW), chunks {args.chunk}")
-    print(f"{'method':<28}{'seconds':>10}{'vs per-bbox':>13}{'px differing':>14}")
+    print(f"{'method':<28}{'wall s':>9}{'cpu s':>9}{'px differing':>14}")
     for row in rows:
-        ratio = row["seconds"] / base
-        print(
-            f"{row['method']:<28}{row['seconds']:>10.2f}{ratio:>12.1f}x{row['pixels_differing']:>14}"
-        )
+        differ = row.get("px_differing", "")
+        print(f"{row['method']:<28}{row['seconds']:>9.2f}{row['cpu_seconds']:>9.2f}{differ:>14}")
+    print(f"sgemm {gflops:.0f} GFLOP/s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     summary = {"size_px": args.size, "polygons": args.polygons, "chunk_px": args.chunk}
-    args.json.write_text(json.dumps(summary | {"rows": rows}, indent=2))
+    args.json.write_text(json.dumps(summary | {"sgemm_gflops": gflops, "rows": rows}, indent=2))
     print(f"wrote {args.json}")
 
 

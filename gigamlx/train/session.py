@@ -67,7 +67,9 @@ def train_session(
             )
         if main:
             _log_start(run, world)
-        with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
+        val_every = run.config.val_every if run.validator is not None else None
+        shown = main and show_progress
+        with train_progress(run.step, run.config.steps, shown, console, val_every) as bar:
             history = train(
                 run,
                 world,

@@ -134,3 +134,17 @@ def test_cli_train_prints_the_forecast(tmp_path):
     text = " ".join(result.output.split())  # the log handler wraps at the terminal's width
     assert "step 3/4 · " in text and "s/step + 1 validation of " in text and "(ends ~" in text
     assert text.count(" to go ") == 1
+
+
+def test_the_bar_draws_with_the_tiles_row_shown():
+    """Every row of the bar has the fields its columns name (the tiles row lacked `eta`, and
+    rich's refresh thread died with a KeyError the first time a step's tiles were drawn)."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with train_progress(0, 10, console=console) as bar:
+        bar.on_tile("pass 1", 1, 4)
+        bar.progress.refresh()
+    assert "pass 1" in console.file.getvalue()

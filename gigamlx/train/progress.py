@@ -29,7 +29,7 @@ class TrainProgress:
         self.steps = progress.add_task(
             "train", total=total_steps, completed=first_step, info="", eta=""
         )
-        self.tiles = progress.add_task("  tiles", total=1, info="", visible=False)
+        self.tiles = progress.add_task("  tiles", total=1, info="", eta="", visible=False)
         self.first_val: dict | None = None
         self.last_val: dict | None = None
 

@@ -193,7 +193,7 @@ def test_validation_scores_the_post_processed_mask_beside_the_raw_map(tmp_path):
     mask = np.zeros((400, 500), np.uint8)
     mask[50:350, 50:450] = 1
     prob = np.where(mask > 0, 230, 10).astype(np.uint8)
-    prob[150:200, 150:200] = 10  # 625 µm² of fat
+    prob[150:250, 150:250] = 10  # 2,500 µm² of fat
     prob[10:14, 470:474] = 230  # a 4 µm² speck
     image = np.zeros((400, 500, 3), np.uint8)
     raw = evaluate_pair(prob, mask).metrics()["dice"]

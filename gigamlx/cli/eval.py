@@ -36,7 +36,7 @@ def evaluate(
         float | None,
         typer.Option(
             help="p >= threshold is tissue; in [0, 1]; default: the cut a prediction of "
-            "`gigamlx predict` records, else 0.5",
+            "`gigamlx predict` records, else 0.5 (a tissue mask is 0/1: no cut)",
             show_default=False,
         ),
     ] = None,

@@ -63,7 +63,7 @@ class Report:
     """All slides of one evaluation run and the settings they were scored with."""
 
     slides: list[SlideResult]
-    threshold: float | None  # None: each prediction's recorded cut (0.5 where none)
+    threshold: float | None  # the cut every slide was scored at; None: they differ
     level: int
     baseline: str | None = None
 
@@ -211,7 +211,8 @@ def evaluate_files(
         evaluate_slide(p, m, threshold, baseline, level, block_hw, pred_scale, raw)
         for p, m in zip(preds, masks, strict=True)
     ]
-    return Report(slides, threshold, level, baseline)
+    cuts = {s.threshold for s in slides}  # one cut for all (the usual case): the report's
+    return Report(slides, cuts.pop() if len(cuts) == 1 else None, level, baseline)
 
 
 def _fmt_mean_std(stats: dict[str, Any]) -> str:

@@ -97,9 +97,11 @@ class Components(NamedTuple):
     def pick(self, block: np.ndarray, chunk: int, keep: np.ndarray) -> np.ndarray:
         """(h, w) bool: pixels of `block` (chunk number `chunk`, the same pixels labelled
         before) in a component with `keep[component]` True."""
-        labels, _ = ndimage.label(block, CROSS)
-        nodes = np.where(labels > 0, labels.astype(np.int64) + self.offsets[chunk], 0)
-        return (labels > 0) & keep[self.component[nodes]]
+        labels, n = ndimage.label(block, CROSS)
+        first = self.offsets[chunk] + 1  # node ids of this chunk: first .. first + n - 1
+        decided = np.zeros(n + 1, bool)  # local label -> kept (0: not in a component)
+        decided[1:] = keep[self.component[first : first + n]]
+        return decided[labels]
 
 
 def _touching_pairs(a: np.ndarray, b: np.ndarray, pairs: list) -> None:
@@ -109,11 +111,24 @@ def _touching_pairs(a: np.ndarray, b: np.ndarray, pairs: list) -> None:
         pairs.append(np.stack([a[both], b[both]]))
 
 
-def _edge_nodes(nodes: np.ndarray, box: Box, hw: tuple[int, int]) -> np.ndarray:
-    """Node ids of a chunk on the plane's border."""
-    lines = [nodes[0]] * (box.y0 == 0) + [nodes[-1]] * (box.y1 == hw[0])
-    lines += [nodes[:, 0]] * (box.x0 == 0) + [nodes[:, -1]] * (box.x1 == hw[1])
-    return np.concatenate(lines) if lines else np.zeros(0, np.int64)
+class _Sides(NamedTuple):
+    """Node ids (0: none) along the four sides of a chunk."""
+
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+    @classmethod
+    def of(cls, labels: np.ndarray, offset: int) -> _Sides:
+        lines = labels[0], labels[-1], labels[:, 0], labels[:, -1]
+        return cls(*(np.where(a > 0, a.astype(np.int64) + offset, 0) for a in lines))
+
+    def on_border(self, box: Box, hw: tuple[int, int]) -> np.ndarray:
+        """Node ids on the plane's border."""
+        lines = [self.top] * (box.y0 == 0) + [self.bottom] * (box.y1 == hw[0])
+        lines += [self.left] * (box.x0 == 0) + [self.right] * (box.x1 == hw[1])
+        return np.concatenate(lines) if lines else np.zeros(0, np.int64)
 
 
 def components(
@@ -127,15 +142,15 @@ def components(
     first = 1
     for chunk, box in enumerate(boxes):
         labels, n = ndimage.label(read(chunk, box), CROSS)
-        nodes = np.where(labels > 0, labels.astype(np.int64) + (first - 1), 0)
+        sides = _Sides.of(labels, first - 1)
         offsets.append(first - 1)
         areas.append(np.bincount(labels.ravel(), minlength=n + 1)[1:])
-        edges.append(_edge_nodes(nodes, box, hw))
+        edges.append(sides.on_border(box, hw))
         if box.y0 > 0:
-            _touching_pairs(bottom[box.x0], nodes[0], pairs)
+            _touching_pairs(bottom[box.x0], sides.top, pairs)
         if box.x0 > 0:
-            _touching_pairs(right, nodes[:, 0], pairs)
-        bottom[box.x0], right = nodes[-1].copy(), nodes[:, -1].copy()
+            _touching_pairs(right, sides.left, pairs)
+        bottom[box.x0], right = sides.bottom, sides.right
         first += n
     # one edge per touching pair of labels (a long shared border repeats a pair many times)
     joined = np.unique(np.concatenate(pairs, axis=1), axis=1) if pairs else np.zeros((2, 0), int)
@@ -164,13 +179,13 @@ def postprocessed_blocks(
     hw = tuple(binary.shape[:2])
     boxes = list(chunk_boxes(hw, chunk_px))
     kept: dict[int, np.ndarray] = {}  # chunk -> its closing, bit-packed (read up to 3 times)
-    keep = settings.closing_px > 0 and hw[0] * hw[1] <= CLOSING_CACHE_MAX_PX
+    cache = settings.closing_px > 0 and hw[0] * hw[1] <= CLOSING_CACHE_MAX_PX
 
     def closed(chunk: int, box: Box) -> np.ndarray:
         if chunk in kept:
             return np.unpackbits(kept[chunk], count=box.area()).reshape(box.hw).view(bool)
         block = closed_block(binary, box, settings.closing_px)
-        if keep:
+        if cache:
             kept[chunk] = np.packbits(block)
         return block
 

@@ -14,7 +14,8 @@ def tiled_value_and_grad(model, image, mask, loss="dice", tile=None, budget_byte
         image: (H, W, 3) uint8 array-like (numpy or zarr; read tile by tile).
         mask: (H, W) array-like, non-zero = tissue.
         loss: "dice", "bce" or "dice+bce".
-        tile: owned tile side in px (multiple of 64); default from `budget_bytes`, else 1024.
+        tile: owned tile side in px (multiple of 64); default from `budget_bytes`, else
+            runs/config's DEFAULT_TILE_PX.
         budget_bytes: engine peak memory the step must stay under.
 
     Returns:

@@ -42,6 +42,7 @@ from rich.table import Table
 from gigamlx.core.losses import DICE_SMOOTH
 from gigamlx.core.memory import cpu_usage, current_rss_bytes, parse_bytes, peak_rss_bytes
 from gigamlx.core.spec import macs_per_px
+from gigamlx.runs.config import DEFAULT_MEMORY_BUDGET, DEFAULTS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 KINDS = ("torch", "gigamlx", "gigamlx-mlx", "mlx-whole")  # torch first: ratios refer to it
@@ -401,12 +402,14 @@ def _run_all(plan, budget_bytes: int, limit_bytes: float, cache_share: float) ->
 @app.command()
 def main(
     sizes: str = typer.Option("2048,4096,8192", help="square sides, multiples of 64"),
-    big: str = typer.Option("16000x64000", help="HxW region for gigamlx alone; '' to skip"),
+    big: str = typer.Option(DEFAULTS.region, help="HxW region for gigamlx alone; '' to skip"),
     steps: int = typer.Option(3, help="timed steps per row (median reported)"),
     warmup: int = typer.Option(1, help="untimed steps before them"),
     big_steps: int = typer.Option(1, help="timed steps of the --big region"),
     big_warmup: int = typer.Option(0, help="untimed steps of the --big region"),
-    budget: str = typer.Option("2GB", help="memory budget of the tiled (gigamlx) runs"),
+    budget: str = typer.Option(
+        DEFAULT_MEMORY_BUDGET, help="memory budget of the tiled (gigamlx) runs"
+    ),
     cache_share: float = typer.Option(
         0.0, help="MLX buffer cache of the tiled runs, share of the budget (0: the scheduler's)"
     ),

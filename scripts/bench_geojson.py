@@ -1,21 +1,25 @@
-"""Rasterise a QuPath-style GeoJSON of many nucleus-sized polygons: per-bounding-box fill
-(gigamlx now) vs filling every polygon over the whole chunk (gigamlx before), same output.
+"""Rasterise a QuPath-style GeoJSON of many nucleus-sized polygons chunk by chunk, and ingest
+a slide with it (all in); with --peers also shapely and rasterio, where installed.
 
 Usage: python scripts/bench_geojson.py [--size 8192] [--polygons 20000] [--chunk 1024]
-       [--skip-whole-box] [--json out/bench_geojson.json] [--markdown docs/benchmarks.md]
-Also times shapely (contains_xy at pixel centres) and rasterio when they are installed.
+       [--no-ingest] [--peers] [--json out/bench_geojson.json] [--markdown docs/benchmarks.md]
+Only the public API is used (GeoJsonMask, ingest), so the same script times another checkout
+(PYTHONPATH=that checkout). Every row gives wall and process CPU seconds, and the JSON an sgemm
+rate: on a shared machine compare CPU seconds, or ratios measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from gigamlx.slide.geojson import GeoJsonMask, rasterize_polygon
+from gigamlx.slide.geojson import GeoJsonMask
+from gigamlx.slide.ingest import ingest
 from gigamlx.slide.store import chunk_boxes
 
 
@@ -37,31 +41,19 @@ def nuclei_geojson(size_px: int, count: int, seed: int = 0) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
-def per_bbox(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
-    mask = GeoJsonMask(data, hw)
+def gigamlx_fill(path: Path, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
+    """Read and parse the file, then fill every chunk, as ingest does."""
+    mask = GeoJsonMask(path, hw)
     out = np.zeros(hw, np.uint8)
     for box in chunk_boxes(hw, chunk_px):
         out[box.y0 : box.y1, box.x0 : box.x1] = mask.read(box)
     return out
 
 
-def whole_box(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
-    """The previous reader: each polygon touching a chunk is filled over the whole chunk."""
-    mask = GeoJsonMask(data, hw)
-    bounds = mask.tissue.bounds
-    out = np.zeros(hw, np.uint8)
-    for box in chunk_boxes(hw, chunk_px):
-        block = np.zeros(box.hw, bool)
-        for rings, b in zip(mask.polygons, bounds, strict=True):
-            if b[0] < box.y1 and box.y0 < b[2] and b[1] < box.x1 and box.x0 < b[3]:
-                block |= rasterize_polygon(rings, box)
-        out[box.y0 : box.y1, box.x0 : box.x1] = block
-    return out
-
-
-def shapely_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
+def shapely_fill(path: Path, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     import shapely
 
+    data = json.loads(path.read_text())
     area = shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in data["features"]])
     out = np.zeros(hw, np.uint8)
     for box in chunk_boxes(hw, chunk_px):
@@ -70,25 +62,11 @@ def shapely_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     return out
 
 
-def rasterio_fill(data: dict, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
+def rasterio_fill(path: Path, hw: tuple[int, int], chunk_px: int) -> np.ndarray:
     from rasterio.features import rasterize
 
-    shapes = [(f["geometry"], 1) for f in data["features"]]
+    shapes = [(f["geometry"], 1) for f in json.loads(path.read_text())["features"]]
     return rasterize(shapes, out_shape=hw, dtype="uint8")
-
-
-HEADER = ("method", "seconds", "vs per-bbox", "px differing")
-MARKDOWN_TITLE = "GeoJSON annotations to a mask (bench_geojson.py)"
-MARKDOWN_WHAT = (
-    "Seconds to rasterise a QuPath-style GeoJSON of many nucleus-sized polygons chunk by chunk: "
-    "gigamlx's per-bounding-box fill vs its former whole-chunk fill, shapely and rasterio "
-    "where installed, and how many pixels differ from the first."
-)
-
-
-def _cells(row: dict, base_seconds: float) -> list[str]:
-    ratio = row["seconds"] / base_seconds
-    return [row["method"], f"{row['seconds']:.2f}", f"{ratio:.1f}x", str(row["pixels_differing"])]
 
 
 def _available(name: str) -> bool:
@@ -97,12 +75,73 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+def _timed(fn, *args, **kwargs) -> tuple[object, float, float]:
+    """(fn's result, wall seconds, this process's CPU seconds)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Best float32 n x n matmul rate: how fast this machine is right now."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = min(_timed(np.matmul, a, a)[1] for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def fill_rows(path: Path, hw: tuple[int, int], chunk_px: int, peers: bool) -> list[dict]:
+    """Each method from the file to the whole (H, W) mask; pixels differing from gigamlx's."""
+    methods = {"gigamlx GeoJsonMask": gigamlx_fill}
+    if peers and _available("shapely"):
+        methods["shapely contains_xy"] = shapely_fill
+    if peers and _available("rasterio"):
+        methods["rasterio rasterize"] = rasterio_fill
+    rows, reference = [], None
+    for name, fill in methods.items():
+        out, wall, cpu = _timed(fill, path, hw, chunk_px)
+        reference = out if reference is None else reference
+        differ = int(np.count_nonzero(out != reference))
+        rows.append({"method": name, "seconds": wall, "cpu_seconds": cpu, "px_differing": differ})
+    return rows
+
+
+def ingest_rows(root: Path, geojson: Path, hw: tuple[int, int], chunk_px: int) -> list[dict]:
+    """Ingest a synthetic tiled TIFF without a mask and with the GeoJSON (read from file)."""
+    import tifffile
+
+    slide = root / "slide.tif"
+    image = np.full((*hw, 3), 220, np.uint8)
+    image[::7, ::5] = np.random.default_rng(0).integers(0, 255, image[::7, ::5].shape, np.uint8)
+    tifffile.imwrite(slide, image, photometric="rgb", tile=(256, 256))
+    rows = []
+    for name, mask in (("ingest, no mask", None), ("ingest --geojson (all in)", geojson)):
+        out = root / "out.zarr"
+        _, wall, cpu = _timed(ingest, slide, out, geojson=mask, chunk_px=chunk_px, overwrite=True)
+        rows.append({"method": name, "seconds": wall, "cpu_seconds": cpu})
+    return rows
+
+
+HEADER = ("method", "wall s", "cpu s", "px differing")
+MARKDOWN_TITLE = "GeoJSON annotations to a mask (bench_geojson.py)"
+MARKDOWN_WHAT = (
+    "Seconds (wall and CPU) to turn a QuPath-style GeoJSON of many nucleus-sized polygons into "
+    "a mask chunk by chunk, and to ingest a synthetic TIFF without a mask and with the GeoJSON "
+    "(all in); shapely and rasterio with --peers, with the pixels that differ from gigamlx's."
+)
+
+
+def _cells(row: dict) -> list[str]:
+    differ = str(row.get("px_differing", ""))
+    return [row["method"], f"{row['seconds']:.2f}", f"{row['cpu_seconds']:.2f}", differ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=8192, help="square grid side, px")
     parser.add_argument("--polygons", type=int, default=20000)
     parser.add_argument("--chunk", type=int, default=1024, help="chunk side read at a time")
-    parser.add_argument("--skip-whole-box", action="store_true", help="skip the slow old way")
+    parser.add_argument("--no-ingest", action="store_true", help="skip the ingest rows")
+    parser.add_argument("--peers", action="store_true", help="also shapely and rasterio (slow)")
     parser.add_argument("--json", type=Path, default=Path("out/bench_geojson.json"))
     parser.add_argument(
         "--markdown",
@@ -111,38 +150,29 @@ def main() -> None:
     )
     args = parser.parse_args()
     hw = (args.size, args.size)
-    data = nuclei_geojson(args.size, args.polygons)
-    methods = {"gigamlx per-bbox": per_bbox}
-    if not args.skip_whole_box:
-        methods["gigamlx whole-box (before)"] = whole_box
-    if _available("shapely"):
-        methods["shapely contains_xy"] = shapely_fill
-    if _available("rasterio"):
-        methods["rasterio rasterize"] = rasterio_fill
-    rows, reference = [], None
-    for name, fill in methods.items():
-        start = time.perf_counter()
-        out = fill(data, hw, args.chunk)
-        seconds = time.perf_counter() - start
-        reference = out if reference is None else reference
-        differ = int(np.count_nonzero(out != reference))
-        rows.append({"method": name, "seconds": seconds, "pixels_differing": differ})
-    base = rows[0]["seconds"]
-    table = [_cells(row, base) for row in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "annotations.geojson"
+        path.write_text(json.dumps(nuclei_geojson(args.size, args.polygons)))
+        rows = fill_rows(path, hw, args.chunk, args.peers)
+        if not args.no_ingest:
+            rows += ingest_rows(Path(tmp), path, hw, args.chunk)
+    gflops = sgemm_gflops()
     print(f"{args.polygons} polygons on {args.size}x{args.size} px (HxW), chunks {args.chunk}")
-    print(f"{HEADER[0]:<28}{HEADER[1]:>10}{HEADER[2]:>13}{HEADER[3]:>14}")
+    table = [_cells(row) for row in rows]
+    print(f"{HEADER[0]:<28}{HEADER[1]:>9}{HEADER[2]:>9}{HEADER[3]:>14}")
     for cells in table:
-        print(f"{cells[0]:<28}{cells[1]:>10}{cells[2]:>13}{cells[3]:>14}")
+        print(f"{cells[0]:<28}{cells[1]:>9}{cells[2]:>9}{cells[3]:>14}")
+    print(f"sgemm {gflops:.0f} GFLOP/s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     summary = {"size_px": args.size, "polygons": args.polygons, "chunk_px": args.chunk}
-    args.json.write_text(json.dumps(summary | {"rows": rows}, indent=2))
+    args.json.write_text(json.dumps(summary | {"sgemm_gflops": gflops, "rows": rows}, indent=2))
     print(f"wrote {args.json}")
     if args.markdown:
         from benchmarks_md import markdown_table, publish  # scripts/benchmarks_md.py
 
         caption = f"{args.polygons} polygons on {args.size}x{args.size} px, chunks {args.chunk}"
         tables = [caption, markdown_table(HEADER, table)]
-        publish(args.markdown, "bench_geojson.py", MARKDOWN_TITLE, MARKDOWN_WHAT, tables)
+        publish(args.markdown, "bench_geojson.py", MARKDOWN_TITLE, MARKDOWN_WHAT, tables, gflops)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 import gigamlx.backends.mlx  # noqa: F401  (first: loads a fast BLAS before mlx.core)
+from gigamlx.runs.config import DEFAULT_MEMORY_BUDGET
 
 app = typer.Typer(add_completion=False)
 # a whole-image step is skipped when its estimate (bytes/px measured at the previous size)
@@ -112,7 +113,7 @@ def _table(rows: list[dict], budget_bytes: int) -> Table:
 @app.command()
 def main(
     sizes: str = typer.Option("1024,2048,4096,8192,16384", help="image sides, comma-separated"),
-    budget: str = typer.Option("2GB", help="memory budget of the tiled step"),
+    budget: str = typer.Option(DEFAULT_MEMORY_BUDGET, help="memory budget of the tiled step"),
     loss: str = typer.Option("dice", help="dice (two passes), bce or dice+bce"),
     json_out: Path = typer.Option(Path("bench_memory.json"), "--json", help="where to write rows"),
     markdown: Path | None = typer.Option(

@@ -28,7 +28,7 @@ from rich.table import Table
 from gigamlx.backends import get_backend
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import plan_tiles
-from gigamlx.runs.config import parse_region
+from gigamlx.runs.config import DEFAULTS, parse_region
 from gigamlx.slide.store import open_store
 from gigamlx.train.augment import draw_illumination, draw_jitter, lut32
 from gigamlx.train.data import open_training_slides
@@ -59,7 +59,7 @@ def read_pass(slide, region: Region, tile_px: int, turner) -> dict[str, float]:
 @app.command()
 def main(
     slides: list[str] = typer.Argument(None, help="slide stores (default: the built-in slide)"),
-    region: str = typer.Option("16000x64000", help="HxW region read"),
+    region: str = typer.Option(DEFAULTS.region, help="HxW region read"),
     tile: int = typer.Option(4032, help="owned tile side px of the pass (the halo is added)"),
     repeats: int = typer.Option(2, help="alternations of numpy and native (median reported)"),
     json_out: Path = typer.Option(Path("out/bench_read.json"), "--json"),

@@ -29,6 +29,7 @@ from rich.table import Table
 from gigamlx.eval.anatomy import PROFILE_PX, Anatomy, slide_anatomy
 from gigamlx.eval.metrics import EvaluationError
 from gigamlx.eval.slides import expand_multi_value_option
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 
 
 def anatomy_tables(total: Anatomy) -> tuple[Table, Table]:
@@ -70,7 +71,7 @@ def main(
         list[Path],
         typer.Option("--slides", help="the synthetic slide stores they predict, in order"),
     ],
-    threshold: Annotated[float, typer.Option(help="p >= threshold is tissue")] = 0.5,
+    threshold: Annotated[float, typer.Option(help="p >= threshold is tissue")] = DEFAULT_THRESHOLD,
     edge_px: Annotated[
         int, typer.Option(help=f"'at the boundary' within this many px (0-{PROFILE_PX})")
     ] = 4,

@@ -30,7 +30,6 @@ from rich.table import Table
 
 from gigamlx.core.memory import peak_rss_bytes
 from gigamlx.eval.slides import Report, evaluate_files, run_evaluation
-from gigamlx.infer.annotations import DEFAULT_THRESHOLD
 from gigamlx.infer.predict import (
     cut_of,
     open_source,
@@ -39,7 +38,7 @@ from gigamlx.infer.predict import (
     trained_scale,
 )
 from gigamlx.runs.checkpoint import load_checkpoint
-from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.config import DEFAULT_SLIDE_HW, DEFAULT_THRESHOLD, DEFAULTS, TrainConfig
 from gigamlx.synth.render import synth_slide
 from gigamlx.train.loop import StepMetrics, train
 from gigamlx.train.run import start_run
@@ -69,16 +68,16 @@ class Plan:
     region: str
     steps: int
     lr: float
-    loss: str = "dice+bce"
-    memory_budget: str = "2GB"
-    seed: int = 0
+    loss: str = DEFAULTS.loss
+    memory_budget: str = DEFAULTS.memory_budget
+    seed: int = DEFAULTS.seed
     val_hw: tuple[int, int] = (2048, 2048)
     n_val: int = 2
-    val_every: int = 100
-    warmup: float = 0.05
-    lr_schedule: str = "cosine"
-    color_jitter: float = 1.0
-    illumination: float = 1.0
+    val_every: int = DEFAULTS.val_every
+    warmup: float = DEFAULTS.warmup
+    lr_schedule: str = DEFAULTS.lr_schedule
+    color_jitter: float = DEFAULTS.color_jitter
+    illumination: float = DEFAULTS.illumination
 
 
 # --quick: the recipe chosen on the validation slides (docs/experiments.md): whole-slide
@@ -94,7 +93,7 @@ QUICK = Plan(
     (2048, 2048), 32, (2048, 2048), 6, "2048x2048", steps=400, lr=1e-2, loss="dice", n_val=20
 )
 # default: the paper's recipe, whole 16000x64000 regions of default-size slides
-FULL = Plan((16384, 65536), 2, (4096, 16384), 5, "16000x64000", steps=4940, lr=3e-3)
+FULL = Plan(DEFAULT_SLIDE_HW, 2, (4096, 16384), 5, DEFAULTS.region, steps=4940, lr=3e-3)
 FULL = replace(FULL, val_hw=(4096, 16384), n_val=1, val_every=100)
 
 

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from gigamlx.cli import app
 from gigamlx.core.geometry import Box
+from gigamlx.runs.checkpoint import list_checkpoints
+from gigamlx.runs.config import TrainConfig
 from gigamlx.slide.store import StoreWriter
 
 runner = CliRunner()
@@ -88,12 +90,45 @@ def test_cli_bad_option_values(slide, tmp_path, option, value, message):
     if option != "--memory-budget":
         args += ["--memory-budget", "300MB"]
     _fails([*args, option, value], message)
-    assert not (tmp_path / "r" / "checkpoints").exists()
+    assert not (tmp_path / "r").exists()  # checked before the first file is written
 
 
 def test_cli_region_larger_than_every_slide_without_padding(slide, tmp_path):
     args = ["train", slide, "--region", "4096x4096", "--no-pad", "--out", str(tmp_path / "r")]
     _fails(args, "larger than every slide")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_budget_too_small_leaves_nothing_and_a_retry_runs(slide, tmp_path):
+    out = tmp_path / "c4"
+    args = ["train", slide, "--region", "256x256", "--steps", "1", "--quiet", "--out", str(out)]
+    _fails([*args, "--memory-budget", "1KB"], "memory budget 1 KB is too small")
+    assert not out.exists()
+    result = runner.invoke(app, [*args, "--memory-budget", "300MB", "--tile", "128"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000001"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_cli_run_without_checkpoint_is_taken_over(slide, tmp_path, resume):
+    """What a run that failed before its first checkpoint leaves: config.json, val/ (its
+    baseline overlays) and metrics lines. A retry, with or without --resume, takes it over."""
+    out = tmp_path / "c4"
+    (out / "val").mkdir(parents=True)
+    (out / "val" / "s_overlay.png").write_bytes(b"")
+    saved = dict(data=(slide,), region="256x320", steps=1, memory_budget="300MB", tile=128)
+    (out / "config.json").write_text(json.dumps(TrainConfig(out=str(out), **saved).to_dict()))
+    (out / "metrics.jsonl").write_text('{"step": 0, "kind": "val"}\n')
+    again = ["--resume"] if resume else [slide, *SMALL, "--steps", "2"]
+    result = runner.invoke(app, ["train", *again, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps the log line
+    steps = 1 if resume else 2  # --resume: the saved config; a new run: the one typed
+    whose = "its saved config" if resume else "the options given now"
+    assert "holds no checkpoint (its run stopped before one): starting afresh from step 0 " in said
+    assert f"from step 0 with {whose}" in said
+    assert json.loads((out / "config.json").read_text())["steps"] == steps
+    assert [p.name for p in list_checkpoints(out)] == [f"step_{steps:07d}"]
 
 
 def test_cli_existing_out_without_resume(slide, tmp_path):

@@ -267,3 +267,46 @@ def test_same_seed_same_run_start_on_every_backend(slide, tmp_path):
     a, b = (run.backend.flat_params(run.model) for run in starts)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _as_format_1(run_dir, drop=("normalize", "illumination")):
+    """A run folder as gigamlx wrote it before formats: no "format" keys, no manifests, and
+    (older still) none of the options in `drop`."""
+
+    def old(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in ("format", *drop)}
+
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(old(config)))
+    for path in list_checkpoints(run_dir):
+        state = json.loads((path / "state.json").read_text())
+        state = {k: v for k, v in state.items() if k != "format"} | {"config": old(state["config"])}
+        (path / "state.json").write_text(json.dumps(state))
+        (path / MANIFEST).unlink()
+
+
+def test_a_run_written_before_formats_resumes(slide, tmp_path):
+    out = tmp_path / "run"
+    config = _config(slide, out, 2, normalize=False, illumination=0.0)  # what old runs did
+    train(start_run(config, resume=False))
+    _as_format_1(out)
+    run = start_run(_config(slide, out, 3), resume=True, overrides={"steps": 3})
+    assert run.step == 2 and (run.config.normalize, run.config.illumination) == (False, 0.0)
+    train(run)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["format"] == 2 and saved["normalize"] is False and saved["steps"] == 3
+    assert load_checkpoint(out).step == 3
+
+
+def test_a_saved_config_with_unknown_keys_is_refused_by_name(trained, slide, tmp_path):
+    run_dir = _copy(trained, tmp_path)
+    path = list_checkpoints(run_dir)[-1]
+    state = json.loads((path / "state.json").read_text())
+    state["config"] |= {"foo": 1}
+    (path / "state.json").write_text(json.dumps(state))
+    (path / MANIFEST).unlink()
+    result = runner.invoke(app, ["train", "--resume", "--out", str(run_dir), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert f"{path / 'state.json'}: unknown keys foo (written by a newer gigamlx?" in " ".join(
+        result.output.split()
+    )

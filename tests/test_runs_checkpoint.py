@@ -58,3 +58,36 @@ def test_load_weights_from_file_and_folder(tmp_path):
     path = _save(tmp_path, 5)
     assert load_weights(path / "weights.safetensors")["down1.weight"].shape == (2, 16, 16, 3)
     assert load_weights(tmp_path)["down1.weight"][0, 0, 0, 0] == 5
+
+
+def test_checkpoint_state_carries_its_format(tmp_path):
+    import json
+
+    from gigamlx.runs.checkpoint import CHECKPOINT_FORMAT
+
+    path = _save(tmp_path, 1)
+    assert json.loads((path / "state.json").read_text())["format"] == CHECKPOINT_FORMAT
+
+
+def _rewrite_state(path, change):
+    """Edit state.json and drop the manifest (as a checkpoint written before manifests)."""
+    import json
+
+    state = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps(change(state)))
+    (path / "checksums.sha256").unlink()
+
+
+def test_checkpoint_of_a_newer_format_is_refused(tmp_path):
+    from gigamlx.runs.checkpoint import CHECKPOINT_FORMAT
+
+    path = _save(tmp_path, 1)
+    _rewrite_state(path, lambda s: s | {"format": CHECKPOINT_FORMAT + 1})
+    with pytest.raises(CheckpointError, match=r"step_0000001.*format \d+.*newer gigamlx"):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_without_format_is_format_1_and_loads(tmp_path):
+    path = _save(tmp_path, 3)
+    _rewrite_state(path, lambda s: {k: v for k, v in s.items() if k != "format"})
+    assert load_checkpoint(tmp_path).step == 3

@@ -6,7 +6,7 @@ import pytest
 
 from gigamlx.core.geometry import Box
 from gigamlx.slide.contours import mask_polygons, signed_area, trace_rings
-from gigamlx.slide.geojson import rasterize_polygon
+from gigamlx.slide.polygons import rasterize_polygon
 
 
 def _fill(polygons, hw) -> np.ndarray:

@@ -153,6 +153,6 @@ def test_settings_convert_by_the_pixel_size():
 def test_postprocessed_array_reads_like_the_plane():
     binary = _blobs((130, 170), seed=3)
     settings = PixelSettings(1.5, 100.0, 30.0)
-    mask = postprocessed_array(binary, settings, chunk_px=64)
+    mask = postprocessed_array(binary, settings, block_px=64)
     assert mask.dtype == np.uint8 and mask.shape == binary.shape
     assert np.array_equal(mask[:, :] != 0, _reference(binary, settings))

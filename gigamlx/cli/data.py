@@ -16,16 +16,20 @@ from gigamlx.cli.common import (
     setup_logging,
     user_errors,
 )
-from gigamlx.runs.config import parse_region
+from gigamlx.runs.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, DEFAULTS, parse_region
 from gigamlx.slide import OTSU_DEFINITION
 
 
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="store to create, e.g. slide.zarr")],
-    size: Annotated[str, typer.Option(help="slide size HxW in pixels")] = "16384x65536",
-    seed: Annotated[int, typer.Option(help="same seed and size give the same bytes")] = 0,
-    chunk: Annotated[int, typer.Option(help="chunk side in pixels")] = 1024,
+    size: Annotated[str, typer.Option(help="slide size HxW in pixels")] = "x".join(
+        map(str, DEFAULT_SLIDE_HW)
+    ),
+    seed: Annotated[
+        int, typer.Option(help="same seed and size give the same bytes")
+    ] = DEFAULTS.seed,
+    chunk: Annotated[int, typer.Option(help="chunk side in pixels")] = DEFAULT_CHUNK_PX,
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Make a reproducible H&E-like slide with its true tissue mask (OME-Zarr)."""
@@ -72,7 +76,7 @@ def ingest(
             help=f"classical baseline as the mask: {OTSU_DEFINITION} (as eval --baseline otsu)"
         ),
     ] = False,
-    chunk: Annotated[int, typer.Option(help="chunk side in pixels")] = 1024,
+    chunk: Annotated[int, typer.Option(help="chunk side in pixels")] = DEFAULT_CHUNK_PX,
     reader: Annotated[
         SlideReader | None, typer.Option(help="force a slide reader", show_default=False)
     ] = None,

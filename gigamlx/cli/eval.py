@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from gigamlx.cli.common import app, err, setup_logging, stdout_errors, user_errors
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 from gigamlx.slide import OTSU_DEFINITION
 
 # eval/baseline.py's BASELINES and eval/scale.py's PRED_SCALES, written out so that the CLI
@@ -36,7 +37,7 @@ def evaluate(
         float | None,
         typer.Option(
             help="p >= threshold is tissue; in [0, 1]; default: the cut a prediction of "
-            "`gigamlx predict` records, else 0.5 (a tissue mask is 0/1: no cut)",
+            f"`gigamlx predict` records, else {DEFAULT_THRESHOLD} (a tissue mask is 0/1: no cut)",
             show_default=False,
         ),
     ] = None,

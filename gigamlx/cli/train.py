@@ -18,7 +18,7 @@ from gigamlx.cli.common import (
     setup_logging,
     user_errors,
 )
-from gigamlx.runs.config import DEFAULTS, TrainConfig, help_of
+from gigamlx.runs.config import DEFAULTS, RANK_TIMEOUT_S, TrainConfig, help_of
 
 
 def _typed_options(ctx: typer.Context) -> dict:
@@ -97,7 +97,7 @@ def train(
     rank_timeout: Annotated[
         float,
         typer.Option(help="under mlx.launch: seconds a rank waits for the others before it stops"),
-    ] = 600.0,
+    ] = RANK_TIMEOUT_S,
     dump_weights: Annotated[
         str | None, typer.Option(hidden=True, help="test hook: PATH with {rank}")
     ] = None,
@@ -122,7 +122,7 @@ def train(
 
     setup_logging(verbose)
     fields = set(DEFAULTS.to_dict())
-    config = TrainConfig.from_dict(_as_config({k: v for k, v in ctx.params.items() if k in fields}))
+    config = TrainConfig(**_as_config({k: v for k, v in ctx.params.items() if k in fields}))
     # held to the very end: once a stop began, a late signal cannot cut the exit short
     with stop_on_signals(keep_after_stop=True) as stop, user_errors():
         if not resume:

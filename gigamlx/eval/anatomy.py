@@ -19,6 +19,7 @@ import numpy as np
 
 from gigamlx.eval.metrics import EvaluationError, check_threshold, to_probability
 from gigamlx.eval.scale import resolve_pred_scale
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 from gigamlx.slide.planes import ArrayReadError, iter_blocks, open_plane
 from gigamlx.slide.store import StoreError, open_store
 from gigamlx.synth.render import SYNTH_VERSION, Layers, scene_layers
@@ -169,7 +170,7 @@ def _block_anatomy(pred: np.ndarray, layers: Layers, step: np.ndarray, edge_px: 
 def slide_anatomy(
     pred_path: str | Path,
     slide_path: str | Path,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     edge_px: int = 4,
     block_px: int = BLOCK_PX,
 ) -> Anatomy:

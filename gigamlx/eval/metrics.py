@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 from gigamlx.slide.planes import aligned_block_hw, iter_blocks
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def _check_block(prob: np.ndarray, source: str, rows: slice, cols: slice) -> Non
 def evaluate_pair(
     pred: Any,
     mask: Any,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     block_hw: tuple[int, int] | None = None,
     pred_name: str = "prediction",
     pred_scale: float = 255.0,

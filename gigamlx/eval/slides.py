@@ -28,11 +28,10 @@ from gigamlx.eval.metrics import (
     summarize,
 )
 from gigamlx.eval.scale import check_pred_scale, resolve_pred_scale
+from gigamlx.runs.config import DEFAULT_THRESHOLD
 from gigamlx.slide.planes import TISSUE_LABEL, ArrayReadError, open_plane, prediction_info
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_THRESHOLD = 0.5  # a map with no recorded cut (infer/annotations.py's, for a model)
 
 EDGE_CASES = (
     "prediction and mask both empty: dice = iou = precision = recall = 1; "
@@ -122,7 +121,7 @@ def what_to_score(
 def evaluate_slide(
     pred_path: str | Path,
     mask_path: str | Path,
-    threshold: float | None = 0.5,
+    threshold: float | None = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
@@ -193,7 +192,7 @@ def _score(
 def evaluate_files(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float | None = 0.5,
+    threshold: float | None = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
@@ -294,7 +293,7 @@ def write_json(report: Report, path: str | Path) -> None:
 def run_evaluation(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float | None = 0.5,
+    threshold: float | None = DEFAULT_THRESHOLD,
     json_path: str | Path | None = None,
     baseline: str | None = None,
     level: int = 0,

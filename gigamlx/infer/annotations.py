@@ -26,9 +26,6 @@ CLASS_NAME = "Tissue"
 CLASS_RGB = (0, 190, 90)
 
 
-DEFAULT_THRESHOLD = 0.5  # the cut of a model no validation has tuned (train/validate.py)
-
-
 def threshold_u8(threshold: float) -> int:
     """The uint8 cut-off of `p >= threshold` for maps stored as round(255 p) (as `eval` reads)."""
     return math.ceil(255 * threshold)

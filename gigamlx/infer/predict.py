@@ -22,7 +22,6 @@ from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.core.normalise import InputNorm, slide_norm
 from gigamlx.core.progress import Progress
 from gigamlx.infer.annotations import (
-    DEFAULT_THRESHOLD,
     prediction_features,
     threshold_u8,
     write_geojson,
@@ -50,7 +49,13 @@ from gigamlx.infer.sources import (
     slide_name,
 )
 from gigamlx.runs.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.runs.config import POSTPROCESS, PostprocessConfig
+from gigamlx.runs.config import (
+    DEFAULT_KERNELS,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_THRESHOLD,
+    POSTPROCESS,
+    PostprocessConfig,
+)
 from gigamlx.runs.lock import hold_lock
 from gigamlx.runs.outputs import (
     OutputError,
@@ -129,7 +134,9 @@ def _saved_state(checkpoint: str | os.PathLike) -> dict:
     return json.loads((path / STATE).read_text())
 
 
-def load_model(checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = "auto"):
+def load_model(
+    checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = DEFAULT_KERNELS
+):
     """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors.
 
     Raises:
@@ -292,7 +299,7 @@ def _write_extras(source, level: int, outputs: OutputPaths, meta: dict, threshol
 class PredictOptions(NamedTuple):
     """What `gigamlx predict` was asked for, beyond the checkpoint and slides."""
 
-    memory_budget: str = "4GB"
+    memory_budget: str = DEFAULT_MEMORY_BUDGET
     tiff: bool = False
     overlay: bool = False
     geojson: bool = False
@@ -300,7 +307,7 @@ class PredictOptions(NamedTuple):
     tile: int | None = None
     threshold: float | None = None  # None: the checkpoint's chosen threshold, else 0.5
     level: int | None = None  # None: the level matching the checkpoint's training resolution
-    kernels: str = "auto"  # the mlx backend's model path ("auto", "fused" or "mlx")
+    kernels: str = DEFAULT_KERNELS  # the mlx backend's model path ("auto", "fused" or "mlx")
     postprocess: PostprocessConfig | None = POSTPROCESS  # None: --no-postprocess
 
 

@@ -1,1 +1,1 @@
-"""Runs and their files: the run configuration, checkpoints, output folders, locks, atomic writes."""
+"""Runs and their files: run configuration, checkpoints, output folders, locks, atomic writes."""

@@ -21,13 +21,16 @@ from typing import NamedTuple
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from gigamlx.runs.files import fsync_file, sha256_of
+from gigamlx.runs.files import format_of, fsync_file, sha256_of
 from gigamlx.runs.outputs import pid_alive
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
 MANIFEST = "checksums.sha256"
+# the format of state.json: 1 = written before formats were (no "format" key), 2 = with it.
+# The config inside carries its own format (runs/config.py).
+CHECKPOINT_FORMAT = 2
 STEP_FOLDER = re.compile(r"step_(\d{7,})")  # what save_checkpoint names; nothing else counts
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,8 @@ def save_checkpoint(
         temp.mkdir()
         _save_tensors(weights, temp / WEIGHTS)
         _save_tensors(optimizer, temp / OPTIMIZER)
-        state = {"step": step, "config": config, "rng_state": rng_state} | (extra or {})
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config}
+        state |= {"rng_state": rng_state} | (extra or {})
         (temp / STATE).write_text(json.dumps(state, indent=2))
         names = (WEIGHTS, OPTIMIZER, STATE)
         (temp / MANIFEST).write_text("".join(f"{sha256_of(temp / n)}  {n}\n" for n in names))
@@ -189,16 +193,27 @@ def load_checkpoint_folder(path: Path) -> Checkpoint:
     verify_files(path)
     try:
         state = json.loads((path / STATE).read_text())
+        check_format(state, path)
         weights = load_file(str(path / WEIGHTS))
         optimizer = load_file(str(path / OPTIMIZER)) if (path / OPTIMIZER).exists() else {}
         checkpoint = Checkpoint(
             path, int(state["step"]), weights, optimizer, state["config"], state["rng_state"]
         )
+    except CheckpointError:
+        raise
     except Exception as error:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint {path} is damaged: unreadable ({error})") from error
     check_finite(weights, path / WEIGHTS)
     check_finite(optimizer, path / OPTIMIZER)
     return checkpoint
+
+
+def check_format(state: dict, path: Path) -> None:
+    """Raise CheckpointError unless this gigamlx reads the format of `state` (state.json)."""
+    try:
+        format_of(state, CHECKPOINT_FORMAT, "checkpoint")
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {path}: {error} ({STATE})") from None
 
 
 def check_finite(tensors: dict[str, np.ndarray], source: Path) -> None:

@@ -1,5 +1,6 @@
-"""Training configuration: the one home for defaults. The CLI builds its options from it, and
-the resolved config is written beside every checkpoint."""
+"""The one home for defaults (the shared constants and TrainConfig's fields: the CLI, the
+Python API and the scripts read them), and the training config as saved beside every
+checkpoint, with its format number. Why each default is what it is: docs/experiments.md."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ from dataclasses import dataclass, field
 from gigamlx.core.losses import check_loss
 from gigamlx.core.memory import parse_bytes
 from gigamlx.core.units import parse_size
+from gigamlx.runs.files import format_of
+
+# Defaults shared by the CLI, the Python API and the scripts: read from here, never retyped
+# (tests/test_core_config.py fails when one drifts). TrainConfig's fields hold the rest.
+DEFAULT_MEMORY_BUDGET = "2GB"  # training, validation and prediction alike
+DEFAULT_KERNELS = "auto"  # the mlx backend's model path: fused where available
+DEFAULT_THRESHOLD = 0.5  # p >= this is tissue, when no validation chose another
+DEFAULT_TILE_PX = 1024  # tile side with neither a tile nor a memory budget given
+DEFAULT_CHUNK_PX = 1024  # chunk side of the slide stores that synth and ingest write
+DEFAULT_SLIDE_HW = (16384, 65536)  # the default synthetic slide: holds the default region
+RANK_TIMEOUT_S = 600.0  # under mlx.launch: how long a rank waits for the others
 
 
 @dataclass(frozen=True)
@@ -21,14 +33,13 @@ class TrainConfig:
         metadata={"help": "region per step, HxW: pixels of the level read, or 8000x32000um"},
     )
     steps: int = field(default=5000, metadata={"help": "optimizer steps to train to"})
-    # 2 GB: a 16000x64000 step on 2 cores ran faster than at 4 GB (28.6 vs 30.6 s; smaller
-    # tiles overlap the reads better) in 1.7 GB RSS instead of 3.0 GB (README, "Measured here")
-    memory_budget: str = field(default="2GB", metadata={"help": "peak engine memory, e.g. 8GB"})
-    # soft Dice alone pushes every probability up at initialisation (its bias gradient is
-    # -2G^2 there) and can saturate at "all tissue"; BCE beside it keeps 0.5 meaningful
+    # smaller tiles overlap the reads better: faster and leaner than 4 GB (docs/experiments.md)
+    memory_budget: str = field(
+        default=DEFAULT_MEMORY_BUDGET, metadata={"help": "peak engine memory, e.g. 8GB"}
+    )
+    # soft Dice alone can saturate at "all tissue" from initialisation; BCE keeps 0.5 meaningful
     loss: str = field(default="dice+bce", metadata={"help": "dice+bce, dice or bce"})
-    # 1e-2: the best peak rate on the benchmark's validation slides (README, "Training to
-    # quality"); the README's 20-step run reached validation Dice 0.963 with it, 0.937 at 1e-3
+    # the best peak rate on the benchmark's validation slides (docs/experiments.md)
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (peak)"})
     seed: int = field(default=0, metadata={"help": "seed of weights and region sampling"})
     out: str = field(default="runs/gigaunet", metadata={"help": "run directory"})
@@ -61,7 +72,7 @@ class TrainConfig:
         },
     )
     kernels: str = field(
-        default="auto",
+        default=DEFAULT_KERNELS,
         metadata={
             "help": "mlx only: fused (compiled CPU kernels), mlx (pure MLX ops, what Metal "
             "runs) or auto (fused where available; $GIGAMLX_KERNELS sets the default)"
@@ -94,10 +105,7 @@ class TrainConfig:
         default=1.0,
         metadata={"help": "strength of the per-region stain/colour augmentation (0: off)"},
     )
-    # on by default: 400 steps of the quick benchmark's 2048x2048 regions, best checkpoint,
-    # scored on 18 validation slides (seeds 3002-3019): mean Dice 0.959 / 0.943 with it against
-    # 0.940 / 0.943 without (run seeds 0 / 1), median 0.974 / 0.974 against 0.972 / 0.972,
-    # slides below 0.95: 4 / 4 against 6 / 6 (glass darkened towards the edges taken for tissue)
+    # on: without it darkened glass at the edges is taken for tissue (docs/experiments.md)
     illumination: float = field(
         default=1.0,
         metadata={
@@ -164,16 +172,64 @@ class TrainConfig:
         return self.lr * (self.lr_min + (1 - self.lr_min) * shape)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"data": list(self.data), "val": list(self.val)}
+        """The config as config.json and every checkpoint hold it, with its format number."""
+        values = dataclasses.asdict(self) | {"data": list(self.data), "val": list(self.val)}
+        return {"format": CONFIG_FORMAT} | values
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        # runs saved before these options trained on raw RGB, under even light
-        values = {"normalize": False, "illumination": 0.0} | values
-        return cls(
-            **{k: tuple(v) if k in ("data", "val") else v for k, v in values.items() if k in known}
+    def from_dict(cls, values: dict, source: str = "config") -> TrainConfig:
+        """A saved config (`to_dict`'s, of this format or an older one, upgraded by number).
+
+        Raises:
+            ConfigError: naming `source` (the file) and the keys it does not know or lacks,
+                or a format newer than this gigamlx reads.
+        """
+        values = upgrade_config(values, source)
+        return cls(**{k: tuple(v) if k in ("data", "val") else v for k, v in values.items()})
+
+
+class ConfigError(ValueError):
+    """A saved config this gigamlx cannot read; the message names the file and why."""
+
+
+# the format of a saved config: 1 = written before formats were (no "format" key); 2 = the
+# key written, and every option present. A change to the saved options adds a number and an
+# upgrade from the one before, so every older run still loads.
+CONFIG_FORMAT = 2
+
+
+def _upgrade_from_1(values: dict) -> dict:
+    """Format 1 files come from many versions: options added since are filled in, with
+    what runs did before the two that change what a model sees (raw RGB, even light)."""
+    return DEFAULTS.to_dict() | {"normalize": False, "illumination": 0.0} | values
+
+
+UPGRADES = {1: _upgrade_from_1}  # format N -> N + 1
+
+
+def upgrade_config(values: dict, source: str = "config") -> dict:
+    """The options of a saved config of any known format, as this format has them."""
+    try:
+        version = format_of(values, CONFIG_FORMAT, "config")
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    for number in range(version, CONFIG_FORMAT):
+        values = UPGRADES[number](values)
+    values = {k: v for k, v in values.items() if k != "format"}
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown keys {', '.join(unknown)} (written by a newer gigamlx? this one "
+            f"reads config format ≤ {CONFIG_FORMAT})"
         )
+    missing = [k for k in known if k not in values]
+    if missing:
+        raise ConfigError(
+            f"{source}: missing keys {', '.join(missing)} (config format {version} holds every "
+            "option: the file was cut short or edited)"
+        )
+    return values
 
 
 LR_SCHEDULES = ("cosine", "linear", "constant")

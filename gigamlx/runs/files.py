@@ -40,3 +40,22 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
     finally:
         temp.unlink(missing_ok=True)
+
+
+def format_of(saved: dict, newest: int, kind: str) -> int:
+    """The format number a saved file declares in its "format" key (none: 1, the files
+    written before formats were), checked against the newest this gigamlx reads.
+
+    Raises:
+        ValueError: not a format number, or a newer one; the message names `kind` ("config")
+            and the caller adds the file.
+    """
+    version = saved.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"format {version!r} is not a {kind} format number")
+    if version > newest:
+        raise ValueError(
+            f"{kind} format {version} was written by a newer gigamlx; this one reads {kind} "
+            f"format ≤ {newest}: upgrade gigamlx to use it"
+        )
+    return version

@@ -7,7 +7,7 @@ pixels touch only at a corner the ring turns right, so diagonal neighbours stay 
 polygons (4-connectivity). At such a saddle vertex each ring cuts its corner by `SADDLE_CUT_PX`
 so that no two rings (or two visits of one ring) touch: the polygons are valid for JTS /
 shapely, as QuPath needs. Straight runs are merged. Rasterising the rings at pixel centres
-(even-odd, `geojson.rasterize_polygon`) gives the mask back exactly.
+(even-odd, `polygons.rasterize_polygon`) gives the mask back exactly.
 """
 
 from __future__ import annotations

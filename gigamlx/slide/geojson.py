@@ -19,6 +19,7 @@ import numpy as np
 
 from gigamlx.core.geometry import Box
 from gigamlx.slide.masks import MaskError
+from gigamlx.slide.polygons import PolygonSet
 
 log = logging.getLogger(__name__)
 
@@ -151,79 +152,6 @@ def split_tissue(
     return tissue, ignored
 
 
-def _toggles(ring: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
-    """Row and first column of every edge crossing of the rows' pixel centers in `box`.
-
-    A pixel is inside when an odd number of crossings lie left of (or on) its center.
-    """
-    x0, y0 = ring[:-1, 0], ring[:-1, 1]
-    x1, y1 = ring[1:, 0], ring[1:, 1]
-    if len(ring) and not np.array_equal(ring[0], ring[-1]):  # close the ring
-        x0, y0 = np.append(x0, ring[-1, 0]), np.append(y0, ring[-1, 1])
-        x1, y1 = np.append(x1, ring[0, 0]), np.append(y1, ring[0, 1])
-    lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-    first = np.clip(np.ceil(lo - 0.5), box.y0, box.y1).astype(np.int64)
-    stop = np.clip(np.ceil(hi - 0.5), box.y0, box.y1).astype(np.int64)
-    count = stop - first  # rows with lo <= y + 0.5 < hi; 0 for horizontal edges
-    edge = np.repeat(np.arange(len(count)), count)
-    rows = first[edge] + np.arange(len(edge)) - np.repeat(np.cumsum(count) - count, count)
-    yc = rows + 0.5
-    xc = x0[edge] + (yc - y0[edge]) * (x1[edge] - x0[edge]) / (y1[edge] - y0[edge])
-    cols = np.clip(np.ceil(xc - 0.5) - box.x0, 0, box.hw[1]).astype(np.int64)
-    return rows - box.y0, cols
-
-
-def rasterize_polygon(rings: list[np.ndarray], box: Box) -> np.ndarray:
-    """Even-odd fill (holes = interior rings) of one polygon at pixel centers in `box`.
-
-    Returns:
-        (h, w) bool, pixel (y, x) covering [y, y+1) x [x, x+1) in slide coordinates.
-    """
-    h, w = box.hw
-    parts = [_toggles(ring, box) for ring in rings if len(ring) >= 3]
-    if not parts:
-        return np.zeros((h, w), bool)
-    rows = np.concatenate([r for r, _ in parts])
-    cols = np.concatenate([c for _, c in parts])
-    diff = np.bincount(rows * (w + 1) + cols, minlength=h * (w + 1)).reshape(h, w + 1)
-    return (np.cumsum(diff[:, :w], axis=1) & 1).astype(bool)
-
-
-class PolygonSet:
-    """Polygons with their pixel bounding boxes, filled into a box one bounding box at a time.
-
-    Each polygon is rasterised only over (its bounding box ∩ the box): 20,000 nucleus-sized
-    polygons cost their own area, not 20,000 times the box (scripts/bench_geojson.py).
-    """
-
-    def __init__(self, polygons: list[list[np.ndarray]]):
-        self.polygons = polygons
-        bounds = [_bbox(p) for p in polygons]
-        self.bounds = np.array(bounds, np.int64).reshape(-1, 4)  # (n, 4) y0 x0 y1 x1
-
-    def fill(self, out: np.ndarray, box: Box, value: bool) -> None:
-        """Set pixels of (h, w) bool `out` (covering `box`) inside any polygon to `value`."""
-        b = self.bounds
-        hit = (b[:, 0] < box.y1) & (box.y0 < b[:, 2]) & (b[:, 1] < box.x1) & (box.x0 < b[:, 3])
-        for i in np.flatnonzero(hit):
-            y0, x0 = max(b[i, 0], box.y0), max(b[i, 1], box.x0)
-            y1, x1 = min(b[i, 2], box.y1), min(b[i, 3], box.x1)
-            inside = rasterize_polygon(self.polygons[i], Box(y0, x0, y1, x1))
-            window = out[y0 - box.y0 : y1 - box.y0, x0 - box.x0 : x1 - box.x0]
-            if value:
-                window |= inside
-            else:
-                window &= ~inside
-
-
-def _bbox(rings: list[np.ndarray]) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) pixels whose centers may lie inside the rings (a safe superset)."""
-    points = np.concatenate(rings)
-    y0, x0 = np.floor(points[:, 1].min()), np.floor(points[:, 0].min())
-    y1, x1 = np.ceil(points[:, 1].max()) + 1, np.ceil(points[:, 0].max()) + 1
-    return int(y0), int(x0), int(y1), int(x1)
-
-
 class GeoJsonMask:
     """GeoJSON annotations (QuPath export) rasterised per box; coordinates are level-0 pixels.
 
@@ -248,10 +176,6 @@ class GeoJsonMask:
         self.tissue = PolygonSet([[r / downsample for r in a.rings] for a in tissue])
         self.ignored = PolygonSet([[r / downsample for r in a.rings] for a in ignored])
         log.info("%s: %d tissue polygon(s), %d ignored", source, len(tissue), len(ignored))
-
-    @property
-    def polygons(self) -> list[list[np.ndarray]]:
-        return self.tissue.polygons
 
     def read(self, box: Box) -> np.ndarray:
         """(h, w) uint8 0/1: tissue polygons minus `Ignore*` polygons over `box`."""

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from gigamlx.core.progress import ChunkProgress
+from gigamlx.runs.config import DEFAULT_CHUNK_PX
 from gigamlx.runs.outputs import check_not_input
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
@@ -41,7 +42,7 @@ def ingest(
     mask: str | os.PathLike | None = None,
     geojson: str | os.PathLike | None = None,
     otsu: bool = False,
-    chunk_px: int = 1024,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     progress: ChunkProgress | None = None,
     backend: str | None = None,
     overwrite: bool = False,

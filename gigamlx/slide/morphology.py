@@ -27,7 +27,7 @@ from gigamlx.core.geometry import Box
 from gigamlx.runs.config import PostprocessConfig
 from gigamlx.slide.store import chunk_boxes
 
-CHUNK_PX = 2048  # side of the chunks components are labelled in (memory: a few bytes/px)
+BLOCK_PX = 2048  # side of the blocks components are labelled in (memory: a few bytes/px)
 CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity
 CLOSING_CACHE_MAX_PX = 2**30  # closings of planes up to this are kept (1 bit/px) between reads
 
@@ -165,7 +165,7 @@ def components(
 
 
 def postprocessed_blocks(
-    binary, settings: PixelSettings, chunk_px: int = CHUNK_PX
+    binary, settings: PixelSettings, block_px: int = BLOCK_PX
 ) -> Iterator[tuple[Box, np.ndarray]]:
     """(box, (h, w) bool) chunks of the post-processed (H, W) bool plane `binary`: closed
     (`closing_px`), holes enclosed by tissue of at most `fill_holes_px` pixels filled, then
@@ -174,10 +174,10 @@ def postprocessed_blocks(
     Args:
         binary: (H, W) bool array-like (numpy, zarr, `WindowArray`), sliced chunk by chunk.
         settings: from `pixel_settings`.
-        chunk_px: chunk side; any value gives the same result.
+        block_px: chunk side; any value gives the same result.
     """
     hw = tuple(binary.shape[:2])
-    boxes = list(chunk_boxes(hw, chunk_px))
+    boxes = list(chunk_boxes(hw, block_px))
     kept: dict[int, np.ndarray] = {}  # chunk -> its closing, bit-packed (read up to 3 times)
     cache = settings.closing_px > 0 and hw[0] * hw[1] <= CLOSING_CACHE_MAX_PX
 
@@ -218,30 +218,30 @@ def postprocess_array(binary: np.ndarray, settings: PixelSettings) -> np.ndarray
     return out
 
 
-def postprocessed_array(binary, settings: PixelSettings, chunk_px: int = CHUNK_PX):
+def postprocessed_array(binary, settings: PixelSettings, block_px: int = BLOCK_PX):
     """The post-processed plane as an (H, W) uint8 0/1 zarr array held in memory, compressed
     (a mask is mostly long runs: little memory even for a gigapixel plane), chunked like
-    `chunk_px`: readable box by box in any order, as the metrics read."""
+    `block_px`: readable box by box in any order, as the metrics read."""
     hw = tuple(binary.shape[:2])
     out = zarr.create_array(
         store=MemoryStore(),
         shape=hw,
-        chunks=(min(chunk_px, hw[0]), min(chunk_px, hw[1])),
+        chunks=(min(block_px, hw[0]), min(block_px, hw[1])),
         dtype="uint8",
         fill_value=0,
         compressors=ZstdCodec(level=1),
     )
-    write_postprocessed(binary, out, settings, chunk_px)
+    write_postprocessed(binary, out, settings, block_px)
     return out
 
 
 def write_postprocessed(
-    binary, out, settings: PixelSettings, chunk_px: int = CHUNK_PX, on_chunk=None
+    binary, out, settings: PixelSettings, block_px: int = BLOCK_PX, on_chunk=None
 ) -> None:
     """Write the post-processed plane into `out` ((H, W) uint8 array-like: numpy, zarr) as 0/1,
     chunk by chunk; `on_chunk(done, total)` after each."""
-    total = len(list(chunk_boxes(tuple(binary.shape[:2]), chunk_px)))
-    for done, (box, block) in enumerate(postprocessed_blocks(binary, settings, chunk_px), 1):
+    total = len(list(chunk_boxes(tuple(binary.shape[:2]), block_px)))
+    for done, (box, block) in enumerate(postprocessed_blocks(binary, settings, block_px), 1):
         out[box.y0 : box.y1, box.x0 : box.x1] = block.view(np.uint8)
         if on_chunk is not None:
             on_chunk(done, total)

@@ -71,9 +71,13 @@ class OpenSlideReader:
         scale = self._slide.level_downsamples[level]
         origin_xy = (round(inside.x0 * scale), round(inside.y0 * scale))
         region = self._slide.read_region(origin_xy, level, (inside.hw[1], inside.hw[0]))
-        rgba = np.asarray(region, dtype=np.uint16)  # (h, w, 4), not premultiplied
-        alpha = rgba[..., 3:]
-        rgb = (rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
+        rgba = np.asarray(region)  # (h, w, 4) uint8, not premultiplied
+        if rgba[..., 3].min() == 255:  # opaque, as nearly every slide region is
+            rgb = rgba[..., :3]
+        else:  # composite onto white
+            rgba = rgba.astype(np.uint16)
+            alpha = rgba[..., 3:]
+            rgb = (rgba[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
         out[inside.y0 - box.y0 : inside.y1 - box.y0, inside.x0 - box.x0 : inside.x1 - box.x0] = rgb
         return out
 

@@ -20,6 +20,7 @@ from zarr.codecs import ZstdCodec
 from gigamlx.core.arrays import WindowArray, axes_index, to_plane, to_rgb
 from gigamlx.core.geometry import Box
 from gigamlx.core.progress import ChunkProgress
+from gigamlx.runs.config import DEFAULT_CHUNK_PX
 from gigamlx.runs.outputs import (
     check_output_file,
     check_replaceable,
@@ -243,9 +244,16 @@ def downsample2(block: np.ndarray, out_hw: tuple[int, int], mean: bool) -> np.nd
     if not mean:
         return block[..., ::2, ::2][..., :h, :w]
     pad = [(0, 0)] * (block.ndim - 2) + [(0, 2 * h - block.shape[-2]), (0, 2 * w - block.shape[-1])]
-    block = np.pad(block, pad, mode="edge").astype(np.uint16)
-    summed = block.reshape(block.shape[:-2] + (h, 2, w, 2)).sum(axis=(-3, -1))
-    return ((summed + 2) // 4).astype(np.uint8)
+    if any(after for _, after in pad):
+        block = np.pad(block, pad, mode="edge")
+    # four strided adds: a reduction over the reshaped 2x2 axes is several times slower
+    summed = block[..., 0::2, 0::2].astype(np.uint16)
+    summed += block[..., 1::2, 0::2]
+    summed += block[..., 0::2, 1::2]
+    summed += block[..., 1::2, 1::2]
+    summed += 2
+    summed //= 4
+    return summed.astype(np.uint8)
 
 
 def build_pyramid(
@@ -274,7 +282,7 @@ class StoreWriter:
         self,
         path: str | os.PathLike,
         image_hw: tuple[int, int],
-        chunk_px: int = 1024,
+        chunk_px: int = DEFAULT_CHUNK_PX,
         with_mask: bool = True,
         attrs: dict | None = None,
         overwrite: bool = False,

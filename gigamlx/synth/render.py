@@ -30,7 +30,7 @@ import numpy as np
 
 from gigamlx.core.geometry import Box
 from gigamlx.core.progress import ChunkProgress
-from gigamlx.runs.config import check_seed
+from gigamlx.runs.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, check_seed
 from gigamlx.slide.store import (
     StoreError,
     StoreWriter,
@@ -45,7 +45,6 @@ from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_sce
 log = logging.getLogger(__name__)
 
 SYNTH_VERSION = 2  # 2: slide styles, faint tissue, fat, bubbles, defocus
-DEFAULT_SLIDE_HW = (16384, 65536)
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
 NUCLEUS_CELL_PX = 16
 EDGE_FADE = 0.015  # stain fades in over this normalized distance inside the edge
@@ -277,7 +276,7 @@ def synth_slide(
     path: str | os.PathLike,
     size_hw: tuple[int, int] = DEFAULT_SLIDE_HW,
     seed: int = 0,
-    chunk_px: int = 1024,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     progress: ChunkProgress | None = None,
     overwrite: bool = False,
 ) -> Path:

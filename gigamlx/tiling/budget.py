@@ -119,6 +119,16 @@ def engine_bytes(cost: TileCost, budget_bytes: int, resting_bytes: int) -> float
     return (budget_bytes - cost.host_bytes) * ENGINE_SHARE - resting_bytes
 
 
+def check_budget(
+    backend: Backend, model, budget_bytes: int, spec: tuple[Layer, ...] = GIGAUNET_4492
+) -> None:
+    """Raise choose_tile_hw's ValueError now if even the smallest training tile cannot fit
+    `budget_bytes`: a run checks this before it writes its first file."""
+    stride = total_stride(spec)
+    cost = tile_cost(backend, model, "grad", spec)  # cached: the first step reuses it
+    choose_tile_hw(cost, budget_bytes, backend.memory().active_bytes, (stride, stride), spec)
+
+
 def choose_tile_hw(
     cost: TileCost,
     budget_bytes: int,

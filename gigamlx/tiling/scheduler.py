@@ -22,6 +22,7 @@ from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_pas
 from gigamlx.core.memory import release_freed_memory
 from gigamlx.core.progress import Progress
 from gigamlx.core.spec import GIGAUNET_4492, Layer
+from gigamlx.runs.config import DEFAULT_TILE_PX
 from gigamlx.tiling.budget import (
     CACHE_SHARE,
     CPU_MAX_TILE_PX,
@@ -34,7 +35,6 @@ from gigamlx.tiling.prefetch import PREFETCH_DEPTH, Prefetcher
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TILE_PX = 1024
 DEFAULT_CACHE_BYTES = 512 * 10**6  # Dice pass-2 cache when no budget is given
 
 

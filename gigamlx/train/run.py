@@ -6,6 +6,8 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from gigamlx.core.normalise import slide_norm
 from gigamlx.infer.predict import slide_name
 from gigamlx.runs.checkpoint import (
     BEST,
+    STATE,
     Checkpoint,
     CheckpointError,
     list_checkpoints,
@@ -26,20 +29,27 @@ from gigamlx.runs.checkpoint import (
     remove_stale_temps,
     save_checkpoint,
 )
-from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.config import ConfigError, TrainConfig
 from gigamlx.runs.files import write_text_atomic
 from gigamlx.runs.lock import hold_lock
 from gigamlx.runs.outputs import check_output_folder, probe_writable
 from gigamlx.slide.magnification import LevelError, size_px
+from gigamlx.tiling.budget import check_budget
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.regions import RegionSampler
-from gigamlx.train.validate import Validator, heldout_areas, resolve_val_fraction, split_hw
+from gigamlx.train.validate import (
+    VAL_DIR,
+    Validator,
+    heldout_areas,
+    resolve_val_fraction,
+    split_hw,
+)
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 LOCK = ".lock"
-RUN_FILES = {CONFIG, METRICS, LOCK, "checkpoints"}  # all a run folder holds
+RUN_FILES = {CONFIG, METRICS, LOCK, "checkpoints", VAL_DIR}  # all a run folder holds
 
 
 class RunDirError(ValueError):
@@ -65,15 +75,25 @@ class Run:
         return self.run_dir / METRICS
 
 
-def run_lock(run_dir: Path):
-    """The OS lock a session holds on its run folder (made if missing) from start to end."""
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """The OS lock a session holds on its run folder from start to end. A folder made here
+    is removed again if the session wrote nothing into it (it failed before its first file)."""
     run_dir = Path(run_dir)
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return hold_lock(run_dir / LOCK, f"run folder {run_dir}")
+    try:
+        with hold_lock(run_dir / LOCK, f"run folder {run_dir}"):
+            yield
+    finally:
+        if made:
+            with suppress(OSError):  # not empty: the run wrote files, which stay
+                run_dir.rmdir()
 
 
-def _check_fresh(run_dir: Path) -> None:
-    """A new run may use an empty folder, or one a run left before its first checkpoint."""
+def _check_fresh(run_dir: Path, resume: bool) -> None:
+    """A new run may use an empty folder, or one a run left before its first checkpoint (a
+    retry takes it over: with --resume its saved config, without it the one given now)."""
     if list_checkpoints(run_dir):
         raise RunDirError(
             f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
@@ -81,7 +101,13 @@ def _check_fresh(run_dir: Path) -> None:
     if run_dir.exists() and not all(_is_run_file(p.name) for p in run_dir.iterdir()):
         raise RunDirError(f"{run_dir} holds files that are not a gigamlx run; choose another --out")
     if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
-        log.warning("%s holds no checkpoint (its run stopped before one): starting afresh", run_dir)
+        config = "its saved config" if resume else "the options given now"
+        log.warning(
+            "%s holds no checkpoint (its run stopped before one): starting afresh from step 0 "
+            "with %s",
+            run_dir,
+            config,
+        )
 
 
 def _is_run_file(name: str) -> bool:
@@ -93,9 +119,11 @@ def _saved_config(run_dir: Path, fallback: TrainConfig) -> TrainConfig:
     """The config.json of a run that stopped before its first checkpoint (absent: fallback)."""
     path = run_dir / CONFIG
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
+        return TrainConfig.from_dict(json.loads(path.read_text()), source=str(path))
     except FileNotFoundError:
         return fallback
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as error:
         raise RunDirError(f"{path} is unreadable ({error}); fix or delete it") from None
 
@@ -121,7 +149,7 @@ def resolve_config(
         run_dir = Path(config.out)
         if list_checkpoints(run_dir):
             checkpoint = load_checkpoint(run_dir)  # past damaged ones, with a warning
-            saved = TrainConfig.from_dict(checkpoint.config)
+            saved = TrainConfig.from_dict(checkpoint.config, source=str(checkpoint.path / STATE))
         else:
             saved = _saved_config(run_dir, config)
         config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
@@ -135,22 +163,29 @@ def open_run(
     backend: Backend,
     slide_progress=None,
     writes: bool = True,
+    resume: bool = False,
 ) -> Run:
     """Build the run of a resolved `config` on `backend`, continuing `checkpoint` if given.
+
+    Everything that can fail on the inputs (slides, region, memory budget) is checked before
+    the first file is written.
 
     Args:
         slide_progress: progress callback for generating the default slide.
         writes: False on data-parallel ranks other than 0: they neither check nor write the
             run folder (rank 0 does, and only it writes checkpoints and metrics).
+        resume: the run was asked to resume (said when a folder without checkpoint restarts).
     """
     run_dir = Path(config.out)
     if writes:
         remove_stale_temps(run_dir)  # of killed runs; the run lock keeps live ones out
     if checkpoint is None and writes:
-        _check_fresh(run_dir)
+        _check_fresh(run_dir, resume)
     slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
     config, region_hw = _resolve_scale(config, slides)
     model = backend.build_model(config.seed)
+    if config.tile is None:
+        check_budget(backend, model, config.budget_bytes)
     optimizer = backend.make_optimizer(model, config.lr)
     fraction = resolve_val_fraction(
         config.val_fraction, bool(config.val), [s.image_hw for s in slides], region_hw
@@ -255,7 +290,7 @@ def start_run(
     """`resolve_config`, its backend, then `open_run`: a single-process run in one call."""
     config, checkpoint = resolve_config(config, resume, overrides)
     backend = get_backend(config.backend, config.device, config.kernels)
-    return open_run(config, checkpoint, backend, slide_progress)
+    return open_run(config, checkpoint, backend, slide_progress, resume=resume)
 
 
 def save_run(run: Run) -> Path:

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend, World, WorldError
-from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.config import RANK_TIMEOUT_S, TrainConfig
 from gigamlx.train.loop import StepMetrics, TrainingError, train
 from gigamlx.train.profile import print_profile
 from gigamlx.train.progress import train_progress
@@ -38,7 +38,7 @@ def train_session(
     slide_progress,
     show_progress: bool = True,
     profile: bool = False,
-    rank_timeout_s: float = 600.0,
+    rank_timeout_s: float = RANK_TIMEOUT_S,
     dump_weights: str | None = None,
     stop: StopFlag | None = None,
 ) -> list[StepMetrics]:
@@ -62,10 +62,14 @@ def train_session(
             held.enter_context(run_lock(Path(config.out)))
         update, bar = slide_progress
         with bar:
-            run = open_run(config, checkpoint, backend, slide_progress=update, writes=main)
+            run = open_run(
+                config, checkpoint, backend, slide_progress=update, writes=main, resume=resume
+            )
         if main:
             _log_start(run, world)
-        with train_progress(run.step, run.config.steps, main and show_progress, console) as bar:
+        val_every = run.config.val_every if run.validator is not None else None
+        shown = main and show_progress
+        with train_progress(run.step, run.config.steps, shown, console, val_every) as bar:
             history = train(
                 run,
                 world,

@@ -30,10 +30,10 @@ from gigamlx.core.geometry import Box
 from gigamlx.core.normalise import InputNorm
 from gigamlx.eval.baseline import mask_plane, morph_plane
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
-from gigamlx.infer.annotations import DEFAULT_THRESHOLD, threshold_u8
+from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.export import write_overlay
 from gigamlx.infer.postprocess import tissue_plane
-from gigamlx.runs.config import POSTPROCESS
+from gigamlx.runs.config import DEFAULT_THRESHOLD, POSTPROCESS
 from gigamlx.slide.masks import OtsuMask
 from gigamlx.slide.morphology import pixel_settings, postprocessed_array
 from gigamlx.tiling.scheduler import tiled_predict
@@ -41,6 +41,7 @@ from gigamlx.tiling.scheduler import tiled_predict
 log = logging.getLogger(__name__)
 
 AUTO_VAL_FRACTION = 0.1
+VAL_DIR = "val"  # RUN/val/: the overlays of the last validation
 BLOCK_HW = (1024, 1024)  # metric blocks: bounded float64 memory whatever the area
 OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every validation
 IN_MEMORY_MAX_PX = 2**28  # validation maps beyond this many pixels go to zarr scratch arrays
@@ -128,7 +129,7 @@ class Validator:
 
     def __init__(self, areas: list[ValArea], run_dir: Path, tile, budget_bytes: int | None):
         self.areas, self.tile, self.budget_bytes = areas, tile, budget_bytes
-        self.out_dir = Path(run_dir) / "val"
+        self.out_dir = Path(run_dir) / VAL_DIR
         self._baselines: dict | None = None
 
     def baselines(self) -> dict:

@@ -264,6 +264,51 @@ def test_baseline_otsu_needs_store(tmp_path):
         evaluate_files([tmp_path / "p.zarr"], [tmp_path / "p.zarr"], baseline="otsu")
 
 
+def _store_with_holes_and_specks(path: Path, mpp: float | None = 0.5) -> np.ndarray:
+    """A slide store whose tissue region (its mask) holds white fat the Otsu mask misses, with
+    stained specks on the glass around it that Otsu keeps; returns the mask."""
+    from gigamlx.core.geometry import Box
+    from gigamlx.slide.store import StoreWriter
+
+    hw = (400, 600)
+    region = np.zeros(hw, bool)
+    region[100:300, 100:400] = True
+    rgb = np.full((*hw, 3), 245, np.uint8)
+    rgb[region] = (200, 90, 170)
+    for y, x in ((150, 150), (200, 300), (240, 180)):
+        rgb[y : y + 40, x : x + 40] = 245  # fat: glass-white, inside the tissue region
+    for y, x in ((20, 20), (20, 500), (350, 40), (360, 520)):
+        rgb[y : y + 10, x : x + 10] = (200, 90, 170)  # specks: 25 µm², far from the tissue
+    attrs = {"mpp": mpp} if mpp else {}
+    with StoreWriter(path, hw, chunk_px=128, min_side_px=128, attrs=attrs) as out:
+        out.write_image(Box(0, 0, *hw), rgb)
+        out.write_mask(Box(0, 0, *hw), region)
+        out.finish()
+    return region
+
+
+def test_baseline_morph_fills_what_otsu_misses_on_the_same_pixels(tmp_path):
+    region = _store_with_holes_and_specks(tmp_path / "s.zarr")
+    zarr.create_array(tmp_path / "p.zarr", data=region.astype(np.uint8) * 255)
+    scores = {}
+    for name in ("otsu", "morph"):
+        report = evaluate_files([tmp_path / "p.zarr"], [tmp_path / "s.zarr"], baseline=name)
+        counts = report.slides[0].baseline_counts
+        assert counts.tp + counts.fp + counts.fn + counts.tn == region.size  # the same pixels
+        scores[name] = counts.metrics()
+        assert report_to_json(report)["baseline"] == name
+    assert scores["otsu"]["dice"] < 0.97 and scores["morph"]["dice"] > 0.99
+    assert scores["morph"]["precision"] > scores["otsu"]["precision"]  # the specks went
+    assert scores["morph"]["recall"] > scores["otsu"]["recall"]  # the fat was filled
+
+
+def test_baseline_morph_needs_a_pixel_size(tmp_path):
+    region = _store_with_holes_and_specks(tmp_path / "s.zarr", mpp=None)
+    zarr.create_array(tmp_path / "p.zarr", data=region.astype(np.uint8))
+    with pytest.raises(EvaluationError, match="mpp"):
+        evaluate_files([tmp_path / "p.zarr"], [tmp_path / "s.zarr"], baseline="morph")
+
+
 def test_expand_multi_value_option():
     args = ["p1", "p2", "--masks", "m1", "m2", "--threshold", "0.3"]
     assert expand_multi_value_option(args, "--masks") == [

@@ -45,7 +45,8 @@ def test_predict_geojson_reingests_to_the_thresholded_map(slide_and_weights, tmp
     probs = np.asarray(zarr.open_group(out / "slide.zarr", mode="r")["0"][:])
     threshold = float(np.median(probs)) / 255  # a map with both classes, whatever the weights
     args = ["predict", str(weights), str(slide), "--out", str(out), "--geojson", "--overwrite"]
-    result = runner.invoke(app, args + ["--threshold", f"{threshold:.6f}", "--tiff"])
+    args += ["--threshold", f"{threshold:.6f}"]
+    result = runner.invoke(app, args + ["--tiff", "--no-postprocess"])  # the map at the cut
     assert result.exit_code == 0, result.output
     tissue = probs >= threshold_u8(float(f"{threshold:.6f}"))
     assert 0.1 < tissue.mean() < 0.9
@@ -63,6 +64,14 @@ def test_predict_geojson_reingests_to_the_thresholded_map(slide_and_weights, tmp
     back = np.asarray(open_store(store_path).mask[:, :]).astype(bool)
     assert _dice(back, tissue) >= 0.99
     np.testing.assert_array_equal(back, tissue)  # traced at level 0: exact
+    # post-processed (the default): the GeoJSON is the tissue mask, labels/tissue
+    assert runner.invoke(app, args).exit_code == 0
+    label = zarr.open_group(out / "slide.zarr", mode="r")["labels/tissue/0"][:] != 0
+    ingest = ["ingest", str(slide), str(tmp_path / "post.zarr"), "--geojson"]
+    assert runner.invoke(app, [*ingest, str(out / "slide.geojson")]).exit_code == 0
+    post = np.asarray(open_store(tmp_path / "post.zarr").mask[:, :]).astype(bool)
+    np.testing.assert_array_equal(post, label)
+    assert not np.array_equal(label, tissue)  # the defaults filled or dropped something here
 
 
 def test_prediction_provenance_and_omero(slide_and_weights, tmp_path):

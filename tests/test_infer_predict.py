@@ -86,7 +86,8 @@ def test_predict_slide_file_equals_store(slide, weights, tmp_path):
 
 def test_ome_tiff_readable_by_tifffile_and_openslide(slide, weights, tmp_path):
     openslide = pytest.importorskip("openslide")
-    result = _predict(weights, slide, tmp_path, tiff=True, min_side_px=256)
+    # the probability map (--no-postprocess); the tissue mask's TIFF: test_infer_postprocess.py
+    result = _predict(weights, slide, tmp_path, tiff=True, min_side_px=256, postprocess=None)
     levels = open_probability_levels(result.outputs.zarr)
     with tifffile.TiffFile(result.outputs.tiff) as tif:
         assert tif.is_ome

@@ -16,6 +16,8 @@ from gigamlx.slide.store import open_store
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reproduce_paper.py"
 KEYS = ("heldout", "dice_mean", "dice_std", "otsu_mean", "steps", "seconds_total")
 KEYS += ("seconds_per_step", "peak_rss_bytes", "time_to_target")
+KEYS += ("dice_post_mean", "dice_post_std", "morph_mean", "morph_std")
+ROW_KEYS = ("slide", "dice", "dice_post", "otsu_dice", "morph_dice", "overlay")
 
 
 def _load_script():
@@ -49,14 +51,59 @@ def test_reproduce_learns_beyond_a_trivial_baseline(tmp_path):
     heldout = sorted((tmp_path / "slides").glob("heldout-*"))
     for row, store in zip(result["heldout"], heldout, strict=True):
         assert row["slide"] == store.name and Path(row["overlay"]).is_file()
+        assert all(0.0 <= row[key] <= 1.0 for key in ROW_KEYS[1:-1])
         assert row["dice"] > _all_tissue_dice(store) + 0.05, row  # it learned tissue vs glass
     vals = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["step"] for r in vals if r.get("kind") == "val"] == [0, 40, 80]
     target = saved["time_to_target"]
     assert target is None or target["step"] in (0, 40, 80)
     text = console.export_text()
-    assert "0.989 ± 0.005" in text and "Otsu Dice" in text
+    assert "0.989 ± 0.005" in text and "Otsu Dice" in text and "morph Dice" in text
     seeds = {}
     for kind in ("train", "val", "heldout"):
         seeds[kind] = {p.name.split("-")[2] for p in (tmp_path / "slides").glob(f"{kind}-*")}
     assert seeds["heldout"].isdisjoint(seeds["train"] | seeds["val"])
+
+
+def _counts(tp: int, fp: int, fn: int):
+    from gigamlx.eval.metrics import PixelCounts
+
+    return PixelCounts(tp=tp, fp=fp, fn=fn, tn=1000, sum_p=tp + fp, sum_g=tp + fn, sum_pg=tp)
+
+
+def test_summary_has_raw_post_and_both_baselines_per_slide():
+    """The JSON and the table from two evaluations: the raw maps beside Otsu, the tissue masks
+    beside the morphological detector (a function-level call: no training)."""
+    from types import SimpleNamespace
+
+    from gigamlx.eval.slides import Report, SlideResult
+
+    script = _load_script()
+    raw = [(80, 10, 10, 60, 20, 20), (70, 20, 10, 50, 10, 40)]
+    post = [(90, 5, 5, 85, 5, 10), (85, 5, 10, 60, 10, 30)]
+
+    def report(rows, baseline):
+        slides = [
+            SlideResult(f"p{n}", f"m{n}", (40, 40), _counts(*r[:3]), _counts(*r[3:]))
+            for n, r in enumerate(rows)
+        ]
+        return Report(slides, None, 0, baseline)
+
+    history = [SimpleNamespace(seconds=2.0, peak_engine_bytes=10**9)] * 3
+    heldout = [Path("heldout-0.zarr"), Path("heldout-1.zarr")]
+    preds = [Path("out/heldout-0.zarr"), Path("out/heldout-1.zarr")]
+    raw_report, post_report = report(raw, "otsu"), report(post, "morph")
+    result = script.summary(raw_report, history, script.QUICK, heldout, preds, post_report)
+    assert all(key in result for key in KEYS if key not in ("seconds_total", "time_to_target"))
+    assert [tuple(row) for row in result["heldout"]] == [ROW_KEYS] * 2
+    first = result["heldout"][0]
+    assert first["dice"] == raw_report.slides[0].counts.metrics()["dice"]
+    assert first["dice_post"] == post_report.slides[0].counts.metrics()["dice"]
+    assert first["morph_dice"] == post_report.slides[0].baseline_counts.metrics()["dice"]
+    assert result["dice_post_mean"] == post_report.summary()["dice"]["mean"]
+    assert result["dice_post_std"] == post_report.summary()["dice"]["std"]
+    assert result["post_above_baselines_on_every_slide"]
+    console = Console(width=160, record=True)
+    console.print(script.paper_table(result, script.QUICK))
+    text = console.export_text()
+    assert "post Dice" in text and "morph Dice" in text

@@ -25,12 +25,15 @@ from gigamlx.train.run import start_run
 from gigamlx.train.validate import (
     THRESHOLD_TOLERANCE,
     THRESHOLDS,
+    ValArea,
+    Validator,
     best_threshold,
     resolve_val_fraction,
     split_hw,
 )
 
 VAL_KEYS = ("val_dice", "val_soft_dice", "val_precision", "val_recall", "val_otsu_dice")
+VAL_KEYS += ("val_dice_post", "val_morph_dice")  # the tissue mask; the morphological detector
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +185,22 @@ def test_validation_chooses_the_threshold_with_the_best_pooled_dice():
     prob[5, 10] = 0.3  # one tissue pixel only the low cuts find: not worth leaving 0.5 for
     threshold, dice = best_threshold(evaluate_thresholds(prob, mask, THRESHOLDS))
     assert threshold == 0.5 and 1.0 - THRESHOLD_TOLERANCE < dice < 1.0
+
+
+def test_validation_scores_the_post_processed_mask_beside_the_raw_map(tmp_path):
+    """Tissue whose fat the map calls glass, and a speck on the glass: the raw map loses Dice
+    to both, the tissue mask (the defaults at 0.5 µm/px) to neither; no pixel size, no score."""
+    mask = np.zeros((400, 500), np.uint8)
+    mask[50:350, 50:450] = 1
+    prob = np.where(mask > 0, 230, 10).astype(np.uint8)
+    prob[150:250, 150:250] = 10  # 2,500 µm² of fat
+    prob[10:14, 470:474] = 230  # a 4 µm² speck
+    image = np.zeros((400, 500, 3), np.uint8)
+    raw = evaluate_pair(prob, mask).metrics()["dice"]
+    validator = Validator([ValArea("a", image, mask, mpp=0.5)], tmp_path, None, None)
+    assert raw < 0.99 and validator.post_dice([prob], 128) == 1.0
+    validator = Validator([ValArea("a", image, mask)], tmp_path, None, None)
+    assert validator.post_dice([prob], 128) is None
 
 
 def test_val_stores_are_scored_whole(slides, tmp_path):

@@ -13,7 +13,7 @@ from gigamlx.slide import OTSU_DEFINITION
 
 # eval/baseline.py's BASELINES and eval/scale.py's PRED_SCALES, written out so that the CLI
 # loads no zarr until a command runs (tests/test_cli_conventions.py holds them equal)
-Baseline = Literal["otsu"]
+Baseline = Literal["otsu", "morph"]
 PredScale = Literal["auto", "255", "1"]
 
 
@@ -34,8 +34,20 @@ def evaluate(
         typer.Option("--masks", metavar="MASK", help="masks or slide stores, in PRED order"),
     ],
     threshold: Annotated[
-        float, typer.Option(help="p >= threshold is tissue; in [0, 1]")
-    ] = DEFAULT_THRESHOLD,
+        float | None,
+        typer.Option(
+            help="p >= threshold is tissue; in [0, 1]; default: the cut a prediction of "
+            f"`gigamlx predict` records, else {DEFAULT_THRESHOLD} (a tissue mask is 0/1: no cut)",
+            show_default=False,
+        ),
+    ] = None,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            help="score a prediction's probability map at the threshold, not its "
+            "post-processed tissue mask (labels/tissue, scored by default where present)"
+        ),
+    ] = False,
     json_path: Annotated[
         str | None,
         typer.Option("--json", help="also write the report as JSON to this file ('-': stdout)"),
@@ -43,8 +55,9 @@ def evaluate(
     baseline: Annotated[
         Baseline | None,
         typer.Option(
-            help=f"also score the classical baseline (otsu: {OTSU_DEFINITION}; the same as "
-            "ingest --otsu); masks must be slide stores",
+            help=f"also score a classical detector (otsu: {OTSU_DEFINITION}; the same as "
+            "ingest --otsu; morph: that mask closed, holes filled, specks removed, as "
+            "histolab and TIAToolbox do); masks must be slide stores",
         ),
     ] = None,
     level: Annotated[int, typer.Option(min=0, help="pyramid level both are read at")] = 0,
@@ -59,8 +72,10 @@ def evaluate(
     """Streamed Dice, IoU, precision, recall and soft Dice of PRED... against --masks MASK...
 
     Predictions: OME-Zarr, zarr, TIFF/OME-TIFF or PNG, uint8 0-255 (0/1: see --pred-scale) or
-    float 0-1. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows,
-    then mean ± sample std.
+    float 0-1. A prediction of `gigamlx predict` is scored by its tissue mask (labels/tissue,
+    post-processed) where it has one, else by its map at the cut it records; --raw scores the
+    map. Masks: the same (any non-zero value is tissue) or slide stores. Per-slide rows, then
+    mean ± sample std.
     Both prediction and mask empty: Dice = IoU = precision = recall = 1. Nothing predicted
     but tissue in the mask (or the reverse): 0. scripts/evaluate_dice.py runs this command.
     """
@@ -69,7 +84,7 @@ def evaluate(
     setup_logging(False)
     with user_errors(), stdout_errors():
         report = run_evaluation(
-            preds, masks, threshold, json_path, baseline, level, pred_scale=pred_scale
+            preds, masks, threshold, json_path, baseline, level, pred_scale=pred_scale, raw=raw
         )
     for slide in report.slides:
         if slide.note:

@@ -15,7 +15,7 @@ from gigamlx.cli.common import (
     setup_logging,
     user_errors,
 )
-from gigamlx.runs.config import DEFAULTS, help_of
+from gigamlx.runs.config import DEFAULTS, POSTPROCESS, PostprocessConfig, help_of
 
 
 def named_checkpoint(run_dir: Path, name: str) -> Path:
@@ -75,6 +75,23 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    postprocess: Annotated[
+        bool,
+        typer.Option(
+            help="write the tissue mask NAME.zarr/labels/tissue (the map at the threshold, "
+            "post-processed) and draw the overlay, OME-TIFF and GeoJSON from it; "
+            "--no-postprocess: they show the map at the threshold"
+        ),
+    ] = True,
+    fill_holes_um2: Annotated[
+        float, typer.Option(help=help_of("fill_holes_um2", PostprocessConfig))
+    ] = POSTPROCESS.fill_holes_um2,
+    min_object_um2: Annotated[
+        float, typer.Option(help=help_of("min_object_um2", PostprocessConfig))
+    ] = POSTPROCESS.min_object_um2,
+    closing_um: Annotated[
+        float, typer.Option(help=help_of("closing_um", PostprocessConfig))
+    ] = POSTPROCESS.closing_um,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     kernels: Annotated[Kernels, typer.Option(help=help_of("kernels"))] = DEFAULTS.kernels,
     which: Annotated[
@@ -93,9 +110,12 @@ def predict(
 
     Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
     (napari opens it), at the slide level matching the checkpoint's training resolution, with
-    its µm/px and provenance. --tiff adds an OME-TIFF that QuPath and OpenSlide open;
-    --overlay a PNG of the slide (longer side 2048 px) with tissue tinted and outlined;
-    --geojson the tissue outline as a QuPath annotation in level-0 pixel coordinates. Slides
+    its µm/px and provenance, and the tissue mask as the NGFF label image labels/tissue:
+    p >= threshold, holes inside tissue filled up to --fill-holes-um2, pieces below
+    --min-object-um2 dropped (docs/postprocessing.md). --tiff adds an OME-TIFF that QuPath
+    and OpenSlide open; --overlay a PNG of the slide (longer side 2048 px) with tissue tinted
+    and outlined; --geojson the tissue outline as a QuPath annotation in level-0 pixel
+    coordinates (these three show the tissue mask; with --no-postprocess, the map). Slides
     of any size: tiles go straight to disk, the pyramid is built chunk by chunk.
     """
     from gigamlx.infer.predict import PredictOptions, predict_slides
@@ -128,6 +148,9 @@ def predict(
                 threshold=threshold,
                 level=level,
                 kernels=kernels,
+                postprocess=PostprocessConfig(fill_holes_um2, min_object_um2, closing_um)
+                if postprocess
+                else None,
             )
             results = predict_slides(checkpoint, slides, out, options, on_slide)
         finally:
@@ -136,10 +159,12 @@ def predict(
     for result in results:
         outputs = ", ".join(str(p) for p in result.outputs if p is not None)
         mpp = f" at {result.mpp:.4g} µm/px" if result.mpp else ""
+        post = result.postprocess or {}
+        mask = " (labels/tissue, post-processed)" if post.get("applied") else ""
         err.print(
             f"{result.source}: level {result.level}, {result.image_hw[0]}x{result.image_hw[1]} "
             f"px (HxW){mpp} in {result.seconds:.1f} s, peak RSS "
-            f"{result.peak_rss_bytes / 1e9:.2f} GB, tissue at p >= {result.threshold:g} "
+            f"{result.peak_rss_bytes / 1e9:.2f} GB, tissue at p >= {result.threshold:g}{mask} "
             f"-> {outputs}",
             soft_wrap=True,
             markup=False,

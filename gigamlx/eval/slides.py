@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.table import Table
@@ -29,7 +29,7 @@ from gigamlx.eval.metrics import (
 )
 from gigamlx.eval.scale import check_pred_scale, resolve_pred_scale
 from gigamlx.runs.config import DEFAULT_THRESHOLD
-from gigamlx.slide.planes import ArrayReadError, open_plane
+from gigamlx.slide.planes import TISSUE_LABEL, ArrayReadError, open_plane, prediction_info
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class SlideResult:
     baseline_counts: PixelCounts | None = None
     pred_scale: int = 255  # a uint8 prediction's value for p = 1
     note: str | None = None  # how the prediction was read, when auto-detection chose
+    threshold: float = 0.5  # the cut the prediction was scored at
+    scored: str = "map"  # "map", or "labels/tissue": a prediction store's tissue mask
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Report:
     """All slides of one evaluation run and the settings they were scored with."""
 
     slides: list[SlideResult]
-    threshold: float
+    threshold: float | None  # the cut every slide was scored at; None: they differ
     level: int
     baseline: str | None = None
 
@@ -80,8 +82,9 @@ def _open(path: str | Path, level: int) -> WindowArray:
         raise EvaluationError(str(err)) from err
 
 
-def _check_inputs(preds: Sequence, masks: Sequence, threshold: float, baseline: str | None):
-    check_threshold(threshold)
+def _check_inputs(preds: Sequence, masks: Sequence, threshold: float | None, baseline: str | None):
+    if threshold is not None:
+        check_threshold(threshold)
     if not preds:
         raise EvaluationError("no prediction files given")
     if len(preds) != len(masks):
@@ -92,36 +95,67 @@ def _check_inputs(preds: Sequence, masks: Sequence, threshold: float, baseline: 
         raise EvaluationError(f"unknown baseline {baseline!r}; choose from {list(BASELINES)}")
 
 
+class Scored(NamedTuple):
+    """What of a prediction file is scored, and how."""
+
+    path: Path  # the file or group read
+    threshold: float
+    pred_scale: str
+    scored: str  # "map" or "labels/tissue"
+
+
+def what_to_score(
+    pred_path: str | Path, threshold: float | None, pred_scale: str, raw: bool = False
+) -> Scored:
+    """A prediction store of `gigamlx predict` is scored by its tissue mask (`labels/tissue`,
+    post-processed) when it has one and `raw` is False, else by its map at `threshold` or, if
+    None, at the cut it records (0.5 where none). Any other file: its map."""
+    info = prediction_info(pred_path)
+    if info is not None and info.tissue_label is not None and not raw:
+        return Scored(info.tissue_label, 0.5, "1", TISSUE_LABEL)
+    recorded = info.threshold if info is not None else None
+    cut = threshold if threshold is not None else recorded or DEFAULT_THRESHOLD
+    return Scored(Path(pred_path), cut, pred_scale, "map")
+
+
 def evaluate_slide(
     pred_path: str | Path,
     mask_path: str | Path,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
     pred_scale: str = "auto",
+    raw: bool = False,
 ) -> SlideResult:
     """Score one prediction file against one mask file, streamed block by block.
 
     Args:
-        pred_path: probability map (OME-Zarr, zarr, TIFF/OME-TIFF, PNG), uint8 0-255 or float.
+        pred_path: probability map (OME-Zarr, zarr, TIFF/OME-TIFF, PNG), uint8 0-255 or float,
+            or a prediction store (`what_to_score`: its tissue mask unless `raw`).
         mask_path: mask in the same formats (non-zero = tissue) or an ingested gigamlx store.
-        threshold: p >= threshold counts as predicted tissue.
-        baseline: "otsu" to also score the Otsu-on-saturation mask of the store's image.
+        threshold: p >= threshold counts as predicted tissue; None: the prediction's
+            recorded cut (0.5 where none).
+        baseline: "otsu" or "morph" to also score a classical detector (eval/baseline.py).
         level: pyramid level both files are read at (0 = full resolution).
         block_hw: (rows, cols) per streamed block; default follows the prediction's chunks.
         pred_scale: "255", "1" (a 0/1 map) or "auto" (see `gigamlx.eval.scale`), for uint8.
+        raw: score a prediction store's probability map even where it has a tissue mask.
 
     Raises:
         EvaluationError: unreadable files, grids that differ, NaN or out-of-range values.
     """
-    pred = _open(pred_path, level)
+    target = what_to_score(pred_path, threshold, pred_scale, raw)
+    pred = _open(target.path, level)
     try:
         mask = _open(mask_path, level)
         try:
-            scale, note = resolve_pred_scale(pred, pred_scale, block_hw)
-            result = _score(pred, mask, threshold, baseline, level, block_hw, scale)
+            scale, note = resolve_pred_scale(pred, target.pred_scale, block_hw)
+            result = _score(pred, mask, target.threshold, baseline, level, block_hw, scale)
             result.pred_scale, result.note = scale, note
+            result.threshold, result.scored = target.threshold, target.scored
+            if target.scored != "map":
+                result.pred_path = str(pred_path)
             return result
         finally:
             mask.close()
@@ -158,11 +192,12 @@ def _score(
 def evaluate_files(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = DEFAULT_THRESHOLD,
     baseline: str | None = None,
     level: int = 0,
     block_hw: tuple[int, int] | None = None,
     pred_scale: str = "auto",
+    raw: bool = False,
 ) -> Report:
     """Score each prediction against the mask at the same position (see `evaluate_slide`).
 
@@ -172,10 +207,11 @@ def evaluate_files(
     _check_inputs(preds, masks, threshold, baseline)
     check_pred_scale(pred_scale)
     slides = [
-        evaluate_slide(p, m, threshold, baseline, level, block_hw, pred_scale)
+        evaluate_slide(p, m, threshold, baseline, level, block_hw, pred_scale, raw)
         for p, m in zip(preds, masks, strict=True)
     ]
-    return Report(slides, threshold, level, baseline)
+    cuts = {s.threshold for s in slides}  # one cut for all (the usual case): the report's
+    return Report(slides, cuts.pop() if len(cuts) == 1 else None, level, baseline)
 
 
 def _fmt_mean_std(stats: dict[str, Any]) -> str:
@@ -190,7 +226,8 @@ def render_table(report: Report) -> Table:
 
     Grid sizes and counts are left to the JSON report, to keep the table in 80 columns.
     """
-    title = f"Dice at threshold {report.threshold}, level {report.level}"
+    cut = "each prediction's cut" if report.threshold is None else report.threshold
+    title = f"Dice at threshold {cut}, level {report.level}"
     table = Table(title=title)
     table.add_column("slide", overflow="fold", min_width=12)
     for name in METRIC_NAMES:
@@ -199,7 +236,8 @@ def render_table(report: Report) -> Table:
         table.add_column(f"{report.baseline} dice", justify="right")
     for slide in report.slides:
         metrics = slide.counts.metrics()
-        cells = [Path(slide.pred_path).name]
+        scored = "" if slide.scored == "map" else f" ({slide.scored})"
+        cells = [Path(slide.pred_path).name + scored]
         cells += [f"{metrics[name]:.4f}" for name in METRIC_NAMES]
         if report.baseline:
             cells.append(f"{slide.baseline_counts.metrics()['dice']:.4f}")
@@ -227,6 +265,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
     for slide in report.slides:
         row = {"pred": slide.pred_path, "mask": slide.mask_path, "shape_hw": slide.shape_hw}
         row["pred_scale"] = slide.pred_scale
+        row["scored"], row["threshold"] = slide.scored, slide.threshold
         row.update(_counts_json(slide.counts))
         if slide.baseline_counts is not None:
             row["baseline"] = _counts_json(slide.baseline_counts)
@@ -254,12 +293,13 @@ def write_json(report: Report, path: str | Path) -> None:
 def run_evaluation(
     preds: Sequence[str | Path],
     masks: Sequence[str | Path],
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = DEFAULT_THRESHOLD,
     json_path: str | Path | None = None,
     baseline: str | None = None,
     level: int = 0,
     console: Console | None = None,
     pred_scale: str = "auto",
+    raw: bool = False,
 ) -> Report:
     """Evaluate, print the table to `console` (stdout by default) and write `json_path`.
 
@@ -269,7 +309,9 @@ def run_evaluation(
     Raises:
         EvaluationError: any bad input; the message is one line, fit for the user.
     """
-    report = evaluate_files(preds, masks, threshold, baseline, level, pred_scale=pred_scale)
+    report = evaluate_files(
+        preds, masks, threshold, baseline, level, pred_scale=pred_scale, raw=raw
+    )
     to_stdout = json_path is not None and str(json_path) == "-"
     (console or Console(stderr=to_stdout)).print(render_table(report))
     if to_stdout:

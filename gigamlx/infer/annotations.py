@@ -64,17 +64,20 @@ def prediction_features(
     threshold: float,
     level0_hw: tuple[int, int],
     properties: dict | None = None,
+    cut_u8: int | None = None,
 ) -> dict:
-    """GeoJSON FeatureCollection of the tissue in a probability pyramid.
+    """GeoJSON FeatureCollection of the tissue in a probability pyramid (or a 0/1 mask's).
 
     Args:
         prob_levels: (H, W) uint8 round(255 p) arrays, finest first (the prediction's grid).
         threshold: p >= threshold is tissue.
         level0_hw: (H, W) of the source slide's level 0, the coordinates QuPath uses.
         properties: extra properties (provenance) stored with the feature.
+        cut_u8: the uint8 cut instead of `threshold`'s (1 for a 0/1 label pyramid).
     """
     level = trace_level([tuple(a.shape) for a in prob_levels])
-    mask = _thresholded(prob_levels[level], threshold_u8(threshold))
+    cut = threshold_u8(threshold) if cut_u8 is None else cut_u8
+    mask = _thresholded(prob_levels[level], cut)
     scale_yx = (level0_hw[0] / prob_levels[0].shape[0], level0_hw[1] / prob_levels[0].shape[1])
     scale_yx = (scale_yx[0] * 2**level, scale_yx[1] * 2**level)
     polygons = [[_to_level0(r, scale_yx, level0_hw) for r in p] for p in mask_polygons(mask)]

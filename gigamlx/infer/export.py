@@ -82,8 +82,12 @@ class ProbabilityMapWriter:
             dimension_names=("y", "x"),
         )
 
-    def finish(self, progress: Progress | None = None) -> Path:
-        """Build levels 1.. from level 0, write the metadata, rename into place."""
+    def finish(self, progress: Progress | None = None, before_rename=None) -> Path:
+        """Build levels 1.. from level 0, write the metadata, rename into place.
+
+        `before_rename(group, levels)`, if given, adds to the store while it is still hidden
+        (the tissue label image, infer/postprocess.py): it appears whole or not at all.
+        """
         total = sum(len(list(chunk_boxes(hw, PYRAMID_CHUNK_PX))) for hw in self.hws[1:])
         done = iter(range(1, total + 1))
 
@@ -94,6 +98,8 @@ class ProbabilityMapWriter:
         build_pyramid(self.levels, self.hws, PYRAMID_CHUNK_PX, True, tick)
         self.group.update_attributes(ngff.probability_attrs(len(self.hws), self.mpp))
         self.group.update_attributes({"provenance": self.provenance | {"mpp": self.mpp}})
+        if before_rename is not None:
+            before_rename(self.group, self.levels)
         self.group.update_attributes({"gigamlx": {"kind": "prediction", "format": 1}})
         replace_path(self.tmp_path, self.path)
         log.info("wrote %s (%d levels)", self.path, len(self.hws))
@@ -152,13 +158,15 @@ def write_ome_tiff(
     tile_px: int = CHUNK_PX,
     progress: Progress | None = None,
     provenance: dict | None = None,
+    name: str = "tissue probability",
 ) -> Path:
     """Write a tiled, deflate-compressed pyramidal OME-TIFF of (H, W) uint8 `levels`, streamed.
 
     The reduced levels are stored twice: as SubIFDs of the full-resolution page (the OME-TIFF
     pyramid that QuPath/Bio-Formats and tifffile read) and as top-level reduced-resolution
     pages (the generic tiled-TIFF pyramid that OpenSlide reads). They add ~1/3 to the size.
-    `provenance` goes into the OME image's Description (as JSON) and a MapAnnotation.
+    `provenance` goes into the OME image's Description (as JSON) and a MapAnnotation; `name`
+    is the OME image's Name ("tissue mask" for a 0/1 label pyramid).
     """
     import tifffile
 
@@ -166,7 +174,7 @@ def write_ome_tiff(
     hw = tuple(levels[0].shape)
     ome = tifffile.OmeXml()
     meta = _ome_metadata(mpp, provenance)
-    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name="tissue probability", **meta)
+    ome.addimage(np.uint8, hw, (1, 1, 1, *hw, 1), axes="YX", Name=name, **meta)
     options = {
         "dtype": np.uint8,
         "tile": (tile_px, tile_px),

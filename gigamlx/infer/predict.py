@@ -27,12 +27,18 @@ from gigamlx.infer.annotations import (
     write_geojson,
 )
 from gigamlx.infer.export import (
+    CHUNK_PX,
     MIN_LEVEL_SIDE_PX,
     ProbabilityMapWriter,
     open_probability_levels,
     write_ome_tiff,
     write_overlay,
     written_by_predict,
+)
+from gigamlx.infer.postprocess import (
+    open_tissue_label,
+    postprocess_record,
+    write_tissue_label,
 )
 from gigamlx.infer.provenance import provenance
 from gigamlx.infer.sources import (
@@ -43,7 +49,13 @@ from gigamlx.infer.sources import (
     slide_name,
 )
 from gigamlx.runs.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
-from gigamlx.runs.config import DEFAULT_KERNELS, DEFAULT_MEMORY_BUDGET, DEFAULT_THRESHOLD
+from gigamlx.runs.config import (
+    DEFAULT_KERNELS,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_THRESHOLD,
+    POSTPROCESS,
+    PostprocessConfig,
+)
 from gigamlx.runs.lock import hold_lock
 from gigamlx.runs.outputs import (
     OutputError,
@@ -74,7 +86,8 @@ class PredictResult(NamedTuple):
     peak_rss_bytes: int
     level: int = 0
     mpp: float | None = None
-    threshold: float = DEFAULT_THRESHOLD  # the cut of the overlay and the GeoJSON
+    threshold: float = DEFAULT_THRESHOLD  # the cut of the map before post-processing
+    postprocess: dict | None = None  # `postprocess_record`: applied or why not
 
 
 class TrainedScale(NamedTuple):
@@ -200,6 +213,7 @@ def predict_slide(
     threshold: float = DEFAULT_THRESHOLD,
     meta: dict | None = None,
     normalize: bool = False,
+    postprocess: PostprocessConfig | None = POSTPROCESS,
 ) -> PredictResult:
     """Predict level `level` of one slide into `outputs.zarr` (and the extras asked for).
 
@@ -212,15 +226,20 @@ def predict_slide(
         progress: callable(phase, done, total).
         min_side_px: the pyramid halves while the shorter side is at least this.
         level: the slide's pyramid level to predict (see `choose_level`).
-        threshold: p >= threshold is tissue in the overlay and the GeoJSON.
+        threshold: p >= threshold is tissue (before post-processing).
         meta: provenance (`provenance.provenance`); built without a checkpoint if None.
         normalize: standardise the input by this slide's statistics (`TrainedScale.normalize`:
             what the model was trained with).
+        postprocess: the tissue mask's post-processing, written as `labels/tissue` and drawn
+            in the overlay, OME-TIFF and GeoJSON; None: off (they show the map at the cut).
     """
     start = time.perf_counter()
     image = source.levels[level]
     model.input_norm = slide_norm(image) if normalize else InputNorm()
     image_hw, mpp = tuple(image.shape[:2]), source.level_mpp(level)
+    record = postprocess_record(postprocess, mpp, threshold)
+    if postprocess is not None and not record["applied"]:
+        log.warning("%s: no tissue-mask post-processing: %s", source.path, record["reason"])
     if meta is None:
         meta = provenance(
             checkpoint=None,
@@ -231,20 +250,18 @@ def predict_slide(
             mpp=mpp,
             threshold=threshold,
         )
+    meta = meta | {"postprocess": record}
+    cut = threshold_u8(threshold)
+
+    def tissue_label(group, levels) -> None:
+        write_tissue_label(group, levels, cut, mpp, postprocess, record, CHUNK_PX, progress)
+
     with ProbabilityMapWriter(
         outputs.zarr, image_hw, mpp, min_side_px=min_side_px, provenance=meta
     ) as out:
         tiled_predict(backend, model, image, tile, budget_bytes, out.level0, progress)
-        out.finish(progress)
-    levels = open_probability_levels(outputs.zarr)  # the writer's arrays moved with the rename
-    if outputs.tiff is not None:
-        write_ome_tiff(levels, outputs.tiff, mpp, progress=progress, provenance=meta)
-    if outputs.overlay is not None:
-        cut = threshold_u8(threshold)
-        write_overlay(source.levels[level:], levels, outputs.overlay, threshold_u8=cut, meta=meta)
-    if outputs.geojson is not None:
-        features = prediction_features(levels, threshold, source.level_hws[0], meta)
-        write_geojson(features, outputs.geojson)
+        out.finish(progress, tissue_label if record["applied"] else None)
+    _write_extras(source, level, outputs, meta, threshold, progress)
     seconds = time.perf_counter() - start
     log.info("%s: level %d, %dx%d (HxW) px in %.1f s", source.path, level, *image_hw, seconds)
     rss = peak_rss_bytes()
@@ -257,7 +274,26 @@ def predict_slide(
         level=level,
         mpp=mpp,
         threshold=threshold,
+        postprocess=record,
     )
+
+
+def _write_extras(source, level: int, outputs: OutputPaths, meta: dict, threshold: float, progress):
+    """The OME-TIFF, overlay and GeoJSON: of `labels/tissue` when the store has it, else of
+    the probability map cut at `threshold`."""
+    mask = open_tissue_label(outputs.zarr)  # the writer's arrays moved with the rename
+    levels = mask or open_probability_levels(outputs.zarr)
+    cut = 1 if mask else threshold_u8(threshold)
+    if outputs.tiff is not None:
+        name = "tissue mask" if mask else "tissue probability"
+        mpp = source.level_mpp(level)
+        write_ome_tiff(levels, outputs.tiff, mpp, progress=progress, provenance=meta, name=name)
+    if outputs.overlay is not None:
+        write_overlay(source.levels[level:], levels, outputs.overlay, threshold_u8=cut, meta=meta)
+    if outputs.geojson is not None:
+        hw0 = source.level_hws[0]
+        features = prediction_features(levels, threshold, hw0, meta, cut_u8=cut)
+        write_geojson(features, outputs.geojson)
 
 
 class PredictOptions(NamedTuple):
@@ -272,6 +308,7 @@ class PredictOptions(NamedTuple):
     threshold: float | None = None  # None: the checkpoint's chosen threshold, else 0.5
     level: int | None = None  # None: the level matching the checkpoint's training resolution
     kernels: str = DEFAULT_KERNELS  # the mlx backend's model path ("auto", "fused" or "mlx")
+    postprocess: PostprocessConfig | None = POSTPROCESS  # None: --no-postprocess
 
 
 def predict_slides(
@@ -299,6 +336,11 @@ def predict_slides(
         raise PredictError(f"--tile must be a positive multiple of 64, got {o.tile}")
     if o.threshold is not None and not 0 < o.threshold <= 1:
         raise PredictError(f"--threshold must be in (0, 1], got {o.threshold}")
+    if o.postprocess is not None:
+        try:
+            o.postprocess.validate()
+        except ValueError as error:
+            raise PredictError(str(error)) from None
     budget_bytes = parse_bytes(o.memory_budget)
     check_output_folder(Path(out_dir))
     backend, model = load_model(checkpoint, kernels=o.kernels)
@@ -362,6 +404,7 @@ def _predict_one(
         threshold=o.threshold,
         meta=meta,
         normalize=scale.normalize,
+        postprocess=o.postprocess,
     )
 
 

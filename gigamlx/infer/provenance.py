@@ -1,6 +1,6 @@
 """Where a prediction came from: checkpoint, step, source slide (size, fingerprint), level,
-µm per pixel, threshold and gigamlx version. Written into every output (zarr attributes, the
-OME-TIFF description, PNG text, GeoJSON properties) as the same flat dictionary.
+µm per pixel, threshold, post-processing and gigamlx version. Written into every output (zarr
+attributes, the OME-TIFF description, PNG text, GeoJSON properties) as the same dictionary.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def provenance(
     level: int,
     mpp: float | None,
     threshold: float,
+    postprocess: dict | None = None,
 ) -> dict:
     """The provenance dictionary of one prediction (JSON-ready, flat).
 
@@ -66,7 +67,8 @@ def provenance(
         step: the checkpoint's training step (None for a bare weights file).
         source: the slide predicted; source_hw its level-0 (H, W) in pixels.
         level: the slide's pyramid level read; mpp its µm per pixel (None: uncalibrated).
-        threshold: p >= threshold is tissue in the GeoJSON and the overlay.
+        threshold: p >= threshold is tissue before post-processing.
+        postprocess: the tissue mask's post-processing (`infer.postprocess.postprocess_record`).
     """
     fp = fingerprint(source)
     return {
@@ -80,6 +82,7 @@ def provenance(
         "level": level,
         "mpp": mpp,
         "threshold": threshold,
+        "postprocess": postprocess,
         "gigamlx_version": gigamlx_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

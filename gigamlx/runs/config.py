@@ -254,6 +254,51 @@ def parse_region(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def help_of(name: str) -> str:
-    """The help text of a TrainConfig field, for the CLI."""
-    return next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == name)
+def help_of(name: str, config: type = TrainConfig) -> str:
+    """The help text of a field of `config` (TrainConfig, PostprocessConfig), for the CLI."""
+    return next(f.metadata["help"] for f in dataclasses.fields(config) if f.name == name)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Tissue-mask post-processing of a thresholded map (slide/morphology.py): a closing, then
+    hole filling, then small-object removal. Areas and lengths are physical, so a setting means
+    the same at any pyramid level. The defaults are a first guess, not yet chosen on
+    validation slides (docs/postprocessing.md)."""
+
+    fill_holes_um2: float = field(
+        default=50_000.0,
+        metadata={"help": "fill holes enclosed by tissue up to this area, µm² (0: fill none)"},
+    )
+    min_object_um2: float = field(
+        default=10_000.0,
+        metadata={"help": "drop tissue pieces smaller than this area, µm² (0: keep all)"},
+    )
+    closing_um: float = field(
+        default=0.0, metadata={"help": "morphological closing, disk radius in µm (0: none)"}
+    )
+
+    @property
+    def active(self) -> bool:
+        return any(value > 0 for value in dataclasses.astuple(self))
+
+    def validate(self) -> PostprocessConfig:
+        """Raise ValueError naming the bad setting; return self."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                option = f.name.replace("_", "-")
+                raise ValueError(f"--{option} must be a finite number >= 0, got {value}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+POSTPROCESS = PostprocessConfig()
+# the morphological baseline detector (eval/baseline.py): the same steps on the Otsu mask, with
+# the closing TIAToolbox's MorphologicalMasker uses (an ellipse of 32 µm across: radius 16 µm)
+# and histolab's TissueMask habit of filling every hole inside the tissue (here up to 1 mm²)
+MORPH_POSTPROCESS = PostprocessConfig(
+    fill_holes_um2=1_000_000.0, min_object_um2=10_000.0, closing_um=16.0
+)

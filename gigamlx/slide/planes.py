@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 DEFAULT_BLOCK_PX = 2048
+TISSUE_LABEL_NAME = "tissue"  # a prediction store's post-processed mask: labels/tissue
+TISSUE_LABEL = f"labels/{TISSUE_LABEL_NAME}"
 
 
 class ArrayReadError(ValueError):
@@ -145,6 +147,30 @@ def open_store_levels(path: str | Path) -> list:
         return [level.image for level in open_store(path).levels]
     except StoreError as err:
         raise ArrayReadError(str(err)) from err
+
+
+class PredictionInfo(NamedTuple):
+    """What a prediction store of `gigamlx predict` says about itself."""
+
+    threshold: float | None  # the cut its tissue mask, overlay and GeoJSON were drawn at
+    tissue_label: Path | None  # its post-processed mask (labels/tissue), if it has one
+
+
+def prediction_info(path: str | Path) -> PredictionInfo | None:
+    """The recorded cut and tissue label of a prediction store; None for any other file."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    marker = attrs.get("gigamlx") if isinstance(attrs, dict) else None
+    if not (isinstance(marker, dict) and marker.get("kind") == "prediction"):
+        return None
+    threshold = (attrs.get("provenance") or {}).get("threshold")
+    label = path / TISSUE_LABEL
+    return PredictionInfo(threshold, label if (label / "zarr.json").is_file() else None)
 
 
 def is_store_group(group: zarr.Group) -> bool:

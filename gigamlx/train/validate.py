@@ -3,8 +3,10 @@ predicted with the exact tiled predictor and scored with the streamed metrics.
 
 Validation areas are whole images (a held-out store, or the last `fraction` of a training
 slide's long side, zero-padded at its edges like any image); the sampler never draws training
-regions that overlap a held-out strip. The Otsu detector is scored once on the same pixels,
-so every validation line carries the threshold baseline beside the model.
+regions that overlap a held-out strip. The Otsu detector and the morphological detector
+(eval/baseline.py) are scored once on the same pixels, so every validation line carries the
+classical baselines beside the model; and the model's tissue mask (the map at the chosen cut,
+post-processed with the defaults, infer/postprocess.py) is scored beside its raw map.
 
 Each validation also picks the decision threshold: the cut of p (0.10 … 0.90) with the best
 pooled Dice on these pixels, or the cut nearest 0.5 within `THRESHOLD_TOLERANCE` of it. A
@@ -26,12 +28,14 @@ import numpy as np
 from gigamlx.core.arrays import crop_view
 from gigamlx.core.geometry import Box
 from gigamlx.core.normalise import InputNorm
-from gigamlx.eval.baseline import mask_plane
+from gigamlx.eval.baseline import mask_plane, morph_plane
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
 from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.export import write_overlay
-from gigamlx.runs.config import DEFAULT_THRESHOLD
+from gigamlx.infer.postprocess import tissue_plane
+from gigamlx.runs.config import DEFAULT_THRESHOLD, POSTPROCESS
 from gigamlx.slide.masks import OtsuMask
+from gigamlx.slide.morphology import pixel_settings, postprocessed_array
 from gigamlx.tiling.scheduler import tiled_predict
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class ValArea(NamedTuple):
     image: Any  # (H, W, 3) uint8 array-like
     mask: Any  # (H, W) array-like, non-zero is tissue
     norm: InputNorm = InputNorm()  # the input standardisation of its slide
+    mpp: float | None = None  # µm per pixel (post-processing and morph need it)
 
 
 def split_hw(slide_hw: tuple[int, int], fraction: float) -> tuple[tuple[int, int], Box | None]:
@@ -94,7 +99,7 @@ def heldout_areas(names: list[str], slides, fraction: float) -> list[ValArea]:
         _, box = split_hw(slide.image_hw, fraction)
         if box is not None:
             image, mask = crop_view(slide.image, box), crop_view(slide.mask, box)
-            areas.append(ValArea(name, image, mask, slide.norm))
+            areas.append(ValArea(name, image, mask, slide.norm, slide.mpp))
     return areas
 
 
@@ -125,17 +130,35 @@ class Validator:
     def __init__(self, areas: list[ValArea], run_dir: Path, tile, budget_bytes: int | None):
         self.areas, self.tile, self.budget_bytes = areas, tile, budget_bytes
         self.out_dir = Path(run_dir) / VAL_DIR
-        self._otsu: dict | None = None
+        self._baselines: dict | None = None
 
-    def otsu(self) -> dict:
-        """Otsu's metrics on the validation pixels (computed once: it does not learn)."""
-        if self._otsu is None:
-            counts = PixelCounts()
+    def baselines(self) -> dict:
+        """Dice of the Otsu and the morphological detectors on the validation pixels (computed
+        once: they do not learn); morph None when no area has a pixel size."""
+        if self._baselines is None:
+            otsu, morph = PixelCounts(), PixelCounts()
             for area in self.areas:
                 plane = mask_plane(OtsuMask.fit([area.image], source=area.name), BLOCK_HW)
-                counts += evaluate_pair(plane, area.mask, block_hw=BLOCK_HW)
-            self._otsu = counts.metrics()
-        return self._otsu
+                otsu += evaluate_pair(plane, area.mask, block_hw=BLOCK_HW)
+                if area.mpp:
+                    morph_mask = morph_plane(plane, area.mpp, BLOCK_HW, area.name)
+                    morph += evaluate_pair(morph_mask, area.mask, block_hw=BLOCK_HW)
+            has_mpp = any(area.mpp for area in self.areas)
+            morph_dice = morph.metrics()["dice"] if has_mpp else None
+            self._baselines = {"otsu": otsu.metrics()["dice"], "morph": morph_dice}
+        return self._baselines
+
+    def post_dice(self, probs: list, cut_u8: int) -> float | None:
+        """Pooled Dice of the tissue masks: each map at `cut_u8`, post-processed with the
+        defaults (`POSTPROCESS`) at its area's pixel size; None when no area has one."""
+        counts, scored = PixelCounts(), False
+        for area, prob in zip(self.areas, probs, strict=True):
+            if area.mpp:
+                settings = pixel_settings(POSTPROCESS, area.mpp)
+                mask = postprocessed_array(tissue_plane(prob, cut_u8), settings)
+                counts += evaluate_pair(mask, area.mask, 0.5, BLOCK_HW, pred_scale=1)
+                scored = True
+        return counts.metrics()["dice"] if scored else None
 
     def __call__(self, backend, model, step: int, seconds: float) -> dict:
         """One validation: the metrics line for metrics.jsonl (pooled over all areas), with
@@ -168,7 +191,9 @@ class Validator:
         for name in ("dice", "soft_dice", "precision", "recall"):
             row[f"val_{name}"] = metrics[name]
         row["val_threshold"], row["val_threshold_dice"] = threshold, threshold_dice
-        row["val_otsu_dice"] = self.otsu()["dice"]
+        row["val_dice_post"] = self.post_dice(probs, cut)  # the tissue mask, at that cut
+        row["val_otsu_dice"] = self.baselines()["otsu"]
+        row["val_morph_dice"] = self.baselines()["morph"]
         at_cut = THRESHOLDS.index(threshold)  # each slide's Dice as its overlay shows it
         row["val_slides"] = {name: c[at_cut].metrics()["dice"] for name, c in per_slide.items()}
         row["val_seconds"] = time.perf_counter() - start

@@ -20,9 +20,15 @@ What each part models, and its label (mask 1 = tissue):
 
 from __future__ import annotations
 
+import itertools
 import logging
+import multiprocessing
 import os
+import signal
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -272,6 +278,53 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
     )
 
 
+PARALLEL_MIN_CHUNKS = 16  # below this, starting worker processes costs more than it saves
+_worker_scene: Scene | None = None
+
+
+def _render_box(scene: Scene, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    return render(scene, np.arange(box.y0, box.y1), np.arange(box.x0, box.x1))
+
+
+def _start_worker(scene: Scene) -> None:
+    global _worker_scene
+    _worker_scene = scene
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _render_in_worker(box: Box) -> tuple[np.ndarray, np.ndarray]:
+    return _render_box(_worker_scene, box)
+
+
+def synth_workers(chunks: int) -> int:
+    """Processes that render chunks: one per core, none extra for a small slide."""
+    return min(os.cpu_count() or 1, 8) if chunks >= PARALLEL_MIN_CHUNKS else 1
+
+
+def rendered_chunks(
+    scene: Scene, boxes: Iterable[Box], workers: int
+) -> Iterator[tuple[Box, np.ndarray, np.ndarray]]:
+    """(box, rgb, mask) for each box, in order. Each chunk is a pure function of the scene and
+    its coordinates, so rendering them in `workers` processes gives the same bytes; at most
+    two chunks per worker are in flight, so memory stays a few chunks."""
+    if workers <= 1:
+        for box in boxes:
+            yield box, *_render_box(scene, box)
+        return
+    # spawn, not fork: the parent may hold BLAS or MLX threads, which a fork does not copy
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, _start_worker, (scene,)) as pool:
+        todo = iter(boxes)
+        pending = deque(
+            (b, pool.submit(_render_in_worker, b)) for b in itertools.islice(todo, 2 * workers)
+        )
+        while pending:
+            box, future = pending.popleft()
+            for following in itertools.islice(todo, 1):
+                pending.append((following, pool.submit(_render_in_worker, following)))
+            yield box, *future.result()
+
+
 def synth_slide(
     path: str | os.PathLike,
     size_hw: tuple[int, int] = DEFAULT_SLIDE_HW,
@@ -279,16 +332,19 @@ def synth_slide(
     chunk_px: int = DEFAULT_CHUNK_PX,
     progress: ChunkProgress | None = None,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Write a synthetic H&E-like slide and its true tissue mask as a slide store.
 
     Args:
         path: where the store goes (created atomically: a killed run leaves no store there).
-        size_hw: (H, W) in pixels, any size; memory stays around one chunk.
-        seed: the same seed and size give the same pixels whatever `chunk_px`.
+        size_hw: (H, W) in pixels, any size; memory stays around a few chunks.
+        seed: the same seed and size give the same pixels whatever `chunk_px` and `workers`.
         chunk_px: side of the square chunks rendered, written and stored.
         progress: optional callable(done_chunks, total_chunks).
         overwrite: replace an existing store at `path`.
+        workers: processes rendering chunks (None: one per core for slides of at least
+            PARALLEL_MIN_CHUNKS chunks, else 1).
 
     Returns:
         The store path; `open_store(path).image` is (H, W, 3) uint8, `.mask` (H, W) 0/1.
@@ -297,16 +353,23 @@ def synth_slide(
     check_chunk_px(chunk_px)
     scene = make_scene(size_hw, seed)
     attrs = {"source": "synth", "seed": seed, "synth_version": SYNTH_VERSION, "mpp": 0.5}
+    boxes = list(chunk_boxes(size_hw, chunk_px))
+    workers = synth_workers(len(boxes)) if workers is None else workers
     start = time.perf_counter()
     with StoreWriter(
         path, size_hw, chunk_px, attrs=attrs, overwrite=overwrite, progress=progress
     ) as writer:
-        for box in chunk_boxes(size_hw, chunk_px):
-            rgb, mask = render(scene, np.arange(box.y0, box.y1), np.arange(box.x0, box.x1))
+        for box, rgb, mask in rendered_chunks(scene, boxes, workers):
             writer.write_image(box, rgb)
             writer.write_mask(box, mask)
         out = writer.finish()
-    log.info("synth %dx%d (HxW) seed %d: %.1f s", *size_hw, seed, time.perf_counter() - start)
+    log.info(
+        "synth %dx%d (HxW) seed %d: %.1f s (%d worker(s))",
+        *size_hw,
+        seed,
+        time.perf_counter() - start,
+        workers,
+    )
     return out
 
 

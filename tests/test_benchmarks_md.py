@@ -1,22 +1,10 @@
 """scripts/benchmarks_md.py: one script's section of docs/benchmarks.md rewritten, the rest kept."""
 
-import importlib.util
-from pathlib import Path
-
+import benchmarks_md as md  # scripts/benchmarks_md.py, through pytest's pythonpath (pyproject.toml)
 from rich.table import Table
-
-SCRIPT = Path(__file__).parent.parent / "scripts" / "benchmarks_md.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("benchmarks_md", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_write_section_rewrites_one_section_and_keeps_the_others(tmp_path):
-    md = _module()
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\nregenerate with ...\n")
     facts = {"date": "2026-01-01 00:00 UTC", "command": "`python3 scripts/a.py`"}
@@ -36,7 +24,6 @@ def test_write_section_rewrites_one_section_and_keeps_the_others(tmp_path):
 
 
 def test_machine_facts_line_names_the_run(tmp_path):
-    md = _module()
     facts = md.machine_facts(sgemm_gflops=123.4, argv=["/x/scripts/bench.py", "--sizes", "2 5"])
     for key in ("date", "machine", "cores", "RAM", "OS", "python", "mlx", "numpy", "gigamlx",
                 "gigamlx_fused", "BLAS", "numpy sgemm", "command"):  # fmt: skip
@@ -51,7 +38,6 @@ def test_machine_facts_line_names_the_run(tmp_path):
 
 
 def test_rich_table_to_markdown_keeps_cells_and_alignment():
-    md = _module()
     table = Table(title="a title")
     table.add_column("name")
     table.add_column("s/step", justify="right")

@@ -20,6 +20,18 @@ def relative_links(page: Path) -> list[str]:
     return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and t.split("#")[0]]
 
 
+def unknown_markdown(page: Path, known: set[str]) -> list[str]:
+    """Markdown files a page names anywhere in its text (links or not) whose file name is none
+    of `known`: a page must not send the reader to a file the repository lacks."""
+    names = re.findall(r"[\w./-]*\w\.md\b", page.read_text())
+    return sorted({n for n in names if Path(n).name not in known})
+
+
+def repository_markdown() -> set[str]:
+    skip = {".venv", ".git", "runs", "out", "build"}
+    return {p.name for p in REPO.rglob("*.md") if not skip & set(p.relative_to(REPO).parts[:-1])}
+
+
 def broken_links(page: Path) -> list[str]:
     return [t for t in relative_links(page) if not (page.parent / t).resolve().is_file()]
 
@@ -37,7 +49,14 @@ def test_relative_links_resolve(page):
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_nothing_points_outside_the_repository(page):
     outside = [t for t in relative_links(page) if REPO not in (page.parent / t).resolve().parents]
-    assert outside == [] and "DESIGN.md" not in page.read_text()
+    assert outside == []
+    assert unknown_markdown(page, repository_markdown()) == []
+
+
+def test_unknown_markdown_sees_a_page_named_but_not_here(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("see [here](here.md), docs/design.md and the plan in ../elsewhere/NOWHERE.md")
+    assert unknown_markdown(page, {"here.md", "design.md"}) == ["../elsewhere/NOWHERE.md"]
 
 
 def test_link_checker_sees_a_broken_link(tmp_path):

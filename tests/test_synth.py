@@ -83,6 +83,24 @@ def test_synth_fat_is_white_but_labelled_tissue():
     assert np.median(np.abs(rgb.reshape(-1, 3) - background).max(axis=1)) < 25  # yet near-white
 
 
+def test_synth_hole_is_glass_but_inside_the_tissue_region():
+    # a tear or lumen: no stain in the image, yet tissue in the region a pathologist outlines
+    def held_hole(scene):
+        scene = scene._replace(fat=())  # fat is white and tissue too: keep it out of the way
+        glass_scene = scene._replace(pieces=(), holes=())
+        for e in scene.holes:
+            ys = np.arange(int(e.cy) - 4, int(e.cy) + 4)
+            xs = np.arange(int(e.cx) - 4, int(e.cx) + 4)
+            rgb, mask = render(scene, ys, xs)
+            glass = render(glass_scene, ys, xs)[0]
+            if mask.all() and np.abs(rgb.astype(int) - glass).max() < 30:
+                return True
+        return False
+
+    scenes = (make_scene((2048, 4096), s) for s in range(40))
+    assert any(held_hole(scene) for scene in scenes if scene.holes)
+
+
 def test_synth_style_varies_between_slides():
     styles = [make_scene((1024, 2048), s).style for s in range(8)]
     assert len({st.background_rgb for st in styles}) == 8

@@ -8,7 +8,8 @@ What each part models, and its label (mask 1 = tissue):
   some pale, some (the slide's `faint_share`) barely stained: tissue.
 - slide style (drawn from the seed): stain strength and hue, glass tint, dust density and
   how much of the slide is out of focus: a threshold tuned on one slide fails on another.
-- holes (tears, lumina): glass inside tissue: background.
+- holes (tears, lumina): glass inside tissue, within the tissue region a pathologist outlines:
+  tissue (the network cannot see across a wide one; the tissue mask's hole filling does).
 - fat: white cells with thin stained septa inside tissue: tissue (artefacts.py).
 - folds: tissue folded over itself, twice the stain: tissue.
 - defocus: patches with soft nuclei, faded fibres and wide edges: labels unchanged.
@@ -50,7 +51,7 @@ from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_sce
 
 log = logging.getLogger(__name__)
 
-SYNTH_VERSION = 2  # 2: slide styles, faint tissue, fat, bubbles, defocus
+SYNTH_VERSION = 3  # 2: slide styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
 NUCLEUS_CELL_PX = 16
 EDGE_FADE = 0.015  # stain fades in over this normalized distance inside the edge
@@ -90,8 +91,9 @@ def _max_field(ellipses, ys, xs, ysf, xsf, grow: float, values=None):
 
 
 def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
-    """Tissue mask (h, w) bool, stain density (h, w) float32, fold factor (h, w) and the fat
-    patches (h, w) bool: fat is tissue, its cells unstained and its membranes stained."""
+    """Tissue region (h, w) bool, stain density (h, w) float32, fold factor (h, w) and the fat
+    patches (h, w) bool: fat is tissue, its cells unstained and its membranes stained; holes are
+    glass in the image (no stain) and tissue in the region, as a pathologist outlines it."""
     noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5) * F32(BOUNDARY_NOISE)
     lobes = [(lobe, p.stain) for p in scene.pieces for lobe in p.lobes]
     best, stain = _max_field(
@@ -101,14 +103,15 @@ def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
     hole_best, _ = _max_field(scene.holes, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
     fat_best, _ = _max_field(scene.fat, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
     in_fat = (fat_best + noise * F32(0.5) > 0) & (strength > F32(-0.05))
-    tissue = ((strength > 0) & ~(hole_best - noise * F32(0.5) > 0)) | in_fat
+    region = (strength > 0) | in_fat
+    tissue = region & ~(hole_best - noise * F32(0.5) > 0) | in_fat
     fade = F32(EDGE_FADE) * (F32(1) + F32(4) * blur)  # out of focus: softer edges
     density = np.clip(strength / fade, 0, 1) * stain * tissue
     septa = fat(scene, ys, xs, in_fat)
     density = np.where(in_fat, np.maximum(stain, F32(0.5)) * F32(0.7) * septa, density)
     fold_best, _ = _max_field(scene.folds, ys, xs, ysf, xsf, 1.0)
     fold = np.clip(fold_best * F32(4), 0, 1)
-    return tissue, density, F32(1) + F32(0.9) * fold, in_fat
+    return region, density, F32(1) + F32(0.9) * fold, in_fat
 
 
 def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
@@ -246,7 +249,8 @@ class Layers(NamedTuple):
 
     tissue: np.ndarray  # the label
     fat: np.ndarray  # fat patches: tissue, most of it as white as glass
-    faint: np.ndarray  # tissue outside fat with stain density < FAINT_DENSITY (pale pieces, edges)
+    faint: np.ndarray  # tissue outside fat with stain density < FAINT_DENSITY (pale pieces, edges,
+    # holes)
     pen: np.ndarray  # under a pen stroke (coverage >= 5 %)
     dust: np.ndarray  # under a dust speck (coverage >= 5 %)
     bubble_rim: np.ndarray  # under a bubble's dark rim (light dimmed by >= 3 %)

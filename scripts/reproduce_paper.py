@@ -7,10 +7,12 @@ library, and scores them with the Dice evaluation: the raw map at the chosen cut
 mask (post-processed with the defaults, docs/postprocessing.md), and beside them the Otsu and
 the morphological detectors. Prints the paper-style row; `--json` writes per-slide raw,
 post-processed, Otsu and morphological Dice, mean ± std, s/step, peak memory and the time to
-reach validation Dice 0.989.
+reach validation Dice 0.989. Then the real slide (data/real/, docs/real-slide.md): the same
+scores against its reference tissue region, in the JSON's `real_slide`.
 
 Usage: python scripts/reproduce_paper.py [--quick] [--work DIR] [--json FILE] [--steps N]
        [--markdown docs/benchmarks.md]
+       python scripts/reproduce_paper.py --real-only --run RUN   (any model, the real slide)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
+import real_slide_dice  # scripts/real_slide_dice.py
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -195,6 +198,18 @@ def predict_heldout(
     return preds
 
 
+def real_slide(checkpoint: Path, work: Path, memory_budget: str | None, console: Console) -> dict:
+    """The real slide's Dice, precision and recall for `checkpoint` (the raw map at its chosen
+    cut, its tissue mask, Otsu, morph), printed; {"skipped": why} where the slide is absent."""
+    reason = real_slide_dice.missing()
+    if reason is not None:
+        console.print(f"real slide skipped: {reason}")
+        return {"skipped": reason}
+    result = real_slide_dice.predict_and_score(checkpoint, work, memory_budget)
+    console.print(real_slide_dice.format_result(result))
+    return result
+
+
 def time_to_target(metrics_path: Path, target: float = TARGET_DICE) -> dict | None:
     """Step and wall seconds of the first validation with Dice >= target, or None."""
     for line in metrics_path.read_text().splitlines():
@@ -305,11 +320,18 @@ def reproduce(work: Path, plan: Plan, json_path: Path | None, console: Console) 
         "plan": asdict(plan),
     }
     console.print(f"time to validation Dice {TARGET_DICE}: {result['time_to_target']}")
+    best = run.run_dir / "checkpoints" / "best"
+    checkpoint = best if best.is_dir() else run.run_dir
+    result["real_slide"] = real_slide(checkpoint, work / "real-slide", plan.memory_budget, console)
+    write_result(json_path, result, console)
+    return result
+
+
+def write_result(json_path: Path | None, result: dict, console: Console) -> None:
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_path}")
-    return result
 
 
 MARKDOWN_TITLE = "Reproducing the paper's row (reproduce_paper.py)"
@@ -332,6 +354,11 @@ def write_markdown(path: Path, result: dict, plan: Plan) -> None:
         f"best step {result['best_step']}, cut at p >= {result['threshold']:g}; "
         f"validation Dice {TARGET_DICE}: {reached}; {result['seconds_total']:.0f} s in all"
     )
+    real = result.get("real_slide", {})
+    if "dice" in real:
+        keys = (("dice", "dice"), ("post", "dice_post"), ("Otsu", "otsu_dice"))
+        scores = ", ".join(f"{name} {real[key]:.4f}" for name, key in keys)
+        caption += f"; real slide (docs/real-slide.md): {scores}, morph {real['morph_dice']:.4f}"
     tables = [paper_table(result, plan), caption]
     columns = ["held-out slide", "gigamlx Dice", "post-processed", "Otsu Dice", "morph Dice"]
     tables.append(markdown_table(columns, slides))
@@ -362,9 +389,22 @@ def main(
         Path | None,
         typer.Option(help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"),
     ] = None,
+    real_only: Annotated[
+        bool, typer.Option(help="no training: score --run on the real slide only")
+    ] = False,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="with --real-only: run folder, checkpoint folder or .safetensors"),
+    ] = None,
 ) -> None:
     """Train on synthetic slides, score held-out ones, print the paper-style row."""
     logging.basicConfig(level=logging.WARNING)
+    if real_only:
+        console = Console(width=120)
+        checkpoint = run or real_slide_dice.default_checkpoint()
+        result = {"real_slide": real_slide(checkpoint, work / "real-slide", None, console)}
+        write_result(json_path, result, console)
+        return
     plan = QUICK if quick else FULL
     overrides = {"steps": steps, "lr": lr, "loss": loss, "region": region}
     overrides |= {"color_jitter": color_jitter, "illumination": illumination}

@@ -63,6 +63,18 @@ def test_reproduce_learns_beyond_a_trivial_baseline(tmp_path):
     for kind in ("train", "val", "heldout"):
         seeds[kind] = {p.name.split("-")[2] for p in (tmp_path / "slides").glob(f"{kind}-*")}
     assert seeds["heldout"].isdisjoint(seeds["train"] | seeds["val"])
+    real = saved["real_slide"]  # the real slide, scored by the same path (docs/real-slide.md)
+    keys = ("dice", "dice_post", "otsu_dice", "morph_dice", "precision", "recall")
+    assert "skipped" in real or all(0.0 <= real[key] <= 1.0 for key in keys), real
+
+
+def test_real_slide_skipped_with_the_reason_where_the_slide_is_absent(tmp_path, monkeypatch):
+    script = _load_script()
+    monkeypatch.setattr(script.real_slide_dice, "missing", lambda: "data/real/X is missing")
+    console = Console(width=120, record=True)
+    result = script.real_slide(tmp_path / "run", tmp_path, None, console)
+    assert result == {"skipped": "data/real/X is missing"}
+    assert "real slide skipped: data/real/X is missing" in console.export_text()
 
 
 def _counts(tp: int, fp: int, fn: int):

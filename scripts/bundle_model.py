@@ -89,7 +89,9 @@ def make_card(run_dir: Path, name: str, trained_on: str | None, note: str, score
     checkpoint, state = chosen_checkpoint(run_dir)
     config = checkpoint.config
     training = training_record(config, state, checkpoint.path.name)
-    default_source = f"{len(training['data'])} slide(s): {', '.join(training['data'])}"
+    names = training["data"]
+    shown = names if len(names) <= 3 else [names[0], "...", names[-1]]
+    default_source = f"{len(names)} slide(s): {', '.join(shown)}"
     card = {
         "name": name,
         "architecture": "GigaUNet-4492",

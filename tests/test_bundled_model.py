@@ -207,3 +207,10 @@ def test_bundle_model_script_writes_card_and_info_prints_it(tmp_path, monkeypatc
     assert "test-model" in runner.invoke(app, ["info"]).output
     result = runner.invoke(app, ["info", "--model", "bundled", "--json"])
     assert json.loads(result.stdout)["name"] == "test-model"
+    from bundle_model import write_markdown
+
+    page = tmp_path / "page.md"
+    page.write_text("# a page\n\nkept\n")
+    write_markdown(page, card)
+    text = page.read_text()
+    assert "kept" in text and "| h1.zarr | 0.8300 | 0.8400 | 0.5000 | 0.6000 |" in text

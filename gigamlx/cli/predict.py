@@ -78,7 +78,7 @@ def predict(
         typer.Argument(
             help="run folder (its newest checkpoint), checkpoint folder, weights .safetensors "
             "or `bundled`; leave it out (give slides only) to use the bundled model",
-            metavar="[MODEL]",
+            metavar="model",
         ),
     ],
     out: Annotated[Path, typer.Option(help="output folder: NAME.zarr per slide (and the extras)")],

@@ -161,7 +161,7 @@ def card_facts(card: dict) -> dict[str, str]:
         "recipe": f"{training.get('steps')} steps of {training.get('region')} regions, loss "
         f"{training.get('loss')}, lr {training.get('lr')}; weights of step {training.get('step')}"
         f" ({training.get('checkpoint')})",
-        "validation Dice": _number(training.get("val_dice")),
+        "validation Dice": f"{_number(training.get('val_dice'))} ({_val_source(training)})",
         "resolution": f"{card.get('trained_mpp') or '—'} µm/px (level "
         f"{card.get('trained_level')}); per-slide standardisation {card.get('normalize')}",
         "threshold": f"p >= {card['threshold']:g} ({card.get('threshold_from', 'card')})",
@@ -184,6 +184,12 @@ def score_rows(card: dict) -> list[list[str]]:
     scores = card.get("scores") or {}
     rows = [*scores.get("heldout", ()), *card.get("real_slides", ())]
     return [[_number(row.get(key)) for key in SCORE_COLUMNS] for row in rows]
+
+
+def _val_source(training: dict) -> str:
+    if training.get("val"):
+        return f"on {len(training['val'])} validation slide(s), picking the step and the cut"
+    return f"on a held-out {training.get('val_fraction')} of each training slide"
 
 
 def _summary(scores: dict) -> str:

@@ -32,21 +32,63 @@ def named_checkpoint(run_dir: Path, name: str) -> Path:
     return path
 
 
+def is_model(path: Path) -> bool:
+    """A weights file, or a folder a run or a checkpoint leaves (not a slide store)."""
+    from gigamlx.runs.checkpoint import STATE
+
+    if path.suffix == ".safetensors":
+        return True
+    return path.is_dir() and any((path / n).exists() for n in (STATE, "checkpoints", "config.json"))
+
+
+def split_model(first: Path, rest: list[Path]) -> tuple[Path | str, list[Path]]:
+    """(the model, the slides) of predict's arguments: the first names the model when it is
+    `bundled`, a run, a checkpoint or weights (or is missing and slides follow); else every
+    argument is a slide and the bundled model predicts."""
+    from gigamlx.runs.bundled import BUNDLED, is_bundled
+
+    if is_bundled(first):
+        return BUNDLED, rest
+    if is_model(first) or (rest and not first.exists()):
+        if not rest:
+            raise ValueError(f"no slides given after the model {first}")
+        return first, rest
+    return BUNDLED, [first, *rest]
+
+
+def bundled_postprocess(ctx: typer.Context, typed: PostprocessConfig) -> PostprocessConfig:
+    """The bundled model card's post-processing, with the settings typed here over it."""
+    import dataclasses
+
+    from gigamlx.runs.bundled import postprocess_of, read_card
+
+    def typed_here(name: str) -> bool:
+        return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+
+    names = [f.name for f in dataclasses.fields(PostprocessConfig) if typed_here(f.name)]
+    card = postprocess_of(read_card())
+    return dataclasses.replace(card, **{name: getattr(typed, name) for name in names})
+
+
 @app.command()
 def predict(
+    ctx: typer.Context,
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            help="run folder (its newest checkpoint), checkpoint folder or weights .safetensors"
-        ),
-    ],
-    slides: Annotated[
-        list[Path],
-        typer.Argument(
-            help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)"
+            help="run folder (its newest checkpoint), checkpoint folder, weights .safetensors "
+            "or `bundled`; leave it out (give slides only) to use the bundled model",
+            metavar="model",
         ),
     ],
     out: Annotated[Path, typer.Option(help="output folder: NAME.zarr per slide (and the extras)")],
+    slides: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="ingested slide stores (.zarr) or slide files (OpenSlide formats, TIFF)",
+            show_default=False,
+        ),
+    ] = None,
     memory_budget: Annotated[
         str, typer.Option(help=help_of("memory_budget"))
     ] = DEFAULTS.memory_budget,
@@ -63,7 +105,7 @@ def predict(
         float | None,
         typer.Option(
             help="p >= threshold is tissue (overlay, GeoJSON); default: the threshold the "
-            "checkpoint's validation chose (recorded in it), else 0.5",
+            "checkpoint's validation chose (recorded in it; the bundled model's card), else 0.5",
             show_default=False,
         ),
     ] = None,
@@ -108,6 +150,9 @@ def predict(
 ) -> None:
     """Tissue probability maps of whole slides: exact, tiled, within --memory-budget.
 
+    With slides only (`gigamlx predict SLIDE --out P`) the model that ships with gigamlx
+    predicts, with its card's threshold and post-processing (`gigamlx info --model bundled`).
+
     Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
     (napari opens it), at the slide level matching the checkpoint's training resolution, with
     its µm/px and provenance, and the tissue mask as the NGFF label image labels/tissue:
@@ -119,10 +164,18 @@ def predict(
     of any size: tiles go straight to disk, the pyramid is built chunk by chunk.
     """
     from gigamlx.infer.predict import PredictOptions, predict_slides
+    from gigamlx.runs.bundled import describe, is_bundled, read_card
 
     setup_logging(verbose)
     with user_errors():
-        if which:
+        checkpoint, slides = split_model(checkpoint, slides or [])
+        post = PostprocessConfig(fill_holes_um2, min_object_um2, closing_um)
+        if is_bundled(checkpoint):
+            if which:
+                raise ValueError("--checkpoint picks a checkpoint of a run; give the run folder")
+            err.print(f"model: {describe(read_card())}", soft_wrap=True, markup=False)
+            post = bundled_postprocess(ctx, post)
+        elif which:
             checkpoint = named_checkpoint(checkpoint, which)
         _, progress = progress_bar("predict")
 
@@ -148,9 +201,7 @@ def predict(
                 threshold=threshold,
                 level=level,
                 kernels=kernels,
-                postprocess=PostprocessConfig(fill_holes_um2, min_object_um2, closing_um)
-                if postprocess
-                else None,
+                postprocess=post if postprocess else None,
             )
             results = predict_slides(checkpoint, slides, out, options, on_slide)
         finally:

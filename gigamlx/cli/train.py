@@ -93,6 +93,13 @@ def train(
         float, typer.Option(help=help_of("illumination"))
     ] = DEFAULTS.illumination,
     normalize: Annotated[bool, typer.Option(help=help_of("normalize"))] = DEFAULTS.normalize,
+    init: Annotated[
+        str,
+        typer.Option(
+            help="initial weights: fresh (seeded), bundled (fine-tune the model that ships "
+            "with gigamlx) or a run, checkpoint or .safetensors PATH; not with --resume"
+        ),
+    ] = "fresh",
     profile: Annotated[bool, typer.Option(help="print where the seconds of a step went")] = False,
     rank_timeout: Annotated[
         float,
@@ -127,6 +134,8 @@ def train(
     with stop_on_signals(keep_after_stop=True) as stop, user_errors():
         if not resume:
             config.validate()
+        elif init != "fresh":
+            raise ValueError("--init starts a run; --resume continues from its checkpoint")
         train_session(
             config,
             resume,
@@ -138,4 +147,5 @@ def train(
             rank_timeout_s=rank_timeout,
             dump_weights=dump_weights,
             stop=stop,
+            init=init,
         )

@@ -48,6 +48,7 @@ from gigamlx.infer.sources import (
     open_source,
     slide_name,
 )
+from gigamlx.runs.bundled import is_bundled, load_bundled, provenance_record, read_card
 from gigamlx.runs.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
 from gigamlx.runs.config import (
     DEFAULT_KERNELS,
@@ -103,9 +104,14 @@ class TrainedScale(NamedTuple):
 
 
 def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
-    """Step and training resolution recorded in a run or checkpoint folder (a bare weights
-    file records nothing: level 0, no mpp)."""
-    state = _saved_state(checkpoint)
+    """Step and training resolution recorded in a run or checkpoint folder, or the bundled
+    model's card (a bare weights file records nothing: level 0, no mpp)."""
+    if is_bundled(checkpoint):
+        card = read_card()
+        state = {"config": card, "threshold": card["threshold"]}
+        state["step"] = card.get("training", {}).get("step")
+    else:
+        state = _saved_state(checkpoint)
     config = state.get("config", {})
     return TrainedScale(
         state.get("step"),
@@ -137,20 +143,18 @@ def _saved_state(checkpoint: str | os.PathLike) -> dict:
 def load_model(
     checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = DEFAULT_KERNELS
 ):
-    """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors.
+    """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors,
+    or of the bundled model (`checkpoint` "bundled").
 
     Raises:
         CheckpointError: missing, unreadable, or not GigaUNet-4492 weights (names and shapes).
     """
     path = Path(checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: give a run folder or a .safetensors file")
-    if path.is_dir() and not (path / STATE).exists() and not list_checkpoints(path):
-        raise CheckpointError(
-            f"{path} holds no checkpoint (no checkpoints/step_*/): give a run folder that has "
-            "saved one, or a weights .safetensors file"
-        )
-    weights = load_weights(path)
+    if is_bundled(checkpoint):
+        bundle = load_bundled()
+        path, weights = bundle.weights_path, bundle.weights
+    else:
+        weights = _weights_of(path)
     backend = get_backend(backend_name, kernels=kernels)
     model = backend.build_model(0)
     expected = {name: v.shape for name, v in backend.flat_params(model).items()}
@@ -164,6 +168,19 @@ def load_model(
         )
     backend.load_params(model, weights)
     return backend, model
+
+
+def _weights_of(path: Path):
+    """The weights of a run folder, checkpoint folder or .safetensors, or an error naming
+    what to give instead."""
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: give a run folder or a .safetensors file")
+    if path.is_dir() and not (path / STATE).exists() and not list_checkpoints(path):
+        raise CheckpointError(
+            f"{path} holds no checkpoint (no checkpoints/step_*/): give a run folder that has "
+            "saved one, or a weights .safetensors file"
+        )
+    return load_weights(path)
 
 
 def output_paths(
@@ -354,7 +371,7 @@ def predict_slides(
             planned = [output_paths(out_dir, s.name, o.tiff, o.overlay, o.geojson) for s in sources]
             for outputs in planned:  # held to the end: no other predict writes these
                 held.enter_context(lock_output(outputs.zarr))
-            check_outputs([s.path for s in sources], planned, o.overwrite, Path(checkpoint))
+            check_outputs([s.path for s in sources], planned, o.overwrite, model_path(checkpoint))
             return [
                 _predict_one(
                     backend=backend,
@@ -383,7 +400,8 @@ def _predict_one(
     """One slide of `predict_slides`, with its provenance."""
     o = options
     meta = provenance(
-        checkpoint=checkpoint,
+        checkpoint=model_path(checkpoint),
+        model=provenance_record(read_card()) if is_bundled(checkpoint) else None,
         step=scale.step,
         source=source.path,
         source_hw=source.level_hws[0],
@@ -406,6 +424,11 @@ def _predict_one(
         normalize=scale.normalize,
         postprocess=o.postprocess,
     )
+
+
+def model_path(checkpoint: str | os.PathLike) -> Path:
+    """The file or folder predicted with: the bundled model's weights file for "bundled"."""
+    return load_bundled().weights_path if is_bundled(checkpoint) else Path(checkpoint)
 
 
 def lock_output(zarr_path: Path):

@@ -1,6 +1,7 @@
-"""Where a prediction came from: checkpoint, step, source slide (size, fingerprint), level,
-µm per pixel, threshold, post-processing and gigamlx version. Written into every output (zarr
-attributes, the OME-TIFF description, PNG text, GeoJSON properties) as the same dictionary.
+"""Where a prediction came from: checkpoint, step, the bundled model (when used), source slide
+(size, fingerprint), level, µm per pixel, threshold, post-processing and gigamlx version.
+Written into every output (zarr attributes, the OME-TIFF description, PNG text, GeoJSON
+properties) as the same dictionary.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def provenance(
     mpp: float | None,
     threshold: float,
     postprocess: dict | None = None,
+    model: dict | None = None,
 ) -> dict:
     """The provenance dictionary of one prediction (JSON-ready, flat).
 
@@ -69,11 +71,14 @@ def provenance(
         level: the slide's pyramid level read; mpp its µm per pixel (None: uncalibrated).
         threshold: p >= threshold is tissue before post-processing.
         postprocess: the tissue mask's post-processing (`infer.postprocess.postprocess_record`).
+        model: the bundled model's record (`runs.bundled.provenance_record`: name, what it
+            was trained on, its threshold and post-processing); None for a run's weights.
     """
     fp = fingerprint(source)
     return {
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
         "step": step,
+        "model": model,
         "source": str(Path(source).resolve()),
         "source_hw": list(source_hw),
         "source_bytes": fp["source_bytes"],

@@ -16,6 +16,7 @@ from gigamlx.backends import get_backend
 from gigamlx.backends.base import Backend
 from gigamlx.core.normalise import slide_norm
 from gigamlx.infer.predict import slide_name
+from gigamlx.runs.bundled import FRESH, initial_weights
 from gigamlx.runs.checkpoint import (
     BEST,
     STATE,
@@ -69,6 +70,7 @@ class Run:
     validator: Validator | None = None  # rank 0 only
     best_val_dice: float = -1.0  # of the `best` checkpoint, at its chosen threshold
     val_threshold: tuple[int, float] | None = None  # (step, cut) the last validation chose
+    init: str = FRESH  # where the first weights came from (runs/bundled.py), in checkpoints
 
     @property
     def metrics_path(self) -> Path:
@@ -164,6 +166,7 @@ def open_run(
     slide_progress=None,
     writes: bool = True,
     resume: bool = False,
+    init: str = FRESH,
 ) -> Run:
     """Build the run of a resolved `config` on `backend`, continuing `checkpoint` if given.
 
@@ -175,6 +178,7 @@ def open_run(
         writes: False on data-parallel ranks other than 0: they neither check nor write the
             run folder (rank 0 does, and only it writes checkpoints and metrics).
         resume: the run was asked to resume (said when a folder without checkpoint restarts).
+        init: a new run's first weights: fresh (seeded), bundled, or a weights path.
     """
     run_dir = Path(config.out)
     if writes:
@@ -184,6 +188,9 @@ def open_run(
     slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
     config, region_hw = _resolve_scale(config, slides)
     model = backend.build_model(config.seed)
+    first, init = initial_weights(init) if checkpoint is None else (None, _init_of(checkpoint))
+    if first is not None:
+        _start_from(backend, model, first, init)
     if config.tile is None:
         check_budget(backend, model, config.budget_bytes)
     optimizer = backend.make_optimizer(model, config.lr)
@@ -220,9 +227,25 @@ def open_run(
         write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2))
     best = read_state(run_dir / "checkpoints" / BEST) if checkpoint is not None else None
     best_dice = best.get("val_dice", -1.0) if best else -1.0
-    return Run(
+    run = Run(
         config, backend, model, optimizer, sampler, slides, step, run_dir, validator, best_dice
     )
+    run.init = init
+    return run
+
+
+def _start_from(backend: Backend, model, weights: dict, init: str) -> None:
+    """Load a new run's first weights (--init), refusing any that are not GigaUNet-4492's."""
+    expected = {name: tuple(v.shape) for name, v in backend.flat_params(model).items()}
+    if {name: tuple(v.shape) for name, v in weights.items()} != expected:
+        raise CheckpointError(f"--init {init}: not GigaUNet-4492 weights (names or shapes differ)")
+    backend.load_params(model, weights)
+    log.info("starting from the weights of %s", init)
+
+
+def _init_of(checkpoint: Checkpoint) -> str:
+    """Where a resumed run's first weights came from (runs before --init: fresh)."""
+    return (read_state(checkpoint.path) or {}).get("init", FRESH)
 
 
 def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> Validator | None:
@@ -252,7 +275,7 @@ def _checkpoint(run: Run, name: str | None = None, extra: dict | None = None) ->
         run.backend.flat_params(run.model),
         run.backend.optimizer_state(run.optimizer),
     )
-    extra = dict(extra or {})
+    extra = dict(extra or {}) | {"init": run.init}
     if run.val_threshold is not None and run.val_threshold[0] == run.step:
         extra["threshold"] = run.val_threshold[1]
     state = (run.config.to_dict(), run.sampler.state())
@@ -285,12 +308,16 @@ def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):
 
 
 def start_run(
-    config: TrainConfig, resume: bool, overrides: dict | None = None, slide_progress=None
+    config: TrainConfig,
+    resume: bool,
+    overrides: dict | None = None,
+    slide_progress=None,
+    init: str = FRESH,
 ) -> Run:
     """`resolve_config`, its backend, then `open_run`: a single-process run in one call."""
     config, checkpoint = resolve_config(config, resume, overrides)
     backend = get_backend(config.backend, config.device, config.kernels)
-    return open_run(config, checkpoint, backend, slide_progress, resume=resume)
+    return open_run(config, checkpoint, backend, slide_progress, resume=resume, init=init)
 
 
 def save_run(run: Run) -> Path:

@@ -41,6 +41,7 @@ def train_session(
     rank_timeout_s: float = RANK_TIMEOUT_S,
     dump_weights: str | None = None,
     stop: StopFlag | None = None,
+    init: str = "fresh",
 ) -> list[StepMetrics]:
     """Train as the CLI asked; returns the steps this session ran.
 
@@ -51,6 +52,7 @@ def train_session(
         slide_progress: (callback, rich Progress) for making the default slide.
         dump_weights: test hook, a path with {rank}: each rank's final weights as .npz.
         stop: the command's stop flag (train/stop.py); None: the loop installs its own.
+        init: a new run's first weights: "fresh", "bundled" or a weights path (runs/bundled.py).
     """
     # one way in: the configuration (with the resume merge), ONE backend, its world, the run
     config, checkpoint = resolve_config(config, resume, overrides)
@@ -63,7 +65,13 @@ def train_session(
         update, bar = slide_progress
         with bar:
             run = open_run(
-                config, checkpoint, backend, slide_progress=update, writes=main, resume=resume
+                config,
+                checkpoint,
+                backend,
+                slide_progress=update,
+                writes=main,
+                resume=resume,
+                init=init,
             )
         if main:
             _log_start(run, world)

@@ -6,7 +6,7 @@ with the reference tissue region as its mask (`gigamlx ingest --mask`), predicte
 checkpoint's chosen cut beside Otsu, the post-processed tissue mask beside the morphological
 detector. The reference is drawn by `scripts/real_slide_reference.py` (docs/real-slide.md).
 
-Usage: python scripts/real_slide_dice.py RUN [--work DIR] [--json FILE]
+Usage: python scripts/real_slide_dice.py [RUN] [--work DIR] [--json FILE]  (no RUN: bundled)
        python scripts/real_slide_dice.py --mask MASK.png   (score a ready mask instead)
 """
 
@@ -21,6 +21,7 @@ import typer
 from real_slide_reference import REFERENCE, ROOT, SLIDE  # scripts/real_slide_reference.py
 
 from gigamlx.eval.slides import evaluate_files, evaluate_slide
+from gigamlx.runs.bundled import BUNDLED
 
 WORK = ROOT / "runs" / "real-slide"
 
@@ -94,9 +95,8 @@ def predict_and_score(
 
 
 def default_checkpoint() -> Path:
-    """The model scored when no RUN is given. The hook for a bundled model: once gigamlx
-    ships one, return its weights here."""
-    raise typer.BadParameter("give RUN: a run folder, checkpoint folder or weights .safetensors")
+    """The model scored when no RUN is given: the one that ships inside gigamlx."""
+    return Path(BUNDLED)
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -119,7 +119,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @app.command()
 def main(
     run: Annotated[
-        Path | None, typer.Argument(help="run folder, checkpoint folder or .safetensors")
+        Path | None,
+        typer.Argument(help="run folder, checkpoint folder or .safetensors (default: bundled)"),
     ] = None,
     mask: Annotated[Path | None, typer.Option(help="score this mask PNG instead")] = None,
     work: Annotated[Path, typer.Option(help="the ingested slide and predictions")] = WORK,

@@ -38,9 +38,10 @@ def test_cli_train_runs_and_checkpoints(slide, tmp_path):
     assert (out / "checkpoints" / "step_0000002" / "weights.safetensors").exists()
     kinds = [json.loads(x).get("kind", "step") for x in (out / "metrics.jsonl").open()]
     assert kinds == ["val", "step", "step", "val"]  # a held-out strip, validated by default
-    assert "validation Dice" in result.output and "at step 0 -> " in result.output
     assert (out / "checkpoints" / "best" / "weights.safetensors").exists()
-    assert "validation Dice" in result.output and f"gigamlx report {out}" in result.output
+    assert (out / "checkpoints" / "step_0000002" / "ema.safetensors").exists()
+    assert "tissue mask Dice" in result.output and "on the same pixels): " in result.output
+    assert f"gigamlx report {out}" in result.output
 
 
 def test_cli_train_resume_extends_the_run(slide, tmp_path):

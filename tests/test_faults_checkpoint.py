@@ -27,12 +27,12 @@ from gigamlx.runs.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from gigamlx.runs.config import TrainConfig
+from gigamlx.runs.config import CONFIG_FORMAT, TrainConfig
 from gigamlx.train.loop import train
 from gigamlx.train.run import METRICS, resolve_config, start_run
 
 runner = CliRunner()
-FILES = ["weights.safetensors", "optimizer.safetensors", "state.json"]
+FILES = ["weights.safetensors", "optimizer.safetensors", "state.json", "ema.safetensors"]
 _config = partial(small_config, checkpoint_every=1)  # these cases are about faults
 
 
@@ -77,12 +77,15 @@ def test_resume_past_a_damaged_checkpoint_matches_uninterrupted(trained, slide, 
     assert run.step == 3
     train(run)
     assert [p.name for p in list_checkpoints(run_dir)][-2:] == ["step_0000003", "step_0000004"]
-    resumed, straight = load_checkpoint(run_dir).weights, load_checkpoint(trained).weights
-    for name, value in straight.items():
-        np.testing.assert_array_equal(resumed[name], value)
+    resumed, straight = load_checkpoint(run_dir), load_checkpoint(trained)
+    for name, value in straight.weights.items():
+        np.testing.assert_array_equal(resumed.weights[name], value)
+        np.testing.assert_array_equal(resumed.ema[name], straight.ema[name])
 
 
-@pytest.mark.parametrize("name", ["weights.safetensors", "optimizer.safetensors"])
+@pytest.mark.parametrize(
+    "name", ["weights.safetensors", "optimizer.safetensors", "ema.safetensors"]
+)
 def test_non_finite_checkpoint_is_rejected(trained, tmp_path, name):
     """NaN written with a matching checksum (a diverged save) is still refused."""
     path = _copy(trained, tmp_path) / "checkpoints" / "step_0000004"
@@ -294,7 +297,7 @@ def test_a_run_written_before_formats_resumes(slide, tmp_path):
     assert run.step == 2 and (run.config.normalize, run.config.illumination) == (False, 0.0)
     train(run)
     saved = json.loads((out / "config.json").read_text())
-    assert saved["format"] == 2 and saved["normalize"] is False and saved["steps"] == 3
+    assert saved["format"] == CONFIG_FORMAT and saved["normalize"] is False and saved["steps"] == 3
     assert load_checkpoint(out).step == 3
 
 

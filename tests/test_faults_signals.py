@@ -36,11 +36,18 @@ def straight(slide, tmp_path_factory):
     """Weights of an uninterrupted run of STEPS steps."""
     out = tmp_path_factory.mktemp("straight") / "run"
     train(start_run(_config(slide, out), resume=False))
-    return load_checkpoint(out).weights
+    return _state(out)
+
+
+def _state(out) -> dict:
+    """The newest checkpoint's weights and (as "ema/NAME") their moving average."""
+    checkpoint = load_checkpoint(out)
+    return checkpoint.weights | {f"ema/{n}": v for n, v in checkpoint.ema.items()}
 
 
 def _assert_same(expected: dict, out) -> None:
-    actual = load_checkpoint(out).weights
+    actual = _state(out)
+    assert set(actual) == set(expected)
     for name, value in expected.items():
         np.testing.assert_array_equal(actual[name], value, err_msg=name)
 

@@ -132,6 +132,25 @@ def test_report_shows_the_dice_at_the_cut_validation_chose(tmp_path):
     assert "tissue (p ≥ 0.35)" in page.words  # the overlays are cut where validation chose
 
 
+def test_report_shows_the_moving_average_beside_the_raw_weights(tmp_path):
+    """Runs that validate the moving average of the weights: its series in the validation
+    chart, and the header gives the Dice of the weights `best` holds (here the average's)."""
+    run = make_run(tmp_path / "run", steps=60, val_every=20)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    for row in rows:
+        if row.get("kind") == "val":
+            row |= {"val_threshold": 0.35, "val_threshold_dice": row["val_dice"] + 0.003}
+            row |= {"val_ema_threshold": 0.6, "val_ema_threshold_dice": row["val_dice"] + 0.004}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = [r for r in rows if r.get("kind") == "val"][-1]
+    state = {"step": best["step"], "weights": "ema"}
+    (run / "checkpoints" / "best" / "state.json").write_text(json.dumps(state))
+    page = _page(run)
+    assert page.series("val_detail")["EMA weights, at their cut"] == 3
+    assert f"{best['val_ema_threshold_dice']:.4f}" in page.words and "p ≥ 0.6" in page.words
+    assert "EMA weights" in page.words and load_run(run).best_weights == "ema"
+
+
 def test_report_best_step_comes_from_the_best_checkpoint(tmp_path):
     run = make_run(tmp_path / "run", steps=60, val_every=10)
     (run / "checkpoints" / "best" / "state.json").write_text(json.dumps({"step": 20}))

@@ -81,6 +81,32 @@ def test_config_without_format_is_format_1_and_upgraded():
     assert TrainConfig.from_dict(written).normalize is True
 
 
+def test_config_round_trips_the_moving_average_decay():
+    saved = TrainConfig(ema_decay=0.995).to_dict()
+    assert saved["ema_decay"] == 0.995 and DEFAULTS.ema_decay > 0  # on unless turned off
+    assert TrainConfig.from_dict(json.loads(json.dumps(saved))).ema_decay == 0.995
+
+
+@pytest.mark.parametrize("format_", [1, 2])
+def test_config_from_before_the_moving_average_keeps_it_off(format_):
+    """Runs written before --ema-decay kept no average: resumed, they go on without one."""
+    saved = {k: v for k, v in DEFAULTS.to_dict().items() if k != "ema_decay"}
+    if format_ == 1:
+        del saved["format"]
+    else:
+        saved["format"] = 2
+    config = TrainConfig.from_dict(saved)
+    assert config.ema_decay == 0.0 and config.steps == DEFAULTS.steps
+    with pytest.raises(ValueError, match="missing keys ema_decay"):  # format 3 holds it
+        TrainConfig.from_dict(saved | {"format": 3})
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_config_refuses_a_decay_outside_0_to_1(decay):
+    with pytest.raises(ValueError, match=r"--ema-decay must be in \[0, 1\)"):
+        TrainConfig(ema_decay=decay).validate()
+
+
 def test_config_format_1_refuses_unknown_keys_too():
     with pytest.raises(ValueError, match="unknown keys tile_px"):
         TrainConfig.from_dict({"steps": 3, "tile_px": 512}, source="old/config.json")

@@ -23,7 +23,11 @@ _config = partial(small_config, checkpoint_every=2, color_jitter=0.0)
 
 
 def _weights(out) -> dict:
-    return load_checkpoint(out).weights
+    """The newest checkpoint's weights and (as "ema/NAME") their moving average: a resumed
+    run must match an uninterrupted one in both."""
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.ema is not None  # on by default
+    return checkpoint.weights | {f"ema/{n}": v for n, v in checkpoint.ema.items()}
 
 
 def test_train_writes_metrics_and_checkpoints(slide, tmp_path):

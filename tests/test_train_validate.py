@@ -34,6 +34,7 @@ from gigamlx.train.validate import (
 
 VAL_KEYS = ("val_dice", "val_soft_dice", "val_precision", "val_recall", "val_otsu_dice")
 VAL_KEYS += ("val_dice_post", "val_morph_dice")  # the tissue mask; the morphological detector
+VAL_KEYS += ("val_ema_dice", "val_ema_threshold_dice", "val_ema_dice_post")  # the average's
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +162,14 @@ def test_training_validates_logs_and_keeps_best(slides, tmp_path):
     for row in vals:  # 0.5 is one of the cuts, so the chosen one scores at least as well
         assert row["val_threshold"] in THRESHOLDS and row["val_threshold_dice"] >= row["val_dice"]
     best = read_state(out / "checkpoints" / "best")
-    chosen = max(vals, key=lambda r: r["val_threshold_dice"])  # the weights with their cut
-    assert best["step"] == chosen["step"] and best["val_dice"] == chosen["val_threshold_dice"]
-    assert best["threshold"] == chosen["val_threshold"]
+    scored = [  # each validation's raw and averaged weights, each with its own cut
+        (r[f"{prefix}_threshold_dice"], r["step"], weights, r[f"{prefix}_threshold"])
+        for r in vals
+        for weights, prefix in (("raw", "val"), ("ema", "val_ema"))
+    ]
+    top = max(d for d, *_ in scored)
+    chosen = next(s for s in scored if s[0] == top)  # the first: ties keep the earlier, raw
+    assert (best["val_dice"], best["step"], best["weights"], best["threshold"]) == chosen
     assert [p.name for p in list_checkpoints(out)] == ["step_0000004"]  # best is not pruned
     last = read_state(list_checkpoints(out)[-1])  # validated at its step: it carries the cut
     assert last["threshold"] == vals[-1]["val_threshold"]

@@ -93,6 +93,7 @@ def train(
         float, typer.Option(help=help_of("illumination"))
     ] = DEFAULTS.illumination,
     normalize: Annotated[bool, typer.Option(help=help_of("normalize"))] = DEFAULTS.normalize,
+    ema_decay: Annotated[float, typer.Option(help=help_of("ema_decay"))] = DEFAULTS.ema_decay,
     init: Annotated[
         str,
         typer.Option(
@@ -118,9 +119,9 @@ def train(
     and gradients over the whole region computed tile by tile within --memory-budget, one Adam
     update (learning rate warmed up, then decayed over --steps). Every --val-every steps and at
     the end the model is scored on --val stores and/or a held-out strip of each training slide
-    (--val-fraction), beside Otsu on the same pixels; the best weights go to
-    OUT/checkpoints/best. Checkpoints go to OUT/checkpoints; metrics to OUT/metrics.jsonl;
-    Ctrl-C saves.
+    (--val-fraction), beside Otsu on the same pixels, and so is the moving average of the
+    weights (--ema-decay); the best of either goes to OUT/checkpoints/best. Checkpoints go to
+    OUT/checkpoints; metrics to OUT/metrics.jsonl; Ctrl-C saves.
     Under `mlx.launch -n N` each rank trains on its share of the regions of every step and
     the gradients are averaged (docs/distributed.md); rank 0 alone writes OUT.
     """

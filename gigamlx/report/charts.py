@@ -1,7 +1,8 @@
 """The report's small multiples: which metrics go in which chart, in which colour.
 
-One colour per kind of number across every chart: training blue, validation orange, the
-Otsu baseline grey and dashed. A chart whose numbers the run does not have is left out.
+One colour per kind of number across every chart: training blue, validation orange (its
+moving-average weights brown), the Otsu baseline grey and dashed. A chart whose numbers
+the run does not have is left out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from gigamlx.report.svg import FEW_POINTS, Rule, Series, YAxis, line_chart
 
 TRAIN = "#2563eb"
 VAL = "#ea580c"
+EMA = "#92400e"
 OTSU = "#6b7280"
 SOFT = "#f59e0b"
 PRECISION = "#be123c"
@@ -89,6 +91,7 @@ def _val_detail(data: RunData) -> Card | None:
     wanted = [
         ("Dice", "val_dice", VAL, False),
         ("Dice at the chosen cut", "val_threshold_dice", VAL, True),
+        ("EMA weights, at their cut", "val_ema_threshold_dice", EMA, False),
         ("Otsu", "val_otsu_dice", OTSU, True),
         ("soft Dice", "val_soft_dice", SOFT, False),
         ("precision", "val_precision", PRECISION, False),

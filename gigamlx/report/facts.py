@@ -52,9 +52,11 @@ def _quality(data: RunData) -> Fact:
         return Fact("train Dice", value, detail)
     dice, otsu = best["val_dice"], best.get("val_otsu_dice")
     detail = f"step {best['step']:,}"
-    if isinstance(best.get("val_threshold_dice"), int | float):  # the Dice `best` was kept for
-        dice = best["val_threshold_dice"]
-        detail += f" · p ≥ {best['val_threshold']:g}"
+    prefix = "val_ema" if data.best_weights == "ema" else "val"  # the weights `best` holds
+    if isinstance(best.get(f"{prefix}_threshold_dice"), int | float):  # the Dice it was kept for
+        dice = best[f"{prefix}_threshold_dice"]
+        detail += f" · p ≥ {best[f'{prefix}_threshold']:g}"
+        detail += " · EMA weights" if prefix == "val_ema" else ""
     if not isinstance(otsu, int | float):
         return Fact("best val Dice", f"{dice:.4f}", detail)
     delta = dice - otsu

@@ -38,6 +38,7 @@ class RunData(NamedTuple):
     best_step: int | None  # checkpoints/best, else the step of the highest val_dice
     overlays: list[Overlay]
     problems: list[str]  # what could not be read, said on the page
+    best_weights: str = "raw"  # which weights `best` holds: "raw" or "ema" (their average)
 
     def column(self, rows: list[dict], key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of `key` over `rows`, skipping rows without a number there."""
@@ -107,16 +108,18 @@ def _read_metrics(path: Path, problems: list[str]) -> tuple[list[dict], list[dic
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
 
 
-def _best_step(run_dir: Path, val: list[dict]) -> int | None:
+def _best(run_dir: Path, val: list[dict]) -> tuple[int | None, str]:
+    """(step, "raw" or "ema") of checkpoints/best; without one, the best raw validation."""
     try:
-        step = json.loads((run_dir / BEST_STATE).read_text())["step"]
+        state = json.loads((run_dir / BEST_STATE).read_text())
+        step, weights = state["step"], state.get("weights", "raw")
         if isinstance(step, int) and not isinstance(step, bool):
-            return step
-    except (OSError, ValueError, KeyError, TypeError):
+            return step, "ema" if weights == "ema" else "raw"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no best checkpoint (yet): the validation rows tell
     key = "val_threshold_dice" if any("val_threshold_dice" in row for row in val) else "val_dice"
     scored = [row for row in val if _number(row.get(key)) is not None]
-    return max(scored, key=lambda row: row[key])["step"] if scored else None
+    return (max(scored, key=lambda row: row[key])["step"] if scored else None), "raw"
 
 
 def _overlays(run_dir: Path) -> list[Overlay]:
@@ -141,4 +144,14 @@ def load_run(run_dir: Path) -> RunData:
             f"{run_dir} holds no {CONFIG}, no rows in {METRICS} and no "
             f"{VAL_DIR}/*{OVERLAY_SUFFIX}: nothing to report; {fix}"
         )
-    return RunData(run_dir, config, train, val, _best_step(run_dir, val), overlays, problems)
+    best_step, best_weights = _best(run_dir, val)
+    return RunData(
+        run_dir=run_dir,
+        config=config,
+        train=train,
+        val=val,
+        best_step=best_step,
+        overlays=overlays,
+        problems=problems,
+        best_weights=best_weights,
+    )

@@ -2,7 +2,8 @@
 
 Each checkpoint is a folder `checkpoints/step_NNNNNNN/` made under a temporary name and renamed
 into place once every file is written and flushed, so a crash never leaves a checkpoint that
-looks complete. Weights are safetensors in the MLX layout, readable by every backend. A
+looks complete. Weights (and the moving average of them, `ema.safetensors`, when the run
+keeps one) are safetensors in the MLX layout, readable by every backend. A
 `checksums.sha256` manifest (the `sha256sum -c` format) holds each file's hash; loading
 verifies it and rejects non-finite tensors, and a run folder falls back from a damaged newest
 checkpoint to the newest valid one. Checkpoints written before the manifest load unverified.
@@ -26,6 +27,7 @@ from gigamlx.runs.outputs import pid_alive
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
+EMA = "ema.safetensors"  # the moving average of the weights (train/ema.py); absent when off
 STATE = "state.json"
 MANIFEST = "checksums.sha256"
 # the format of state.json: 1 = written before formats were (no "format" key), 2 = with it.
@@ -49,6 +51,7 @@ class Checkpoint(NamedTuple):
     optimizer: dict[str, np.ndarray]
     config: dict
     rng_state: dict
+    ema: dict[str, np.ndarray] | None = None  # the moving average of the weights, if kept
 
 
 def save_checkpoint(
@@ -60,10 +63,12 @@ def save_checkpoint(
     rng_state: dict,
     name: str | None = None,
     extra: dict | None = None,
+    ema: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` under `run_dir/checkpoints` atomically; return its folder.
 
-    `name` replaces the folder name `step_NNNNNNN` (e.g. "best"); `extra` adds state keys.
+    `name` replaces the folder name `step_NNNNNNN` (e.g. "best"); `extra` adds state keys;
+    `ema` (the moving average of the weights) is written as EMA when given.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -75,10 +80,12 @@ def save_checkpoint(
         temp.mkdir()
         _save_tensors(weights, temp / WEIGHTS)
         _save_tensors(optimizer, temp / OPTIMIZER)
+        if ema is not None:
+            _save_tensors(ema, temp / EMA)
         state = {"format": CHECKPOINT_FORMAT, "step": step, "config": config}
         state |= {"rng_state": rng_state} | (extra or {})
         (temp / STATE).write_text(json.dumps(state, indent=2))
-        names = (WEIGHTS, OPTIMIZER, STATE)
+        names = (WEIGHTS, OPTIMIZER, STATE, *((EMA,) if ema is not None else ()))
         (temp / MANIFEST).write_text("".join(f"{sha256_of(temp / n)}  {n}\n" for n in names))
         for name in (*names, MANIFEST):
             fsync_file(temp / name)
@@ -176,7 +183,8 @@ def verify_files(path: Path) -> None:
         expected = {name: digest for digest, name in pairs}
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {path} is damaged ({MANIFEST} is unreadable)") from None
-    for name in (WEIGHTS, OPTIMIZER, STATE):
+    optional = [name for name in (EMA,) if name in expected or (path / name).exists()]
+    for name in (WEIGHTS, OPTIMIZER, STATE, *optional):
         if name not in expected:
             raise CheckpointError(f"checkpoint {path} is damaged ({MANIFEST} lacks {name})")
         if not (path / name).exists():
@@ -196,8 +204,15 @@ def load_checkpoint_folder(path: Path) -> Checkpoint:
         check_format(state, path)
         weights = load_file(str(path / WEIGHTS))
         optimizer = load_file(str(path / OPTIMIZER)) if (path / OPTIMIZER).exists() else {}
+        ema = load_file(str(path / EMA)) if (path / EMA).exists() else None
         checkpoint = Checkpoint(
-            path, int(state["step"]), weights, optimizer, state["config"], state["rng_state"]
+            path=path,
+            step=int(state["step"]),
+            weights=weights,
+            optimizer=optimizer,
+            config=state["config"],
+            rng_state=state["rng_state"],
+            ema=ema,
         )
     except CheckpointError:
         raise
@@ -205,6 +220,7 @@ def load_checkpoint_folder(path: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} is damaged: unreadable ({error})") from error
     check_finite(weights, path / WEIGHTS)
     check_finite(optimizer, path / OPTIMIZER)
+    check_finite(ema or {}, path / EMA)
     return checkpoint
 
 

@@ -113,6 +113,15 @@ class TrainConfig:
             "and tilt, up to ~15 % dimmer at the edges; 0: off)"
         },
     )
+    # validation every few steps is noisy; an average of the recent weights is steadier, and
+    # `best` keeps whichever of the two scores higher (train/ema.py)
+    ema_decay: float = field(
+        default=0.99,
+        metadata={
+            "help": "decay of the exponential moving average of the weights, validated beside "
+            "them (doubles validation time; 0: off)"
+        },
+    )
 
     @property
     def region_size(self) -> tuple[tuple[float, float], str | None]:
@@ -158,6 +167,8 @@ class TrainConfig:
             raise ValueError(f"--color-jitter must be in [0, 3], got {self.color_jitter}")
         if not 0 <= self.illumination <= 3:
             raise ValueError(f"--illumination must be in [0, 3], got {self.illumination}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in [0, 1) (0: off), got {self.ema_decay}")
 
     def learning_rate(self, step: int) -> float:
         """The learning rate of optimizer step `step` (1-based): linear warm-up to --lr over
@@ -193,18 +204,25 @@ class ConfigError(ValueError):
 
 
 # the format of a saved config: 1 = written before formats were (no "format" key); 2 = the
-# key written, and every option present. A change to the saved options adds a number and an
-# upgrade from the one before, so every older run still loads.
-CONFIG_FORMAT = 2
+# key written, and every option present; 3 = with ema_decay. A change to the saved options
+# adds a number and an upgrade from the one before, so every older run still loads.
+CONFIG_FORMAT = 3
+ADDED_IN_3 = ("ema_decay",)
 
 
 def _upgrade_from_1(values: dict) -> dict:
     """Format 1 files come from many versions: options added since are filled in, with
     what runs did before the two that change what a model sees (raw RGB, even light)."""
-    return DEFAULTS.to_dict() | {"normalize": False, "illumination": 0.0} | values
+    format_2 = {k: v for k, v in DEFAULTS.to_dict().items() if k not in ("format", *ADDED_IN_3)}
+    return format_2 | {"normalize": False, "illumination": 0.0} | values
 
 
-UPGRADES = {1: _upgrade_from_1}  # format N -> N + 1
+def _upgrade_from_2(values: dict) -> dict:
+    """Runs before the moving average had none: off, so a resumed one goes on as it was."""
+    return {"ema_decay": 0.0} | values
+
+
+UPGRADES = {1: _upgrade_from_1, 2: _upgrade_from_2}  # format N -> N + 1
 
 
 def upgrade_config(values: dict, source: str = "config") -> dict:

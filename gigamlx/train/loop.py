@@ -27,6 +27,7 @@ from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_best, save_run
 from gigamlx.train.stop import StopFlag, Stopped, stop_on_signals
+from gigamlx.train.validate import best_choice
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def train_step(run: Run, world: World, tile_progress: Progress | None = None) ->
     lr = config.learning_rate(run.step + 1)
     run.backend.set_learning_rate(run.optimizer, lr)
     run.backend.apply_gradients(run.model, run.optimizer, grads)
+    if run.ema is not None:  # every rank: the same weights give the same average
+        run.ema.update(run.backend.flat_params(run.model))
     run.step += 1
     now = time.perf_counter()
     return StepMetrics(
@@ -248,24 +251,40 @@ def _validation_due(run: Run) -> bool:
 
 
 def _validate(run: Run, seconds: float, on_val: Callable[[dict], None] | None) -> None:
-    """Score the validation areas, log the line, keep the best weights."""
-    row = run.validator(run.backend, run.model, run.step, seconds)
+    """Score the validation areas (with the moving average of the weights too), log the line,
+    keep the best weights."""
+    row = run.validator(run.backend, run.model, run.step, seconds, _ema_model(run))
     with open(run.metrics_path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
     run.val_threshold = (run.step, row["val_threshold"])
-    if row["val_threshold_dice"] > run.best_val_dice:  # the weights with their chosen cut
-        save_best(run, row["val_threshold_dice"])
+    choice = best_choice(row)  # raw or averaged weights, each at its own chosen cut
+    if choice.dice > run.best_val_dice:
+        save_best(run, choice)
     if on_val:
         on_val(row)
 
 
+def _ema_model(run: Run):
+    """The model validation scores the moving average with: None when the run keeps none,
+    the run's own model while the two are equal (before the first step: scored once)."""
+    if run.ema is None:
+        return None
+    if run.ema.matches(run.backend.flat_params(run.model)):
+        return run.model
+    return run.ema.as_model(run.backend)
+
+
 def _check_same_weights(run: Run, world: World) -> None:
-    """One tiny collective: every rank holds the same step and weights (bit for bit)."""
+    """One tiny collective: every rank holds the same step, weights and moving average of
+    them (bit for bit)."""
     if world.size == 1:
         return
     weights = run.backend.flat_params(run.model)
+    average = run.ema.shadow if run.ema is not None else {}
     payload = [str(run.step).encode()] + [
-        np.ascontiguousarray(weights[n]).tobytes() for n in sorted(weights)
+        np.ascontiguousarray(tensors[n]).tobytes()
+        for tensors in (weights, average)
+        for n in sorted(tensors)
     ]
     world.check_same(f"the weights after step {run.step}", b"".join(payload))
 

@@ -37,9 +37,11 @@ from gigamlx.runs.outputs import check_output_folder, probe_writable
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.tiling.budget import check_budget
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
+from gigamlx.train.ema import WeightAverage
 from gigamlx.train.regions import RegionSampler
 from gigamlx.train.validate import (
     VAL_DIR,
+    BestChoice,
     Validator,
     heldout_areas,
     resolve_val_fraction,
@@ -71,6 +73,7 @@ class Run:
     best_val_dice: float = -1.0  # of the `best` checkpoint, at its chosen threshold
     val_threshold: tuple[int, float] | None = None  # (step, cut) the last validation chose
     init: str = FRESH  # where the first weights came from (runs/bundled.py), in checkpoints
+    ema: WeightAverage | None = None  # the moving average of the weights; None: --ema-decay 0
 
     @property
     def metrics_path(self) -> Path:
@@ -231,6 +234,7 @@ def open_run(
         config, backend, model, optimizer, sampler, slides, step, run_dir, validator, best_dice
     )
     run.init = init
+    run.ema = _weight_average(config, backend, model, checkpoint)
     return run
 
 
@@ -241,6 +245,21 @@ def _start_from(backend: Backend, model, weights: dict, init: str) -> None:
         raise CheckpointError(f"--init {init}: not GigaUNet-4492 weights (names or shapes differ)")
     backend.load_params(model, weights)
     log.info("starting from the weights of %s", init)
+
+
+def _weight_average(
+    config: TrainConfig, backend: Backend, model, checkpoint: Checkpoint | None
+) -> WeightAverage | None:
+    """The moving average of the weights: from the checkpoint's, else from the weights the
+    run starts (or resumes) with; None when --ema-decay is 0. Every rank keeps the same."""
+    if config.ema_decay == 0:
+        return None
+    if checkpoint is not None and checkpoint.ema is not None:
+        updates = (read_state(checkpoint.path) or {}).get("ema_updates", checkpoint.step)
+        return WeightAverage(config.ema_decay, checkpoint.ema, updates)
+    if checkpoint is not None:
+        log.info("%s holds no moving average: it starts from its weights", checkpoint.path)
+    return WeightAverage(config.ema_decay, backend.flat_params(model))
 
 
 def _init_of(checkpoint: Checkpoint) -> str:
@@ -261,25 +280,40 @@ def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> V
     return Validator(areas, run_dir, config.tile, config.budget_bytes)
 
 
-def save_best(run: Run, val_dice: float) -> Path:
-    """Keep the weights of this step as RUN/checkpoints/best (never pruned), with the
-    threshold validation chose for them (`Run.val_threshold`)."""
-    run.best_val_dice = val_dice
-    return _checkpoint(run, name=BEST, extra={"val_dice": val_dice})
+def save_best(run: Run, choice: BestChoice) -> Path:
+    """Keep this step as RUN/checkpoints/best (never pruned): its weights.safetensors holds
+    the weights `choice` names (the trained ones or their moving average, said in its
+    state.json as "weights"), with the threshold validation chose for those weights. Every
+    reader of `best` (predict, --init, the scripts) so gets the chosen weights and their cut;
+    its optimizer state stays the trained weights'."""
+    run.best_val_dice = choice.dice
+    weights = run.ema.shadow if choice.weights == "ema" else None
+    extra = {"val_dice": choice.dice, "weights": choice.weights, "threshold": choice.threshold}
+    return _checkpoint(run, name=BEST, extra=extra, weights=weights)
 
 
-def _checkpoint(run: Run, name: str | None = None, extra: dict | None = None) -> Path:
+def _checkpoint(
+    run: Run, name: str | None = None, extra: dict | None = None, weights: dict | None = None
+) -> Path:
     """Write the run's state after its last completed step (save_checkpoint's folder); a
-    step validation scored carries the threshold it chose (what `predict` cuts at)."""
-    weights, moments = (
-        run.backend.flat_params(run.model),
-        run.backend.optimizer_state(run.optimizer),
-    )
-    extra = dict(extra or {}) | {"init": run.init}
-    if run.val_threshold is not None and run.val_threshold[0] == run.step:
+    step validation scored carries the threshold it chose (what `predict` cuts at).
+
+    Args:
+        weights: written as its weights instead of the model's (`best` of the moving average).
+    """
+    if weights is None:
+        weights = run.backend.flat_params(run.model)
+    moments = run.backend.optimizer_state(run.optimizer)
+    extra = {"init": run.init} | dict(extra or {})
+    if "threshold" not in extra and run.val_threshold and run.val_threshold[0] == run.step:
         extra["threshold"] = run.val_threshold[1]
+    ema = run.ema.shadow if run.ema is not None else None
+    if run.ema is not None:
+        extra["ema_updates"] = run.ema.updates
     state = (run.config.to_dict(), run.sampler.state())
-    return save_checkpoint(run.run_dir, run.step, weights, moments, *state, name=name, extra=extra)
+    return save_checkpoint(
+        run.run_dir, run.step, weights, moments, *state, name=name, extra=extra, ema=ema
+    )
 
 
 def _resolve_scale(config: TrainConfig, slides: list[TrainingSlide]):

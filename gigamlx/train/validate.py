@@ -13,6 +13,9 @@ pooled Dice on these pixels, or the cut nearest 0.5 within `THRESHOLD_TOLERANCE`
 model trained with BCE puts ambiguous pixels (faint tissue, fat) at their base rate, below
 0.5, so 0.5 is often not its best cut; the chosen one is kept with the weights (`best` and
 the checkpoint of that step) and `gigamlx predict` cuts there.
+
+With a moving average of the weights (train/ema.py) each validation scores it too, on the
+same pixels with its own cut (`val_ema_*`); `best` keeps whichever scores higher at its cut.
 """
 
 from __future__ import annotations
@@ -160,9 +163,9 @@ class Validator:
                 scored = True
         return counts.metrics()["dice"] if scored else None
 
-    def __call__(self, backend, model, step: int, seconds: float) -> dict:
-        """One validation: the metrics line for metrics.jsonl (pooled over all areas), with
-        the threshold it chooses (`val_threshold`) and the Dice there (`val_threshold_dice`)."""
+    def score(self, backend, model, overlays: bool = True) -> Scores:
+        """Predict every area with `model` and score the maps at every cut; `overlays`: write
+        RUN/val/NAME_overlay.png at the chosen cut."""
         start = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         scratch = self.out_dir / ".scratch"
@@ -182,20 +185,76 @@ class Validator:
             probs.append(prob)  # kept (in memory up to IN_MEMORY_MAX_PX) for the overlays
         threshold, threshold_dice = best_threshold(pooled)
         cut = threshold_u8(threshold)
-        for area, prob in zip(self.areas, probs, strict=True):
+        for area, prob in zip(self.areas, probs, strict=True) if overlays else ():
             overlay = self.out_dir / f"{area.name}_overlay.png"
             write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, cut, compress_level=1)
+        post = self.post_dice(probs, cut)  # the tissue mask, at that cut
         shutil.rmtree(scratch, ignore_errors=True)
-        metrics = pooled[THRESHOLDS.index(DEFAULT_THRESHOLD)].metrics()
+        at_cut = THRESHOLDS.index(threshold)  # each slide's Dice as its overlay shows it
+        return Scores(
+            at_half=pooled[THRESHOLDS.index(DEFAULT_THRESHOLD)].metrics(),
+            threshold=threshold,
+            threshold_dice=threshold_dice,
+            post_dice=post,
+            slides={name: c[at_cut].metrics()["dice"] for name, c in per_slide.items()},
+            seconds=time.perf_counter() - start,
+        )
+
+    def __call__(self, backend, model, step: int, seconds: float, ema_model=None) -> dict:
+        """One validation: the metrics line for metrics.jsonl (pooled over all areas), with
+        the threshold it chooses (`val_threshold`) and the Dice there (`val_threshold_dice`).
+
+        Args:
+            ema_model: the moving average of the weights (train/ema.py), scored on the same
+                pixels into the `val_ema_*` keys (no overlays); `model` itself when the two
+                are equal (scored once); None: no moving average kept.
+        """
+        raw = self.score(backend, model)
         row = {"step": step, "kind": "val"}
         for name in ("dice", "soft_dice", "precision", "recall"):
-            row[f"val_{name}"] = metrics[name]
-        row["val_threshold"], row["val_threshold_dice"] = threshold, threshold_dice
-        row["val_dice_post"] = self.post_dice(probs, cut)  # the tissue mask, at that cut
+            row[f"val_{name}"] = raw.at_half[name]
+        row["val_threshold"], row["val_threshold_dice"] = raw.threshold, raw.threshold_dice
+        row["val_dice_post"] = raw.post_dice
         row["val_otsu_dice"] = self.baselines()["otsu"]
         row["val_morph_dice"] = self.baselines()["morph"]
-        at_cut = THRESHOLDS.index(threshold)  # each slide's Dice as its overlay shows it
-        row["val_slides"] = {name: c[at_cut].metrics()["dice"] for name, c in per_slide.items()}
-        row["val_seconds"] = time.perf_counter() - start
-        row["seconds"] = seconds + row["val_seconds"]
+        row["val_slides"] = raw.slides
+        val_seconds = raw.seconds
+        if ema_model is not None:
+            ema = raw if ema_model is model else self.score(backend, ema_model, overlays=False)
+            row["val_ema_dice"] = ema.at_half["dice"]
+            row["val_ema_threshold"] = ema.threshold
+            row["val_ema_threshold_dice"] = ema.threshold_dice
+            row["val_ema_dice_post"] = ema.post_dice
+            val_seconds += ema.seconds if ema is not raw else 0.0
+        row["val_seconds"] = val_seconds  # both passes: the moving average doubles it
+        row["seconds"] = seconds + val_seconds
         return row
+
+
+class Scores(NamedTuple):
+    """One model's validation: pooled over every area."""
+
+    at_half: dict  # PixelCounts.metrics() at p >= 0.5
+    threshold: float  # the cut chosen (best_threshold)
+    threshold_dice: float  # pooled Dice there
+    post_dice: float | None  # the tissue mask (post-processed at that cut); None: no mpp
+    slides: dict[str, float]  # each area's Dice at the chosen cut
+    seconds: float
+
+
+class BestChoice(NamedTuple):
+    """Which weights of a validation `best` would keep, their Dice at their cut, and the cut."""
+
+    weights: str  # "raw" (the trained weights) or "ema" (their moving average)
+    dice: float
+    threshold: float
+
+
+def best_choice(row: dict) -> BestChoice:
+    """Of the raw and the moving-average weights a validation line scored, the one with the
+    higher Dice at its own chosen cut (raw on a tie: it is what the run continues from)."""
+    raw = BestChoice("raw", row["val_threshold_dice"], row["val_threshold"])
+    ema_dice = row.get("val_ema_threshold_dice")
+    if ema_dice is not None and ema_dice > raw.dice:
+        return BestChoice("ema", ema_dice, row["val_ema_threshold"])
+    return raw

@@ -27,6 +27,7 @@ from gigamlx.runs.bundled import (
     write_bundle,
 )
 from gigamlx.runs.checkpoint import read_state, save_checkpoint
+from gigamlx.runs.config import POSTPROCESS
 from gigamlx.train.run import start_run
 
 runner = CliRunner()
@@ -91,7 +92,7 @@ def test_predict_takes_the_cards_threshold_and_postprocessing(slide, tmp_path, b
     assert result.exit_code == 0, result.output
     meta = _provenance(tmp_path / "a" / "s.zarr")
     assert meta["threshold"] == 0.7 and meta["postprocess"]["min_object_um2"] == 0.0
-    assert meta["postprocess"]["fill_holes_um2"] == 50_000.0  # the package default
+    assert meta["postprocess"]["fill_holes_um2"] == POSTPROCESS.fill_holes_um2  # the default
     typed = ["--min-object-um2", "5", "--threshold", "0.6"]  # typed settings win
     result = runner.invoke(app, ["predict", slide, "--out", str(tmp_path / "b"), *typed])
     assert result.exit_code == 0, result.output

@@ -281,15 +281,16 @@ def help_of(name: str, config: type = TrainConfig) -> str:
 class PostprocessConfig:
     """Tissue-mask post-processing of a thresholded map (slide/morphology.py): a closing, then
     hole filling, then small-object removal. Areas and lengths are physical, so a setting means
-    the same at any pyramid level. The defaults are a first guess, not yet chosen on
-    validation slides (docs/postprocessing.md)."""
+    the same at any pyramid level. The defaults are the gentlest settings within noise of the
+    best mean Dice on the quick benchmark's validation slides (scripts/postprocess_ablation.py,
+    docs/postprocessing.md)."""
 
     fill_holes_um2: float = field(
-        default=50_000.0,
+        default=10_000.0,
         metadata={"help": "fill holes enclosed by tissue up to this area, µm² (0: fill none)"},
     )
     min_object_um2: float = field(
-        default=10_000.0,
+        default=2_000.0,
         metadata={"help": "drop tissue pieces smaller than this area, µm² (0: keep all)"},
     )
     closing_um: float = field(

@@ -64,7 +64,17 @@ def _names(paths) -> list[str]:
 def training_record(config: dict, state: dict, checkpoint_name: str) -> dict:
     """What the run was: its slides (names only: paths are of the machine that trained),
     recipe and the checkpoint chosen."""
-    keep = ("region", "steps", "loss", "lr", "seed", "lr_schedule", "augment", "color_jitter")
+    keep = (
+        "region",
+        "steps",
+        "loss",
+        "lr",
+        "seed",
+        "lr_schedule",
+        "augment",
+        "color_jitter",
+        "ema_decay",
+    )
     return {
         "data": _names(config.get("data", ())),
         "val": _names(config.get("val", ())),
@@ -73,6 +83,7 @@ def training_record(config: dict, state: dict, checkpoint_name: str) -> dict:
         "checkpoint": checkpoint_name,
         "step": state.get("step"),
         "val_dice": state.get("val_dice"),
+        "averaged": state.get("weights") == "ema",  # the best checkpoint held the EMA weights
     }
 
 

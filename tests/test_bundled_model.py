@@ -179,7 +179,7 @@ def test_bundle_model_script_writes_card_and_info_prints_it(tmp_path, monkeypatc
 
     config = small_config("a/train-1.zarr", tmp_path / "run", 9).to_dict()
     config |= {"trained_mpp": 0.5, "trained_level": 0}
-    state = {"threshold": 0.65, "val_dice": 0.91}
+    state = {"threshold": 0.65, "val_dice": 0.91, "weights": "ema"}
     save_checkpoint(tmp_path / "run", 7, load_file(str(weights)), {}, config, {}, "best", state)
     rows = [
         {
@@ -199,11 +199,20 @@ def test_bundle_model_script_writes_card_and_info_prints_it(tmp_path, monkeypatc
     card = load_bundled().card
     assert card["threshold"] == 0.65 and card["threshold_from"] == "validation"
     assert card["training"]["step"] == 7 and card["training"]["data"] == ["train-1.zarr"]
+    assert card["training"]["averaged"]  # best held the moving average
     assert card["trained_on"] == "1 slide(s): train-1.zarr"
     assert card["scores"]["heldout"] == rows and card["scores"]["dice_mean"] == 0.82
     result = runner.invoke(app, ["info", "--model", "bundled"])
     assert result.exit_code == 0, result.output
-    for text in ("test-model", "p >= 0.65", "0.8100", "0.8200 ± 0.0100", "h1.zarr", "a note"):
+    for text in (
+        "test-model",
+        "averaged (EMA) weights of step 7",
+        "p >= 0.65",
+        "0.8100",
+        "0.8200 ± 0.0100",
+        "h1.zarr",
+        "a note",
+    ):
         assert text in result.output, text
     assert "test-model" in runner.invoke(app, ["info"]).output
     result = runner.invoke(app, ["info", "--model", "bundled", "--json"])

@@ -159,7 +159,8 @@ def card_facts(card: dict) -> dict[str, str]:
         f"{card.get('parameters', '?')} parameters)",
         "trained on": card["trained_on"],
         "recipe": f"{training.get('steps')} steps of {training.get('region')} regions, loss "
-        f"{training.get('loss')}, lr {training.get('lr')}; weights of step {training.get('step')}"
+        f"{training.get('loss')}, lr {training.get('lr')}; {_weights_kind(training)} of step "
+        f"{training.get('step')}"
         f" ({training.get('checkpoint')})",
         "validation Dice": f"{_number(training.get('val_dice'))} ({_val_source(training)})",
         "resolution": f"{card.get('trained_mpp') or '—'} µm/px (level "
@@ -174,6 +175,11 @@ def card_facts(card: dict) -> dict[str, str]:
         facts["note"] = card["note"]
     facts["weights"] = f"{card['weights']} (sha256 {card['weights_sha256'][:16]}...)"
     return facts
+
+
+def _weights_kind(training: dict) -> str:
+    """Which weights the card holds: the moving average (train/ema.py) or the raw ones."""
+    return "averaged (EMA) weights" if training.get("averaged") else "weights"
 
 
 SCORE_COLUMNS = ("slide", "dice", "dice_post", "otsu_dice", "morph_dice")

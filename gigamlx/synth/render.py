@@ -114,36 +114,49 @@ def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
     return region, density, F32(1) + F32(0.9) * fold, in_fat
 
 
-def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
-    """Per-pixel gather helper: cell indices and a function drawing per-cell uniforms."""
-    cy, cx = ys // cell_px, xs // cell_px
-    ly, lx = np.arange(cy[0], cy[-1] + 1), np.arange(cx[0], cx[-1] + 1)
-    iy, ix = np.ix_(cy - cy[0], cx - cx[0])
-
-    def draw(salt: int) -> np.ndarray:
-        return uniform(key + salt, ly[:, None], lx[None, :])[iy, ix]  # (h, w)
-
-    return cy, cx, ly, lx, draw
-
-
 def _discs(
     key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, float], presence, soft=1
 ):
-    """One soft disc per cell at a hashed position, kept with probability `presence`;
-    `soft` (scalar or (h, w)) widens the disc's edge, 1 = one pixel (defocus).
+    """One soft disc per cell at a hashed position, kept with probability `presence` (a float,
+    or a function of the cells' (ly, lx) giving (ny, nx)); `soft` (scalar or (h, w)) widens
+    the disc's edge, 1 = one pixel (defocus).
 
     Returns:
         (h, w) float32 coverage in [0, 1].
     """
-    cy, cx, ly, lx, draw = _cells(key, ys, xs, cell_px)
-    r = F32(radius_px[0]) + F32(radius_px[1] - radius_px[0]) * draw(1)
+    cy, cx = ys // cell_px, xs // cell_px
+    ly, lx = np.arange(cy[0], cy[-1] + 1), np.arange(cx[0], cx[-1] + 1)
+    per_row, per_col = np.bincount(cy - cy[0]), np.bincount(cx - cx[0])  # pixels per cell
+
+    def draw(salt: int) -> np.ndarray:
+        return uniform(key + salt, ly[:, None], lx[None, :])  # (ny, nx): one value per cell
+
+    # Each cell's radius and centre, computed once per cell rather than once per pixel
+    r = F32(radius_px[0]) + F32(radius_px[1] - radius_px[0]) * draw(1)  # (ny, nx)
     span = F32(cell_px) - F32(2) * r
-    oy = (cy * cell_px).astype(np.float32)[:, None] + r + span * draw(2)
-    ox = (cx * cell_px).astype(np.float32)[None, :] + r + span * draw(3)
-    dy, dx = ysf[:, None] - oy, xsf[None, :] - ox
-    disc = np.clip((r * r - dy * dy - dx * dx) / (F32(2) * r * soft) + F32(0.5), 0, 1)
+    oy = (ly * cell_px).astype(np.float32)[:, None] + r + span * draw(2)
+    ox = (lx * cell_px).astype(np.float32)[None, :] + r + span * draw(3)
+    # r * r - dy * dy varies along x only from cell to cell, and dx * dx along y: each is
+    # evaluated at (h, nx) or (ny, w) and repeated out to (h, w)
+    dy = ysf[:, None] - np.repeat(oy, per_row, axis=0)  # (h, nx)
+    reach = np.repeat(r * r, per_row, axis=0) - dy * dy
+    dx = xsf[None, :] - np.repeat(ox, per_col, axis=1)  # (ny, w)
+    disc = np.repeat(reach, per_col, axis=1)  # (h, w)
+    disc -= np.repeat(dx * dx, per_row, axis=0)
+    edge = _per_pixel(F32(2) * r, per_row, per_col)
+    if not np.isscalar(soft):
+        edge *= soft
+    disc /= edge
+    disc += F32(0.5)
+    np.clip(disc, 0, 1, out=disc)
     keep = draw(4) < (presence(ly, lx) if callable(presence) else F32(presence))
-    return disc * keep
+    disc *= _per_pixel(keep, per_row, per_col)
+    return disc
+
+
+def _per_pixel(per_cell: np.ndarray, per_row: np.ndarray, per_col: np.ndarray) -> np.ndarray:
+    """(ny, nx) cell values repeated out to the (h, w) pixels: `per_row` pixels per cell row."""
+    return np.repeat(np.repeat(per_cell, per_row, axis=0), per_col, axis=1)
 
 
 def _nuclei(scene: Scene, ys, xs, ysf, xsf, blur) -> np.ndarray:
@@ -153,7 +166,7 @@ def _nuclei(scene: Scene, ys, xs, ysf, xsf, blur) -> np.ndarray:
 
     def presence(ly, lx):  # cellularity sampled at cell centers, so a nucleus is whole or absent
         cellular = value_noise(key + 2, ly * cell + cell // 2, lx * cell + cell // 2, (384, 384))
-        return (F32(0.15) + F32(0.75) * cellular)[np.ix_(ys // cell - ly[0], xs // cell - lx[0])]
+        return F32(0.15) + F32(0.75) * cellular  # (ny, nx)
 
     soft = F32(1) + F32(5) * blur
     disc = _discs(key, ys, xs, ysf, xsf, cell, (2.5, 5.5), presence, soft)

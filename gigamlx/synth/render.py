@@ -174,9 +174,10 @@ def _nuclei(scene: Scene, ys, xs, ysf, xsf, blur) -> np.ndarray:
     return disc * chromatin / (F32(1) + F32(0.6) * blur)
 
 
-def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf, alpha: np.ndarray) -> bool:
-    """Raise `alpha` (h, w) to the coverage of a pen stroke; False if it misses the chunk."""
-    hw, touched = stroke.half_width_px, False
+def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf):
+    """Coverage of a pen stroke: (window, alpha) with alpha the (rows, cols) float32 coverage
+    inside `window` (a pair of slices of the sampled grid) and 0 outside; None if it misses."""
+    hw, windows = stroke.half_width_px, []
     for (y0, x0), (y1, x1) in zip(stroke.points[:-1], stroke.points[1:], strict=True):
         box = Box(
             int(min(y0, y1) - hw - 2),
@@ -185,16 +186,23 @@ def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf, alpha: np.ndarray) -> bool:
             int(max(x0, x1) + hw + 2),
         )
         win = _window(ys, xs, box)
-        if win is None:
-            continue
-        touched = True
+        if win is not None:
+            windows.append(((y0, x0), (y1, x1), win))
+    if not windows:
+        return None
+    top, left = min(w[0].start for *_, w in windows), min(w[1].start for *_, w in windows)
+    bottom, right = max(w[0].stop for *_, w in windows), max(w[1].stop for *_, w in windows)
+    alpha = np.zeros((bottom - top, right - left), F32)
+    for (y0, x0), (y1, x1), win in windows:
         vy, vx = F32(y1 - y0), F32(x1 - x0)
         py, px = ysf[win[0]][:, None] - F32(y0), xsf[win[1]][None, :] - F32(x0)
         t = np.clip((py * vy + px * vx) * F32(1 / max(float(vy * vy + vx * vx), 1e-6)), 0, 1)
         ey, ex = py - t * vy, px - t * vx
         cover = np.clip(F32(hw) - np.sqrt(ey * ey + ex * ex) + F32(0.5), 0, 1) * F32(0.8)
-        alpha[win] = np.maximum(alpha[win], cover)
-    return touched
+        rows = slice(win[0].start - top, win[0].stop - top)
+        cols = slice(win[1].start - left, win[1].stop - left)
+        alpha[rows, cols] = np.maximum(alpha[rows, cols], cover)
+    return (slice(top, bottom), slice(left, right)), alpha
 
 
 def _illumination(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
@@ -202,9 +210,28 @@ def _illumination(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
     h, w = scene.image_hw
     ry = ysf * F32(2 / h) - F32(1)
     rx = xsf * F32(2 / w) - F32(1)
-    vignette = F32(1) - F32(0.06) * (ry * ry)[:, None] - F32(0.06) * (rx * rx)[None, :]
     drift_px = int(2 ** max(6, round(np.log2(max(min(h, w), 2) / 2))))
-    return vignette + F32(0.03) * fbm(scene.seed * 977 + 7, ys, xs, drift_px, 2)
+    light = fbm(scene.seed * 977 + 7, ys, xs, drift_px, 2)
+    light *= F32(0.03)
+    light += (F32(1) - F32(0.06) * (ry * ry))[:, None] - F32(0.06) * (rx * rx)[None, :]
+    return light
+
+
+def _stain(scene: Scene, ys, xs, ysf, xsf, blur, density, fold):
+    """Eosin and haematoxylin amounts per pixel, (h, w) float32 each."""
+    fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
+    eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
+    nuclei = _nuclei(scene, ys, xs, ysf, xsf, blur)
+    hema = density * fold * (F32(0.08) + F32(0.9) * nuclei)
+    return eosin, hema
+
+
+def _nonzero_window(values: np.ndarray) -> tuple[slice, slice] | None:
+    """Smallest window of `values` (h, w) holding all its nonzero pixels, or None."""
+    rows, cols = np.flatnonzero(values.any(axis=1)), np.flatnonzero(values.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
 def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,19 +250,39 @@ def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
     style = scene.style
     blur = defocus(scene, ys, xs)
     tissue, density, fold, _ = _tissue(scene, ys, xs, ysf, xsf, blur)
-    rgb = np.broadcast_to(np.array(style.background_rgb, F32), (len(ys), len(xs), 3)).copy()
-    if density.any():
-        fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
-        eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
-        nuclei = _nuclei(scene, ys, xs, ysf, xsf, blur)
-        hema = density * fold * (F32(0.08) + F32(0.9) * nuclei)
-        rgb -= eosin[..., None] * np.array(style.eosin_od, F32)
-        rgb -= hema[..., None] * np.array(style.hema_od, F32)
-    grain = (uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :]) - F32(0.5)) * F32(12)
+    # Stain is computed only where density is nonzero: elsewhere it is 0 and subtracting 0
+    # leaves the glass colour exactly
+    stained = _nonzero_window(density)
+    if stained:
+        rows, cols = stained
+        sub = (ys[rows], xs[cols], ysf[rows], xsf[cols])
+        stain = _stain(scene, *sub, blur[stained], density[stained], fold[stained])
+    grain = uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :])
+    grain -= F32(0.5)
+    grain *= F32(12)
     light = _illumination(scene, ys, xs, ysf, xsf) * bubble_shade(scene, ysf, xsf)
-    rgb = rgb * light[..., None] + grain[..., None]
-    _debris(scene, rgb, ys, xs, ysf, xsf)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tissue.view(np.uint8)
+    dust = _dust(scene, ys, xs, ysf, xsf).ravel()
+    specks = np.flatnonzero(dust)  # blending where the coverage is 0 changes nothing
+    specks_weight = dust[specks] * F32(0.85)
+    strokes = [(st.ink_rgb, _stroke_alpha(st, ys, xs, ysf, xsf)) for st in scene.strokes]
+    rgb = np.empty((len(ys), len(xs), 3), np.uint8)
+    for c in range(3):  # one (h, w) plane per channel: numpy is slow on a last axis of 3
+        plane = np.full((len(ys), len(xs)), np.array(style.background_rgb, F32)[c], F32)
+        if stained:
+            plane[stained] -= stain[0] * np.array(style.eosin_od, F32)[c]
+            plane[stained] -= stain[1] * np.array(style.hema_od, F32)[c]
+        plane *= light
+        plane += grain
+        flat = plane.ravel()
+        flat[specks] += specks_weight * (DUST_RGB[c] - flat[specks])  # dust specks, then pen
+        for ink_rgb, covered in strokes:
+            if covered:
+                win, alpha = covered
+                plane[win] += alpha * (np.array(ink_rgb, np.float32)[c] - plane[win])
+        np.rint(plane, out=plane)
+        np.clip(plane, 0, 255, out=plane)
+        rgb[..., c] = plane
+    return rgb, tissue.view(np.uint8)
 
 
 def _dust(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
@@ -243,17 +290,6 @@ def _dust(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
     return _discs(
         scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), scene.style.dust
     )
-
-
-def _debris(scene: Scene, rgb: np.ndarray, ys, xs, ysf, xsf) -> None:
-    """Dust specks and pen strokes painted over `rgb` (h, w, 3) in place; labels unchanged."""
-    dust = _dust(scene, ys, xs, ysf, xsf)
-    rgb += (dust * F32(0.85))[..., None] * (DUST_RGB - rgb)
-    alpha = np.zeros_like(dust)
-    for stroke in scene.strokes:  # a stroke that misses leaves alpha 0: blending is identity
-        alpha[:] = 0
-        if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
-            rgb += alpha[..., None] * (np.array(stroke.ink_rgb, np.float32) - rgb)
 
 
 class Layers(NamedTuple):
@@ -279,11 +315,11 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
     blur = defocus(scene, ys, xs)
     tissue, density, _, in_fat = _tissue(scene, ys, xs, ysf, xsf, blur)
-    pen, alpha = np.zeros(tissue.shape, bool), np.zeros(tissue.shape, F32)
+    pen = np.zeros(tissue.shape, bool)
     for stroke in scene.strokes:
-        alpha[:] = 0
-        if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
-            pen |= alpha >= F32(0.05)
+        covered = _stroke_alpha(stroke, ys, xs, ysf, xsf)
+        if covered:
+            pen[covered[0]] |= covered[1] >= F32(0.05)
     return Layers(
         tissue=tissue,
         fat=in_fat,

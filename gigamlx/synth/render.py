@@ -45,139 +45,24 @@ from gigamlx.slide.store import (
     open_store,
 )
 from gigamlx.slide.written import check_chunk_px
-from gigamlx.synth.artefacts import bubble_shade, defocus, fat
+from gigamlx.synth.artefacts import bubble_shade, defocus
+from gigamlx.synth.discs import dust, nuclei
+from gigamlx.synth.fields import sample_window
 from gigamlx.synth.noise import fbm, uniform, value_noise
-from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
+from gigamlx.synth.scene import Scene, Stroke, make_scene
+from gigamlx.synth.tissue import Tissue, tissue_layer
 
 log = logging.getLogger(__name__)
 
 SYNTH_VERSION = 3  # 2: slide styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
-NUCLEUS_CELL_PX = 16
-EDGE_FADE = 0.015  # stain fades in over this normalized distance inside the edge
-DUST_CELL_PX = 64
 F32 = np.float32
-
-
-def _window(ys: np.ndarray, xs: np.ndarray, box: Box) -> tuple[slice, slice] | None:
-    """Index window of the sampled coordinates that fall inside `box`, or None."""
-    r0, r1 = np.searchsorted(ys, [box.y0, box.y1])
-    c0, c1 = np.searchsorted(xs, [box.x0, box.x1])
-    return (slice(r0, r1), slice(c0, c1)) if r0 < r1 and c0 < c1 else None
-
-
-def _ellipse_field(e: Ellipse, ysf: np.ndarray, xsf: np.ndarray) -> np.ndarray:
-    """1 - normalized distance to the ellipse center: > 0 inside. (h, w) float32."""
-    dy, dx = ysf[:, None] - F32(e.cy), xsf[None, :] - F32(e.cx)
-    u = (dy * F32(e.cos) + dx * F32(e.sin)) * F32(1 / e.a)
-    v = (dx * F32(e.cos) - dy * F32(e.sin)) * F32(1 / e.b)
-    return F32(1) - np.sqrt(u * u + v * v)
-
-
-def _max_field(ellipses, ys, xs, ysf, xsf, grow: float, values=None):
-    """Max of the ellipse fields (-2 where none reaches) and, optionally, the argmax's value."""
-    best = np.full((len(ys), len(xs)), -2.0, np.float32)
-    chosen = np.zeros_like(best)
-    for i, e in enumerate(ellipses):
-        win = _window(ys, xs, e.bbox(grow))
-        if win is None:
-            continue
-        field = _ellipse_field(e, ysf[win[0]], xsf[win[1]])
-        better = field > best[win]
-        best[win] = np.where(better, field, best[win])
-        if values is not None:
-            chosen[win] = np.where(better, F32(values[i]), chosen[win])
-    return best, chosen
-
-
-def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
-    """Tissue region (h, w) bool, stain density (h, w) float32, fold factor (h, w) and the fat
-    patches (h, w) bool: fat is tissue, its cells unstained and its membranes stained; holes are
-    glass in the image (no stain) and tissue in the region, as a pathologist outlines it."""
-    noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5) * F32(BOUNDARY_NOISE)
-    lobes = [(lobe, p.stain) for p in scene.pieces for lobe in p.lobes]
-    best, stain = _max_field(
-        [e for e, _ in lobes], ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE, [s for _, s in lobes]
-    )
-    strength = best + noise
-    hole_best, _ = _max_field(scene.holes, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
-    fat_best, _ = _max_field(scene.fat, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
-    in_fat = (fat_best + noise * F32(0.5) > 0) & (strength > F32(-0.05))
-    region = (strength > 0) | in_fat
-    tissue = region & ~(hole_best - noise * F32(0.5) > 0) | in_fat
-    fade = F32(EDGE_FADE) * (F32(1) + F32(4) * blur)  # out of focus: softer edges
-    density = np.clip(strength / fade, 0, 1) * stain * tissue
-    septa = fat(scene, ys, xs, in_fat)
-    density = np.where(in_fat, np.maximum(stain, F32(0.5)) * F32(0.7) * septa, density)
-    fold_best, _ = _max_field(scene.folds, ys, xs, ysf, xsf, 1.0)
-    fold = np.clip(fold_best * F32(4), 0, 1)
-    return region, density, F32(1) + F32(0.9) * fold, in_fat
-
-
-def _discs(
-    key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, float], presence, soft=1
-):
-    """One soft disc per cell at a hashed position, kept with probability `presence` (a float,
-    or a function of the cells' (ly, lx) giving (ny, nx)); `soft` (scalar or (h, w)) widens
-    the disc's edge, 1 = one pixel (defocus).
-
-    Returns:
-        (h, w) float32 coverage in [0, 1].
-    """
-    cy, cx = ys // cell_px, xs // cell_px
-    ly, lx = np.arange(cy[0], cy[-1] + 1), np.arange(cx[0], cx[-1] + 1)
-    per_row, per_col = np.bincount(cy - cy[0]), np.bincount(cx - cx[0])  # pixels per cell
-
-    def draw(salt: int) -> np.ndarray:
-        return uniform(key + salt, ly[:, None], lx[None, :])  # (ny, nx): one value per cell
-
-    # Each cell's radius and centre, computed once per cell rather than once per pixel
-    r = F32(radius_px[0]) + F32(radius_px[1] - radius_px[0]) * draw(1)  # (ny, nx)
-    span = F32(cell_px) - F32(2) * r
-    oy = (ly * cell_px).astype(np.float32)[:, None] + r + span * draw(2)
-    ox = (lx * cell_px).astype(np.float32)[None, :] + r + span * draw(3)
-    # r * r - dy * dy varies along x only from cell to cell, and dx * dx along y: each is
-    # evaluated at (h, nx) or (ny, w) and repeated out to (h, w)
-    dy = ysf[:, None] - np.repeat(oy, per_row, axis=0)  # (h, nx)
-    reach = np.repeat(r * r, per_row, axis=0) - dy * dy
-    dx = xsf[None, :] - np.repeat(ox, per_col, axis=1)  # (ny, w)
-    disc = np.repeat(reach, per_col, axis=1)  # (h, w)
-    disc -= np.repeat(dx * dx, per_row, axis=0)
-    edge = _per_pixel(F32(2) * r, per_row, per_col)
-    if not np.isscalar(soft):
-        edge *= soft
-    disc /= edge
-    disc += F32(0.5)
-    np.clip(disc, 0, 1, out=disc)
-    keep = draw(4) < (presence(ly, lx) if callable(presence) else F32(presence))
-    disc *= _per_pixel(keep, per_row, per_col)
-    return disc
-
-
-def _per_pixel(per_cell: np.ndarray, per_row: np.ndarray, per_col: np.ndarray) -> np.ndarray:
-    """(ny, nx) cell values repeated out to the (h, w) pixels: `per_row` pixels per cell row."""
-    return np.repeat(np.repeat(per_cell, per_row, axis=0), per_col, axis=1)
-
-
-def _nuclei(scene: Scene, ys, xs, ysf, xsf, blur) -> np.ndarray:
-    """Nuclei-like purple texture in [0, 1], denser in 'cellular' regions. (h, w) float32."""
-    key = scene.seed * 977 + 5
-    cell = NUCLEUS_CELL_PX
-
-    def presence(ly, lx):  # cellularity sampled at cell centers, so a nucleus is whole or absent
-        cellular = value_noise(key + 2, ly * cell + cell // 2, lx * cell + cell // 2, (384, 384))
-        return F32(0.15) + F32(0.75) * cellular  # (ny, nx)
-
-    soft = F32(1) + F32(5) * blur
-    disc = _discs(key, ys, xs, ysf, xsf, cell, (2.5, 5.5), presence, soft)
-    chromatin = F32(0.7) + F32(0.3) * uniform(key + 3, ys[:, None], xs[None, :])
-    return disc * chromatin / (F32(1) + F32(0.6) * blur)
 
 
 def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf):
     """Coverage of a pen stroke: (window, alpha) with alpha the (rows, cols) float32 coverage
     inside `window` (a pair of slices of the sampled grid) and 0 outside; None if it misses."""
-    hw, windows = stroke.half_width_px, []
+    hw, segments = stroke.half_width_px, []
     for (y0, x0), (y1, x1) in zip(stroke.points[:-1], stroke.points[1:], strict=True):
         box = Box(
             int(min(y0, y1) - hw - 2),
@@ -185,15 +70,15 @@ def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf):
             int(max(y0, y1) + hw + 2),
             int(max(x0, x1) + hw + 2),
         )
-        win = _window(ys, xs, box)
+        win = sample_window(ys, xs, box)
         if win is not None:
-            windows.append(((y0, x0), (y1, x1), win))
-    if not windows:
+            segments.append(((y0, x0), (y1, x1), win))
+    if not segments:
         return None
-    top, left = min(w[0].start for *_, w in windows), min(w[1].start for *_, w in windows)
-    bottom, right = max(w[0].stop for *_, w in windows), max(w[1].stop for *_, w in windows)
+    top, left = min(w[0].start for *_, w in segments), min(w[1].start for *_, w in segments)
+    bottom, right = max(w[0].stop for *_, w in segments), max(w[1].stop for *_, w in segments)
     alpha = np.zeros((bottom - top, right - left), F32)
-    for (y0, x0), (y1, x1), win in windows:
+    for (y0, x0), (y1, x1), win in segments:
         vy, vx = F32(y1 - y0), F32(x1 - x0)
         py, px = ysf[win[0]][:, None] - F32(y0), xsf[win[1]][None, :] - F32(x0)
         t = np.clip((py * vy + px * vx) * F32(1 / max(float(vy * vy + vx * vx), 1e-6)), 0, 1)
@@ -217,21 +102,83 @@ def _illumination(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
     return light
 
 
-def _stain(scene: Scene, ys, xs, ysf, xsf, blur, density, fold):
-    """Eosin and haematoxylin amounts per pixel, (h, w) float32 each."""
-    fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
-    eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
-    nuclei = _nuclei(scene, ys, xs, ysf, xsf, blur)
-    hema = density * fold * (F32(0.08) + F32(0.9) * nuclei)
-    return eosin, hema
-
-
 def _nonzero_window(values: np.ndarray) -> tuple[slice, slice] | None:
     """Smallest window of `values` (h, w) holding all its nonzero pixels, or None."""
     rows, cols = np.flatnonzero(values.any(axis=1)), np.flatnonzero(values.any(axis=0))
     if not len(rows):
         return None
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+class _Stain(NamedTuple):
+    """Eosin and haematoxylin amounts, (h', w') float32 each, over `window` of the grid."""
+
+    window: tuple[slice, slice]
+    eosin: np.ndarray
+    hema: np.ndarray
+
+
+def _stain(scene: Scene, ys, xs, ysf, xsf, tissue: Tissue) -> _Stain | None:
+    """The dyes where the tissue's density is nonzero; None where it is 0 all over (dye 0
+    leaves the glass colour exactly, so no pixel outside the window needs it)."""
+    inner = _nonzero_window(tissue.density)
+    if inner is None:
+        return None
+    (rows, cols), (inner_rows, inner_cols) = tissue.window, inner
+    window = (
+        slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
+        slice(cols.start + inner_cols.start, cols.start + inner_cols.stop),
+    )
+    ys, xs, ysf, xsf = ys[window[0]], xs[window[1]], ysf[window[0]], xsf[window[1]]
+    blur, density, fold = tissue.blur[inner], tissue.density[inner], tissue.fold[inner]
+    fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
+    eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
+    hema = density * fold * (F32(0.08) + F32(0.9) * nuclei(scene, ys, xs, ysf, xsf, blur))
+    return _Stain(window, eosin, hema)
+
+
+class _Debris(NamedTuple):
+    """What is painted over the glass and tissue: dust specks, then pen strokes."""
+
+    specks: np.ndarray  # flat indices of the pixels a speck covers (elsewhere blending is a no-op)
+    speck_weight: np.ndarray  # their blend weight, coverage * 0.85
+    strokes: list  # (ink_rgb, window, alpha) of each stroke that reaches the grid, in order
+
+
+def _debris(scene: Scene, ys, xs, ysf, xsf) -> _Debris:
+    coverage = dust(scene, ys, xs, ysf, xsf).ravel()
+    specks = np.flatnonzero(coverage)
+    strokes = []
+    for stroke in scene.strokes:
+        covered = _stroke_alpha(stroke, ys, xs, ysf, xsf)
+        if covered:
+            strokes.append((stroke.ink_rgb, *covered))
+    return _Debris(specks, coverage[specks] * F32(0.85), strokes)
+
+
+def _channel(scene: Scene, c: int, stain, light, grain, debris: _Debris) -> np.ndarray:
+    """Colour channel `c` of the slide, (h, w) float32 before rounding: glass, dyes, light,
+    grain, then dust and pen blended over."""
+    style = scene.style
+    plane = np.full(light.shape, np.array(style.background_rgb, F32)[c], F32)
+    if stain:
+        plane[stain.window] -= stain.eosin * np.array(style.eosin_od, F32)[c]
+        plane[stain.window] -= stain.hema * np.array(style.hema_od, F32)[c]
+    plane *= light
+    plane += grain
+    flat = plane.ravel()
+    flat[debris.specks] += debris.speck_weight * (DUST_RGB[c] - flat[debris.specks])
+    for ink_rgb, window, alpha in debris.strokes:
+        plane[window] += alpha * (np.array(ink_rgb, F32)[c] - plane[window])
+    return plane
+
+
+def _full(shape: tuple[int, int], window, values: np.ndarray | None) -> np.ndarray:
+    """`values` placed at `window` of a zero (h, w) array of their dtype."""
+    out = np.zeros(shape, values.dtype)
+    if window is not None:
+        out[window] = values
+    return out
 
 
 def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,49 +194,20 @@ def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
     """
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
-    style = scene.style
-    blur = defocus(scene, ys, xs)
-    tissue, density, fold, _ = _tissue(scene, ys, xs, ysf, xsf, blur)
-    # Stain is computed only where density is nonzero: elsewhere it is 0 and subtracting 0
-    # leaves the glass colour exactly
-    stained = _nonzero_window(density)
-    if stained:
-        rows, cols = stained
-        sub = (ys[rows], xs[cols], ysf[rows], xsf[cols])
-        stain = _stain(scene, *sub, blur[stained], density[stained], fold[stained])
+    tissue = tissue_layer(scene, ys, xs, ysf, xsf)
+    stain = _stain(scene, ys, xs, ysf, xsf, tissue) if tissue.window else None
     grain = uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :])
     grain -= F32(0.5)
     grain *= F32(12)
     light = _illumination(scene, ys, xs, ysf, xsf) * bubble_shade(scene, ysf, xsf)
-    dust = _dust(scene, ys, xs, ysf, xsf).ravel()
-    specks = np.flatnonzero(dust)  # blending where the coverage is 0 changes nothing
-    specks_weight = dust[specks] * F32(0.85)
-    strokes = [(st.ink_rgb, _stroke_alpha(st, ys, xs, ysf, xsf)) for st in scene.strokes]
+    debris = _debris(scene, ys, xs, ysf, xsf)
     rgb = np.empty((len(ys), len(xs), 3), np.uint8)
-    for c in range(3):  # one (h, w) plane per channel: numpy is slow on a last axis of 3
-        plane = np.full((len(ys), len(xs)), np.array(style.background_rgb, F32)[c], F32)
-        if stained:
-            plane[stained] -= stain[0] * np.array(style.eosin_od, F32)[c]
-            plane[stained] -= stain[1] * np.array(style.hema_od, F32)[c]
-        plane *= light
-        plane += grain
-        flat = plane.ravel()
-        flat[specks] += specks_weight * (DUST_RGB[c] - flat[specks])  # dust specks, then pen
-        for ink_rgb, covered in strokes:
-            if covered:
-                win, alpha = covered
-                plane[win] += alpha * (np.array(ink_rgb, np.float32)[c] - plane[win])
+    for c in range(3):  # one (h, w) plane at a time: numpy is slow over a last axis of 3
+        plane = _channel(scene, c, stain, light, grain, debris)
         np.rint(plane, out=plane)
-        np.clip(plane, 0, 255, out=plane)
-        rgb[..., c] = plane
-    return rgb, tissue.view(np.uint8)
-
-
-def _dust(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
-    """Coverage (h, w) in [0, 1] of the dust specks."""
-    return _discs(
-        scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), scene.style.dust
-    )
+        rgb[..., c] = np.clip(plane, 0, 255, out=plane)
+    mask = _full(grain.shape, tissue.window, tissue.region)
+    return rgb, mask.view(np.uint8)
 
 
 class Layers(NamedTuple):
@@ -313,21 +231,22 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
     """The layers of `scene` at sampled global coordinates, like `render` (same arguments)."""
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
-    blur = defocus(scene, ys, xs)
-    tissue, density, _, in_fat = _tissue(scene, ys, xs, ysf, xsf, blur)
-    pen = np.zeros(tissue.shape, bool)
+    hw = (len(ys), len(xs))
+    tissue = tissue_layer(scene, ys, xs, ysf, xsf)
+    faint = tissue.region & ~tissue.fat & (tissue.density < F32(FAINT_DENSITY))
+    pen = np.zeros(hw, bool)
     for stroke in scene.strokes:
         covered = _stroke_alpha(stroke, ys, xs, ysf, xsf)
         if covered:
             pen[covered[0]] |= covered[1] >= F32(0.05)
     return Layers(
-        tissue=tissue,
-        fat=in_fat,
-        faint=tissue & ~in_fat & (density < F32(FAINT_DENSITY)),
+        tissue=_full(hw, tissue.window, tissue.region),
+        fat=_full(hw, tissue.window, tissue.fat),
+        faint=_full(hw, tissue.window, faint),
         pen=pen,
-        dust=_dust(scene, ys, xs, ysf, xsf) >= F32(0.05),
+        dust=dust(scene, ys, xs, ysf, xsf) >= F32(0.05),
         bubble_rim=bubble_shade(scene, ysf, xsf) <= F32(0.97),
-        defocus=blur >= F32(0.5),
+        defocus=defocus(scene, ys, xs) >= F32(0.5),
     )
 
 

@@ -71,11 +71,16 @@ def value_noise(
     per_col = np.bincount(cx - cx[0])  # pixels per lattice column: np.repeat beats a gather
     left = np.repeat(lattice[:, :-1], per_col, axis=1)  # (ny, w)
     rows = left + (np.repeat(lattice[:, 1:], per_col, axis=1) - left) * wx
-    # top + (bottom - top) * wy per pixel, with each lattice row's difference taken once
+    # top + (bottom - top) * wy, one band of pixel rows per lattice row: each row difference
+    # is taken once and nothing (h, w) is gathered
+    steps = rows[1:] - rows[:-1]
+    out = np.empty((len(ys), len(xs)), np.float32)
     per_row = np.bincount(cy - cy[0])
-    out = np.repeat(rows[1:] - rows[:-1], per_row, axis=0)  # (h, w): bottom - top
-    out *= wy[:, None]
-    out += np.repeat(rows[:-1], per_row, axis=0)
+    stops = np.cumsum(per_row)
+    for j in np.flatnonzero(per_row):
+        band = slice(stops[j] - per_row[j], stops[j])
+        np.multiply(steps[j], wy[band, None], out=out[band])
+        out[band] += rows[j]
     return out
 
 

@@ -88,13 +88,20 @@ def tissue_layer(scene: Scene, ys, xs, ysf, xsf) -> Tissue:
     ys, xs, ysf, xsf = ys[rows], xs[cols], ysf[rows], xsf[cols]
     noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5)
     noise *= F32(BOUNDARY_NOISE)
-    strength = field.best + noise
+    strength = field.best
+    strength += noise
     in_fat, in_hole = _holes_and_fat(scene, ys, xs, ysf, xsf, noise, strength)
     region = (strength > 0) | in_fat
     tissue = region & ~in_hole | in_fat
     blur = defocus(scene, ys, xs)
-    fade = F32(EDGE_FADE) * (F32(1) + F32(4) * blur)  # out of focus: softer edges
-    density = np.clip(strength / fade, 0, 1) * field.chosen * tissue
-    septa = fat(scene, ys, xs, in_fat)
-    density = np.where(in_fat, np.maximum(field.chosen, F32(0.5)) * F32(0.7) * septa, density)
+    density = F32(4) * blur  # fade: out of focus, softer edges
+    density += F32(1)
+    density *= F32(EDGE_FADE)
+    np.divide(strength, density, out=density)
+    np.clip(density, 0, 1, out=density)
+    density *= field.chosen
+    density *= tissue
+    if in_fat.any():  # fat: its membranes stained, its cells not
+        septa = fat(scene, ys, xs, in_fat)[in_fat]
+        density[in_fat] = np.maximum(field.chosen[in_fat], F32(0.5)) * F32(0.7) * septa
     return Tissue(field.window, region, density, _fold(scene, ys, xs, ysf, xsf), in_fat, blur)

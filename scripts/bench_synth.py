@@ -7,7 +7,8 @@ Renders a grid of chunks spread evenly over the slide (glass, tissue, pen, a bub
 reports CPU seconds per chunk: process time, not wall, so a shared machine blurs it less. With
 `--baseline REV` that commit's `gigamlx/` (from `git archive`) renders the same chunks too; the
 two alternate `--repeats` times, each repeat in a fresh process, so both see the same load, and
-their image and mask bytes are compared. Prints a table, writes JSON.
+their image and mask bytes are compared. Each process is set up as synth's worker processes
+are (`prepare_worker`, where that renderer has one). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ def grid_origins(
 
 def render_chunks(size_hw, seed: int, chunk_px: int, origins) -> dict:
     """Render each chunk once (after one untimed warm-up): CPU s per chunk, digest of all."""
-    from gigamlx.synth.render import render  # the gigamlx on sys.path: current or baseline
+    from gigamlx.synth import render as renderer  # the gigamlx on sys.path: current or baseline
     from gigamlx.synth.scene import make_scene
+
+    render = renderer.render
+    if hasattr(renderer, "prepare_worker"):  # as synth's worker processes do (older: absent)
+        renderer.prepare_worker(chunk_px)
 
     scene = make_scene(size_hw, seed)
 

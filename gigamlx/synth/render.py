@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gigamlx.core.geometry import Box
+from gigamlx.core.memory import keep_freed_memory
 from gigamlx.core.progress import ChunkProgress
 from gigamlx.runs.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, check_seed
 from gigamlx.slide.store import (
@@ -251,6 +252,7 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
 
 
 PARALLEL_MIN_CHUNKS = 16  # below this, starting worker processes costs more than it saves
+RENDER_HEAP_FLOOR_BYTES = 64 << 20  # blocks a worker's malloc keeps: above any default chunk's
 _worker_scene: Scene | None = None
 
 
@@ -258,10 +260,18 @@ def _render_box(scene: Scene, box: Box) -> tuple[np.ndarray, np.ndarray]:
     return render(scene, np.arange(box.y0, box.y1), np.arange(box.x0, box.x1))
 
 
-def _start_worker(scene: Scene) -> None:
+def prepare_worker(chunk_px: int) -> None:
+    """Set up a process that renders chunk after chunk: glibc's malloc keeps the freed
+    temporaries (a few dozen (h, w) arrays per chunk) for the next chunk, instead of handing
+    them back and faulting in zeroed pages again; the peak resident set stays one chunk's."""
+    keep_freed_memory(max(RENDER_HEAP_FLOOR_BYTES, 16 * chunk_px * chunk_px))
+
+
+def _start_worker(scene: Scene, chunk_px: int) -> None:
     global _worker_scene
     _worker_scene = scene
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    prepare_worker(chunk_px)
 
 
 def _render_in_worker(box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +295,9 @@ def rendered_chunks(
         return
     # spawn, not fork: the parent may hold BLAS or MLX threads, which a fork does not copy
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, _start_worker, (scene,)) as pool:
+    boxes = list(boxes)
+    chunk_px = max(max(box.hw) for box in boxes)
+    with ProcessPoolExecutor(workers, context, _start_worker, (scene, chunk_px)) as pool:
         todo = iter(boxes)
         pending = deque(
             (b, pool.submit(_render_in_worker, b)) for b in itertools.islice(todo, 2 * workers)

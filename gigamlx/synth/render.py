@@ -371,9 +371,9 @@ def default_slide(
     """The default synthetic slide, generated once into the cache and reused afterwards.
 
     The default (16384, 65536) holds the headline 16000x64000 region. Generating it is one
-    pass of about 1024 chunks, minutes on a laptop-class CPU, in a few hundred MB, and ~2.3 GB
-    on disk (the pixel noise barely compresses). A killed generation leaves only a hidden
-    partial directory.
+    pass of about 1024 chunks, a minute or two on a laptop-class CPU, in a few hundred MB,
+    and ~2.3 GB on disk (the pixel noise barely compresses). A killed generation leaves only a
+    hidden partial directory.
 
     Args:
         cache: directory to keep it in; default $GIGAMLX_CACHE or ~/.cache/gigamlx.

@@ -95,8 +95,28 @@ def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     assert section.count("<!-- bench:bench_read.py") == 2 and "| numpy | direct |" in section
 
 
+def test_synth_benchmark_times_current_beside_baseline(tmp_path):
+    """scripts/bench_synth.py: a grid of small chunks, HEAD's renderer beside the checkout's."""
+    if not (SCRIPT.parent.parent / ".git").exists():
+        pytest.skip("needs a git checkout for --baseline")
+    out = tmp_path / "synth.json"
+    cmd = [sys.executable, str(SCRIPT.with_name("bench_synth.py")), "--size", "512x1024"]
+    cmd += ["--chunk-px", "256", "--grid", "2x3", "--repeats", "1", "--baseline", "HEAD"]
+    cmd += ["--json", str(out), "--markdown", str(tmp_path / "b.md")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["origins_yx"] == [[0, 0], [0, 512], [0, 768], [256, 0], [256, 512], [256, 768]]
+    assert [r["renderer"] for r in report["rows"]] == ["current", "baseline HEAD"]
+    assert all(r["cpu_s_per_chunk"] > 0 and r["chunks"] == 6 for r in report["rows"])
+    assert report["rows"][1]["speedup"] == 1.0 and "chunks of 256 px" in done.stdout
+    section = (tmp_path / "b.md").read_text()
+    assert section.count("<!-- bench:bench_synth.py") == 2
+
+
 BENCH_SCRIPTS = ("bench.py", "bench_memory.py", "bench_ops.py", "bench_read.py",
-                 "bench_geojson.py", "reproduce_paper.py", "exactness_table.py")  # fmt: skip
+                 "bench_geojson.py", "bench_synth.py", "reproduce_paper.py",
+                 "exactness_table.py")  # fmt: skip
 
 
 @pytest.mark.parametrize("name", BENCH_SCRIPTS)

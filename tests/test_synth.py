@@ -1,11 +1,14 @@
 """Synthetic slides: reproducible bytes across chunkings, sane tissue, bounded memory."""
 
+import hashlib
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
+from gigamlx.core.geometry import Box
 from gigamlx.slide.store import open_store
 from gigamlx.synth.render import default_slide, render, scene_layers, synth_slide
 from gigamlx.synth.scene import make_scene
@@ -137,3 +140,120 @@ def test_scene_layers_say_where_the_renderer_drew_what():
     window = scene_layers(scene, ys[100:300], xs[250:700])  # a chunk: the same pixels
     for name, whole in layers._asdict().items():
         assert np.array_equal(getattr(window, name), whole[100:300, 250:700]), name
+
+
+DEFAULT_HW = (16384, 65536)  # the default slide, seed 0
+
+
+class Pinned(NamedTuple):
+    """Sampled rows and columns of one slide, and the first 16 hex digits of the SHA-256 of the
+    rgb and mask bytes that synth version 3's renderer gave for them (as of this test's first
+    commit, before the renderer was made faster)."""
+
+    hw: tuple[int, int]
+    seed: int
+    box: Box
+    stride: int
+    rgb_sha256: str
+    mask_sha256: str
+
+
+# The published synthetic benchmark figures hold only while these bytes stay: a faster
+# renderer must give the same ones.
+PINNED_BYTES = {
+    "default-fat": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(11264, 4096, 12288, 5120),
+        stride=1,
+        rgb_sha256="904fef6c2fbdda88",
+        mask_sha256="ee78cd29d3a53471",
+    ),
+    "default-fold-hole": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(7168, 49152, 8192, 50176),
+        stride=1,
+        rgb_sha256="80ce4da2568477db",
+        mask_sha256="ee78cd29d3a53471",
+    ),
+    "default-hole-faint": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(10240, 30720, 11264, 31744),
+        stride=1,
+        rgb_sha256="4e622e2d1bf951a3",
+        mask_sha256="ee78cd29d3a53471",
+    ),
+    "default-bubble-rim": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(6144, 45056, 7168, 46080),
+        stride=1,
+        rgb_sha256="544d980e54f3fdc7",
+        mask_sha256="e86df2962ab511a9",
+    ),
+    "default-pen-on-glass": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(7168, 33792, 8192, 34816),
+        stride=1,
+        rgb_sha256="c94fd9ba4e0ed77d",
+        mask_sha256="30e14955ebf13522",
+    ),
+    "default-pen-edge": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(6144, 0, 7168, 1024),
+        stride=1,
+        rgb_sha256="a2818469956bb2ab",
+        mask_sha256="259ba6cf99ae7691",
+    ),
+    "default-preview": Pinned(
+        hw=DEFAULT_HW,
+        seed=0,
+        box=Box(0, 0, *DEFAULT_HW),
+        stride=64,
+        rgb_sha256="a92524894cb716cb",
+        mask_sha256="74d96f7939e735e0",
+    ),
+    # defocus up to 0.7, holes, a fold, fat, bubble rims, pen; then a box off the chunk grid
+    "seed4-left": Pinned(
+        hw=(2048, 4096),
+        seed=4,
+        box=Box(0, 0, 2048, 2048),
+        stride=1,
+        rgb_sha256="af351882feb3024d",
+        mask_sha256="b54f712810d3e532",
+    ),
+    "seed4-odd-box": Pinned(
+        hw=(2048, 4096),
+        seed=4,
+        box=Box(517, 2349, 2048, 4096),
+        stride=1,
+        rgb_sha256="eda964c55da59e85",
+        mask_sha256="f6aeb7cb40dee05c",
+    ),
+}
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("case", PINNED_BYTES)
+def test_synth_bytes_pinned(case):
+    """Chunks of the default slide (fat, a fold, holes, faint stain, a bubble rim, pen on glass
+    and over tissue, mild defocus and dust), a strided preview of it, and a second slide with
+    strong defocus: the same image and mask bytes as the renderer of the published figures."""
+    pin = PINNED_BYTES[case]
+    box = pin.box
+    ys, xs = np.arange(box.y0, box.y1, pin.stride), np.arange(box.x0, box.x1, pin.stride)
+    rgb, mask = render(make_scene(pin.hw, pin.seed), ys, xs)
+    assert (_digest(rgb), _digest(mask)) == (pin.rgb_sha256, pin.mask_sha256)
+
+
+def test_scene_layers_pinned():
+    """The layers error_anatomy.py attributes errors to, on the strongly defocused slide."""
+    layers = scene_layers(make_scene((2048, 4096), 4), np.arange(2048), np.arange(2048))
+    assert _digest(np.packbits(np.stack(layers))) == "283f3a8d402976d2"

@@ -265,7 +265,10 @@ def build_pyramid(
         src, dst = arrays[n - 1], arrays[n]
         for box in chunk_boxes(hws[n], chunk_px):
             block = src[..., 2 * box.y0 : 2 * box.y1, 2 * box.x0 : 2 * box.x1]
-            dst[..., box.y0 : box.y1, box.x0 : box.x1] = downsample2(block, box.hw, mean)
+            # contiguous: zarr copies a strided view (a mask's pick) more slowly than numpy
+            dst[..., box.y0 : box.y1, box.x0 : box.x1] = np.ascontiguousarray(
+                downsample2(block, box.hw, mean)
+            )
             if on_chunk is not None:
                 on_chunk()
 
@@ -337,7 +340,9 @@ class StoreWriter:
 
     def write_image(self, box: Box, rgb: np.ndarray) -> None:
         """Write an (h, w, 3) uint8 block of level 0 at `box`."""
-        self.images[0][:, box.y0 : box.y1, box.x0 : box.x1] = np.moveaxis(rgb, -1, 0)
+        # zarr copies a strided (3, h, w) view of channels-last pixels more slowly than numpy
+        planar = np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
+        self.images[0][:, box.y0 : box.y1, box.x0 : box.x1] = planar
         self._tick()
 
     def image_view(self, level: int = 0) -> WindowArray:

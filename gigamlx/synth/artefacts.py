@@ -69,9 +69,16 @@ def bubble_shade(scene: Scene, ysf: np.ndarray, xsf: np.ndarray) -> np.ndarray:
     """Multiplicative light factor of the air bubbles, about 0.5-1.03. (h, w) float32."""
     shade = np.ones((len(ysf), len(xsf)), F32)
     for b in scene.bubbles:
-        dy, dx = ysf[:, None] - F32(b.cy), xsf[None, :] - F32(b.cx)
+        # beyond radius + rim / 2 + 0.5 px both ramps are 0 and the factor is exactly 1: only
+        # the bubble's bounding square (a px of slack for float32 distances) is evaluated
+        reach = b.radius_px + b.rim_px / 2 + 2
+        r0, r1 = np.searchsorted(ysf, [b.cy - reach, b.cy + reach])
+        c0, c1 = np.searchsorted(xsf, [b.cx - reach, b.cx + reach])
+        if r0 >= r1 or c0 >= c1:
+            continue
+        dy, dx = ysf[r0:r1, None] - F32(b.cy), xsf[None, c0:c1] - F32(b.cx)
         d = np.sqrt(dy * dy + dx * dx)
         ring = np.clip(F32(b.rim_px / 2) - np.abs(d - F32(b.radius_px)) + F32(0.5), 0, 1)
         inside = np.clip(F32(b.radius_px) - d + F32(0.5), 0, 1)
-        shade *= F32(1) + F32(0.03) * inside - F32(0.45) * ring
+        shade[r0:r1, c0:c1] *= F32(1) + F32(0.03) * inside - F32(0.45) * ring
     return shade

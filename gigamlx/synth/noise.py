@@ -14,18 +14,20 @@ _GOLDEN = 0x9E3779B9
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """lowbias32 integer finalizer (uint32 -> uint32, wraps)."""
+    """lowbias32 integer finalizer (uint32 -> uint32, wraps), in place on `x` (returned)."""
+    shifted = np.empty_like(x)  # one scratch array: the five steps allocate nothing else
     with np.errstate(over="ignore"):  # wrapping is the point; 0-d arrays would warn
-        x = x ^ (x >> np.uint32(16))
-        x = x * _M1
-        x = x ^ (x >> np.uint32(15))
-        x = x * _M2
-        return x ^ (x >> np.uint32(16))
+        x ^= np.right_shift(x, np.uint32(16), out=shifted)
+        x *= _M1
+        x ^= np.right_shift(x, np.uint32(15), out=shifted)
+        x *= _M2
+        x ^= np.right_shift(x, np.uint32(16), out=shifted)
+    return x
 
 
 def hash32(key: int, *coords: np.ndarray) -> np.ndarray:
     """Hash of an integer key and integer coordinate arrays (broadcast together) to uint32."""
-    h = _mix(np.asarray((key * _GOLDEN) & 0xFFFFFFFF, dtype=np.uint32))
+    h = _mix(np.array((key * _GOLDEN) & 0xFFFFFFFF, dtype=np.uint32))
     for c in coords:
         h = _mix(h ^ np.asarray(c).astype(np.uint32))  # coordinates are >= 0, < 2**32
     return h
@@ -33,7 +35,11 @@ def hash32(key: int, *coords: np.ndarray) -> np.ndarray:
 
 def uniform(key: int, *coords: np.ndarray) -> np.ndarray:
     """Uniform float32 in [0, 1) per coordinate tuple (24 random bits, exact in float32)."""
-    return (hash32(key, *coords) >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+    bits = hash32(key, *coords)
+    bits >>= np.uint32(8)
+    out = bits.astype(np.float32)
+    out *= np.float32(2.0**-24)
+    return out
 
 
 def _smooth_weights(coords: np.ndarray, spacing_px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,10 +68,20 @@ def value_noise(
     ly = np.arange(cy[0], cy[-1] + 2)
     lx = np.arange(cx[0], cx[-1] + 2)
     lattice = uniform(key, ly[:, None], lx[None, :])  # (ny, nx)
-    left, right = lattice[:, cx - cx[0]], lattice[:, cx - cx[0] + 1]  # (ny, w)
-    rows = left + (right - left) * wx
-    top, bottom = rows[cy - cy[0]], rows[cy - cy[0] + 1]  # (h, w)
-    return top + (bottom - top) * wy[:, None]
+    per_col = np.bincount(cx - cx[0])  # pixels per lattice column: np.repeat beats a gather
+    left = np.repeat(lattice[:, :-1], per_col, axis=1)  # (ny, w)
+    rows = left + (np.repeat(lattice[:, 1:], per_col, axis=1) - left) * wx
+    # top + (bottom - top) * wy, one band of pixel rows per lattice row: each row difference
+    # is taken once and nothing (h, w) is gathered
+    steps = rows[1:] - rows[:-1]
+    out = np.empty((len(ys), len(xs)), np.float32)
+    per_row = np.bincount(cy - cy[0])
+    stops = np.cumsum(per_row)
+    for j in np.flatnonzero(per_row):
+        band = slice(stops[j] - per_row[j], stops[j])
+        np.multiply(steps[j], wy[band, None], out=out[band])
+        out[band] += rows[j]
+    return out
 
 
 def fbm(key: int, ys: np.ndarray, xs: np.ndarray, spacing_px: int, octaves: int) -> np.ndarray:
@@ -74,11 +90,15 @@ def fbm(key: int, ys: np.ndarray, xs: np.ndarray, spacing_px: int, octaves: int)
     Returns:
         (h, w) float32.
     """
-    total = np.zeros((len(ys), len(xs)), np.float32)
-    weight, norm = np.float32(1.0), np.float32(0.0)
-    for octave in range(octaves):
+    total = value_noise(key, ys, xs, (spacing_px, spacing_px))  # 0 + 1 * noise, exactly
+    weight, norm = np.float32(0.5), np.float32(1.0)
+    for octave in range(1, octaves):
         spacing = max(1, spacing_px >> octave)
-        total += weight * value_noise(key + 7919 * octave, ys, xs, (spacing, spacing))
+        octave_noise = value_noise(key + 7919 * octave, ys, xs, (spacing, spacing))
+        octave_noise *= weight
+        total += octave_noise
         norm += weight
         weight *= np.float32(0.5)
-    return total * (np.float32(2.0) / norm) - np.float32(1.0)
+    total *= np.float32(2.0) / norm
+    total -= np.float32(1.0)
+    return total

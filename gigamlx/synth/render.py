@@ -36,6 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gigamlx.core.geometry import Box
+from gigamlx.core.memory import keep_freed_memory
 from gigamlx.core.progress import ChunkProgress
 from gigamlx.runs.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, check_seed
 from gigamlx.slide.store import (
@@ -45,125 +46,24 @@ from gigamlx.slide.store import (
     open_store,
 )
 from gigamlx.slide.written import check_chunk_px
-from gigamlx.synth.artefacts import bubble_shade, defocus, fat
+from gigamlx.synth.artefacts import bubble_shade, defocus
+from gigamlx.synth.discs import dust, nuclei
+from gigamlx.synth.fields import sample_window
 from gigamlx.synth.noise import fbm, uniform, value_noise
-from gigamlx.synth.scene import BOUNDARY_NOISE, Ellipse, Scene, Stroke, make_scene
+from gigamlx.synth.scene import Scene, Stroke, make_scene
+from gigamlx.synth.tissue import Tissue, tissue_layer
 
 log = logging.getLogger(__name__)
 
 SYNTH_VERSION = 3  # 2: slide styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
-NUCLEUS_CELL_PX = 16
-EDGE_FADE = 0.015  # stain fades in over this normalized distance inside the edge
-DUST_CELL_PX = 64
 F32 = np.float32
 
 
-def _window(ys: np.ndarray, xs: np.ndarray, box: Box) -> tuple[slice, slice] | None:
-    """Index window of the sampled coordinates that fall inside `box`, or None."""
-    r0, r1 = np.searchsorted(ys, [box.y0, box.y1])
-    c0, c1 = np.searchsorted(xs, [box.x0, box.x1])
-    return (slice(r0, r1), slice(c0, c1)) if r0 < r1 and c0 < c1 else None
-
-
-def _ellipse_field(e: Ellipse, ysf: np.ndarray, xsf: np.ndarray) -> np.ndarray:
-    """1 - normalized distance to the ellipse center: > 0 inside. (h, w) float32."""
-    dy, dx = ysf[:, None] - F32(e.cy), xsf[None, :] - F32(e.cx)
-    u = (dy * F32(e.cos) + dx * F32(e.sin)) * F32(1 / e.a)
-    v = (dx * F32(e.cos) - dy * F32(e.sin)) * F32(1 / e.b)
-    return F32(1) - np.sqrt(u * u + v * v)
-
-
-def _max_field(ellipses, ys, xs, ysf, xsf, grow: float, values=None):
-    """Max of the ellipse fields (-2 where none reaches) and, optionally, the argmax's value."""
-    best = np.full((len(ys), len(xs)), -2.0, np.float32)
-    chosen = np.zeros_like(best)
-    for i, e in enumerate(ellipses):
-        win = _window(ys, xs, e.bbox(grow))
-        if win is None:
-            continue
-        field = _ellipse_field(e, ysf[win[0]], xsf[win[1]])
-        better = field > best[win]
-        best[win] = np.where(better, field, best[win])
-        if values is not None:
-            chosen[win] = np.where(better, F32(values[i]), chosen[win])
-    return best, chosen
-
-
-def _tissue(scene: Scene, ys, xs, ysf, xsf, blur):
-    """Tissue region (h, w) bool, stain density (h, w) float32, fold factor (h, w) and the fat
-    patches (h, w) bool: fat is tissue, its cells unstained and its membranes stained; holes are
-    glass in the image (no stain) and tissue in the region, as a pathologist outlines it."""
-    noise = fbm(scene.seed * 977 + 1, ys, xs, scene.boundary_px, 5) * F32(BOUNDARY_NOISE)
-    lobes = [(lobe, p.stain) for p in scene.pieces for lobe in p.lobes]
-    best, stain = _max_field(
-        [e for e, _ in lobes], ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE, [s for _, s in lobes]
-    )
-    strength = best + noise
-    hole_best, _ = _max_field(scene.holes, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
-    fat_best, _ = _max_field(scene.fat, ys, xs, ysf, xsf, 1 + BOUNDARY_NOISE / 2)
-    in_fat = (fat_best + noise * F32(0.5) > 0) & (strength > F32(-0.05))
-    region = (strength > 0) | in_fat
-    tissue = region & ~(hole_best - noise * F32(0.5) > 0) | in_fat
-    fade = F32(EDGE_FADE) * (F32(1) + F32(4) * blur)  # out of focus: softer edges
-    density = np.clip(strength / fade, 0, 1) * stain * tissue
-    septa = fat(scene, ys, xs, in_fat)
-    density = np.where(in_fat, np.maximum(stain, F32(0.5)) * F32(0.7) * septa, density)
-    fold_best, _ = _max_field(scene.folds, ys, xs, ysf, xsf, 1.0)
-    fold = np.clip(fold_best * F32(4), 0, 1)
-    return region, density, F32(1) + F32(0.9) * fold, in_fat
-
-
-def _cells(key: int, ys: np.ndarray, xs: np.ndarray, cell_px: int):
-    """Per-pixel gather helper: cell indices and a function drawing per-cell uniforms."""
-    cy, cx = ys // cell_px, xs // cell_px
-    ly, lx = np.arange(cy[0], cy[-1] + 1), np.arange(cx[0], cx[-1] + 1)
-    iy, ix = np.ix_(cy - cy[0], cx - cx[0])
-
-    def draw(salt: int) -> np.ndarray:
-        return uniform(key + salt, ly[:, None], lx[None, :])[iy, ix]  # (h, w)
-
-    return cy, cx, ly, lx, draw
-
-
-def _discs(
-    key: int, ys, xs, ysf, xsf, cell_px: int, radius_px: tuple[float, float], presence, soft=1
-):
-    """One soft disc per cell at a hashed position, kept with probability `presence`;
-    `soft` (scalar or (h, w)) widens the disc's edge, 1 = one pixel (defocus).
-
-    Returns:
-        (h, w) float32 coverage in [0, 1].
-    """
-    cy, cx, ly, lx, draw = _cells(key, ys, xs, cell_px)
-    r = F32(radius_px[0]) + F32(radius_px[1] - radius_px[0]) * draw(1)
-    span = F32(cell_px) - F32(2) * r
-    oy = (cy * cell_px).astype(np.float32)[:, None] + r + span * draw(2)
-    ox = (cx * cell_px).astype(np.float32)[None, :] + r + span * draw(3)
-    dy, dx = ysf[:, None] - oy, xsf[None, :] - ox
-    disc = np.clip((r * r - dy * dy - dx * dx) / (F32(2) * r * soft) + F32(0.5), 0, 1)
-    keep = draw(4) < (presence(ly, lx) if callable(presence) else F32(presence))
-    return disc * keep
-
-
-def _nuclei(scene: Scene, ys, xs, ysf, xsf, blur) -> np.ndarray:
-    """Nuclei-like purple texture in [0, 1], denser in 'cellular' regions. (h, w) float32."""
-    key = scene.seed * 977 + 5
-    cell = NUCLEUS_CELL_PX
-
-    def presence(ly, lx):  # cellularity sampled at cell centers, so a nucleus is whole or absent
-        cellular = value_noise(key + 2, ly * cell + cell // 2, lx * cell + cell // 2, (384, 384))
-        return (F32(0.15) + F32(0.75) * cellular)[np.ix_(ys // cell - ly[0], xs // cell - lx[0])]
-
-    soft = F32(1) + F32(5) * blur
-    disc = _discs(key, ys, xs, ysf, xsf, cell, (2.5, 5.5), presence, soft)
-    chromatin = F32(0.7) + F32(0.3) * uniform(key + 3, ys[:, None], xs[None, :])
-    return disc * chromatin / (F32(1) + F32(0.6) * blur)
-
-
-def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf, alpha: np.ndarray) -> bool:
-    """Raise `alpha` (h, w) to the coverage of a pen stroke; False if it misses the chunk."""
-    hw, touched = stroke.half_width_px, False
+def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf):
+    """Coverage of a pen stroke: (window, alpha) with alpha the (rows, cols) float32 coverage
+    inside `window` (a pair of slices of the sampled grid) and 0 outside; None if it misses."""
+    hw, segments = stroke.half_width_px, []
     for (y0, x0), (y1, x1) in zip(stroke.points[:-1], stroke.points[1:], strict=True):
         box = Box(
             int(min(y0, y1) - hw - 2),
@@ -171,17 +71,24 @@ def _stroke_alpha(stroke: Stroke, ys, xs, ysf, xsf, alpha: np.ndarray) -> bool:
             int(max(y0, y1) + hw + 2),
             int(max(x0, x1) + hw + 2),
         )
-        win = _window(ys, xs, box)
-        if win is None:
-            continue
-        touched = True
+        win = sample_window(ys, xs, box)
+        if win is not None:
+            segments.append(((y0, x0), (y1, x1), win))
+    if not segments:
+        return None
+    top, left = min(w[0].start for *_, w in segments), min(w[1].start for *_, w in segments)
+    bottom, right = max(w[0].stop for *_, w in segments), max(w[1].stop for *_, w in segments)
+    alpha = np.zeros((bottom - top, right - left), F32)
+    for (y0, x0), (y1, x1), win in segments:
         vy, vx = F32(y1 - y0), F32(x1 - x0)
         py, px = ysf[win[0]][:, None] - F32(y0), xsf[win[1]][None, :] - F32(x0)
         t = np.clip((py * vy + px * vx) * F32(1 / max(float(vy * vy + vx * vx), 1e-6)), 0, 1)
         ey, ex = py - t * vy, px - t * vx
         cover = np.clip(F32(hw) - np.sqrt(ey * ey + ex * ex) + F32(0.5), 0, 1) * F32(0.8)
-        alpha[win] = np.maximum(alpha[win], cover)
-    return touched
+        rows = slice(win[0].start - top, win[0].stop - top)
+        cols = slice(win[1].start - left, win[1].stop - left)
+        alpha[rows, cols] = np.maximum(alpha[rows, cols], cover)
+    return (slice(top, bottom), slice(left, right)), alpha
 
 
 def _illumination(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
@@ -189,9 +96,90 @@ def _illumination(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
     h, w = scene.image_hw
     ry = ysf * F32(2 / h) - F32(1)
     rx = xsf * F32(2 / w) - F32(1)
-    vignette = F32(1) - F32(0.06) * (ry * ry)[:, None] - F32(0.06) * (rx * rx)[None, :]
     drift_px = int(2 ** max(6, round(np.log2(max(min(h, w), 2) / 2))))
-    return vignette + F32(0.03) * fbm(scene.seed * 977 + 7, ys, xs, drift_px, 2)
+    light = fbm(scene.seed * 977 + 7, ys, xs, drift_px, 2)
+    light *= F32(0.03)
+    light += (F32(1) - F32(0.06) * (ry * ry))[:, None] - F32(0.06) * (rx * rx)[None, :]
+    return light
+
+
+def _nonzero_window(values: np.ndarray) -> tuple[slice, slice] | None:
+    """Smallest window of `values` (h, w) holding all its nonzero pixels, or None."""
+    rows, cols = np.flatnonzero(values.any(axis=1)), np.flatnonzero(values.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+class _Stain(NamedTuple):
+    """Eosin and haematoxylin amounts, (h', w') float32 each, over `window` of the grid."""
+
+    window: tuple[slice, slice]
+    eosin: np.ndarray
+    hema: np.ndarray
+
+
+def _stain(scene: Scene, ys, xs, ysf, xsf, tissue: Tissue) -> _Stain | None:
+    """The dyes where the tissue's density is nonzero; None where it is 0 all over (dye 0
+    leaves the glass colour exactly, so no pixel outside the window needs it)."""
+    inner = _nonzero_window(tissue.density)
+    if inner is None:
+        return None
+    (rows, cols), (inner_rows, inner_cols) = tissue.window, inner
+    window = (
+        slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
+        slice(cols.start + inner_cols.start, cols.start + inner_cols.stop),
+    )
+    ys, xs, ysf, xsf = ys[window[0]], xs[window[1]], ysf[window[0]], xsf[window[1]]
+    blur, density, fold = tissue.blur[inner], tissue.density[inner], tissue.fold[inner]
+    fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
+    eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
+    hema = density * fold * (F32(0.08) + F32(0.9) * nuclei(scene, ys, xs, ysf, xsf, blur))
+    return _Stain(window, eosin, hema)
+
+
+class _Debris(NamedTuple):
+    """What is painted over the glass and tissue: dust specks, then pen strokes."""
+
+    specks: np.ndarray  # flat indices of the pixels a speck covers (elsewhere blending is a no-op)
+    speck_weight: np.ndarray  # their blend weight, coverage * 0.85
+    strokes: list  # (ink_rgb, window, alpha) of each stroke that reaches the grid, in order
+
+
+def _debris(scene: Scene, ys, xs, ysf, xsf) -> _Debris:
+    coverage = dust(scene, ys, xs, ysf, xsf).ravel()
+    specks = np.flatnonzero(coverage)
+    strokes = []
+    for stroke in scene.strokes:
+        covered = _stroke_alpha(stroke, ys, xs, ysf, xsf)
+        if covered:
+            strokes.append((stroke.ink_rgb, *covered))
+    return _Debris(specks, coverage[specks] * F32(0.85), strokes)
+
+
+def _channel(scene: Scene, c: int, stain, light, grain, debris: _Debris) -> np.ndarray:
+    """Colour channel `c` of the slide, (h, w) float32 before rounding: glass, dyes, light,
+    grain, then dust and pen blended over."""
+    style = scene.style
+    plane = np.full(light.shape, np.array(style.background_rgb, F32)[c], F32)
+    if stain:
+        plane[stain.window] -= stain.eosin * np.array(style.eosin_od, F32)[c]
+        plane[stain.window] -= stain.hema * np.array(style.hema_od, F32)[c]
+    plane *= light
+    plane += grain
+    flat = plane.ravel()
+    flat[debris.specks] += debris.speck_weight * (DUST_RGB[c] - flat[debris.specks])
+    for ink_rgb, window, alpha in debris.strokes:
+        plane[window] += alpha * (np.array(ink_rgb, F32)[c] - plane[window])
+    return plane
+
+
+def _full(shape: tuple[int, int], window, values: np.ndarray | None) -> np.ndarray:
+    """`values` placed at `window` of a zero (h, w) array of their dtype."""
+    out = np.zeros(shape, values.dtype)
+    if window is not None:
+        out[window] = values
+    return out
 
 
 def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,40 +195,20 @@ def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
     """
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
-    style = scene.style
-    blur = defocus(scene, ys, xs)
-    tissue, density, fold, _ = _tissue(scene, ys, xs, ysf, xsf, blur)
-    rgb = np.broadcast_to(np.array(style.background_rgb, F32), (len(ys), len(xs), 3)).copy()
-    if density.any():
-        fiber = value_noise(scene.seed * 977 + 9, ys, xs, (5, 37))
-        eosin = density * fold * (F32(0.45) + F32(0.55) * fiber * (F32(1) - F32(0.8) * blur))
-        nuclei = _nuclei(scene, ys, xs, ysf, xsf, blur)
-        hema = density * fold * (F32(0.08) + F32(0.9) * nuclei)
-        rgb -= eosin[..., None] * np.array(style.eosin_od, F32)
-        rgb -= hema[..., None] * np.array(style.hema_od, F32)
-    grain = (uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :]) - F32(0.5)) * F32(12)
+    tissue = tissue_layer(scene, ys, xs, ysf, xsf)
+    stain = _stain(scene, ys, xs, ysf, xsf, tissue) if tissue.window else None
+    grain = uniform(scene.seed * 977 + 11, ys[:, None], xs[None, :])
+    grain -= F32(0.5)
+    grain *= F32(12)
     light = _illumination(scene, ys, xs, ysf, xsf) * bubble_shade(scene, ysf, xsf)
-    rgb = rgb * light[..., None] + grain[..., None]
-    _debris(scene, rgb, ys, xs, ysf, xsf)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tissue.view(np.uint8)
-
-
-def _dust(scene: Scene, ys, xs, ysf, xsf) -> np.ndarray:
-    """Coverage (h, w) in [0, 1] of the dust specks."""
-    return _discs(
-        scene.seed * 977 + 13, ys, xs, ysf, xsf, DUST_CELL_PX, (1.5, 6.0), scene.style.dust
-    )
-
-
-def _debris(scene: Scene, rgb: np.ndarray, ys, xs, ysf, xsf) -> None:
-    """Dust specks and pen strokes painted over `rgb` (h, w, 3) in place; labels unchanged."""
-    dust = _dust(scene, ys, xs, ysf, xsf)
-    rgb += (dust * F32(0.85))[..., None] * (DUST_RGB - rgb)
-    alpha = np.zeros_like(dust)
-    for stroke in scene.strokes:  # a stroke that misses leaves alpha 0: blending is identity
-        alpha[:] = 0
-        if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
-            rgb += alpha[..., None] * (np.array(stroke.ink_rgb, np.float32) - rgb)
+    debris = _debris(scene, ys, xs, ysf, xsf)
+    rgb = np.empty((len(ys), len(xs), 3), np.uint8)
+    for c in range(3):  # one (h, w) plane at a time: numpy is slow over a last axis of 3
+        plane = _channel(scene, c, stain, light, grain, debris)
+        np.rint(plane, out=plane)
+        rgb[..., c] = np.clip(plane, 0, 255, out=plane)
+    mask = _full(grain.shape, tissue.window, tissue.region)
+    return rgb, mask.view(np.uint8)
 
 
 class Layers(NamedTuple):
@@ -264,25 +232,27 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
     """The layers of `scene` at sampled global coordinates, like `render` (same arguments)."""
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
-    blur = defocus(scene, ys, xs)
-    tissue, density, _, in_fat = _tissue(scene, ys, xs, ysf, xsf, blur)
-    pen, alpha = np.zeros(tissue.shape, bool), np.zeros(tissue.shape, F32)
+    hw = (len(ys), len(xs))
+    tissue = tissue_layer(scene, ys, xs, ysf, xsf)
+    faint = tissue.region & ~tissue.fat & (tissue.density < F32(FAINT_DENSITY))
+    pen = np.zeros(hw, bool)
     for stroke in scene.strokes:
-        alpha[:] = 0
-        if _stroke_alpha(stroke, ys, xs, ysf, xsf, alpha):
-            pen |= alpha >= F32(0.05)
+        covered = _stroke_alpha(stroke, ys, xs, ysf, xsf)
+        if covered:
+            pen[covered[0]] |= covered[1] >= F32(0.05)
     return Layers(
-        tissue=tissue,
-        fat=in_fat,
-        faint=tissue & ~in_fat & (density < F32(FAINT_DENSITY)),
+        tissue=_full(hw, tissue.window, tissue.region),
+        fat=_full(hw, tissue.window, tissue.fat),
+        faint=_full(hw, tissue.window, faint),
         pen=pen,
-        dust=_dust(scene, ys, xs, ysf, xsf) >= F32(0.05),
+        dust=dust(scene, ys, xs, ysf, xsf) >= F32(0.05),
         bubble_rim=bubble_shade(scene, ysf, xsf) <= F32(0.97),
-        defocus=blur >= F32(0.5),
+        defocus=defocus(scene, ys, xs) >= F32(0.5),
     )
 
 
 PARALLEL_MIN_CHUNKS = 16  # below this, starting worker processes costs more than it saves
+RENDER_HEAP_FLOOR_BYTES = 64 << 20  # blocks a worker's malloc keeps: above any default chunk's
 _worker_scene: Scene | None = None
 
 
@@ -290,10 +260,18 @@ def _render_box(scene: Scene, box: Box) -> tuple[np.ndarray, np.ndarray]:
     return render(scene, np.arange(box.y0, box.y1), np.arange(box.x0, box.x1))
 
 
-def _start_worker(scene: Scene) -> None:
+def prepare_worker(chunk_px: int) -> None:
+    """Set up a process that renders chunk after chunk: glibc's malloc keeps the freed
+    temporaries (a few dozen (h, w) arrays per chunk) for the next chunk, instead of handing
+    them back and faulting in zeroed pages again; the peak resident set stays one chunk's."""
+    keep_freed_memory(max(RENDER_HEAP_FLOOR_BYTES, 16 * chunk_px * chunk_px))
+
+
+def _start_worker(scene: Scene, chunk_px: int) -> None:
     global _worker_scene
     _worker_scene = scene
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    prepare_worker(chunk_px)
 
 
 def _render_in_worker(box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +295,9 @@ def rendered_chunks(
         return
     # spawn, not fork: the parent may hold BLAS or MLX threads, which a fork does not copy
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, _start_worker, (scene,)) as pool:
+    boxes = list(boxes)
+    chunk_px = max(max(box.hw) for box in boxes)
+    with ProcessPoolExecutor(workers, context, _start_worker, (scene, chunk_px)) as pool:
         todo = iter(boxes)
         pending = deque(
             (b, pool.submit(_render_in_worker, b)) for b in itertools.islice(todo, 2 * workers)
@@ -391,9 +371,9 @@ def default_slide(
     """The default synthetic slide, generated once into the cache and reused afterwards.
 
     The default (16384, 65536) holds the headline 16000x64000 region. Generating it is one
-    pass of about 1024 chunks, minutes on a laptop-class CPU, in a few hundred MB, and ~2.3 GB
-    on disk (the pixel noise barely compresses). A killed generation leaves only a hidden
-    partial directory.
+    pass of about 1024 chunks, a minute or two on a laptop-class CPU, in a few hundred MB,
+    and ~2.3 GB on disk (the pixel noise barely compresses). A killed generation leaves only a
+    hidden partial directory.
 
     Args:
         cache: directory to keep it in; default $GIGAMLX_CACHE or ~/.cache/gigamlx.

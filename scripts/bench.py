@@ -15,10 +15,11 @@ model path (kernels "mlx": the code Metal runs), at the square sizes only.
 
 Work per row: GFLOP/s = FLOP per step / median s/step, with FLOP per step = 2 * pixels *
 multiply-adds per pixel from the layer table (gigamlx.core.spec.macs_per_px): forward +
-backward for a whole-image step, two forwards + one backward for the exact two-pass tiled
-step (tile halos recomputed are not counted: they are overhead, not work). "% sgemm" is that
-rate over numpy's float32 matmul rate measured at the start of the same run. CPU seconds and
-page faults per step come from getrusage around the timed steps of each row's own process.
+backward for a whole-image step and a one-tile gigamlx step, two forwards + one backward for
+the exact two-pass tiled step (tile halos recomputed are not counted: they are overhead, not
+work). "% sgemm" is that rate over numpy's float32 matmul rate measured at the start of the
+same run. CPU seconds and page faults per step come from getrusage around the timed steps of
+each row's own process.
 """
 
 from __future__ import annotations
@@ -133,10 +134,12 @@ def _time_steps(step, steps: int, warmup: int, reset_peak=None) -> dict:
             "per_step": per_step}  # fmt: skip
 
 
-def flop_per_step(kind: str, pixels: int) -> float:
-    """Useful FLOP of one step (see the module docstring): tiled steps make two passes."""
+def flop_per_step(kind: str, pixels: int, tiles: int = 1) -> float:
+    """Useful FLOP of one step (see the module docstring): tiled steps of more than one tile
+    make two passes."""
     forward, backward = macs_per_px()
-    passes = 2 * forward + backward if kind.startswith("gigamlx") else forward + backward
+    two_passes = kind.startswith("gigamlx") and tiles > 1
+    passes = 2 * forward + backward if two_passes else forward + backward
     return 2.0 * passes * pixels
 
 
@@ -269,7 +272,7 @@ def run_one(kind: str, hw, steps: int, warmup: int, budget_bytes: int, weights: 
         row |= _run_torch(hw, steps, warmup, weights)
     else:
         row |= _run_mlx_whole(hw, steps, warmup)
-    row["gflops"] = flop_per_step(kind, row["pixels"]) / row["seconds"] / 1e9
+    row["gflops"] = flop_per_step(kind, row["pixels"], row.get("tiles", 1)) / row["seconds"] / 1e9
     return row | {"rss_peak_bytes": peak_rss_bytes()}
 
 

@@ -52,13 +52,16 @@ def test_bench_script_small_run(tmp_path):
     np.testing.assert_allclose(losses, losses[0], rtol=1e-4)
     assert rows[1]["speedup_vs_torch"] > 0 and rows[1]["rss_ratio_vs_torch"] > 0
     assert rows[4]["profile"]["total"] > 0
-    # two forwards + one backward of the tiled step vs one of each for the whole image
-    tiled, whole = (bench.flop_per_step(k, 256 * 256) for k in ("gigamlx", "torch"))
-    assert tiled > whole > 0
+    # two forwards + one backward of the tiled step vs one of each for the whole image (and a
+    # one-tile step, which makes one pass)
+    tiled, whole = (
+        bench.flop_per_step("gigamlx", 256 * 256, 2),
+        bench.flop_per_step("torch", 256 * 256),
+    )
+    assert tiled > whole == bench.flop_per_step("gigamlx", 256 * 256, 1) > 0
     for row in rows:
-        assert row["gflops"] == pytest.approx(
-            bench.flop_per_step(row["kind"], row["pixels"]) / row["seconds"] / 1e9
-        )
+        flop = bench.flop_per_step(row["kind"], row["pixels"], row.get("tiles", 1))
+        assert row["gflops"] == pytest.approx(flop / row["seconds"] / 1e9)
         assert row["per_step"]["user_s"] >= 0 and row["per_step"]["minor_faults"] >= 0
     # a 256² step can take less CPU than the kernel's accounting tick (0.0 s): the rows
     # together cannot

@@ -42,6 +42,16 @@ def test_plan_tiles_image_smaller_than_tile_is_one_tile():
     assert plan.padded_hw == (64, 128)
 
 
+def test_plan_tiles_one_tile_reads_the_padded_image_without_halo():
+    """A plan of one tile runs on the padded image itself (the whole-image pass): a halo
+    would only add zeros, which the convolutions' zero padding gives."""
+    plan = plan_tiles((333, 517), 576)
+    assert len(plan.tiles) == 1 and plan.halo_px == 0
+    assert plan.tiles[0].in_box == Box(0, 0, *plan.padded_hw) == Box(0, 0, 384, 576)
+    assert plan.tiles[0].crop_yx == (0, 0)
+    assert plan_tiles((333, 517), 512).tiles[0].in_box.y0 == -halo_px()  # two tiles: a halo
+
+
 def test_plan_tiles_one_tile_wide_strip():
     plan = plan_tiles((64, 5000), 64)
     assert len(plan.tiles) == -(-5000 // 64)

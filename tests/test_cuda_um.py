@@ -7,6 +7,7 @@ need a GPU are marked `gpu` and skipped with the reason where torch sees none.
 
 import ctypes
 import threading
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from reference import loss_terms, mlx_whole_image, random_case
 
 from gigamlx.backends import get_backend
-from gigamlx.backends.base import TileData
+from gigamlx.backends.base import Backend, TileData
 from gigamlx.backends.cuda_um import managed
 from gigamlx.backends.cuda_um.build import NvccNotFound, build_library, find_nvcc
 from gigamlx.backends.cuda_um.model import from_torch_layout
@@ -85,6 +86,29 @@ def test_cuda_um_whole_image_matches_mlx(pair, loss):
     _assert_grads_close(expected_grads, grads)
     one_tile = tiled_step(torch_backend, torch_model, image, mask, loss, tile=384)
     assert len(one_tile.plan.tiles) == 1 and abs(one_tile.loss - expected_loss) <= 1e-5
+
+
+@pytest.mark.parametrize("loss", ["dice", "dice+bce"])
+def test_cuda_um_one_tile_dice_step_takes_one_pass(pair, monkeypatch, loss):
+    """One tile: cuda-um's single forward + backward equals its two-pass route (Backend's
+    default tile_loss_grad) and the mlx backend's one-tile step."""
+    mlx_backend, mlx_model, torch_backend, torch_model = pair
+    image, mask = random_case(HW, 6)
+    expected = tiled_step(mlx_backend, mlx_model, image, mask, loss, tile=384)
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            torch_backend, "tile_loss_grad", partial(Backend.tile_loss_grad, torch_backend)
+        )
+        two = tiled_step(torch_backend, torch_model, image, mask, loss, tile=384)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch_backend, "tile_stats", None)  # a pass 1 would fail
+        one = tiled_step(torch_backend, torch_model, image, mask, loss, tile=384)
+    assert len(one.plan.tiles) == 1 and one.forward_seconds == 0.0
+    assert one.loss == pytest.approx(two.loss, abs=1e-7)
+    np.testing.assert_allclose(one.stats, two.stats, rtol=1e-6)
+    _assert_grads_close(two.grads, one.grads, rtol=1e-5)
+    assert abs(one.loss - expected.loss) <= 1e-5
+    _assert_grads_close(expected.grads, one.grads)
 
 
 def test_cuda_um_predictions_match_mlx(pair):

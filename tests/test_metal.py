@@ -40,14 +40,17 @@ def _engine_dtypes(model, optimizer) -> set:
 
 @pytest.mark.gpu
 @needs_metal
-def test_metal_tiled_step_matches_float64_reference(on_gpu):
+@pytest.mark.parametrize("tile", [128, 576])
+def test_metal_tiled_step_matches_float64_reference(on_gpu, tile):
+    """Several tiles, and one (its Dice coefficients in float64 on the CPU stream, inside the
+    GPU's graph)."""
     backend = MLXBackend()  # "auto": the pure-MLX path on the GPU, as on Metal
     model = backend.build_model(0)
     assert backend.kernels.name == "mlx" and "default device" in backend.kernels.reason
     image, mask = random_case((333, 517), seed=333)
     ref_loss, ref_grads, _ = float64_reference(backend.flat_params(model), image, mask, "dice")
-    result = tiled_step(backend, model, image, mask, "dice", tile=128)
-    assert len(result.plan.tiles) > 1
+    result = tiled_step(backend, model, image, mask, "dice", tile=tile)
+    assert (len(result.plan.tiles) == 1) == (tile == 576)
     assert abs(result.loss - ref_loss) <= 1e-5
     names = sorted(ref_grads)
     ref = np.concatenate([np.ravel(ref_grads[n]) for n in names])

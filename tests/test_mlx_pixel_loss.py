@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import numpy as np
 import pytest
+from reference import loss_terms
 
 from gigamlx.backends.mlx import pixel_loss
+from gigamlx.core.losses import objective, stats_from_rows
 
 COEFFICIENTS = (0.7, -0.2, 0.3)  # (a, b, c): Dice's a*g + b and the BCE weight c
 # saturated, tiny and moderate logits, both signs (not z == 0 itself: there MLX differentiates
@@ -64,3 +68,19 @@ def test_surrogate_takes_a_strided_crop_of_the_logits():
     value, rows = pixel_loss.surrogate(z, g, COEFFICIENTS)
     assert _rel(value, pixel_loss.value_reference(mx.contiguous(z), g, *COEFFICIENTS)) < 1e-6
     assert _rel(rows, pixel_loss.stat_rows_reference(mx.contiguous(z), g)) < 1e-6
+
+
+@pytest.mark.parametrize("loss", ["dice", "dice+bce"])
+@pytest.mark.parametrize("case", ["small", "moderate", "extreme"])
+def test_surrogate_of_own_sums_is_the_loss_gradient_in_one_graph(case, loss):
+    """Coefficients from the tile's own sums, inside the graph: the gradient of the whole
+    loss of z (MLX's ops), and the value and rows of `surrogate` with those coefficients."""
+    z, g = _logits(case)
+    objective_of = partial(objective, loss, pixels=g.size)
+    value, rows = pixel_loss.surrogate_of_own_sums(z, g, objective_of)
+    coefficients = objective_of(stats_from_rows(np.array(rows), g.size))
+    expected_value, expected_rows = pixel_loss.surrogate(z, g, coefficients)
+    assert _rel(value, expected_value) < 1e-6 and _rel(rows, expected_rows) == 0.0
+    dz = mx.grad(lambda z: pixel_loss.surrogate_of_own_sums(z, g, objective_of)[0])(z)
+    dz_ref = mx.grad(lambda z: loss_terms(z, g, loss, mx))(z)
+    assert _rel(dz, dz_ref) < 1e-5

@@ -1,5 +1,7 @@
 """Tiled loss, gradients and predictions against a float64 whole-image reference."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
@@ -14,6 +16,7 @@ from reference import (
 
 import gigamlx
 from gigamlx.backends import get_backend
+from gigamlx.backends.base import Backend
 from gigamlx.backends.mlx import fused
 from gigamlx.backends.mlx.backend import MLXBackend
 from gigamlx.core.normalise import InputNorm
@@ -183,3 +186,60 @@ def test_dice_pass_two_starts_with_the_windows_kept_from_pass_one(model, limit_t
     expected = [t.in_box for t in reversed(tiles[: len(tiles) - n_kept])]
     assert [(b.y0, b.x0) for b in second_pass] == [(max(b.y0, 0), max(b.x0, 0)) for b in expected]
     assert len(first_pass) == len(tiles)
+
+
+def _count_calls(monkeypatch, backend, *names: str) -> dict[str, int]:
+    """Count calls of the backend's tile methods `names` (the scheduler's and the defaults')."""
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+
+        def counted(*args, _name=name, _method=getattr(backend, name), **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(backend, name, counted)
+    return calls
+
+
+def _two_pass_route(backend: MLXBackend) -> MLXBackend:
+    """The same backend with Backend's default tile_loss_grad: pass 1's sums, then tile_grad."""
+    twin = MLXBackend(backend.kernels.name)
+    twin.tile_loss_grad = partial(Backend.tile_loss_grad, twin)
+    return twin
+
+
+@pytest.mark.parametrize("loss", ["dice", "dice+bce"])
+def test_one_tile_dice_step_takes_one_pass_equal_to_two(monkeypatch, backend, loss):
+    """A plan of one tile needs no pass 1: one forward + backward gives the loss, the sums and
+    the gradient of the two-pass route, and matches float64 as any tiled step does."""
+    model = backend.build_model(2)
+    image, mask = random_case((333, 517), seed=7)
+    image = tie_free(backend.flat_params(model), image)
+    names = ("tile_stats", "tile_grad", "tile_loss_grad")
+    twin = _two_pass_route(backend)
+    twin_calls = _count_calls(monkeypatch, twin, *names)
+    two = tiled_step(twin, model, image, mask, loss, 576)
+    calls = _count_calls(monkeypatch, backend, *names)
+    one = tiled_step(backend, model, image, mask, loss, 576)
+    assert len(one.plan.tiles) == 1 and one.forward_seconds == 0.0
+    assert calls == {"tile_stats": 0, "tile_grad": 0, "tile_loss_grad": 1}
+    assert twin_calls == {"tile_stats": 1, "tile_grad": 1, "tile_loss_grad": 1}
+    assert one.loss == pytest.approx(two.loss, abs=1e-7)
+    np.testing.assert_allclose(one.stats, two.stats, rtol=1e-6)
+    for name, g in two.grads.items():
+        np.testing.assert_allclose(one.grads[name], g, rtol=1e-5, atol=1e-9, err_msg=name)
+    _assert_exact_per_tensor(backend, model, image, mask, loss, 576)
+
+
+@pytest.mark.parametrize("loss,tile,expected", [
+    ("dice", 128, {"tile_stats": 15, "tile_grad": 15, "tile_loss_grad": 0}),
+    ("bce", 576, {"tile_stats": 0, "tile_grad": 1, "tile_loss_grad": 0}),
+])  # fmt: skip
+def test_multi_tile_dice_takes_two_passes_and_bce_one(monkeypatch, model, loss, tile, expected):
+    """Dice over several tiles still sums in pass 1 first; BCE never needs a pass 1."""
+    backend = MLXBackend("mlx")
+    image, mask = random_case((333, 517), seed=8)
+    calls = _count_calls(monkeypatch, backend, "tile_stats", "tile_grad", "tile_loss_grad")
+    result = tiled_step(backend, model, image, mask, loss, tile)
+    assert calls == expected and len(result.plan.tiles) == expected["tile_grad"]
+    assert (result.forward_seconds > 0) == (loss == "dice")

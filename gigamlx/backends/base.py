@@ -103,7 +103,10 @@ class World:
 
 
 class Backend(Protocol):
-    """One engine. `model` is the engine's own model; the scheduler never looks inside."""
+    """One engine. `model` is the engine's own model; the scheduler never looks inside.
+
+    Engines subclass it, so they inherit the defaults of the methods that have one.
+    """
 
     name: str
 
@@ -139,6 +142,24 @@ class Backend(Protocol):
     ) -> tuple[TileStats, FlatParams]:
         """Forward + backward of the surrogate `objective` on one tile; float64 gradients."""
         ...
+
+    def tile_loss_grad(
+        self,
+        model: Any,
+        data: TileData,
+        padded_hw: tuple[int, int],
+        objective_of: Callable[[TileStats], Objective],
+    ) -> tuple[TileStats, FlatParams]:
+        """`tile_grad` of the surrogate `objective_of(this tile's stats)`: the gradient of a
+        loss of the tile's own sums (the whole image's Dice, on a one-tile plan).
+
+        This default makes two passes (`tile_stats`, then `tile_grad`); a backend opts in to
+        one forward by overriding it, taking the sums between its forward and its backward.
+        `objective_of` is plain arithmetic on the stats' fields, so an engine may call it on
+        its own lazy scalars inside the graph (the pure-MLX path does).
+        """
+        stats = self.tile_stats(model, data, padded_hw)
+        return self.tile_grad(model, data, padded_hw, objective_of(stats))
 
     def tile_predict(self, model: Any, data: TileData, padded_hw: tuple[int, int]) -> np.ndarray:
         """Probabilities on the owned box, (h_out, w_out) float32."""

@@ -88,6 +88,9 @@ def loss_value(name: str, stats: TileStats) -> float:
 def objective(name: str, stats: TileStats | None, pixels: int) -> Objective:
     """Surrogate coefficients for pass 2 (or the only pass, for BCE).
 
+    Plain arithmetic on the sums' fields: the pure-MLX path also runs it on lazy float64
+    scalars inside one graph (backends/mlx/pixel_loss.surrogate_of_own_sums).
+
     Args:
         name: loss name.
         stats: pass-1 sums over the whole image (needed for Dice, ignored for BCE).

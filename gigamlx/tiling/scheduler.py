@@ -3,7 +3,8 @@
 It owns every evaluation of a step (through the backend's tile methods), accumulates sums and
 gradients in float64, and measures the peak memory of what it ran. Dice takes two passes:
 forward-only sums, then per-tile gradients with the exact per-pixel cotangent from those sums
-(pass 2 runs backwards, starting with the windows pass 1 kept within the budget).
+(pass 2 runs backwards, starting with the windows pass 1 kept within the budget); on a plan of
+one tile, one forward + backward gives both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ import numpy as np
 from gigamlx.backends.base import Backend, FlatParams, TileData
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
-from gigamlx.core.losses import TileStats, check_loss, loss_value, needs_two_passes, objective
+from gigamlx.core.losses import (
+    Objective,
+    TileStats,
+    check_loss,
+    loss_value,
+    needs_two_passes,
+    objective,
+)
 from gigamlx.core.memory import release_freed_memory
 from gigamlx.core.progress import Progress
 from gigamlx.core.spec import GIGAUNET_4492, Layer
@@ -49,7 +57,7 @@ class StepResult(NamedTuple):
     seconds: float
     read_seconds: float  # reading image and mask windows (on the prefetch thread)
     read_wait_seconds: float  # of which compute waited for (0 when reads fully overlap)
-    forward_seconds: float  # Dice pass 1 (forward-only sums), reads included
+    forward_seconds: float  # Dice pass 1 (forward-only sums), reads included; 0 without one
     cache_bytes: int = 0  # freed buffers the engine kept at the step's end (bounded by budget)
     kept_windows: int = 0  # windows pass 2 took from pass 1 instead of reading them again
 
@@ -159,6 +167,48 @@ def _second_pass_order(plan: TilePlan, cache: list[TileData]) -> list[Tile | Til
     return cache[::-1] + list(plan.tiles[: len(plan.tiles) - len(cache)])[::-1]
 
 
+def _forward_pass(
+    backend: Backend,
+    model: Any,
+    plan: TilePlan,
+    image,
+    read: Callable[[Tile], TileData],
+    budget_bytes: int | None,
+    clock: ReadClock,
+    progress: Progress | None,
+) -> tuple[TileStats, list[Tile | TileData], int]:
+    """Dice pass 1: forward-only sums over the whole image; returns them, pass 2's order (the
+    windows kept within the budget first) and how many windows were kept."""
+    sums, cache = TileStats(), []
+    kept = set(_kept_tiles(plan, _cache_limit_bytes(image, budget_bytes)))
+    staged = _staged(read, backend.stage)
+
+    def load(tile: Tile) -> TileData:  # a kept window stays on the host till pass 2
+        return read(tile) if tile in kept else staged(tile)
+
+    for done, data in enumerate(iter_tile_data(plan.tiles, load, clock), 1):
+        sums = sums + backend.tile_stats(model, data, plan.padded_hw)
+        if data.tile in kept:
+            cache.append(data)
+        _report(progress, "forward", done, len(plan.tiles))
+    return sums, _second_pass_order(plan, cache), len(cache)
+
+
+def _tile_grad(
+    backend: Backend, model: Any, plan: TilePlan, loss: str, sums: TileStats | None, pixels: int
+) -> Callable[[TileData], tuple[TileStats, FlatParams]]:
+    """Pass 2's gradient of one tile: of the surrogate from pass 1's `sums`, or (Dice on a
+    one-tile plan, no pass 1) of the loss of the tile's own sums, in one forward."""
+    if needs_two_passes(loss) and sums is None:
+
+        def of_own_sums(stats: TileStats) -> Objective:
+            return objective(loss, stats, pixels)
+
+        return lambda data: backend.tile_loss_grad(model, data, plan.padded_hw, of_own_sums)
+    coefficients = objective(loss, sums, pixels)
+    return lambda data: backend.tile_grad(model, data, plan.padded_hw, coefficients)
+
+
 def tiled_step(
     backend: Backend,
     model: Any,
@@ -170,6 +220,10 @@ def tiled_step(
     progress: Progress | None = None,
 ) -> StepResult:
     """Exact loss and parameter gradients of one whole image, computed tile by tile.
+
+    Dice takes two passes, unless the plan has one tile: that tile's sums are the image's, so
+    one forward + backward (`Backend.tile_loss_grad`) gives the sums and the gradient, and
+    `forward_seconds` is 0.
 
     Args:
         backend: the engine.
@@ -188,48 +242,32 @@ def tiled_step(
     read = _reader(image, mask)
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
-    sums, cache = None, []
-    forward_seconds, kept_windows = 0.0, 0
-    second_order: list[Tile | TileData] = list(plan.tiles)
-    if needs_two_passes(loss):
-        sums = TileStats()
-        kept = set(_kept_tiles(plan, _cache_limit_bytes(image, budget_bytes)))
-        staged = _staged(read, backend.stage)
-
-        def load(tile: Tile) -> TileData:  # a kept window stays on the host till pass 2
-            return read(tile) if tile in kept else staged(tile)
-
-        for done, data in enumerate(iter_tile_data(plan.tiles, load, clock), 1):
-            sums = sums + backend.tile_stats(model, data, plan.padded_hw)
-            if data.tile in kept:
-                cache.append(data)
-            _report(progress, "forward", done, len(plan.tiles))
+    sums, order, kept_windows, forward_seconds = None, list(plan.tiles), 0, 0.0
+    if needs_two_passes(loss) and len(plan.tiles) > 1:
+        sums, order, kept_windows = _forward_pass(
+            backend, model, plan, image, read, budget_bytes, clock, progress
+        )
         forward_seconds = time.perf_counter() - start
-        second_order = _second_pass_order(plan, cache)
-        kept_windows = len(cache)
-        cache.clear()  # pass 2's order holds the kept windows now
-    coefficients = objective(loss, sums, pixels)
+    grad = _tile_grad(backend, model, plan, loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
-    second_pass = iter_tile_data(second_order, _stage_or_read(read, backend.stage), clock)
+    second_pass = iter_tile_data(order, _stage_or_read(read, backend.stage), clock)
     for done, data in enumerate(second_pass, 1):
-        tile_stats, tile_grads = backend.tile_grad(model, data, plan.padded_hw, coefficients)
+        tile_stats, tile_grads = grad(data)
         stats = stats + tile_stats
         for name, g in tile_grads.items():
             grads[name] = grads[name] + g if name in grads else g
         _report(progress, "backward", done, len(plan.tiles))
     reading = backend.memory()
-    second_order.clear()  # the kept windows are done with: free them, then hand back what
+    order.clear()  # the kept windows are done with: free them, then hand back what
     release_freed_memory()  # the C library keeps of the step's buffers (between steps)
-    seconds = time.perf_counter() - start
-    value = loss_value(loss, stats)
     return StepResult(
-        loss=value,
+        loss=loss_value(loss, stats),
         stats=stats,
         grads=grads,
         plan=plan,
         peak_bytes=reading.peak_bytes,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
         read_seconds=clock.read_s,
         read_wait_seconds=clock.wait_s,
         forward_seconds=forward_seconds,

@@ -11,6 +11,7 @@ interface in the MLX layout, so checkpoints swap backends.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gigamlx.backends.base import (
+    Backend,
     FlatParams,
     MemoryReading,
     TileData,
@@ -44,7 +46,7 @@ class StagedTile(NamedTuple):
     ready: torch.cuda.Event | None  # recorded when the prefetch to the GPU is done
 
 
-class CudaUMBackend:
+class CudaUMBackend(Backend):
     """The Backend protocol on PyTorch; see base.py for each method's contract.
 
     Args:
@@ -106,21 +108,24 @@ class CudaUMBackend:
         self, model: TorchGigaUNet, data, padded_hw: tuple[int, int], objective: Objective
     ) -> tuple[TileStats, FlatParams]:
         staged = self._ready(data)
-        a, b, c = objective
-        target = staged.target
         z = _owned_logits(model, staged, padded_hw)
-        p = torch.sigmoid(z)
-        # the per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE)
-        value = torch.sum((a * target + b) * p) + c * torch.sum(_bce(z, target))
-        names, params = zip(*model.named_parameters(), strict=True)
-        grads = torch.autograd.grad(value, params)
+        flat = _surrogate_grads(model, z, staged.target, objective)
         with torch.no_grad():
-            rows = _stat_rows(z.detach(), target)
-        flat = {  # sync point: one tile's forward + backward
-            name: from_torch_layout(model, name, g.cpu().numpy()).astype(np.float64)
-            for name, g in zip(names, grads, strict=True)
-        }
+            rows = _stat_rows(z.detach(), staged.target)
         return _to_stats(rows, staged.tile), flat
+
+    def tile_loss_grad(
+        self,
+        model: TorchGigaUNet,
+        data,
+        padded_hw: tuple[int, int],
+        objective_of: Callable[[TileStats], Objective],
+    ) -> tuple[TileStats, FlatParams]:
+        staged = self._ready(data)
+        z = _owned_logits(model, staged, padded_hw)
+        with torch.no_grad():
+            stats = _to_stats(_stat_rows(z.detach(), staged.target), staged.tile)  # sync point
+        return stats, _surrogate_grads(model, z, staged.target, objective_of(stats))
 
     def tile_predict(self, model: TorchGigaUNet, data, padded_hw: tuple[int, int]) -> np.ndarray:
         staged = self._ready(data)
@@ -249,6 +254,22 @@ def _owned_logits(model: TorchGigaUNet, staged: StagedTile, padded_hw) -> torch.
     z = model.logits(x, tile.in_box, padded_hw)
     (cy, cx), (h, w) = tile.crop_yx, tile.out_box.hw
     return z[0, 0, cy : cy + h, cx : cx + w]
+
+
+def _surrogate_grads(
+    model: TorchGigaUNet, z: torch.Tensor, target: torch.Tensor, objective: Objective
+) -> FlatParams:
+    """Float64 parameter gradients (MLX layout) of the surrogate on logits z (h_out, w_out)."""
+    a, b, c = objective
+    p = torch.sigmoid(z)
+    # the per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE)
+    value = torch.sum((a * target + b) * p) + c * torch.sum(_bce(z, target))
+    names, params = zip(*model.named_parameters(), strict=True)
+    grads = torch.autograd.grad(value, params)
+    return {  # sync point: one tile's backward
+        name: from_torch_layout(model, name, g.cpu().numpy()).astype(np.float64)
+        for name, g in zip(names, grads, strict=True)
+    }
 
 
 def _bce(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from gigamlx.backends.base import FlatParams, MemoryReading, TileData, WindowTurner, World
+from gigamlx.backends.base import (
+    Backend,
+    FlatParams,
+    MemoryReading,
+    TileData,
+    WindowTurner,
+    World,
+)
 from gigamlx.backends.mlx import fused, limits, pixel_loss
 from gigamlx.backends.mlx.blas import blas_info
 from gigamlx.backends.mlx.distributed import mlx_world
@@ -19,7 +29,7 @@ from gigamlx.core.losses import Objective, TileStats, stats_from_rows
 from gigamlx.core.memory import format_bytes, keep_freed_memory
 
 
-class MLXBackend:
+class MLXBackend(Backend):
     """GigaUNet on MLX (Metal, CPU or CUDA: MLX's default device).
 
     Args:
@@ -51,7 +61,7 @@ class MLXBackend:
 
     def tile_stats(self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
         if self.kernels.fused:
-            _, rows = _surrogate(model, data, padded_hw, Objective(), _target(data), True)
+            _, rows = _loss_head(model, data, padded_hw, _target(data), True).of(Objective())
         else:
             z = _owned_logits(model, data, padded_hw, False)
             rows = pixel_loss.stat_rows(z, _target(data))
@@ -61,18 +71,19 @@ class MLXBackend:
     def tile_grad(
         self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int], objective: Objective
     ) -> tuple[TileStats, FlatParams]:
-        target = _target(data)
+        return _grad(model, data, padded_hw, self.kernels.fused, lambda head: head.of(objective))
 
-        def surrogate(params_model: GigaUNet):
-            value, rows = _surrogate(
-                params_model, data, padded_hw, objective, target, self.kernels.fused
-            )
-            return value, mx.stop_gradient(rows)
+    def tile_loss_grad(
+        self,
+        model: GigaUNet,
+        data: TileData,
+        padded_hw: tuple[int, int],
+        objective_of: Callable[[TileStats], Objective],
+    ) -> tuple[TileStats, FlatParams]:
+        def of_own_sums(head: _LossHead) -> tuple[mx.array, mx.array]:
+            return head.of_own_sums(objective_of, data.tile)
 
-        (_, rows), grads = nn.value_and_grad(model, surrogate)(model)
-        mx.eval(rows, grads)  # sync point: one tile's forward + backward graph
-        flat = {name: np.array(g, dtype=np.float64) for name, g in tree_flatten(grads)}
-        return _to_stats(rows, data.tile), flat
+        return _grad(model, data, padded_hw, self.kernels.fused, of_own_sums)
 
     def tile_predict(
         self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]
@@ -156,26 +167,67 @@ def _describe_memory(device: limits.DeviceMemory) -> str:
     return text
 
 
-def _surrogate(
+class _LossHead(NamedTuple):
+    """One tile's logits, built once, and its surrogate value () and stat rows (6, h_out) on
+    them: fused on the fused path. The per-pixel cotangent of the real loss is a*g + b (Dice)
+    and c*dbce (BCE)."""
+
+    z: mx.array  # (1, h_in, w_in, 1) window logits (fused), else (h_out, w_out) owned ones
+    target: mx.array  # (h_out, w_out) float32
+    crop_yx: tuple[int, int] | None  # the owned box in z on the fused path; None: z is it
+
+    def of(self, objective: Objective) -> tuple[mx.array, mx.array]:
+        if self.crop_yx is None:
+            return pixel_loss.surrogate(self.z, self.target, objective)
+        return fused.tile_loss(self.z, self.target, self.crop_yx, objective)
+
+    def of_own_sums(
+        self, objective_of: Callable[[TileStats], Objective], tile: Tile
+    ) -> tuple[mx.array, mx.array]:
+        """The surrogate of `objective_of(the tile's own stats)`, in one forward."""
+        if self.crop_yx is None:  # the coefficients inside the graph: one evaluation
+            return pixel_loss.surrogate_of_own_sums(self.z, self.target, objective_of)
+        # the kernels take the coefficients as numbers: the sums are evaluated first, and MLX
+        # keeps a traced graph through an evaluation for the backward
+        _, rows = self.of(Objective())
+        mx.eval(rows)  # sync point: the tile's forward
+        return self.of(objective_of(_to_stats(rows, tile)))
+
+
+def _grad(
     model: GigaUNet,
     data: TileData,
     padded_hw: tuple[int, int],
-    objective: Objective,
+    fused_kernels: bool,
+    loss_of: Callable[[_LossHead], tuple[mx.array, mx.array]],
+) -> tuple[TileStats, FlatParams]:
+    """One tile's forward + backward of the surrogate `loss_of` its head; float64 gradients."""
+    target = _target(data)
+
+    def surrogate(params_model: GigaUNet):
+        value, rows = loss_of(_loss_head(params_model, data, padded_hw, target, fused_kernels))
+        return value, mx.stop_gradient(rows)
+
+    (_, rows), grads = nn.value_and_grad(model, surrogate)(model)
+    mx.eval(rows, grads)  # sync point: one tile's forward + backward graph
+    flat = {name: np.array(g, dtype=np.float64) for name, g in tree_flatten(grads)}
+    return _to_stats(rows, data.tile), flat
+
+
+def _loss_head(
+    model: GigaUNet,
+    data: TileData,
+    padded_hw: tuple[int, int],
     target: mx.array,
     fused_kernels: bool,
-) -> tuple[mx.array, mx.array]:
-    """Surrogate value () and stat rows (6, h_out) of one tile, fused on the fused path.
-
-    The per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE).
-    """
+) -> _LossHead:
     if fused_kernels:
         tile: Tile = data.tile
         x = mx.array(data.image)[None]  # (1, h_in, w_in, 3) uint8: the kernels scale it
         z = model.logits(x, tile.in_box, padded_hw, True)  # (1, h_in, w_in, 1): crop is fused
         if z.dtype == mx.float32:
-            return fused.tile_loss(z, target, tile.crop_yx, objective)
-    z = _owned_logits(model, data, padded_hw, fused_kernels)
-    return pixel_loss.surrogate(z, target, objective)
+            return _LossHead(z, target, tile.crop_yx)
+    return _LossHead(_owned_logits(model, data, padded_hw, fused_kernels), target, None)
 
 
 def _target(data: TileData) -> mx.array:

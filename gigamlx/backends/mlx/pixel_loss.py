@@ -22,11 +22,14 @@ On Metal all of these are fast either way; the saving there is the passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from math import e as EULER
 from math import log2
 
 import mlx.core as mx
+
+from gigamlx.core.losses import STAT_ROWS, Objective, TileStats
 
 LOG2_E = log2(EULER)
 
@@ -74,25 +77,35 @@ def _stat_rows(z: mx.array, g: mx.array) -> mx.array:
 stat_rows = mx.compile(_stat_rows)
 
 
-@cache
-def _surrogate():
+# (rows (6, h), given (3,)) -> the surrogate's coefficients (a, b, c), float32 (3,)
+CoefficientsOf = Callable[[mx.array, mx.array], mx.array]
+
+
+def _make_surrogate(coefficients_of: CoefficientsOf):
     @mx.custom_function
-    def surrogate(z: mx.array, g: mx.array, coefficients: mx.array):
-        a, b, c = coefficients[0], coefficients[1], coefficients[2]
+    def surrogate(z: mx.array, g: mx.array, given: mx.array):
         p, bce = _p_and_bce(z, g)
+        rows = _rows(z, g, p, bce)
+        coefficients = coefficients_of(rows, given)
+        a, b, c = coefficients[0], coefficients[1], coefficients[2]
         value = mx.sum((a * g + b) * p) + c * mx.sum(bce)
-        return value, _rows(z, g, p, bce), p
+        return value, rows, p, coefficients
 
     @surrogate.vjp
     def surrogate_vjp(primals, cotangents, outputs):
-        # only the value carries a gradient: rows and p are statistics (stop_gradient'ed)
-        z, g, coefficients = primals
+        # only the value carries a gradient: rows, p and the coefficients are statistics
+        z, g, given = primals
+        p, coefficients = outputs[2], outputs[3]
         a, b, c = coefficients[0], coefficients[1], coefficients[2]
-        p = outputs[2]
         dz = cotangents[0] * ((a * g + b) * (p * (1.0 - p)) + c * (p - g))
-        return dz, mx.zeros_like(g), mx.zeros_like(coefficients)
+        return dz, mx.zeros_like(g), mx.zeros_like(given)
 
     return surrogate
+
+
+@cache
+def _given_surrogate():
+    return _make_surrogate(lambda rows, given: given)
 
 
 def surrogate(
@@ -105,5 +118,26 @@ def surrogate(
         g: (h, w) float32 {0, 1} targets.
         coefficients: (a, b, c), losses.Objective.
     """
-    value, rows, _ = _surrogate()(z, g, mx.array(coefficients, mx.float32))
+    value, rows, _, _ = _given_surrogate()(z, g, mx.array(coefficients, mx.float32))
+    return value, mx.stop_gradient(rows)
+
+
+def surrogate_of_own_sums(
+    z: mx.array, g: mx.array, objective_of: Callable[[TileStats], Objective]
+) -> tuple[mx.array, mx.array]:
+    """`surrogate` with the coefficients `objective_of(the tile's own sums)`, in one graph.
+
+    The rows are summed and `objective_of`'s arithmetic runs in float64 on the CPU stream (a
+    few scalars; Metal has no float64), on lazy scalars: the forward, the coefficients and the
+    backward are one evaluation, with the two-pass route's float64 coefficients.
+    """
+
+    def coefficients_of(rows: mx.array, _: mx.array) -> mx.array:
+        with mx.stream(mx.cpu):
+            sums = mx.sum(rows.astype(mx.float64), axis=1)  # (6,)
+            stats = TileStats(*(sums[i] for i in range(len(STAT_ROWS))), pixels=g.size)
+            terms = [v if isinstance(v, mx.array) else mx.array(v) for v in objective_of(stats)]
+            return mx.stack([v.astype(mx.float64) for v in terms]).astype(mx.float32)
+
+    value, rows, _, _ = _make_surrogate(coefficients_of)(z, g, mx.zeros(3))
     return value, mx.stop_gradient(rows)

@@ -1,15 +1,20 @@
 """Choose the tissue mask's post-processing on the validation slides (never the held-out ones).
 
 Takes a finished `reproduce_paper.py` work folder, predicts its validation slides with the
-run's best weights (the raw probability maps, cut at the threshold validation chose), then
-scores a grid of closing radius × hole-filling area × minimum object area against the slides'
-true masks, beside the Otsu and the morphological detectors on the same pixels. Prints the
-best settings and every single-step variant, writes the whole grid as JSON, and says which
-settings it chooses: the highest mean per-slide Dice; within `TIE_DICE` of it, the gentlest
-(fewest and smallest steps).
+run's best weights (the raw probability maps, cut at the threshold validation chose), and any
+`--large` slide (its held-out strip, the last 10 % of the long side as `gigamlx train` holds
+out, scored at pyramid level LARGE_LEVEL to stay quick), then scores a grid of closing radius
+× hole-filling area × minimum object area against the slides' true masks, beside the Otsu and
+the morphological detectors on the same pixels. Prints the best settings and every single-step
+variant, writes the whole grid as JSON, and says which settings it chooses: the highest mean
+per-slide Dice; within `TIE_DICE` of it, the gentlest (fewest and smallest steps).
+
+The quick benchmark's validation slides are 2048² px: their holes are small, so every hole
+limit above the largest of them scores the same there. A large slide's strip (the default
+slide's, the first run's validation) has holes of the size a whole section has.
 
 Usage: python scripts/postprocess_ablation.py [--work runs/reproduce] [--json FILE]
-       [--markdown docs/benchmarks.md]
+       [--large ~/.cache/gigamlx/synth-v3-s0-16384x65536.zarr] [--markdown docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -34,23 +39,29 @@ from gigamlx.runs.config import POSTPROCESS, PostprocessConfig
 from gigamlx.slide.morphology import pixel_settings, postprocess_array
 from gigamlx.slide.planes import open_plane
 from gigamlx.slide.store import open_store
+from gigamlx.train.validate import AUTO_VAL_FRACTION, split_hw
 
 CLOSING_UM = (0.0, 4.0, 8.0, 16.0)
 FILL_HOLES_UM2 = (0.0, 10_000.0, 50_000.0, 200_000.0, 1_000_000.0, 10_000_000.0)
 MIN_OBJECT_UM2 = (0.0, 2_000.0, 10_000.0, 50_000.0)
 TIE_DICE = 1e-4  # differences below this are noise on a few validation slides
+LARGE_LEVEL = 1  # a large slide's strip is scored at 2x the pixel size: ~10x faster, same ranking
 
 
 class Slide:
     """One validation slide in memory: the map cut at the threshold, the truth, baselines."""
 
-    def __init__(self, store: Path, pred: Path, cut_u8: int):
-        self.name = store.name
-        self.mpp = open_store(store).level_mpp(0)
-        self.truth = _whole(open_plane(store, 0)) != 0
-        self.binary = _whole(open_plane(pred, 0)) >= cut_u8
-        self.otsu = dice(_whole(baseline_plane("otsu", store)), self.truth)
-        self.morph = dice(_whole(baseline_plane("morph", store)), self.truth)
+    def __init__(self, store: Path, pred: Path, cut_u8: int, level: int = 0, strip: bool = False):
+        """The whole slide at `level`, or (`strip`) its held-out strip only."""
+        self.name = store.name + (" (held-out strip)" if strip else "")
+        slide = open_store(store)
+        self.mpp = slide.level_mpp(level)
+        truth = open_plane(store, level)
+        box = split_hw(truth.shape[:2], AUTO_VAL_FRACTION)[1] if strip else None
+        self.truth = _window(truth, box) != 0
+        self.binary = _window(open_plane(pred, level), box) >= cut_u8
+        self.otsu = dice(_window(baseline_plane("otsu", store, level), box), self.truth)
+        self.morph = dice(_window(baseline_plane("morph", store, level), box), self.truth)
 
     def post_dice(self, config: PostprocessConfig) -> float:
         if not any(c > 0 for c in config.to_dict().values()):
@@ -59,9 +70,12 @@ class Slide:
         return dice(mask, self.truth)
 
 
-def _whole(plane) -> np.ndarray:
-    h, w = plane.shape[:2]
-    return np.asarray(plane[0:h, 0:w])
+def _window(plane, box) -> np.ndarray:
+    """The whole plane, or its `box` (a core.geometry.Box)."""
+    if box is None:
+        h, w = plane.shape[:2]
+        return np.asarray(plane[0:h, 0:w])
+    return np.asarray(plane[box.y0 : box.y1, box.x0 : box.x1])
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -153,6 +167,13 @@ def main(
         Path, typer.Option(help="a reproduce_paper.py work folder (run/, slides/val-*)")
     ] = Path("runs/reproduce"),
     json_path: Annotated[Path | None, typer.Option("--json", help="the whole grid")] = None,
+    large: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="a large slide store (e.g. the default slide in ~/.cache/gigamlx) whose "
+            "held-out strip joins the validation slides; repeatable"
+        ),
+    ] = None,
     markdown: Annotated[
         Path | None,
         typer.Option(help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"),
@@ -172,6 +193,9 @@ def main(
     results = predict_slides(checkpoint, stores, work / "val-maps", options)
     cut_u8 = threshold_u8(threshold)
     slides = [Slide(s, r.outputs.zarr, cut_u8) for s, r in zip(stores, results, strict=True)]
+    for store in large or []:
+        (result,) = predict_slides(checkpoint, [store], work / "val-maps", options)
+        slides.append(Slide(store, result.outputs.zarr, cut_u8, LARGE_LEVEL, strip=True))
     console.print(f"{len(slides)} validation slides, maps cut at p >= {threshold:g}")
     rows = ablate(slides, console)
     chosen = choose(rows)

@@ -27,7 +27,7 @@ from gigamlx.runs.bundled import (
     write_bundle,
 )
 from gigamlx.runs.checkpoint import read_state, save_checkpoint
-from gigamlx.runs.config import POSTPROCESS
+from gigamlx.runs.config import DEFAULTS, FINE_TUNE_LR, POSTPROCESS
 from gigamlx.train.run import start_run
 
 runner = CliRunner()
@@ -140,6 +140,20 @@ def test_cli_train_init_bundled_records_it(slide, tmp_path):
     assert result.exit_code == 2 and "--init starts a run" in result.output
     result = runner.invoke(app, ["train", slide, "--init", str(tmp_path / "none"), "--out", "x"])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_cli_fine_tuning_takes_the_gentler_learning_rate_unless_lr_is_given(slide, tmp_path):
+    base = [slide, "--steps", "1", "--region", "256x320", "--tile", "128"]
+    base += ["--val-fraction", "0", "--quiet", "--checkpoint-every", "1"]
+    for name, extra, lr in [
+        ("bundled", ["--init", "bundled"], FINE_TUNE_LR),
+        ("typed", ["--init", "bundled", "--lr", "0.02"], 0.02),
+        ("fresh", [], DEFAULTS.lr),
+    ]:
+        out = tmp_path / name
+        result = runner.invoke(app, ["train", *base, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["lr"] == lr, name
 
 
 @pytest.mark.parametrize(

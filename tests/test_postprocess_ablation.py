@@ -49,3 +49,15 @@ def test_choose_prefers_fewer_steps_within_the_tie():
     assert ablation.choose(rows) is rows[1]
     rows[1]["mean"] = 0.98
     assert ablation.choose(rows) is rows[0]
+
+
+def test_a_large_slide_is_scored_on_its_held_out_strip(synth_store):
+    store = synth_store((400, 600))
+    # the store's own mask as the "map": the strip must line up with the truth
+    strip = ablation.Slide(store, store, 1, level=0, strip=True)
+    assert strip.truth.shape == strip.binary.shape == (400, 60)  # the last 10 % of the width
+    assert strip.post_dice(PostprocessConfig(0.0, 0.0, 0.0)) == 1.0
+    assert strip.name.endswith("(held-out strip)")
+    whole = ablation.Slide(store, store, 1)
+    assert whole.truth.shape == (400, 600)
+    np.testing.assert_array_equal(whole.truth[:, 540:], strip.truth)

@@ -18,7 +18,7 @@ from gigamlx.cli.common import (
     setup_logging,
     user_errors,
 )
-from gigamlx.runs.config import DEFAULTS, RANK_TIMEOUT_S, TrainConfig, help_of
+from gigamlx.runs.config import DEFAULTS, FINE_TUNE_LR, RANK_TIMEOUT_S, TrainConfig, help_of
 
 
 def _typed_options(ctx: typer.Context) -> dict:
@@ -130,7 +130,10 @@ def train(
 
     setup_logging(verbose)
     fields = set(DEFAULTS.to_dict())
-    config = TrainConfig(**_as_config({k: v for k, v in ctx.params.items() if k in fields}))
+    values = _as_config({k: v for k, v in ctx.params.items() if k in fields})
+    if init != "fresh" and "lr" not in _typed_options(ctx):
+        values["lr"] = FINE_TUNE_LR  # fine-tuning: a gentler peak rate unless --lr is given
+    config = TrainConfig(**values)
     # held to the very end: once a stop began, a late signal cannot cut the exit short
     with stop_on_signals(keep_after_stop=True) as stop, user_errors():
         if not resume:

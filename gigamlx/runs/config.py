@@ -25,6 +25,11 @@ DEFAULT_SLIDE_HW = (16384, 65536)  # the default synthetic slide: holds the defa
 RANK_TIMEOUT_S = 600.0  # under mlx.launch: how long a rank waits for the others
 
 
+# --init from trained weights: the from-scratch rate undid what the weights knew in the first
+# steps, a tenth kept it (docs/experiments.md, "The first run from the bundled model")
+FINE_TUNE_LR = 1e-3
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: tuple[str, ...] = field(default=(), metadata={"help": "ingested slide stores"})
@@ -40,7 +45,10 @@ class TrainConfig:
     # soft Dice alone can saturate at "all tissue" from initialisation; BCE keeps 0.5 meaningful
     loss: str = field(default="dice+bce", metadata={"help": "dice+bce, dice or bce"})
     # the best peak rate on the benchmark's validation slides (docs/experiments.md)
-    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (peak)"})
+    lr: float = field(
+        default=1e-2,
+        metadata={"help": f"Adam learning rate (peak; {FINE_TUNE_LR:g} when --init is not fresh)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of weights and region sampling"})
     out: str = field(default="runs/gigaunet", metadata={"help": "run directory"})
     checkpoint_every: int = field(default=25, metadata={"help": "steps between checkpoints"})

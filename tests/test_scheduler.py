@@ -243,3 +243,16 @@ def test_multi_tile_dice_takes_two_passes_and_bce_one(monkeypatch, model, loss, 
     result = tiled_step(backend, model, image, mask, loss, tile)
     assert calls == expected and len(result.plan.tiles) == expected["tile_grad"]
     assert (result.forward_seconds > 0) == (loss == "dice")
+
+
+@pytest.mark.parametrize("tile,trims", [(128, 1), (576, 0)])
+def test_freed_memory_goes_back_after_a_step_of_several_tiles_only(monkeypatch, model, tile, trims):
+    """Windows of several sizes fragment the heap, so their step hands freed blocks back; a
+    one-tile step keeps them for the next step's identical buffers."""
+    from gigamlx.tiling import scheduler
+
+    calls = []
+    monkeypatch.setattr(scheduler, "release_freed_memory", lambda: calls.append(1) or True)
+    image, mask = random_case((333, 517), seed=9)
+    tiled_step(MLXBackend("mlx"), model, image, mask, "dice", tile)
+    assert len(calls) == trims

@@ -260,7 +260,11 @@ def tiled_step(
         _report(progress, "backward", done, len(plan.tiles))
     reading = backend.memory()
     order.clear()  # the kept windows are done with: free them, then hand back what
-    release_freed_memory()  # the C library keeps of the step's buffers (between steps)
+    if len(plan.tiles) > 1:  # the C library keeps of the step's buffers (between steps)
+        # windows of several sizes fragment the heap from step to step; one tile's buffers
+        # are the same every step and are reused whole, and handing them back would make the
+        # next step fault in and zero them again (most of its system time)
+        release_freed_memory()
     return StepResult(
         loss=loss_value(loss, stats),
         stats=stats,

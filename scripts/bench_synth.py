@@ -62,8 +62,12 @@ def render_chunks(size_hw, seed: int, chunk_px: int, origins) -> dict:
     from gigamlx.synth.scene import make_scene
 
     render = renderer.render
-    if hasattr(renderer, "prepare_worker"):  # as synth's worker processes do (older: absent)
-        renderer.prepare_worker(chunk_px)
+    try:  # as synth's worker processes do (older: in render.py, or absent)
+        from gigamlx.synth.slide import prepare_worker
+    except ImportError:
+        prepare_worker = getattr(renderer, "prepare_worker", None)
+    if prepare_worker is not None:
+        prepare_worker(chunk_px)
 
     scene = make_scene(size_hw, seed)
 

@@ -42,7 +42,7 @@ from gigamlx.infer.predict import (
 )
 from gigamlx.runs.checkpoint import load_checkpoint
 from gigamlx.runs.config import DEFAULT_SLIDE_HW, DEFAULT_THRESHOLD, DEFAULTS, TrainConfig
-from gigamlx.synth.render import synth_slide
+from gigamlx.synth.slide import synth_slide
 from gigamlx.train.loop import StepMetrics, train
 from gigamlx.train.run import start_run
 

@@ -32,7 +32,7 @@ def weights(tmp_path_factory):
 def synth_store(tmp_path_factory):
     """make(hw, seed) -> a synthetic slide store, made once per session for each (hw, seed).
     Shared between modules: tests read these stores and never write into them."""
-    from gigamlx.synth.render import synth_slide
+    from gigamlx.synth.slide import synth_slide
 
     made: dict[tuple, Path] = {}
 

@@ -79,7 +79,7 @@ def test_bench_script_small_run(tmp_path):
 def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     """scripts/bench_read.py on a small synthetic store: one row per turn it can time."""
     from gigamlx.backends import get_backend
-    from gigamlx.synth.render import synth_slide
+    from gigamlx.synth.slide import synth_slide
 
     store = synth_slide(tmp_path / "s.zarr", (320, 640), seed=1)
     out = tmp_path / "read.json"

@@ -16,8 +16,9 @@ from gigamlx.core.geometry import Box
 from gigamlx.eval.anatomy import _boundary_steps, slide_anatomy
 from gigamlx.eval.metrics import EvaluationError
 from gigamlx.slide.store import StoreWriter, open_store
-from gigamlx.synth.render import scene_layers, synth_slide
+from gigamlx.synth.render import scene_layers
 from gigamlx.synth.scene import make_scene
+from gigamlx.synth.slide import synth_slide
 
 HW, SEED = (512, 768), 0  # fat, pen, dust and bubbles in one small slide
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "error_anatomy.py"

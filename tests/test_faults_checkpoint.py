@@ -29,7 +29,8 @@ from gigamlx.runs.checkpoint import (
 )
 from gigamlx.runs.config import CONFIG_FORMAT, TrainConfig
 from gigamlx.train.loop import train
-from gigamlx.train.run import METRICS, resolve_config, start_run
+from gigamlx.train.run import start_run
+from gigamlx.train.run_dir import METRICS, resolve_config
 
 runner = CliRunner()
 FILES = ["weights.safetensors", "optimizer.safetensors", "state.json", "ema.safetensors"]

@@ -152,7 +152,7 @@ def _holder(lock_args: str, tmp_path):
 @pytest.mark.parametrize("resume", [False, True])
 def test_second_training_process_on_one_run_folder_fails(slide, tmp_path, resume):
     out = tmp_path / "run"
-    lock = ("from gigamlx.train.run import run_lock", f"run_lock({str(out)!r})")
+    lock = ("from gigamlx.train.run_dir import run_lock", f"run_lock({str(out)!r})")
     child = _holder(lock, tmp_path)
     try:
         args = ["train", "--resume"] if resume else ["train", slide, *ARGS]

@@ -285,7 +285,7 @@ def test_cli_report_unwritable_out_is_one_line(tmp_path):
 
 
 def test_cli_report_of_a_real_training_run(tmp_path):
-    from gigamlx.synth.render import synth_slide
+    from gigamlx.synth.slide import synth_slide
 
     slide = synth_slide(tmp_path / "s.zarr", (256, 320), seed=3)
     run = tmp_path / "run"

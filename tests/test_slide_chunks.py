@@ -10,7 +10,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from gigamlx.slide.chunks import direct_reader
 from gigamlx.slide.store import open_store
-from gigamlx.synth.render import synth_slide
+from gigamlx.synth.slide import synth_slide
 
 
 def _array(tmp_path, name, shape, chunks, compressors, data):

@@ -10,8 +10,9 @@ import pytest
 
 from gigamlx.core.geometry import Box
 from gigamlx.slide.store import open_store
-from gigamlx.synth.render import default_slide, render, scene_layers, synth_slide
+from gigamlx.synth.render import render, scene_layers
 from gigamlx.synth.scene import make_scene
+from gigamlx.synth.slide import default_slide, synth_slide
 
 
 def test_synth_same_bytes_whatever_chunking(tmp_path):
@@ -56,7 +57,7 @@ def test_synth_bounded_memory(tmp_path):
     """A 3072x4096 synth (36 MB of RGB) grows peak RSS by about one chunk's temporaries."""
     code = (
         "from gigamlx.core.memory import peak_rss_bytes\n"
-        "from gigamlx.synth.render import synth_slide\n"
+        "from gigamlx.synth.slide import synth_slide\n"
         f"synth_slide({str(tmp_path / 'warm.zarr')!r}, (300, 300), chunk_px=256)\n"
         "base = peak_rss_bytes()\n"
         f"synth_slide({str(tmp_path / 'm.zarr')!r}, (3072, 4096), chunk_px=256)\n"

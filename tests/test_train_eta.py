@@ -123,7 +123,7 @@ def test_progress_logs_the_forecast_once_after_the_third_step(caplog):
 
 def test_cli_train_prints_the_forecast(tmp_path):
     from gigamlx.cli import app
-    from gigamlx.synth.render import synth_slide
+    from gigamlx.synth.slide import synth_slide
 
     slide = str(synth_slide(tmp_path / "s.zarr", (400, 600), seed=2))
     small = ["--region", "256x320", "--memory-budget", "300MB", "--tile", "128", "--quiet"]

@@ -16,7 +16,8 @@ from factories import small_config
 from gigamlx.runs.checkpoint import list_checkpoints, load_checkpoint
 from gigamlx.train import loop
 from gigamlx.train.loop import Interrupted, TrainingError, train
-from gigamlx.train.run import RunDirError, start_run
+from gigamlx.train.run import start_run
+from gigamlx.train.run_dir import RunDirError
 
 # no colour jitter either: the cases here are about the loop (test_train_validate.py)
 _config = partial(small_config, checkpoint_every=2, color_jitter=0.0)

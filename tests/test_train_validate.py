@@ -15,7 +15,7 @@ from gigamlx.eval.metrics import evaluate_pair, evaluate_thresholds
 from gigamlx.infer.predict import load_model
 from gigamlx.runs.checkpoint import list_checkpoints, read_state
 from gigamlx.runs.config import DEFAULTS, TrainConfig
-from gigamlx.synth.render import synth_slide
+from gigamlx.synth.slide import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
 from gigamlx.train import augment, regions
 from gigamlx.train.augment import Illumination, draw_jitter, lut32

@@ -33,7 +33,7 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="replace an existing store")] = False,
 ) -> None:
     """Make a reproducible H&E-like slide with its true tissue mask (OME-Zarr)."""
-    from gigamlx.synth.render import synth_slide
+    from gigamlx.synth.slide import synth_slide
 
     setup_logging(False)
     with user_errors():

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gigamlx.backends.base import Backend, FlatParams, TileData
-from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Tile, TilePlan, plan_tiles
 from gigamlx.core.losses import (
     Objective,
@@ -32,18 +31,24 @@ from gigamlx.core.progress import Progress
 from gigamlx.core.spec import GIGAUNET_4492, Layer
 from gigamlx.runs.config import DEFAULT_TILE_PX
 from gigamlx.tiling.budget import (
-    CACHE_SHARE,
     CPU_MAX_TILE_PX,
     Mode,
     buffer_cache_bytes,
     choose_tile_hw,
     tile_cost,
 )
-from gigamlx.tiling.prefetch import PREFETCH_DEPTH, Prefetcher
+from gigamlx.tiling.windows import (
+    ReadClock,
+    cache_limit_bytes,
+    iter_tile_data,
+    kept_tiles,
+    pass2_loader,
+    second_pass_order,
+    staged_loader,
+    window_reader,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CACHE_BYTES = 512 * 10**6  # Dice pass-2 cache when no budget is given
 
 
 class StepResult(NamedTuple):
@@ -98,75 +103,6 @@ def resolve_plan(
     return plan_tiles(image_hw, tile or DEFAULT_TILE_PX, spec)
 
 
-class ReadClock:
-    """Seconds spent reading windows (on the prefetch thread) and waiting for them."""
-
-    def __init__(self) -> None:
-        self.read_s = 0.0
-        self.wait_s = 0.0
-
-
-def _reader(image, mask) -> Callable[[Tile], TileData]:
-    def read(tile: Tile) -> TileData:
-        window = read_window(image, tile.in_box)
-        target = None
-        if mask is not None:
-            target = (read_window(mask, tile.out_box) != 0).view(np.uint8)
-        return TileData(tile, window, target)
-
-    return read
-
-
-def _staged(read: Callable[[Tile], TileData], stage: Callable[[TileData], TileData]):
-    return lambda tile: stage(read(tile))
-
-
-def _stage_or_read(read: Callable[[Tile], TileData], stage: Callable[[TileData], TileData]):
-    """Pass 2's loader: a window kept from pass 1 is staged, a tile is read and staged."""
-    return lambda item: stage(item if isinstance(item, TileData) else read(item))
-
-
-def iter_tile_data(items, load: Callable, clock: ReadClock) -> Iterator[TileData]:
-    """`load(item)` for each item, one tile ahead on a thread, while the caller computes.
-
-    Reading tile n+1 (zarr decompression, disk) and staging it on the device (the backend's
-    `stage`: a prefetch to the GPU for cuda-um) overlap the compute of tile n.
-    """
-    prefetcher = Prefetcher(load, items, depth=PREFETCH_DEPTH)
-    try:
-        yield from prefetcher
-    finally:
-        prefetcher.close()
-        clock.read_s += prefetcher.read_s
-        clock.wait_s += prefetcher.wait_s
-
-
-def _cache_limit_bytes(image, budget_bytes: int | None) -> int:
-    """Host bytes the Dice pass-2 cache may take: none for in-memory images (rereading is a
-    copy), else its share of the budget (the tile size was chosen leaving that room)."""
-    if isinstance(image, np.ndarray):
-        return 0
-    return int(budget_bytes * CACHE_SHARE) if budget_bytes else DEFAULT_CACHE_BYTES
-
-
-def _kept_tiles(plan: TilePlan, limit_bytes: int) -> list[Tile]:
-    """The last tiles of pass 1 whose windows (image and target) fit in `limit_bytes` together:
-    kept on the host, they start pass 2 without being read again."""
-    kept, total = [], 0
-    for tile in reversed(plan.tiles):
-        total += tile.in_box.area() * 3 + tile.out_box.area()
-        if total > limit_bytes:
-            break
-        kept.append(tile)
-    return kept[::-1]
-
-
-def _second_pass_order(plan: TilePlan, cache: list[TileData]) -> list[Tile | TileData]:
-    """Pass 2 goes backwards: the windows kept from the end of pass 1 first (newest first, so
-    the compute never waits for the first read), then the others, read again."""
-    return cache[::-1] + list(plan.tiles[: len(plan.tiles) - len(cache)])[::-1]
-
-
 def _forward_pass(
     backend: Backend,
     model: Any,
@@ -180,8 +116,8 @@ def _forward_pass(
     """Dice pass 1: forward-only sums over the whole image; returns them, pass 2's order (the
     windows kept within the budget first) and how many windows were kept."""
     sums, cache = TileStats(), []
-    kept = set(_kept_tiles(plan, _cache_limit_bytes(image, budget_bytes)))
-    staged = _staged(read, backend.stage)
+    kept = set(kept_tiles(plan, cache_limit_bytes(image, budget_bytes)))
+    staged = staged_loader(read, backend.stage)
 
     def load(tile: Tile) -> TileData:  # a kept window stays on the host till pass 2
         return read(tile) if tile in kept else staged(tile)
@@ -191,7 +127,7 @@ def _forward_pass(
         if data.tile in kept:
             cache.append(data)
         _report(progress, "forward", done, len(plan.tiles))
-    return sums, _second_pass_order(plan, cache), len(cache)
+    return sums, second_pass_order(plan, cache), len(cache)
 
 
 def _tile_grad(
@@ -239,7 +175,7 @@ def tiled_step(
     image_hw = check_image(image, mask)
     plan = resolve_plan(backend, model, "grad", image_hw, tile, budget_bytes)
     start, clock = time.perf_counter(), ReadClock()
-    read = _reader(image, mask)
+    read = window_reader(image, mask)
     backend.reset_peak_memory()
     pixels = image_hw[0] * image_hw[1]
     sums, order, kept_windows, forward_seconds = None, list(plan.tiles), 0, 0.0
@@ -251,7 +187,7 @@ def tiled_step(
     grad = _tile_grad(backend, model, plan, loss, sums, pixels)
     grads: FlatParams = {}
     stats = TileStats()
-    second_pass = iter_tile_data(order, _stage_or_read(read, backend.stage), clock)
+    second_pass = iter_tile_data(order, pass2_loader(read, backend.stage), clock)
     for done, data in enumerate(second_pass, 1):
         tile_stats, tile_grads = grad(data)
         stats = stats + tile_stats
@@ -304,7 +240,7 @@ def tiled_predict(
     elif tuple(out.shape) != image_hw:
         raise ValueError(f"out shape {tuple(out.shape)} does not match image grid {image_hw}")
     plan = resolve_plan(backend, model, "predict", image_hw, tile, budget_bytes)
-    load = _staged(_reader(image, None), backend.stage)
+    load = staged_loader(window_reader(image, None), backend.stage)
     for done, data in enumerate(iter_tile_data(plan.tiles, load, ReadClock()), 1):
         probs = backend.tile_predict(model, data, plan.padded_hw)
         box = data.tile.out_box

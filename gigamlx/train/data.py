@@ -11,7 +11,7 @@ from gigamlx.core.progress import ChunkProgress
 from gigamlx.slide.magnification import LevelError, pick_level
 from gigamlx.slide.readers import SLIDE_FILE_SUFFIXES
 from gigamlx.slide.store import SlideStore, StoreError, open_store
-from gigamlx.synth.render import default_slide
+from gigamlx.synth.slide import default_slide
 
 log = logging.getLogger(__name__)
 

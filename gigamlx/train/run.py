@@ -1,13 +1,11 @@
-"""A run's state on disk and in memory: start fresh, resume from a checkpoint, save one."""
+"""A run's state in memory and its checkpoints: start fresh, resume from a checkpoint, save one
+(train/run_dir.py: the folder itself and the configuration)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,28 +17,25 @@ from gigamlx.infer.predict import slide_name
 from gigamlx.runs.bundled import FRESH, initial_weights
 from gigamlx.runs.checkpoint import (
     BEST,
-    STATE,
     Checkpoint,
     CheckpointError,
     list_checkpoints,
-    load_checkpoint,
     load_checkpoint_folder,
     prune_checkpoints,
     read_state,
     remove_stale_temps,
     save_checkpoint,
 )
-from gigamlx.runs.config import ConfigError, TrainConfig
+from gigamlx.runs.config import TrainConfig
 from gigamlx.runs.files import write_text_atomic
-from gigamlx.runs.lock import hold_lock
-from gigamlx.runs.outputs import check_output_folder, probe_writable
+from gigamlx.runs.outputs import probe_writable
 from gigamlx.slide.magnification import LevelError, size_px
 from gigamlx.tiling.budget import check_budget
 from gigamlx.train.data import DataError, TrainingSlide, open_training_slides
 from gigamlx.train.ema import WeightAverage
 from gigamlx.train.regions import RegionSampler
+from gigamlx.train.run_dir import CONFIG, METRICS, check_fresh, resolve_config
 from gigamlx.train.validate import (
-    VAL_DIR,
     BestChoice,
     Validator,
     heldout_areas,
@@ -49,14 +44,6 @@ from gigamlx.train.validate import (
 )
 
 log = logging.getLogger(__name__)
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-LOCK = ".lock"
-RUN_FILES = {CONFIG, METRICS, LOCK, "checkpoints", VAL_DIR}  # all a run folder holds
-
-
-class RunDirError(ValueError):
-    """The run folder cannot be used as asked; the message says what to do."""
 
 
 @dataclass
@@ -78,88 +65,6 @@ class Run:
     @property
     def metrics_path(self) -> Path:
         return self.run_dir / METRICS
-
-
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """The OS lock a session holds on its run folder from start to end. A folder made here
-    is removed again if the session wrote nothing into it (it failed before its first file)."""
-    run_dir = Path(run_dir)
-    made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with hold_lock(run_dir / LOCK, f"run folder {run_dir}"):
-            yield
-    finally:
-        if made:
-            with suppress(OSError):  # not empty: the run wrote files, which stay
-                run_dir.rmdir()
-
-
-def _check_fresh(run_dir: Path, resume: bool) -> None:
-    """A new run may use an empty folder, or one a run left before its first checkpoint (a
-    retry takes it over: with --resume its saved config, without it the one given now)."""
-    if list_checkpoints(run_dir):
-        raise RunDirError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out"
-        )
-    if run_dir.exists() and not all(_is_run_file(p.name) for p in run_dir.iterdir()):
-        raise RunDirError(f"{run_dir} holds files that are not a gigamlx run; choose another --out")
-    if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
-        config = "its saved config" if resume else "the options given now"
-        log.warning(
-            "%s holds no checkpoint (its run stopped before one): starting afresh from step 0 "
-            "with %s",
-            run_dir,
-            config,
-        )
-
-
-def _is_run_file(name: str) -> bool:
-    """A file a run writes, or the temporary of one (`.metrics.jsonl.tmp_123`)."""
-    return name in RUN_FILES or any(name.startswith(f".{known}.tmp") for known in RUN_FILES)
-
-
-def _saved_config(run_dir: Path, fallback: TrainConfig) -> TrainConfig:
-    """The config.json of a run that stopped before its first checkpoint (absent: fallback)."""
-    path = run_dir / CONFIG
-    try:
-        return TrainConfig.from_dict(json.loads(path.read_text()), source=str(path))
-    except FileNotFoundError:
-        return fallback
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as error:
-        raise RunDirError(f"{path} is unreadable ({error}); fix or delete it") from None
-
-
-def resolve_config(
-    config: TrainConfig, resume: bool, overrides: dict | None = None
-) -> tuple[TrainConfig, Checkpoint | None]:
-    """The configuration a run trains with, and on resume the checkpoint it continues from.
-
-    Resuming a folder that holds no checkpoint (its run stopped before the first) starts it
-    afresh from its config.json. Slide paths come back absolute, so a run resumes anywhere.
-
-    Args:
-        config: the requested configuration (on resume only `out` is read from it).
-        resume: continue the run in `config.out`: its saved config, with `overrides`.
-        overrides: on resume, config fields to change from the saved ones (what the user
-            typed: a new --steps target, more --accumulate, another --backend: checkpoints
-            are engine-neutral).
-    """
-    check_output_folder(Path(config.out))  # before anything makes it (the run lock does)
-    checkpoint = None
-    if resume:
-        run_dir = Path(config.out)
-        if list_checkpoints(run_dir):
-            checkpoint = load_checkpoint(run_dir)  # past damaged ones, with a warning
-            saved = TrainConfig.from_dict(checkpoint.config, source=str(checkpoint.path / STATE))
-        else:
-            saved = _saved_config(run_dir, config)
-        config = dataclasses.replace(saved, **{**(overrides or {}), "out": config.out})
-    data = tuple(os.path.abspath(p) for p in config.data)
-    return dataclasses.replace(config, data=data).validate(), checkpoint
 
 
 def open_run(
@@ -187,7 +92,7 @@ def open_run(
     if writes:
         remove_stale_temps(run_dir)  # of killed runs; the run lock keeps live ones out
     if checkpoint is None and writes:
-        _check_fresh(run_dir, resume)
+        check_fresh(run_dir, resume)
     slides = open_training_slides(config.data, slide_progress, config.level, config.mpp)
     config, region_hw = _resolve_scale(config, slides)
     model = backend.build_model(config.seed)

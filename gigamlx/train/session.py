@@ -19,7 +19,8 @@ from gigamlx.runs.config import DEFAULT_THRESHOLD, RANK_TIMEOUT_S, TrainConfig
 from gigamlx.train.loop import StepMetrics, TrainingError, train
 from gigamlx.train.profile import print_profile
 from gigamlx.train.progress import train_progress
-from gigamlx.train.run import METRICS, Run, open_run, resolve_config, run_lock
+from gigamlx.train.run import Run, open_run
+from gigamlx.train.run_dir import METRICS, resolve_config, run_lock
 from gigamlx.train.stop import StopFlag
 from gigamlx.train.validate import best_choice
 

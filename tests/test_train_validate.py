@@ -86,6 +86,17 @@ def test_color_jitter_is_exact_per_window_and_identity_at_zero():
     np.testing.assert_array_equal(identity.apply(image), image)
 
 
+def test_color_jitter_gives_the_same_bytes_whatever_its_block(monkeypatch):
+    """`apply` transforms pixels a block at a time: block edges change nothing."""
+    image = np.random.default_rng(4).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    jitter = draw_jitter(np.random.default_rng(5), 1.0)
+    monkeypatch.setattr(augment, "APPLY_BLOCK_PX", image.shape[0] * image.shape[1])
+    whole = jitter.apply(image)
+    monkeypatch.setattr(augment, "APPLY_BLOCK_PX", 7)  # many blocks, the last one short
+    np.testing.assert_array_equal(jitter.apply(image), whole)
+    np.testing.assert_array_equal(jitter.apply(image[5:9, 3:4]), whole[5:9, 3:4])
+
+
 def test_illumination_is_exact_per_window_dims_the_edges_and_is_drawn_only_when_on():
     """The light factor depends on a pixel's place in the turned region: a window of the
     region reads the same pixels as the whole region; the edges come out dimmer than the

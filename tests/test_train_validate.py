@@ -18,7 +18,7 @@ from gigamlx.runs.config import DEFAULTS, TrainConfig
 from gigamlx.synth.slide import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
 from gigamlx.train import augment, regions
-from gigamlx.train.augment import Illumination, draw_jitter, lut32
+from gigamlx.train.augment import Illumination, _axis_gain, apply_gains, draw_jitter, lut32
 from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
 from gigamlx.train.run import start_run
@@ -87,7 +87,8 @@ def test_color_jitter_is_exact_per_window_and_identity_at_zero():
 
 
 def test_color_jitter_gives_the_same_bytes_whatever_its_block(monkeypatch):
-    """`apply` transforms pixels a block at a time: block edges change nothing."""
+    """`apply` and `apply_gains` transform pixels a block at a time: block edges change
+    nothing."""
     image = np.random.default_rng(4).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     jitter = draw_jitter(np.random.default_rng(5), 1.0)
     monkeypatch.setattr(augment, "APPLY_BLOCK_PX", image.shape[0] * image.shape[1])
@@ -95,6 +96,12 @@ def test_color_jitter_gives_the_same_bytes_whatever_its_block(monkeypatch):
     monkeypatch.setattr(augment, "APPLY_BLOCK_PX", 7)  # many blocks, the last one short
     np.testing.assert_array_equal(jitter.apply(image), whole)
     np.testing.assert_array_equal(jitter.apply(image[5:9, 3:4]), whole[5:9, 3:4])
+    gains = _axis_gain(0, 37, 37, 0.15, 0.05), _axis_gain(0, 53, 53, 0.1, -0.05)
+    monkeypatch.setattr(augment, "APPLY_BLOCK_PX", 10**6)
+    lit = apply_gains(image, *gains)
+    monkeypatch.setattr(augment, "APPLY_BLOCK_PX", 100)  # one row at a time
+    np.testing.assert_array_equal(apply_gains(image, *gains), lit)
+    assert not np.array_equal(lit, image)
 
 
 def test_illumination_is_exact_per_window_dims_the_edges_and_is_drawn_only_when_on():

@@ -187,12 +187,18 @@ def _axis_gain(start: int, stop: int, length: int, curve: float, tilt: float) ->
 
 def apply_gains(rgb: np.ndarray, gain_y: np.ndarray, gain_x: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 times gain_y[y] * gain_x[x] (float32), rounded half to even, clipped to
-    0..255: the arithmetic of the native window turn (backends' WindowTurner), bit for bit."""
-    gain = gain_y[:, None] * gain_x[None, :]
-    out = rgb * gain[..., None]  # float32: uint8 times float32
-    np.rint(out, out=out)
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
+    0..255: the arithmetic of the native window turn (backends' WindowTurner), bit for bit.
+    A few rows at a time (about APPLY_BLOCK_PX pixels), so the float temporaries stay in cache.
+    """
+    out = np.empty(rgb.shape, np.uint8)
+    rows = max(1, APPLY_BLOCK_PX // max(rgb.shape[1], 1))
+    for y0 in range(0, rgb.shape[0], rows):
+        gain = gain_y[y0 : y0 + rows, None] * gain_x[None, :]
+        block = rgb[y0 : y0 + rows] * gain[..., None]  # float32: uint8 times float32
+        np.rint(block, out=block)
+        np.clip(block, 0, 255, out=block)
+        out[y0 : y0 + rows] = block  # as astype(np.uint8)
+    return out
 
 
 def draw_illumination(rng: np.random.Generator, strength: float) -> Illumination:

@@ -34,7 +34,8 @@ from rich.table import Table
 
 from gigamlx.eval.baseline import baseline_plane
 from gigamlx.infer.annotations import threshold_u8
-from gigamlx.infer.predict import PredictOptions, cut_of, predict_slides, trained_scale
+from gigamlx.infer.model import cut_of, trained_scale
+from gigamlx.infer.predict import PredictOptions, predict_slides
 from gigamlx.runs.config import POSTPROCESS, PostprocessConfig
 from gigamlx.slide.morphology import pixel_settings, postprocess_array
 from gigamlx.slide.planes import open_plane

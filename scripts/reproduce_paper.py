@@ -33,15 +33,10 @@ from rich.table import Table
 
 from gigamlx.core.memory import peak_rss_bytes
 from gigamlx.eval.slides import Report, evaluate_files, run_evaluation
-from gigamlx.infer.predict import (
-    cut_of,
-    open_source,
-    output_paths,
-    predict_slide,
-    trained_scale,
-)
+from gigamlx.infer.model import TrainedScale, cut_of, postprocess_for, trained_scale
+from gigamlx.infer.predict import open_source, output_paths, predict_slide
 from gigamlx.runs.checkpoint import load_checkpoint
-from gigamlx.runs.config import DEFAULT_SLIDE_HW, DEFAULT_THRESHOLD, DEFAULTS, TrainConfig
+from gigamlx.runs.config import DEFAULT_SLIDE_HW, DEFAULTS, TrainConfig
 from gigamlx.synth.slide import synth_slide
 from gigamlx.train.loop import StepMetrics, train
 from gigamlx.train.run import start_run
@@ -170,22 +165,23 @@ def train_model(work: Path, plan: Plan, slides: dict[str, list[Path]], console: 
     return run, train(run, on_step=on_step, on_val=on_val)
 
 
-def use_best(run) -> tuple[int, float]:
-    """Load the best-by-validation weights into the run's model; returns their step and the
-    threshold validation chose for them (0.5 when the run never validated)."""
+def use_best(run) -> tuple[int, TrainedScale]:
+    """Load the best-by-validation weights into the run's model; returns their step and what
+    their checkpoint records: the threshold and post-processing validation chose for them
+    (None when the run never validated)."""
     best = run.run_dir / "checkpoints" / "best"
     if not best.is_dir():
-        return run.step, DEFAULT_THRESHOLD
+        return run.step, TrainedScale(run.step, None, None)
     checkpoint = load_checkpoint(best)
     run.backend.load_params(run.model, checkpoint.weights)
-    return checkpoint.step, cut_of(None, trained_scale(best))
+    return checkpoint.step, trained_scale(best)
 
 
 def predict_heldout(
-    run, heldout: list[Path], out_dir: Path, budget_bytes: int, threshold: float
+    run, heldout: list[Path], out_dir: Path, budget_bytes: int, scale: TrainedScale
 ) -> list[Path]:
-    """Probability maps (OME-Zarr) with their tissue masks (labels/tissue: cut at `threshold`,
-    post-processed with the defaults) and overlays of the held-out slides."""
+    """Probability maps (OME-Zarr) with their tissue masks (labels/tissue: cut and
+    post-processed as the best checkpoint records) and overlays of the held-out slides."""
     shutil.rmtree(out_dir, ignore_errors=True)
     preds = []
     for path in heldout:
@@ -193,7 +189,8 @@ def predict_heldout(
         outputs = output_paths(out_dir, source.name, tiff=False, overlay=True)
         predict_slide(
             run.backend, run.model, source, outputs, budget_bytes,
-            threshold=threshold, normalize=run.config.normalize,
+            threshold=cut_of(None, scale), normalize=run.config.normalize,
+            postprocess=postprocess_for(scale),
         )  # fmt: skip
         preds.append(outputs.zarr)
     return preds
@@ -305,10 +302,12 @@ def reproduce(work: Path, plan: Plan, json_path: Path | None, console: Console) 
     made = {k: len(v) for k, v in slides.items()}
     console.print(f"slides in {work / 'slides'}: {made} ({time.perf_counter() - start:.0f} s)")
     run, history = train_model(work, plan, slides, console)
-    best_step, threshold = use_best(run)
-    console.print(f"held-out slides cut at p >= {threshold:g} (chosen on the validation slides)")
+    best_step, scale = use_best(run)
+    threshold, fill_um2 = cut_of(None, scale), postprocess_for(scale).fill_holes_um2
+    console.print(f"held-out slides cut at p >= {threshold:g}, holes filled up to "
+                  f"{fill_um2:g} µm² (chosen on the validation slides)")  # fmt: skip
     budget_bytes = run.config.budget_bytes
-    preds = predict_heldout(run, slides["heldout"], work / "predictions", budget_bytes, threshold)
+    preds = predict_heldout(run, slides["heldout"], work / "predictions", budget_bytes, scale)
     dice_json = json_path.with_suffix(".dice.json") if json_path is not None else None
     heldout = slides["heldout"]
     report = run_evaluation(preds, heldout, threshold, dice_json, "otsu", 0, console, raw=True)
@@ -318,6 +317,7 @@ def reproduce(work: Path, plan: Plan, json_path: Path | None, console: Console) 
     result |= {
         "best_step": best_step,
         "threshold": threshold,
+        "fill_holes_um2": fill_um2,
         "time_to_target": time_to_target(run.metrics_path),
         # the tissue mask of the raw weights or of their moving average, what `best` keeps
         "time_to_target_post": time_to_target(run.metrics_path, keys=POST_KEYS),

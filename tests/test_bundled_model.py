@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
 from gigamlx.core.spec import param_count
-from gigamlx.infer.predict import load_model
+from gigamlx.infer.model import load_model
 from gigamlx.runs.bundled import (
     CARD,
     MODELS_DIR,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.infer.predict import load_model
+from gigamlx.infer.model import load_model
 from gigamlx.runs import files
 from gigamlx.runs.checkpoint import (
     MANIFEST,

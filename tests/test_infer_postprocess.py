@@ -18,8 +18,9 @@ from gigamlx.eval.metrics import evaluate_pair
 from gigamlx.eval.slides import evaluate_files
 from gigamlx.infer.annotations import prediction_features, threshold_u8
 from gigamlx.infer.export import open_probability_levels, write_overlay
+from gigamlx.infer.model import load_model
 from gigamlx.infer.postprocess import open_tissue_label
-from gigamlx.infer.predict import load_model, open_source, output_paths, predict_slide
+from gigamlx.infer.predict import open_source, output_paths, predict_slide
 from gigamlx.runs.config import POSTPROCESS, PostprocessConfig
 from gigamlx.slide.morphology import pixel_settings, postprocess_array
 from gigamlx.slide.store import open_store

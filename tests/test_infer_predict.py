@@ -14,9 +14,9 @@ import gigamlx
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
 from gigamlx.infer.export import open_probability_levels, sample_nearest, thumbnail_hw
+from gigamlx.infer.model import load_model
 from gigamlx.infer.predict import (
     PredictError,
-    load_model,
     open_source,
     output_paths,
     predict_slide,

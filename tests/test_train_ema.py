@@ -5,13 +5,14 @@ from functools import partial
 
 import numpy as np
 import pytest
+import zarr
 from factories import small_config
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from gigamlx.backends import get_backend
 from gigamlx.cli import app
-from gigamlx.infer.predict import load_model
+from gigamlx.infer.model import load_model
 from gigamlx.runs.checkpoint import (
     BEST,
     EMA,
@@ -23,7 +24,7 @@ from gigamlx.runs.checkpoint import (
 from gigamlx.train.ema import WeightAverage, warmed_decay
 from gigamlx.train.loop import train
 from gigamlx.train.run import save_best, start_run
-from gigamlx.train.validate import BestChoice, best_choice
+from gigamlx.train.validate import FILL_CHOICES_UM2, BestChoice, best_choice
 
 _config = partial(small_config, checkpoint_every=1, color_jitter=0.0)
 
@@ -120,9 +121,11 @@ def test_best_of_the_average_holds_its_weights_and_cut_for_predict(val_slides, t
 
     def average_wins(backend, model, step, seconds, ema_model=None):
         row = real(backend, model, step, seconds, ema_model)
-        if step == 2:  # the average at a cut no raw validation chose, and higher
+        if step == 2:  # the average at a cut and fill no raw validation chose, and higher
             assert 0 <= row["val_ema_dice_post"] <= 1 and 0 <= row["val_ema_dice"] <= 1
+            assert row["val_fill_holes_um2"] in FILL_CHOICES_UM2
             row |= {"val_ema_threshold": 0.85, "val_ema_threshold_dice": 1.0}
+            row |= {"val_ema_fill_holes_um2": 123_456.0, "val_fill_holes_um2": 7.0}
         return row
 
     run.validator = average_wins  # the loop only calls it
@@ -135,6 +138,8 @@ def test_best_of_the_average_holds_its_weights_and_cut_for_predict(val_slides, t
     assert vals[0]["val_ema_threshold_dice"] == vals[0]["val_threshold_dice"]  # step 0: equal
     step_2 = load_checkpoint(out / "checkpoints" / "step_0000002")  # the raw weights, raw cut
     assert read_state(step_2.path)["threshold"] == vals[-1]["val_threshold"]
+    assert read_state(step_2.path)["postprocess"]["fill_holes_um2"] == 7.0  # the raw weights'
+    assert best["postprocess"] == BestChoice("ema", 1.0, 0.85, 123_456.0).postprocess()
     backend, model = load_model(out / "checkpoints" / BEST)
     assert _same(backend.flat_params(model), step_2.ema)
     assert not _same(step_2.ema, step_2.weights)
@@ -142,6 +147,12 @@ def test_best_of_the_average_holds_its_weights_and_cut_for_predict(val_slides, t
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert "tissue at p >= 0.85" in result.output
+    record = zarr.open_group(tmp_path / "p" / "s.zarr", mode="r").attrs["provenance"]
+    assert record["postprocess"]["fill_holes_um2"] == 123_456.0  # what validation chose
+    typed = ["--fill-holes-um2", "5", "--out", str(tmp_path / "q")]
+    assert CliRunner().invoke(app, [*args, *typed]).exit_code == 0
+    record = zarr.open_group(tmp_path / "q" / "s.zarr", mode="r").attrs["provenance"]
+    assert record["postprocess"]["fill_holes_um2"] == 5.0  # typed wins
 
 
 def test_save_best_of_the_raw_weights_says_raw(slide, tmp_path):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from gigamlx.cli import app
 from gigamlx.core.normalise import slide_norm
 from gigamlx.eval.metrics import evaluate_pair, evaluate_thresholds
-from gigamlx.infer.predict import load_model
+from gigamlx.infer.model import load_model
 from gigamlx.runs.checkpoint import list_checkpoints, read_state
 from gigamlx.runs.config import DEFAULTS, TrainConfig
 from gigamlx.synth.slide import synth_slide
@@ -23,6 +23,7 @@ from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
 from gigamlx.train.run import start_run
 from gigamlx.train.validate import (
+    FILL_CHOICES_UM2,
     THRESHOLD_TOLERANCE,
     THRESHOLDS,
     ValArea,
@@ -225,6 +226,29 @@ def test_validation_scores_the_post_processed_mask_beside_the_raw_map(tmp_path):
     assert raw < 0.99 and validator.post_dice([prob], 128) == 1.0
     validator = Validator([ValArea("a", image, mask)], tmp_path, None, None)
     assert validator.post_dice([prob], 128) is None
+
+
+def test_validation_fills_large_holes_only_where_that_scores_better(tmp_path):
+    """A white space of 0.04 mm² inside tissue: beyond the default fill, within the largest
+    choice. Where the truth calls it tissue (fat), validation chooses to fill it; where the
+    truth calls it glass (a gap between pieces), the default; with no such hole, the default."""
+    mpp = 2.0  # 4 µm² a pixel
+    mask = np.zeros((300, 300), np.uint8)
+    mask[20:280, 20:280] = 1
+    prob = np.where(mask > 0, 230, 10).astype(np.uint8)
+    prob[100:200, 100:200] = 10  # 40,000 µm²
+    assert FILL_CHOICES_UM2[0] < 100 * 100 * mpp**2 < FILL_CHOICES_UM2[-1]
+    image = np.zeros((300, 300, 3), np.uint8)
+    fat = Validator([ValArea("a", image, mask, mpp=mpp)], tmp_path, None, None)
+    assert fat.best_fill([prob], 128) == (FILL_CHOICES_UM2[-1], 1.0)
+    gap = mask.copy()
+    gap[100:200, 100:200] = 0
+    glass = Validator([ValArea("a", image, gap, mpp=mpp)], tmp_path, None, None)
+    assert glass.best_fill([prob], 128) == (FILL_CHOICES_UM2[0], 1.0)
+    solid = np.where(mask > 0, 230, 10).astype(np.uint8)
+    assert fat.best_fill([solid], 128) == (FILL_CHOICES_UM2[0], 1.0)  # a tie: the gentlest
+    no_mpp = Validator([ValArea("a", image, mask)], tmp_path, None, None)
+    assert no_mpp.best_fill([prob], 128) == (FILL_CHOICES_UM2[0], None)
 
 
 def test_val_stores_are_scored_whole(slides, tmp_path):

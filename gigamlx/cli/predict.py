@@ -56,18 +56,19 @@ def split_model(first: Path, rest: list[Path]) -> tuple[Path | str, list[Path]]:
     return BUNDLED, [first, *rest]
 
 
-def bundled_postprocess(ctx: typer.Context, typed: PostprocessConfig) -> PostprocessConfig:
-    """The bundled model card's post-processing, with the settings typed here over it."""
+def recorded_postprocess(ctx: typer.Context, checkpoint, typed: PostprocessConfig):
+    """The post-processing the model records (the bundled model's card, or what the
+    checkpoint's validation chose; else the defaults), with the settings typed here over it."""
     import dataclasses
 
-    from gigamlx.runs.bundled import postprocess_of, read_card
+    from gigamlx.infer.model import postprocess_for, trained_scale
 
     def typed_here(name: str) -> bool:
         return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
 
     names = [f.name for f in dataclasses.fields(PostprocessConfig) if typed_here(f.name)]
-    card = postprocess_of(read_card())
-    return dataclasses.replace(card, **{name: getattr(typed, name) for name in names})
+    recorded = postprocess_for(trained_scale(checkpoint))
+    return dataclasses.replace(recorded, **{name: getattr(typed, name) for name in names})
 
 
 @app.command()
@@ -156,8 +157,9 @@ def predict(
     Per slide, OUT/NAME.zarr holds round(255 p) as uint8 OME-Zarr with a multiscale pyramid
     (napari opens it), at the slide level matching the checkpoint's training resolution, with
     its µm/px and provenance, and the tissue mask as the NGFF label image labels/tissue:
-    p >= threshold, holes inside tissue filled up to --fill-holes-um2, pieces below
-    --min-object-um2 dropped (docs/postprocessing.md). --tiff adds an OME-TIFF that QuPath
+    p >= threshold, holes inside tissue filled up to --fill-holes-um2 (unless typed: the
+    limit the checkpoint's validation chose), pieces below --min-object-um2 dropped
+    (docs/postprocessing.md). --tiff adds an OME-TIFF that QuPath
     and OpenSlide open; --overlay a PNG of the slide (longer side 2048 px) with tissue tinted
     and outlined; --geojson the tissue outline as a QuPath annotation in level-0 pixel
     coordinates (these three show the tissue mask; with --no-postprocess, the map). Slides
@@ -174,9 +176,9 @@ def predict(
             if which:
                 raise ValueError("--checkpoint picks a checkpoint of a run; give the run folder")
             err.print(f"model: {describe(read_card())}", soft_wrap=True, markup=False)
-            post = bundled_postprocess(ctx, post)
         elif which:
             checkpoint = named_checkpoint(checkpoint, which)
+        post = recorded_postprocess(ctx, checkpoint, post)
         _, progress = progress_bar("predict")
 
         def on_slide(source):

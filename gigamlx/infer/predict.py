@@ -8,7 +8,6 @@ output carries µm per pixel and provenance. Memory is bounded by the budget and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,7 +16,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gigamlx.backends import get_backend
 from gigamlx.core.memory import parse_bytes, peak_rss_bytes
 from gigamlx.core.normalise import InputNorm, slide_norm
 from gigamlx.core.progress import Progress
@@ -35,6 +33,14 @@ from gigamlx.infer.export import (
     write_overlay,
     written_by_predict,
 )
+from gigamlx.infer.model import (
+    RECORDED,
+    cut_of,
+    load_model,
+    model_path,
+    postprocess_for,
+    trained_scale,
+)
 from gigamlx.infer.postprocess import (
     open_tissue_label,
     postprocess_record,
@@ -48,8 +54,7 @@ from gigamlx.infer.sources import (
     open_source,
     slide_name,
 )
-from gigamlx.runs.bundled import is_bundled, load_bundled, provenance_record, read_card
-from gigamlx.runs.checkpoint import STATE, CheckpointError, list_checkpoints, load_weights
+from gigamlx.runs.bundled import is_bundled, provenance_record, read_card
 from gigamlx.runs.config import (
     DEFAULT_KERNELS,
     DEFAULT_MEMORY_BUDGET,
@@ -89,98 +94,6 @@ class PredictResult(NamedTuple):
     mpp: float | None = None
     threshold: float = DEFAULT_THRESHOLD  # the cut of the map before post-processing
     postprocess: dict | None = None  # `postprocess_record`: applied or why not
-
-
-class TrainedScale(NamedTuple):
-    """What a checkpoint says about itself: its step, the level / µm per pixel it read,
-    whether its model standardises each slide (core/normalise.py), and the threshold its
-    validation chose (None: not validated at that step, or saved before thresholds were)."""
-
-    step: int | None
-    mpp: float | None
-    level: int | None
-    normalize: bool = False
-    threshold: float | None = None
-
-
-def trained_scale(checkpoint: str | os.PathLike) -> TrainedScale:
-    """Step and training resolution recorded in a run or checkpoint folder, or the bundled
-    model's card (a bare weights file records nothing: level 0, no mpp)."""
-    if is_bundled(checkpoint):
-        card = read_card()
-        state = {"config": card, "threshold": card["threshold"]}
-        state["step"] = card.get("training", {}).get("step")
-    else:
-        state = _saved_state(checkpoint)
-    config = state.get("config", {})
-    return TrainedScale(
-        state.get("step"),
-        config.get("trained_mpp"),
-        config.get("trained_level"),
-        bool(config.get("normalize", False)),  # runs saved before it: the raw-RGB model
-        state.get("threshold"),
-    )
-
-
-def cut_of(threshold: float | None, scale: TrainedScale) -> float:
-    """The threshold to cut at: the one asked for, else the checkpoint's, else 0.5."""
-    if threshold is not None:
-        return threshold
-    return scale.threshold if scale.threshold is not None else DEFAULT_THRESHOLD
-
-
-def _saved_state(checkpoint: str | os.PathLike) -> dict:
-    """state.json of a checkpoint folder, or of a run folder's newest ({} for a weights file)."""
-    path = Path(checkpoint)
-    if path.is_dir() and not (path / STATE).exists():
-        found = list_checkpoints(path)
-        path = found[-1] if found else path
-    if not (path / STATE).is_file():
-        return {}
-    return json.loads((path / STATE).read_text())
-
-
-def load_model(
-    checkpoint: str | os.PathLike, backend_name: str = "mlx", kernels: str = DEFAULT_KERNELS
-):
-    """(backend, model) with the weights of a run folder, checkpoint folder or .safetensors,
-    or of the bundled model (`checkpoint` "bundled").
-
-    Raises:
-        CheckpointError: missing, unreadable, or not GigaUNet-4492 weights (names and shapes).
-    """
-    path = Path(checkpoint)
-    if is_bundled(checkpoint):
-        bundle = load_bundled()
-        path, weights = bundle.weights_path, bundle.weights
-    else:
-        weights = _weights_of(path)
-    backend = get_backend(backend_name, kernels=kernels)
-    model = backend.build_model(0)
-    expected = {name: v.shape for name, v in backend.flat_params(model).items()}
-    found = {name: tuple(v.shape) for name, v in weights.items()}
-    if found != expected:
-        wrong = sorted(set(found) ^ set(expected)) or sorted(
-            n for n in expected if found[n] != expected[n]
-        )
-        raise CheckpointError(
-            f"{path} does not hold GigaUNet-4492 weights (names or shapes differ: {wrong[:4]})"
-        )
-    backend.load_params(model, weights)
-    return backend, model
-
-
-def _weights_of(path: Path):
-    """The weights of a run folder, checkpoint folder or .safetensors, or an error naming
-    what to give instead."""
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: give a run folder or a .safetensors file")
-    if path.is_dir() and not (path / STATE).exists() and not list_checkpoints(path):
-        raise CheckpointError(
-            f"{path} holds no checkpoint (no checkpoints/step_*/): give a run folder that has "
-            "saved one, or a weights .safetensors file"
-        )
-    return load_weights(path)
 
 
 def output_paths(
@@ -325,7 +238,8 @@ class PredictOptions(NamedTuple):
     threshold: float | None = None  # None: the checkpoint's chosen threshold, else 0.5
     level: int | None = None  # None: the level matching the checkpoint's training resolution
     kernels: str = DEFAULT_KERNELS  # the mlx backend's model path ("auto", "fused" or "mlx")
-    postprocess: PostprocessConfig | None = POSTPROCESS  # None: --no-postprocess
+    # RECORDED: the checkpoint's (else the defaults); None: --no-postprocess
+    postprocess: PostprocessConfig | str | None = RECORDED
 
 
 def predict_slides(
@@ -353,6 +267,9 @@ def predict_slides(
         raise PredictError(f"--tile must be a positive multiple of 64, got {o.tile}")
     if o.threshold is not None and not 0 < o.threshold <= 1:
         raise PredictError(f"--threshold must be in (0, 1], got {o.threshold}")
+    scale = trained_scale(checkpoint)
+    if o.postprocess == RECORDED:
+        o = o._replace(postprocess=postprocess_for(scale))
     if o.postprocess is not None:
         try:
             o.postprocess.validate()
@@ -361,7 +278,6 @@ def predict_slides(
     budget_bytes = parse_bytes(o.memory_budget)
     check_output_folder(Path(out_dir))
     backend, model = load_model(checkpoint, kernels=o.kernels)
-    scale = trained_scale(checkpoint)
     o = o._replace(threshold=cut_of(o.threshold, scale))
     sources = [open_source(s) for s in slides]
     out_dir, made_out_dir = Path(out_dir), not Path(out_dir).exists()
@@ -424,11 +340,6 @@ def _predict_one(
         normalize=scale.normalize,
         postprocess=o.postprocess,
     )
-
-
-def model_path(checkpoint: str | os.PathLike) -> Path:
-    """The file or folder predicted with: the bundled model's weights file for "bundled"."""
-    return load_bundled().weights_path if is_bundled(checkpoint) else Path(checkpoint)
 
 
 def lock_output(zarr_path: Path):

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from gigamlx.core.spec import param_count
 from gigamlx.runs.checkpoint import CheckpointError, check_finite, load_weights
-from gigamlx.runs.config import DEFAULT_THRESHOLD, POSTPROCESS, PostprocessConfig
+from gigamlx.runs.config import DEFAULT_THRESHOLD, PostprocessConfig
 from gigamlx.runs.files import format_of, sha256_of, write_text_atomic
 
 BUNDLED = "bundled"  # what --init, predict's model argument and info --model take
@@ -109,7 +109,7 @@ def initial_weights(init: str) -> tuple[dict[str, np.ndarray] | None, str]:
 
 def postprocess_of(card: dict) -> PostprocessConfig:
     """The post-processing the card says to use (the package defaults where it names none)."""
-    return PostprocessConfig(**(POSTPROCESS.to_dict() | card.get("postprocess", {})))
+    return PostprocessConfig.recorded(card.get("postprocess"))
 
 
 def provenance_record(card: dict) -> dict:

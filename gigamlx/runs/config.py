@@ -321,6 +321,13 @@ class PostprocessConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def recorded(cls, record: dict | None) -> PostprocessConfig:
+        """The settings a checkpoint or model card recorded (the defaults where it names none;
+        names this version does not know are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (record or {}).items() if k in known})
+
 
 POSTPROCESS = PostprocessConfig()
 # the morphological baseline detector (eval/baseline.py): the same steps on the Otsu mask, with

@@ -90,6 +90,7 @@ class Components(NamedTuple):
     """Connected components of a plane labelled chunk by chunk (`components`)."""
 
     offsets: list[int]  # per chunk: added to its local labels to give node ids
+    counts: list[int]  # per chunk: how many labels it has
     component: np.ndarray  # node id -> component index (node 0: no component)
     area_px: np.ndarray  # component index -> pixels
     at_edge: np.ndarray  # component index -> touches the plane's border
@@ -97,10 +98,16 @@ class Components(NamedTuple):
     def pick(self, block: np.ndarray, chunk: int, keep: np.ndarray) -> np.ndarray:
         """(h, w) bool: pixels of `block` (chunk number `chunk`, the same pixels labelled
         before) in a component with `keep[component]` True."""
-        labels, n = ndimage.label(block, CROSS)
+        n = self.counts[chunk]
         first = self.offsets[chunk] + 1  # node ids of this chunk: first .. first + n - 1
+        kept = keep[self.component[first : first + n]]
+        if not kept.any():  # nothing to label: the common case of hole filling
+            return np.zeros_like(block, bool)
+        if kept.all():  # nor here: the common case of small-object removal
+            return block.astype(bool, copy=True)
+        labels, n = ndimage.label(block, CROSS)
         decided = np.zeros(n + 1, bool)  # local label -> kept (0: not in a component)
-        decided[1:] = keep[self.component[first : first + n]]
+        decided[1:] = kept
         return decided[labels]
 
 
@@ -136,7 +143,7 @@ def components(
 ) -> Components:
     """Label the True pixels of a plane given chunk by chunk (`read(chunk, box)`, boxes of one
     row-major `chunk_boxes` grid) and join labels that touch across chunk borders."""
-    areas, edges, pairs, offsets = [np.zeros(1, np.int64)], [], [], []
+    areas, edges, pairs, offsets, counts = [np.zeros(1, np.int64)], [], [], [], []
     bottom: dict[int, np.ndarray] = {}  # x0 of a chunk column -> node ids of its last row
     right = np.zeros(0, np.int64)  # node ids of the last column of the chunk to the left
     first = 1
@@ -144,6 +151,7 @@ def components(
         labels, n = ndimage.label(read(chunk, box), CROSS)
         sides = _Sides.of(labels, first - 1)
         offsets.append(first - 1)
+        counts.append(n)
         areas.append(np.bincount(labels.ravel(), minlength=n + 1)[1:])
         edges.append(sides.on_border(box, hw))
         if box.y0 > 0:
@@ -161,7 +169,7 @@ def components(
     area_px = np.bincount(component, weights=np.concatenate(areas), minlength=count)
     at_edge = np.zeros(count, bool)
     at_edge[component[np.concatenate(edges)]] = True
-    return Components(offsets, component, area_px, at_edge)
+    return Components(offsets, counts, component, area_px, at_edge)
 
 
 def postprocessed_blocks(

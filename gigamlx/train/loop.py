@@ -27,7 +27,7 @@ from gigamlx.tiling.scheduler import tiled_step
 from gigamlx.train.regions import region_view
 from gigamlx.train.run import Run, save_best, save_run
 from gigamlx.train.stop import StopFlag, Stopped, stop_on_signals
-from gigamlx.train.validate import best_choice
+from gigamlx.train.validate import best_choice, raw_choice
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def _validate(run: Run, seconds: float, on_val: Callable[[dict], None] | None) -
     row = run.validator(run.backend, run.model, run.step, seconds, _ema_model(run))
     with open(run.metrics_path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
-    run.val_threshold = (run.step, row["val_threshold"])
+    run.val_choice = (run.step, raw_choice(row))
     choice = best_choice(row)  # raw or averaged weights, each at its own chosen cut
     if choice.dice > run.best_val_dice:
         save_best(run, choice)

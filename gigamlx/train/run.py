@@ -58,7 +58,7 @@ class Run:
     run_dir: Path
     validator: Validator | None = None  # rank 0 only
     best_val_dice: float = -1.0  # of the `best` checkpoint, at its chosen threshold
-    val_threshold: tuple[int, float] | None = None  # (step, cut) the last validation chose
+    val_choice: tuple[int, BestChoice] | None = None  # (step, the trained weights' cut, fill)
     init: str = FRESH  # where the first weights came from (runs/bundled.py), in checkpoints
     ema: WeightAverage | None = None  # the moving average of the weights; None: --ema-decay 0
 
@@ -188,12 +188,13 @@ def _validator(config: TrainConfig, slides, fraction: float, run_dir: Path) -> V
 def save_best(run: Run, choice: BestChoice) -> Path:
     """Keep this step as RUN/checkpoints/best (never pruned): its weights.safetensors holds
     the weights `choice` names (the trained ones or their moving average, said in its
-    state.json as "weights"), with the threshold validation chose for those weights. Every
-    reader of `best` (predict, --init, the scripts) so gets the chosen weights and their cut;
-    its optimizer state stays the trained weights'."""
+    state.json as "weights"), with the threshold and the tissue mask's post-processing
+    validation chose for those weights. Every reader of `best` (predict, --init, the scripts)
+    so gets the chosen weights and their cut; its optimizer state stays the trained weights'."""
     run.best_val_dice = choice.dice
     weights = run.ema.shadow if choice.weights == "ema" else None
     extra = {"val_dice": choice.dice, "weights": choice.weights, "threshold": choice.threshold}
+    extra["postprocess"] = choice.postprocess()
     return _checkpoint(run, name=BEST, extra=extra, weights=weights)
 
 
@@ -201,7 +202,8 @@ def _checkpoint(
     run: Run, name: str | None = None, extra: dict | None = None, weights: dict | None = None
 ) -> Path:
     """Write the run's state after its last completed step (save_checkpoint's folder); a
-    step validation scored carries the threshold it chose (what `predict` cuts at).
+    step validation scored carries the threshold and post-processing it chose (what `predict`
+    cuts at and fills holes up to).
 
     Args:
         weights: written as its weights instead of the model's (`best` of the moving average).
@@ -210,8 +212,9 @@ def _checkpoint(
         weights = run.backend.flat_params(run.model)
     moments = run.backend.optimizer_state(run.optimizer)
     extra = {"init": run.init} | dict(extra or {})
-    if "threshold" not in extra and run.val_threshold and run.val_threshold[0] == run.step:
-        extra["threshold"] = run.val_threshold[1]
+    if "threshold" not in extra and run.val_choice and run.val_choice[0] == run.step:
+        extra["threshold"] = run.val_choice[1].threshold
+        extra["postprocess"] = run.val_choice[1].postprocess()
     ema = run.ema.shadow if run.ema is not None else None
     if run.ema is not None:
         extra["ema_updates"] = run.ema.updates

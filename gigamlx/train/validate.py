@@ -14,12 +14,19 @@ model trained with BCE puts ambiguous pixels (faint tissue, fat) at their base r
 0.5, so 0.5 is often not its best cut; the chosen one is kept with the weights (`best` and
 the checkpoint of that step) and `gigamlx predict` cuts there.
 
+The tissue mask's hole filling is chosen the same way, from `FILL_CHOICES_UM2`: the smallest
+area limit within `THRESHOLD_TOLERANCE` of the best pooled Dice. No one limit suits every
+slide: where pieces are large, the white spaces inside them are large too, while glass
+enclosed between touching pieces is glass (docs/postprocessing.md). It is kept beside the cut
+(`best`'s "postprocess") and `gigamlx predict` fills holes up to it.
+
 With a moving average of the weights (train/ema.py) each validation scores it too, on the
 same pixels with its own cut (`val_ema_*`); `best` keeps whichever scores higher at its cut.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -36,7 +43,7 @@ from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
 from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.export import write_overlay
 from gigamlx.infer.postprocess import tissue_plane
-from gigamlx.runs.config import DEFAULT_THRESHOLD, POSTPROCESS
+from gigamlx.runs.config import DEFAULT_THRESHOLD, MORPH_POSTPROCESS, POSTPROCESS
 from gigamlx.slide.masks import OtsuMask
 from gigamlx.slide.morphology import pixel_settings, postprocessed_array
 from gigamlx.tiling.scheduler import tiled_predict
@@ -50,6 +57,9 @@ OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every va
 IN_MEMORY_MAX_PX = 2**28  # validation maps beyond this many pixels go to zarr scratch arrays
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # the cuts validation may choose
 THRESHOLD_TOLERANCE = 0.001  # Dice a cut nearer 0.5 may give up (below: best_threshold)
+# the hole-filling limits validation may choose, gentlest first: the default, and the
+# morphological detector's "every hole inside the tissue" (up to 1 mm²)
+FILL_CHOICES_UM2 = (POSTPROCESS.fill_holes_um2, MORPH_POSTPROCESS.fill_holes_um2)
 
 
 class ValArea(NamedTuple):
@@ -151,17 +161,31 @@ class Validator:
             self._baselines = {"otsu": otsu.metrics()["dice"], "morph": morph_dice}
         return self._baselines
 
-    def post_dice(self, probs: list, cut_u8: int) -> float | None:
+    def post_dice(self, probs: list, cut_u8: int, fill_um2: float | None = None) -> float | None:
         """Pooled Dice of the tissue masks: each map at `cut_u8`, post-processed with the
-        defaults (`POSTPROCESS`) at its area's pixel size; None when no area has one."""
+        defaults (`POSTPROCESS`, holes filled up to `fill_um2` if given) at its area's pixel
+        size; None when no area has one."""
+        config = POSTPROCESS
+        if fill_um2 is not None:
+            config = dataclasses.replace(config, fill_holes_um2=fill_um2)
         counts, scored = PixelCounts(), False
         for area, prob in zip(self.areas, probs, strict=True):
             if area.mpp:
-                settings = pixel_settings(POSTPROCESS, area.mpp)
+                settings = pixel_settings(config, area.mpp)
                 mask = postprocessed_array(tissue_plane(prob, cut_u8), settings)
                 counts += evaluate_pair(mask, area.mask, 0.5, BLOCK_HW, pred_scale=1)
                 scored = True
         return counts.metrics()["dice"] if scored else None
+
+    def best_fill(self, probs: list, cut_u8: int) -> tuple[float, float | None]:
+        """(hole-filling limit in µm², pooled tissue-mask Dice there): of `FILL_CHOICES_UM2`,
+        the smallest within `THRESHOLD_TOLERANCE` of the best; (the default, None) when no
+        area has a pixel size."""
+        scored = [(fill, self.post_dice(probs, cut_u8, fill)) for fill in FILL_CHOICES_UM2]
+        if scored[0][1] is None:
+            return POSTPROCESS.fill_holes_um2, None
+        floor = max(dice for _, dice in scored) - THRESHOLD_TOLERANCE
+        return next((fill, dice) for fill, dice in scored if dice >= floor)
 
     def score(self, backend, model, overlays: bool = True) -> Scores:
         """Predict every area with `model` and score the maps at every cut; `overlays`: write
@@ -188,7 +212,7 @@ class Validator:
         for area, prob in zip(self.areas, probs, strict=True) if overlays else ():
             overlay = self.out_dir / f"{area.name}_overlay.png"
             write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, cut, compress_level=1)
-        post = self.post_dice(probs, cut)  # the tissue mask, at that cut
+        fill_um2, post = self.best_fill(probs, cut)  # the tissue mask, at that cut
         shutil.rmtree(scratch, ignore_errors=True)
         at_cut = THRESHOLDS.index(threshold)  # each slide's Dice as its overlay shows it
         return Scores(
@@ -196,6 +220,7 @@ class Validator:
             threshold=threshold,
             threshold_dice=threshold_dice,
             post_dice=post,
+            fill_holes_um2=fill_um2,
             slides={name: c[at_cut].metrics()["dice"] for name, c in per_slide.items()},
             seconds=time.perf_counter() - start,
         )
@@ -214,7 +239,7 @@ class Validator:
         for name in ("dice", "soft_dice", "precision", "recall"):
             row[f"val_{name}"] = raw.at_half[name]
         row["val_threshold"], row["val_threshold_dice"] = raw.threshold, raw.threshold_dice
-        row["val_dice_post"] = raw.post_dice
+        row["val_dice_post"], row["val_fill_holes_um2"] = raw.post_dice, raw.fill_holes_um2
         row["val_otsu_dice"] = self.baselines()["otsu"]
         row["val_morph_dice"] = self.baselines()["morph"]
         row["val_slides"] = raw.slides
@@ -225,6 +250,7 @@ class Validator:
             row["val_ema_threshold"] = ema.threshold
             row["val_ema_threshold_dice"] = ema.threshold_dice
             row["val_ema_dice_post"] = ema.post_dice
+            row["val_ema_fill_holes_um2"] = ema.fill_holes_um2
             val_seconds += ema.seconds if ema is not raw else 0.0
         row["val_seconds"] = val_seconds  # both passes: the moving average doubles it
         row["seconds"] = seconds + val_seconds
@@ -238,23 +264,38 @@ class Scores(NamedTuple):
     threshold: float  # the cut chosen (best_threshold)
     threshold_dice: float  # pooled Dice there
     post_dice: float | None  # the tissue mask (post-processed at that cut); None: no mpp
+    fill_holes_um2: float  # the hole-filling limit chosen for it (best_fill)
     slides: dict[str, float]  # each area's Dice at the chosen cut
     seconds: float
 
 
 class BestChoice(NamedTuple):
-    """Which weights of a validation `best` would keep, their Dice at their cut, and the cut."""
+    """Which weights of a validation `best` would keep, their Dice at their cut, the cut,
+    and the hole-filling limit chosen for their tissue mask."""
 
     weights: str  # "raw" (the trained weights) or "ema" (their moving average)
     dice: float
     threshold: float
+    fill_holes_um2: float = POSTPROCESS.fill_holes_um2
+
+    def postprocess(self) -> dict:
+        """The tissue mask's post-processing for these weights (a checkpoint records it)."""
+        return dataclasses.replace(POSTPROCESS, fill_holes_um2=self.fill_holes_um2).to_dict()
 
 
 def best_choice(row: dict) -> BestChoice:
     """Of the raw and the moving-average weights a validation line scored, the one with the
-    higher Dice at its own chosen cut (raw on a tie: it is what the run continues from)."""
-    raw = BestChoice("raw", row["val_threshold_dice"], row["val_threshold"])
+    higher Dice at its own chosen cut (raw on a tie: it is what the run continues from).
+    Lines logged before validation chose the fill keep the default."""
+    raw = raw_choice(row)
     ema_dice = row.get("val_ema_threshold_dice")
     if ema_dice is not None and ema_dice > raw.dice:
-        return BestChoice("ema", ema_dice, row["val_ema_threshold"])
+        ema_fill = row.get("val_ema_fill_holes_um2", POSTPROCESS.fill_holes_um2)
+        return BestChoice("ema", ema_dice, row["val_ema_threshold"], ema_fill)
     return raw
+
+
+def raw_choice(row: dict) -> BestChoice:
+    """The trained weights' cut and fill in a validation line (what their checkpoint keeps)."""
+    fill = row.get("val_fill_holes_um2", POSTPROCESS.fill_holes_um2)
+    return BestChoice("raw", row["val_threshold_dice"], row["val_threshold"], fill)

@@ -32,7 +32,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gigamlx.core.memory import peak_rss_bytes
-from gigamlx.eval.slides import Report, evaluate_files, run_evaluation
+from gigamlx.eval.results import Report
+from gigamlx.eval.slides import evaluate_files, run_evaluation
 from gigamlx.infer.model import TrainedScale, cut_of, postprocess_for, trained_scale
 from gigamlx.infer.predict import open_source, output_paths, predict_slide
 from gigamlx.runs.checkpoint import load_checkpoint

@@ -15,13 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair, summarize
-from gigamlx.eval.slides import (
-    EvaluationError,
-    evaluate_files,
-    expand_multi_value_option,
-    render_table,
-    report_to_json,
-)
+from gigamlx.eval.results import render_table, report_to_json
+from gigamlx.eval.slides import EvaluationError, evaluate_files, expand_multi_value_option
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_dice.py"
 

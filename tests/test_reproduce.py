@@ -89,7 +89,7 @@ def test_summary_has_raw_post_and_both_baselines_per_slide():
     beside the morphological detector (a function-level call: no training)."""
     from types import SimpleNamespace
 
-    from gigamlx.eval.slides import Report, SlideResult
+    from gigamlx.eval.results import Report, SlideResult
 
     script = _load_script()
     raw = [(80, 10, 10, 60, 20, 20), (70, 20, 10, 50, 10, 40)]

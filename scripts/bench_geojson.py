@@ -20,7 +20,7 @@ import numpy as np
 
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.ingest import ingest
-from gigamlx.slide.store import chunk_boxes
+from gigamlx.slide.pyramid import chunk_boxes
 
 
 def nuclei_geojson(size_px: int, count: int, seed: int = 0) -> dict:

@@ -12,7 +12,7 @@ from gigamlx.cli import app
 from gigamlx.core.geometry import Box
 from gigamlx.runs.checkpoint import list_checkpoints
 from gigamlx.runs.config import TrainConfig
-from gigamlx.slide.store import StoreWriter
+from gigamlx.slide.writer import StoreWriter
 
 runner = CliRunner()
 SMALL = ["--region", "256x320", "--memory-budget", "300MB", "--tile", "128", "--quiet"]

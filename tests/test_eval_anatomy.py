@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from gigamlx.core.geometry import Box
 from gigamlx.eval.anatomy import _boundary_steps, slide_anatomy
 from gigamlx.eval.metrics import EvaluationError
-from gigamlx.slide.store import StoreWriter, open_store
+from gigamlx.slide.store import open_store
+from gigamlx.slide.writer import StoreWriter
 from gigamlx.synth.render import scene_layers
 from gigamlx.synth.scene import make_scene
 from gigamlx.synth.slide import synth_slide

@@ -211,13 +211,13 @@ def test_report_json_and_table(tmp_path):
 
 
 def _write_store(path: Path) -> np.ndarray:
-    store = pytest.importorskip("gigamlx.slide.store")
+    writer = pytest.importorskip("gigamlx.slide.writer")
     from gigamlx.core.geometry import Box
 
     yy, xx = np.mgrid[:96, :128]
     tissue = (yy - 48) ** 2 + (xx - 64) ** 2 < 35**2
     rgb = np.where(tissue[..., None], [200, 90, 170], [245, 245, 245]).astype(np.uint8)
-    with store.StoreWriter(path, (96, 128), chunk_px=32, min_side_px=48) as out:
+    with writer.StoreWriter(path, (96, 128), chunk_px=32, min_side_px=48) as out:
         out.write_image(Box(0, 0, 96, 128), rgb)
         out.write_mask(Box(0, 0, 96, 128), tissue)
         out.finish()
@@ -263,7 +263,7 @@ def _store_with_holes_and_specks(path: Path, mpp: float | None = 0.5) -> np.ndar
     """A slide store whose tissue region (its mask) holds white fat the Otsu mask misses, with
     stained specks on the glass around it that Otsu keeps; returns the mask."""
     from gigamlx.core.geometry import Box
-    from gigamlx.slide.store import StoreWriter
+    from gigamlx.slide.writer import StoreWriter
 
     hw = (400, 600)
     region = np.zeros(hw, bool)

@@ -10,7 +10,7 @@ import pytest
 from gigamlx.slide import polygons
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import MaskError
-from gigamlx.slide.store import chunk_boxes
+from gigamlx.slide.pyramid import chunk_boxes
 
 HW = (120, 160)
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from gigamlx.cli import app
 from gigamlx.core.geometry import Box
 from gigamlx.slide.magnification import LevelError, match_mpp, pick_level, size_px
-from gigamlx.slide.store import StoreWriter, open_store
+from gigamlx.slide.store import open_store
+from gigamlx.slide.writer import StoreWriter
 from gigamlx.synth.render import render
 from gigamlx.synth.scene import make_scene
 

@@ -16,7 +16,7 @@ from gigamlx.slide.masks import (
     otsu_threshold,
     saturation,
 )
-from gigamlx.slide.store import chunk_boxes
+from gigamlx.slide.pyramid import chunk_boxes
 from gigamlx.synth.render import render
 from gigamlx.synth.scene import make_scene
 

@@ -120,12 +120,12 @@ def test_open_plane_unreadable_file(tmp_path):
 
 
 def test_open_plane_store_mask_and_image(tmp_path):
-    store = pytest.importorskip("gigamlx.slide.store")
+    writer = pytest.importorskip("gigamlx.slide.writer")
     from gigamlx.core.geometry import Box
 
     rgb = np.random.default_rng(2).integers(0, 256, (128, 96, 3), dtype=np.uint8)
     mask = (rgb[..., 0] > 100).astype(np.uint8)
-    with store.StoreWriter(tmp_path / "s.zarr", (128, 96), chunk_px=32, min_side_px=64) as out:
+    with writer.StoreWriter(tmp_path / "s.zarr", (128, 96), chunk_px=32, min_side_px=64) as out:
         out.write_image(Box(0, 0, 128, 96), rgb)
         out.write_mask(Box(0, 0, 128, 96), mask)
         out.finish()

@@ -9,14 +9,9 @@ import zarr
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
 from gigamlx.slide.chunks import direct_reader
-from gigamlx.slide.store import (
-    ZSTD_LEVEL,
-    StoreError,
-    StoreWriter,
-    chunk_boxes,
-    open_store,
-    pyramid_hws,
-)
+from gigamlx.slide.pyramid import chunk_boxes, pyramid_hws
+from gigamlx.slide.store import ZSTD_LEVEL, StoreError, open_store
+from gigamlx.slide.writer import StoreWriter
 
 
 def _write(path, rgb, mask=None, chunk_px=128, min_side_px=100, **kwargs):

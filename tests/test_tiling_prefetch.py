@@ -8,7 +8,9 @@ import pytest
 
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import plan_tiles
-from gigamlx.slide.store import StoreWriter, chunk_boxes, open_store
+from gigamlx.slide.pyramid import chunk_boxes
+from gigamlx.slide.store import open_store
+from gigamlx.slide.writer import StoreWriter
 from gigamlx.tiling.prefetch import Prefetcher
 
 

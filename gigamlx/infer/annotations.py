@@ -19,7 +19,7 @@ import numpy as np
 
 from gigamlx.runs.files import write_text_atomic
 from gigamlx.slide.contours import mask_polygons
-from gigamlx.slide.store import chunk_boxes
+from gigamlx.slide.pyramid import chunk_boxes
 
 MAX_TRACE_PIXELS = 4096 * 4096
 CLASS_NAME = "Tissue"

@@ -24,7 +24,7 @@ from gigamlx.runs.outputs import (
     replace_path,
 )
 from gigamlx.slide import ngff
-from gigamlx.slide.store import build_pyramid, chunk_boxes, pyramid_hws
+from gigamlx.slide.pyramid import build_pyramid, chunk_boxes, pyramid_hws
 from gigamlx.slide.written import settle_zarr_writes, written_kind
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from gigamlx.runs.config import PostprocessConfig
 from gigamlx.slide import ngff
 from gigamlx.slide.morphology import pixel_settings, write_postprocessed
 from gigamlx.slide.planes import TISSUE_LABEL, TISSUE_LABEL_NAME
-from gigamlx.slide.store import build_pyramid
+from gigamlx.slide.pyramid import build_pyramid
 
 log = logging.getLogger(__name__)
 

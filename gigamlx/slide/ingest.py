@@ -15,8 +15,9 @@ from gigamlx.runs.config import DEFAULT_CHUNK_PX
 from gigamlx.runs.outputs import check_not_input
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.masks import ImageMask, MaskSource, OtsuMask
+from gigamlx.slide.pyramid import chunk_boxes
 from gigamlx.slide.readers import SlideReader, open_slide
-from gigamlx.slide.store import StoreWriter, chunk_boxes
+from gigamlx.slide.writer import StoreWriter
 from gigamlx.slide.written import check_chunk_px
 
 log = logging.getLogger(__name__)

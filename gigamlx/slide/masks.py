@@ -16,7 +16,7 @@ import numpy as np
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
 from gigamlx.slide import OTSU_DEFINITION, OTSU_FIT_MAX_PIXELS
-from gigamlx.slide.store import chunk_boxes
+from gigamlx.slide.pyramid import chunk_boxes
 
 log = logging.getLogger(__name__)
 __all__ = ["OTSU_DEFINITION", "ImageMask", "OtsuMask", "otsu_fit_level", "otsu_threshold"]

@@ -25,7 +25,7 @@ from zarr.storage import MemoryStore
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
 from gigamlx.runs.config import PostprocessConfig
-from gigamlx.slide.store import chunk_boxes
+from gigamlx.slide.pyramid import chunk_boxes
 
 BLOCK_PX = 2048  # side of the blocks components are labelled in (memory: a few bytes/px)
 CROSS = ndimage.generate_binary_structure(2, 1)  # 4-connectivity

@@ -23,12 +23,9 @@ from gigamlx.core.geometry import Box
 from gigamlx.core.memory import keep_freed_memory
 from gigamlx.core.progress import ChunkProgress
 from gigamlx.runs.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, check_seed
-from gigamlx.slide.store import (
-    StoreError,
-    StoreWriter,
-    chunk_boxes,
-    open_store,
-)
+from gigamlx.slide.pyramid import chunk_boxes
+from gigamlx.slide.store import StoreError, open_store
+from gigamlx.slide.writer import StoreWriter
 from gigamlx.slide.written import check_chunk_px
 from gigamlx.synth.render import SYNTH_VERSION, render
 from gigamlx.synth.scene import Scene, make_scene

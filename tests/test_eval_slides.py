@@ -14,7 +14,15 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from gigamlx.eval.metrics import PixelCounts, evaluate_pair, summarize
+from gigamlx.eval.metrics import (
+    PixelCounts,
+    block_counts,
+    evaluate_pair,
+    evaluate_thresholds,
+    summarize,
+    to_probability,
+    u8_block_counts,
+)
 from gigamlx.eval.results import render_table, report_to_json
 from gigamlx.eval.slides import EvaluationError, evaluate_files, expand_multi_value_option
 
@@ -97,6 +105,32 @@ def test_evaluate_pair_streaming_matches_in_memory(dtype):
     )
     for name in ("sum_p", "sum_g", "sum_pg"):
         assert getattr(streamed, name) == pytest.approx(getattr(direct, name), rel=1e-12)
+
+
+@pytest.mark.parametrize("scale", [255.0, 1.0])
+def test_a_uint8_map_counts_from_its_histogram_as_from_its_probabilities(scale):
+    """The uint8 path (one histogram per block) against the float path on the same values, at
+    cuts that fall exactly on a value, between values and at the ends: the same counts at
+    every cut, the soft sums to float64 rounding."""
+    rng = np.random.default_rng(5)
+    high = 256 if scale == 255.0 else 2
+    values = rng.integers(0, high, (700, 900), dtype=np.uint8)
+    tissue = rng.random((700, 900)) < 0.4
+    cuts = (0.0, 1 / 255, 0.1, 0.5, 128 / 255, 0.9, 1.0)
+    as_u8 = u8_block_counts(values, tissue, cuts, scale)
+    as_float = block_counts(to_probability(values, scale=scale), tissue, cuts)
+    for u8, f64 in zip(as_u8, as_float, strict=True):
+        assert (u8.tp, u8.fp, u8.fn, u8.tn) == (f64.tp, f64.fp, f64.fn, f64.tn)
+        assert u8.sum_g == f64.sum_g
+        assert u8.sum_p == pytest.approx(f64.sum_p, rel=1e-12)
+        assert u8.sum_pg == pytest.approx(f64.sum_pg, rel=1e-12)
+    streamed = evaluate_thresholds(values, tissue, cuts, (128, 256), pred_scale=scale)
+    assert [c.tp for c in streamed] == [c.tp for c in as_float]
+
+
+def test_a_uint8_map_beyond_its_scale_is_an_error():
+    with pytest.raises(EvaluationError, match="outside"):
+        evaluate_pair(np.full((2, 2), 2, np.uint8), np.zeros((2, 2)), pred_scale=1)
 
 
 class _LazyConstant:

@@ -106,6 +106,19 @@ def test_best_choice_takes_the_higher_dice_at_its_own_cut():
     assert best_choice(row) == BestChoice("raw", 0.90, 0.4)  # a tie keeps the raw weights
 
 
+def test_best_choice_follows_the_tissue_mask_where_there_is_one():
+    """The weights whose tissue mask scores higher are kept, though their map scores lower;
+    a line without masks (no pixel size) compares the maps at their cuts."""
+    row = {"val_threshold_dice": 0.95, "val_threshold": 0.4, "val_dice_post": 0.97}
+    row |= {"val_ema_threshold_dice": 0.96, "val_ema_threshold": 0.6, "val_ema_dice_post": 0.98}
+    row |= {"val_ema_fill_holes_um2": 1e6}
+    assert best_choice(row) == BestChoice("ema", 0.98, 0.6, 1e6, of_mask=True)
+    row["val_dice_post"] = 0.99
+    assert best_choice(row) == BestChoice("raw", 0.99, 0.4, of_mask=True)
+    row["val_dice_post"] = row["val_ema_dice_post"] = None
+    assert best_choice(row) == BestChoice("ema", 0.96, 0.6, 1e6)
+
+
 @pytest.fixture(scope="module")
 def val_slides(synth_store):
     return [str(synth_store((320, 640), seed=n)) for n in (1, 2)]
@@ -125,6 +138,7 @@ def test_best_of_the_average_holds_its_weights_and_cut_for_predict(val_slides, t
             assert 0 <= row["val_ema_dice_post"] <= 1 and 0 <= row["val_ema_dice"] <= 1
             assert row["val_fill_holes_um2"] in FILL_CHOICES_UM2
             row |= {"val_ema_threshold": 0.85, "val_ema_threshold_dice": 1.0}
+            row |= {"val_ema_dice_post": 1.0}
             row |= {"val_ema_fill_holes_um2": 123_456.0, "val_fill_holes_um2": 7.0}
         return row
 
@@ -140,6 +154,7 @@ def test_best_of_the_average_holds_its_weights_and_cut_for_predict(val_slides, t
     assert read_state(step_2.path)["threshold"] == vals[-1]["val_threshold"]
     assert read_state(step_2.path)["postprocess"]["fill_holes_um2"] == 7.0  # the raw weights'
     assert best["postprocess"] == BestChoice("ema", 1.0, 0.85, 123_456.0).postprocess()
+    assert best["val_dice_of"] == "tissue mask"
     backend, model = load_model(out / "checkpoints" / BEST)
     assert _same(backend.flat_params(model), step_2.ema)
     assert not _same(step_2.ema, step_2.weights)

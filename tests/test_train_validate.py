@@ -181,8 +181,8 @@ def test_training_validates_logs_and_keeps_best(slides, tmp_path):
     for row in vals:  # 0.5 is one of the cuts, so the chosen one scores at least as well
         assert row["val_threshold"] in THRESHOLDS and row["val_threshold_dice"] >= row["val_dice"]
     best = read_state(out / "checkpoints" / "best")
-    scored = [  # each validation's raw and averaged weights, each with its own cut
-        (r[f"{prefix}_threshold_dice"], r["step"], weights, r[f"{prefix}_threshold"])
+    scored = [  # each validation's raw and averaged weights: their tissue masks, own cuts
+        (r[f"{prefix}_dice_post"], r["step"], weights, r[f"{prefix}_threshold"])
         for r in vals
         for weights, prefix in (("raw", "val"), ("ema", "val_ema"))
     ]

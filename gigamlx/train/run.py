@@ -57,7 +57,7 @@ class Run:
     step: int  # optimizer steps completed
     run_dir: Path
     validator: Validator | None = None  # rank 0 only
-    best_val_dice: float = -1.0  # of the `best` checkpoint, at its chosen threshold
+    best_val_dice: float = -1.0  # what the `best` checkpoint was kept for (BestChoice.dice)
     val_choice: tuple[int, BestChoice] | None = None  # (step, the trained weights' cut, fill)
     init: str = FRESH  # where the first weights came from (runs/bundled.py), in checkpoints
     ema: WeightAverage | None = None  # the moving average of the weights; None: --ema-decay 0
@@ -194,6 +194,7 @@ def save_best(run: Run, choice: BestChoice) -> Path:
     run.best_val_dice = choice.dice
     weights = run.ema.shadow if choice.weights == "ema" else None
     extra = {"val_dice": choice.dice, "weights": choice.weights, "threshold": choice.threshold}
+    extra["val_dice_of"] = "tissue mask" if choice.of_mask else "map"
     extra["postprocess"] = choice.postprocess()
     return _checkpoint(run, name=BEST, extra=extra, weights=weights)
 

@@ -21,7 +21,8 @@ enclosed between touching pieces is glass (docs/postprocessing.md). It is kept b
 (`best`'s "postprocess") and `gigamlx predict` fills holes up to it.
 
 With a moving average of the weights (train/ema.py) each validation scores it too, on the
-same pixels with its own cut (`val_ema_*`); `best` keeps whichever scores higher at its cut.
+same pixels with its own cut (`val_ema_*`). `best` keeps the weights whose tissue mask scores
+highest (the map at its cut where no area has a pixel size).
 """
 
 from __future__ import annotations
@@ -270,13 +271,15 @@ class Scores(NamedTuple):
 
 
 class BestChoice(NamedTuple):
-    """Which weights of a validation `best` would keep, their Dice at their cut, the cut,
-    and the hole-filling limit chosen for their tissue mask."""
+    """Which weights of a validation `best` would keep, the Dice they are kept for (their
+    tissue mask's, else their map's at its cut), the cut, and the hole-filling limit chosen
+    for their tissue mask."""
 
     weights: str  # "raw" (the trained weights) or "ema" (their moving average)
     dice: float
     threshold: float
     fill_holes_um2: float = POSTPROCESS.fill_holes_um2
+    of_mask: bool = False  # `dice` is the tissue mask's (else the map's at the cut)
 
     def postprocess(self) -> dict:
         """The tissue mask's post-processing for these weights (a checkpoint records it)."""
@@ -284,18 +287,28 @@ class BestChoice(NamedTuple):
 
 
 def best_choice(row: dict) -> BestChoice:
-    """Of the raw and the moving-average weights a validation line scored, the one with the
-    higher Dice at its own chosen cut (raw on a tie: it is what the run continues from).
-    Lines logged before validation chose the fill keep the default."""
+    """Of the raw and the moving-average weights a validation line scored, the one whose
+    tissue mask scored higher (what `predict` writes and the closing line leads with; the map
+    at its own cut where no area has a pixel size), raw on a tie: it is what the run continues
+    from. Lines logged before validation chose the fill keep the default."""
     raw = raw_choice(row)
-    ema_dice = row.get("val_ema_threshold_dice")
-    if ema_dice is not None and ema_dice > raw.dice:
-        ema_fill = row.get("val_ema_fill_holes_um2", POSTPROCESS.fill_holes_um2)
-        return BestChoice("ema", ema_dice, row["val_ema_threshold"], ema_fill)
-    return raw
+    if row.get("val_ema_threshold_dice") is None:
+        return raw
+    ema = _choice(row, "ema", "val_ema")
+    return ema if ema.dice > raw.dice else raw
 
 
 def raw_choice(row: dict) -> BestChoice:
-    """The trained weights' cut and fill in a validation line (what their checkpoint keeps)."""
-    fill = row.get("val_fill_holes_um2", POSTPROCESS.fill_holes_um2)
-    return BestChoice("raw", row["val_threshold_dice"], row["val_threshold"], fill)
+    """The trained weights' Dice, cut and fill in a validation line (what their checkpoint
+    keeps)."""
+    return _choice(row, "raw", "val")
+
+
+def _choice(row: dict, weights: str, prefix: str) -> BestChoice:
+    """One set of weights in a validation line, kept for its tissue mask's Dice, else for its
+    map's at its chosen cut."""
+    fill = row.get(f"{prefix}_fill_holes_um2", POSTPROCESS.fill_holes_um2)
+    mask = row.get(f"{prefix}_dice_post")
+    if isinstance(mask, int | float):
+        return BestChoice(weights, mask, row[f"{prefix}_threshold"], fill, of_mask=True)
+    return BestChoice(weights, row[f"{prefix}_threshold_dice"], row[f"{prefix}_threshold"], fill)

@@ -1,10 +1,10 @@
 """A window computed as row bands on several threads, only while the compute waits for it.
 
-A reader thread that has the CPU to itself most of the time shares it with the compute: its
-reads overlap the compute on the other cores. But while the compute is blocked waiting for a
-read (a step of one tile, the first window of a pass), its core is idle and can take a share
-of the read. The waiting consumer says so with `compute_waiting()`; a reader asks
-`read_workers()` how many threads the window may use and runs its bands with `by_row_bands`.
+A prefetch thread reads on one core while the compute runs on the others. But while the
+compute is blocked waiting for a read (a step of one tile, the first window of a pass), its
+core is idle and can take a share of the read. The waiting consumer says so with
+`compute_waiting()`; a reader asks `read_workers()` how many threads the window may use and
+runs its bands with `by_row_bands`.
 """
 
 from __future__ import annotations

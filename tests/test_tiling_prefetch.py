@@ -82,3 +82,19 @@ def test_prefetch_wait_time_counts_slow_reads():
     prefetch = Prefetcher(lambda i: time.sleep(0.05) or i, range(3), depth=1)
     assert list(prefetch) == [0, 1, 2]
     assert prefetch.wait_s > 0.1 and prefetch.read_s > 0.14
+
+
+def test_prefetch_lends_the_waiting_consumers_core_to_the_read(monkeypatch):
+    from gigamlx.core import bands
+
+    monkeypatch.setattr(bands, "usable_cores", lambda: 4)
+
+    def read(item: int) -> int:  # what a read may use once the consumer blocks on it
+        deadline = time.perf_counter() + 5
+        while bands.read_workers() == 1 and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        return bands.read_workers()
+
+    with Prefetcher(read, [0], depth=1) as windows:
+        assert list(windows) == [4]
+    assert bands.read_workers() == 1  # nobody waits any more

@@ -5,7 +5,29 @@ import pytest
 
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
+from gigamlx.slide.store import StoreWriter, chunk_boxes, open_store
+from gigamlx.train import regions
+from gigamlx.train.augment import draw_illumination, draw_jitter
 from gigamlx.train.regions import Region, RegionSampler, region_view, turn
+
+
+def _native_turner():
+    from gigamlx.backends.mlx import fused
+
+    return fused.turn_window if fused._load()[0] is not None and fused.turns_windows() else None
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A 300x430 planar store (image and mask) in 128 px chunks."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (300, 430, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("bands") / "s.zarr"
+    with StoreWriter(path, rgb.shape[:2], 128) as writer:
+        for box in chunk_boxes(rgb.shape[:2], 128):
+            writer.write_image(box, rgb[box.y0 : box.y1, box.x0 : box.x1])
+            writer.write_mask(box, (rgb[box.y0 : box.y1, box.x0 : box.x1, 0] > 128))
+        return open_store(writer.finish())
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -58,3 +80,32 @@ def test_sampler_without_padding_rejects_region_larger_than_every_slide():
 def test_sampler_without_padding_skips_small_slides():
     sampler = RegionSampler([(100, 150), (300, 600)], (256, 512), seed=0, pad=False)
     assert {r.slide for r in sampler.draw(50)} == {1}
+
+
+@pytest.mark.parametrize("by_table", [False, True], ids=["per-pixel", "table"])
+@pytest.mark.parametrize("turner", ["numpy", "native"])
+def test_region_view_in_bands_gives_the_serial_bytes(store, monkeypatch, by_table, turner):
+    """A window read in row bands on several threads is the serial numpy read, byte for byte
+    (the native turn too): for every flip and turn, windows over several chunks, odd-sized
+    and past the region's edge."""
+    turn_window = _native_turner() if turner == "native" else None
+    if turner == "native" and turn_window is None:
+        pytest.skip("fused extension 0.5 not built: bash setup.sh builds it")
+    if by_table:
+        monkeypatch.setattr(regions, "LUT_MIN_REGION_PX", 1)
+    rng = np.random.default_rng(11)
+    jitter, light = draw_jitter(rng, 2.0), draw_illumination(rng, 2.0)
+    for flip in (False, True):
+        for rot90 in range(4):
+            region = Region(0, (9, 17), (283, 397), flip, rot90, jitter, light)
+            image_hw = regions.turned_hw(region.source_hw, rot90)
+            boxes = [Box(0, 0, *image_hw), Box(3, 5, 260, 251), Box(-7, 100, 131, 400)]
+            for array, color, lit in ((store.image, jitter, light), (store.mask, None, None)):
+                serial = region_view(array, region, color, None, lit, workers=1)
+                views = [
+                    region_view(array, region, color, turn_window, lit, workers=n)
+                    for n in (1, 2, 3)
+                ]
+                for box in boxes:
+                    want = read_window(serial, box).tobytes()
+                    assert all(read_window(view, box).tobytes() == want for view in views)

@@ -14,6 +14,7 @@ import numpy as np
 
 from gigamlx.backends.base import WindowTurner
 from gigamlx.core.arrays import WindowArray
+from gigamlx.core.bands import by_row_bands, read_workers
 from gigamlx.core.geometry import Box
 from gigamlx.train.augment import (
     LUT_MIN_REGION_PX,
@@ -83,6 +84,7 @@ def region_view(
     color: ColorJitter | None = None,
     turner: WindowTurner | None = None,
     light: Illumination | None = None,
+    workers: int | None = None,
 ) -> WindowArray:
     """(H, W[, C]) view of one turned region of a slide array; reads lazily.
 
@@ -90,10 +92,14 @@ def region_view(
     region's uneven illumination (per pixel, in the turned region's coordinates: exact for
     tiles; `light` needs an (H, W, 3) uint8 image). With `turner` (the backend's native one,
     same bytes), a uint8 window is turned, looked up and lit in one pass instead of numpy's five.
+    A window's source block is read whole, then turned and coloured in row bands on `workers`
+    threads (None: `read_workers()`, all cores while the compute waits for it); every pixel
+    is transformed on its own, so the bytes do not depend on the bands.
     """
 
     by_table = color is not None and region.source_hw[0] * region.source_hw[1] >= LUT_MIN_REGION_PX
     shape = turned_hw(region.source_hw, region.rot90) + tuple(array.shape[2:])
+    finish = _window_finisher(region, color, by_table, turner)
 
     def read(box: Box) -> np.ndarray:
         r = region
@@ -101,17 +107,41 @@ def region_view(
         y, x = r.origin_yx
         block = np.asarray(array[y + src.y0 : y + src.y1, x + src.x0 : x + src.x1])
         gains = None if light is None else light.gains(box, shape[:2])
-        if turner is not None and block.dtype == np.uint8 and (color is None or by_table):
-            return turner(block, lut32(color) if by_table else None, r.flip, r.rot90, gains)
+        table = lut32(color) if by_table else None  # built (and cached) here, not by each band
+
+        def band(y0: int, y1: int) -> np.ndarray:  # rows y0:y1 of the window
+            part = source_box(Box(y0, 0, y1, box.hw[1]), block.shape[:2], r.flip, r.rot90)
+            rows = block[part.y0 : part.y1, part.x0 : part.x1]
+            return finish(rows, table, None if gains is None else (gains[0][y0:y1], gains[1]))
+
+        count = read_workers() if workers is None else workers
+        return by_row_bands(box.hw + shape[2:], array.dtype, band, count)
+
+    return WindowArray(shape, array.dtype, read)
+
+
+def _window_finisher(
+    region: Region, color: ColorJitter | None, by_table: bool, turner: WindowTurner | None
+):
+    """(source block, colour table or None, gains or None) -> the turned, recoloured, lit
+    block: in one native pass where the turner does it all, else the native or numpy turn
+    followed by numpy's colour and light."""
+    flip, rot90 = region.flip, region.rot90
+
+    def finish(block: np.ndarray, table: np.ndarray | None, gains) -> np.ndarray:
+        native = turner is not None and block.dtype == np.uint8
+        if native and (color is None or by_table):
+            return turner(block, table, flip, rot90, gains)
         if by_table:  # look colours up, turn the packed words, then unpack: fewest bytes moved
-            packed = np.ascontiguousarray(turn(color.lookup(block), r.flip, r.rot90))
+            packed = np.ascontiguousarray(turn(color.lookup(block), flip, rot90))
             block = unpack_rgb(packed)
-        else:
-            block = np.ascontiguousarray(turn(block, r.flip, r.rot90))  # one copy, if turned
+        else:  # the native turn is one copy, numpy's a view copied once
+            turned = turner(block, None, flip, rot90, None) if native else turn(block, flip, rot90)
+            block = np.ascontiguousarray(turned)
             block = block if color is None else color.apply(block)
         return block if gains is None else apply_gains(block, *gains)
 
-    return WindowArray(shape, array.dtype, read)
+    return finish
 
 
 class RegionSampler:

@@ -5,7 +5,9 @@ import pytest
 
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
-from gigamlx.slide.store import StoreWriter, chunk_boxes, open_store
+from gigamlx.slide.pyramid import chunk_boxes
+from gigamlx.slide.store import open_store
+from gigamlx.slide.writer import StoreWriter
 from gigamlx.train import regions
 from gigamlx.train.augment import draw_illumination, draw_jitter
 from gigamlx.train.regions import Region, RegionSampler, region_view, turn

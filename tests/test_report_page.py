@@ -151,6 +151,23 @@ def test_report_shows_the_moving_average_beside_the_raw_weights(tmp_path):
     assert "EMA weights" in page.words and load_run(run).best_weights == "ema"
 
 
+def test_report_leads_with_the_tissue_mask_beside_both_detectors(tmp_path):
+    """Runs whose validation scored a tissue mask: the header gives the mask's Dice (what
+    `best` was kept for), its hole limit, the map at its cut, and the margin over the
+    stronger detector."""
+    run = make_run(tmp_path / "run", steps=60, val_every=20, best=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    for row in rows:
+        if row.get("kind") == "val":
+            row |= {"val_threshold": 0.35, "val_threshold_dice": 0.97, "val_dice_post": 0.995}
+            row |= {"val_fill_holes_um2": 1e6, "val_otsu_dice": 0.98, "val_morph_dice": 0.992}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    words = _page(run).words
+    assert "0.9950" in words and "tissue mask (holes ≤ 1 mm²)" in words
+    assert "map 0.9700 at p ≥ 0.35" in words and "morph 0.9920" in words
+    assert "+0.0030 over morph" in words
+
+
 def test_report_best_step_comes_from_the_best_checkpoint(tmp_path):
     run = make_run(tmp_path / "run", steps=60, val_every=10)
     (run / "checkpoints" / "best" / "state.json").write_text(json.dumps({"step": 20}))

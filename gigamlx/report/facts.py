@@ -51,18 +51,36 @@ def _quality(data: RunData) -> Fact:
         detail = "no validation in this run" + (f"; last step {int(xs[-1]):,}" if xs else "")
         return Fact("train Dice", value, detail)
     dice, otsu = best["val_dice"], best.get("val_otsu_dice")
-    detail = f"step {best['step']:,}"
     prefix = "val_ema" if data.best_weights == "ema" else "val"  # the weights `best` holds
-    if isinstance(best.get(f"{prefix}_threshold_dice"), int | float):  # the Dice it was kept for
+    weights = " · EMA weights" if prefix == "val_ema" else ""
+    detail = f"step {best['step']:,}"
+    if isinstance(best.get(f"{prefix}_threshold_dice"), int | float):
         dice = best[f"{prefix}_threshold_dice"]
-        detail += f" · p ≥ {best[f'{prefix}_threshold']:g}"
-        detail += " · EMA weights" if prefix == "val_ema" else ""
+        detail += f" · p ≥ {best[f'{prefix}_threshold']:g}{weights}"
+    mask = best.get(f"{prefix}_dice_post")
+    if isinstance(mask, int | float):  # what `best` was kept for: the tissue mask
+        holes = _holes(best.get(f"{prefix}_fill_holes_um2"))
+        cut = best.get(f"{prefix}_threshold", 0.5)
+        detail = f"tissue mask{holes} · map {dice:.4f} at p ≥ {cut:g} · step {best['step']:,}"
+        detail, dice = detail + weights, mask
     if not isinstance(otsu, int | float):
         return Fact("best val Dice", f"{dice:.4f}", detail)
-    delta = dice - otsu
+    detectors = [("Otsu", otsu)]
+    if isinstance(best.get("val_morph_dice"), int | float):
+        detectors.append(("morph", best["val_morph_dice"]))
+    detail += "".join(f" · {name} {value:.4f}" for name, value in detectors)
+    name, strongest = max(detectors, key=lambda d: d[1])  # the detector to beat
+    delta = dice - strongest
     tone = "good" if delta >= 0 else "bad"
-    delta_text = f"{delta:+.4f} {'over' if delta >= 0 else 'under'} Otsu"
-    return Fact("best val Dice", f"{dice:.4f}", f"{detail} · Otsu {otsu:.4f}", delta_text, tone)
+    delta_text = f"{delta:+.4f} {'over' if delta >= 0 else 'under'} {name}"
+    return Fact("best val Dice", f"{dice:.4f}", detail, delta_text, tone)
+
+
+def _holes(fill_um2) -> str:
+    """' (holes ≤ 1 mm²)': the hole limit validation chose for the mask, when logged."""
+    if not isinstance(fill_um2, int | float):
+        return ""
+    return f" (holes ≤ {fill_um2 / 1e6:g} mm²)"
 
 
 def _speed(data: RunData) -> Fact:

@@ -166,6 +166,8 @@ def test_report_leads_with_the_tissue_mask_beside_both_detectors(tmp_path):
     assert "0.9950" in words and "tissue mask (holes ≤ 1 mm²)" in words
     assert "map 0.9700 at p ≥ 0.35" in words and "morph 0.9920" in words
     assert "+0.0030 over morph" in words
+    drawn = _page(run).series("val_detail")
+    assert drawn["tissue mask"] == 3 and "morphological" in drawn
 
 
 def test_report_best_step_comes_from_the_best_checkpoint(tmp_path):

@@ -16,6 +16,8 @@ TRAIN = "#2563eb"
 VAL = "#ea580c"
 EMA = "#92400e"
 OTSU = "#6b7280"
+MASK = "#16a34a"
+MORPH = "#1f2937"
 SOFT = "#f59e0b"
 PRECISION = "#be123c"
 RECALL = "#7c3aed"
@@ -86,13 +88,15 @@ def _dice(data: RunData) -> Card | None:
 
 
 def _val_detail(data: RunData) -> Card | None:
-    """Validation against Otsu, the y axis fitted to the second half of the run, where the
-    differences that matter may be a few thousandths."""
+    """Validation against the classical detectors, the y axis fitted to the second half of the
+    run, where the differences that matter may be a few thousandths."""
     wanted = [
         ("Dice", "val_dice", VAL, False),
         ("Dice at the chosen cut", "val_threshold_dice", VAL, True),
         ("EMA weights, at their cut", "val_ema_threshold_dice", EMA, False),
+        ("tissue mask", "val_dice_post", MASK, False),
         ("Otsu", "val_otsu_dice", OTSU, True),
+        ("morphological", "val_morph_dice", MORPH, True),
         ("soft Dice", "val_soft_dice", SOFT, False),
         ("precision", "val_precision", PRECISION, False),
         ("recall", "val_recall", RECALL, False),
@@ -107,7 +111,7 @@ def _val_detail(data: RunData) -> Card | None:
     start = data.val[len(data.val) // 2]["step"]
     late = [y for s in series for x, y in zip(s.x, s.y, strict=True) if x >= start]
     y_axis = YAxis(limits=(0.0, 1.0), focus=(min(late), max(late)))
-    title = "Validation vs Otsu"
+    title = "Validation"
     return _card("val_detail", title, series, f"y axis fits steps ≥ {start:,}", y_axis=y_axis)
 
 

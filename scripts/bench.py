@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from benchmarks_md import sgemm_gflops  # scripts/benchmarks_md.py
 from rich.console import Console
 from rich.table import Table
 
@@ -141,18 +142,6 @@ def flop_per_step(kind: str, pixels: int, tiles: int = 1) -> float:
     two_passes = kind.startswith("gigamlx") and tiles > 1
     passes = 2 * forward + backward if two_passes else forward + backward
     return 2.0 * passes * pixels
-
-
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """numpy float32 matmul rate (best of `repeats`): the peak the rows are compared to."""
-    rng = np.random.default_rng(SEED)
-    a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best / 1e9
 
 
 def _run_tiled(
@@ -440,7 +429,7 @@ def main(
             (tuple(int(n) for n in big.lower().split("x")), "gigamlx", big_steps, big_warmup)
         )
     budget_bytes = parse_bytes(budget)
-    sgemm = sgemm_gflops()
+    sgemm = sgemm_gflops(2048)
     rows = _run_all(plan, budget_bytes, max_rss_gb * 1e9 or 0.75 * RAM_BYTES, cache_share)
     tables = [_table(rows, budget_bytes, sgemm)]
     tables += [_profile_table(row) for row in [r for r in rows if "profile" in r][-1:]]

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchmarks_md import sgemm_gflops  # scripts/benchmarks_md.py
 
 from gigamlx.slide.geojson import GeoJsonMask
 from gigamlx.slide.ingest import ingest
@@ -80,13 +81,6 @@ def _timed(fn, *args, **kwargs) -> tuple[object, float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
-def sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Best float32 n x n matmul rate: how fast this machine is right now."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    best = min(_timed(np.matmul, a, a)[1] for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def fill_rows(path: Path, hw: tuple[int, int], chunk_px: int, peers: bool) -> list[dict]:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchmarks_md import sgemm_gflops  # scripts/benchmarks_md.py
 from scipy import ndimage
 
 from gigamlx.eval.metrics import evaluate_thresholds
@@ -81,13 +82,6 @@ def rows(prob: np.ndarray, truth: np.ndarray, repeats: int) -> list[dict]:
         fn()  # warm: first-call costs are not what a validation pays every time
         found.append({"step": step, "map": kind, "seconds": _median_seconds(fn, repeats)})
     return found
-
-
-def sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Best float32 n x n matmul rate: how fast this machine is right now."""
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    best = min(_median_seconds(lambda: a @ a, 1) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def _cells(row: dict, first: float, n_px: int) -> list[str]:

@@ -15,16 +15,30 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from rich.table import Table
 from rich.text import Text
 
 REPO = Path(__file__).resolve().parents[1]
 # environment variables that change what a benchmark measures, shown in its command line
 ENV_PREFIXES = ("GIGAMLX_", "OPENBLAS_", "OMP_", "MLX_")
+
+
+def sgemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """numpy's float32 n x n matmul rate, best of `repeats`: how fast this machine is right now,
+    printed beside every timing."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
 
 
 def begin_marker(name: str) -> str:

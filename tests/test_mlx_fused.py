@@ -354,6 +354,32 @@ def test_fused_tile_loss_matches_pure_mlx(crop_yx, crop_hw):
     assert _rel(value, value_ref) <= VALUE_RTOL and _rel(rows, rows_ref) <= VALUE_RTOL
     dz = mx.grad(lambda z: fused.tile_loss(z, g, crop_yx, (a, b, c))[0])(z)
     assert _rel(dz, mx.grad(lambda z: reference(z)[0])(z)) <= GRAD_RTOL
+    if fused.copies_uint8():  # uint8 targets give the float targets' numbers bit for bit
+        g8 = g.astype(mx.uint8)
+        value8, rows8 = fused.tile_loss(z, g8, crop_yx, (a, b, c))
+        dz8 = mx.grad(lambda z: fused.tile_loss(z, g8, crop_yx, (a, b, c))[0])(z)
+        for got, want in ((value8, value), (rows8, rows), (dz8, dz)):
+            assert mx.array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (3, 5), (0, 4), (1 << 22) + 3])
+def test_uint8_array_copies_as_mx_array(shape):
+    """The extension's copy into MLX: same shape, dtype and bytes as mx.array, any size (the
+    chunked copy's last chunk short, an empty array), a strided input made contiguous first,
+    and a copy: later writes to the source do not reach it."""
+    _require_ext()
+    if not fused.copies_uint8():
+        pytest.skip("extension older than 0.7: rebuild with `bash setup.sh`")
+    source = np.random.default_rng(1).integers(0, 256, size=shape, dtype=np.uint8)
+    got = fused.uint8_array(source)
+    assert got.dtype == mx.uint8 and got.shape == source.shape
+    assert np.array_equal(np.array(got), source)
+    if source.size:
+        source.reshape(-1)[0] ^= 0xFF
+        assert np.array(got).reshape(-1)[0] != source.reshape(-1)[0]
+    if source.ndim == 3:
+        turned = source[::-1, ::2]
+        assert np.array_equal(np.array(fused.uint8_array(turned)), turned)
 
 
 def test_fused_tile_loss_handles_extreme_logits():

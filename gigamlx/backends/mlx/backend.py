@@ -61,10 +61,11 @@ class MLXBackend(Backend):
 
     def tile_stats(self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int]) -> TileStats:
         if self.kernels.fused:
-            _, rows = _loss_head(model, data, padded_hw, _target(data), True).of(Objective())
+            head = _loss_head(model, data, padded_hw, _target(data, True), True)
+            _, rows = head.of(Objective())
         else:
             z = _owned_logits(model, data, padded_hw, False)
-            rows = pixel_loss.stat_rows(z, _target(data))
+            rows = pixel_loss.stat_rows(z, _target(data, False))
         mx.eval(rows)  # sync point: one tile's forward graph
         return _to_stats(rows, data.tile)
 
@@ -202,7 +203,7 @@ def _grad(
     loss_of: Callable[[_LossHead], tuple[mx.array, mx.array]],
 ) -> tuple[TileStats, FlatParams]:
     """One tile's forward + backward of the surrogate `loss_of` its head; float64 gradients."""
-    target = _target(data)
+    target = _target(data, fused_kernels)
 
     def surrogate(params_model: GigaUNet):
         value, rows = loss_of(_loss_head(params_model, data, padded_hw, target, fused_kernels))
@@ -223,15 +224,26 @@ def _loss_head(
 ) -> _LossHead:
     if fused_kernels:
         tile: Tile = data.tile
-        x = mx.array(data.image)[None]  # (1, h_in, w_in, 3) uint8: the kernels scale it
+        x = _window(data, True)  # uint8: the kernels scale it
         z = model.logits(x, tile.in_box, padded_hw, True)  # (1, h_in, w_in, 1): crop is fused
         if z.dtype == mx.float32:
             return _LossHead(z, target, tile.crop_yx)
-    return _LossHead(_owned_logits(model, data, padded_hw, fused_kernels), target, None)
+    z = _owned_logits(model, data, padded_hw, fused_kernels)
+    return _LossHead(z, target.astype(mx.float32), None)  # the pure loss reads float targets
 
 
-def _target(data: TileData) -> mx.array:
-    """The tile's {0, 1} target as float32 (it travels as uint8: a quarter of the host bytes)."""
+def _window(data: TileData, fused_kernels: bool) -> mx.array:
+    """The tile's input window (1, h_in, w_in, 3) uint8 (the model scales it to [0, 1])."""
+    if fused_kernels and fused.copies_uint8():
+        return fused.uint8_array(data.image)[None]
+    return mx.array(data.image)[None]
+
+
+def _target(data: TileData, fused_kernels: bool) -> mx.array:
+    """The tile's {0, 1} target (it travels as uint8: a quarter of the host bytes): as it is
+    where the fused loss reads uint8, else as float32."""
+    if fused_kernels and fused.copies_uint8():
+        return fused.uint8_array(data.target)
     return mx.array(data.target).astype(mx.float32)
 
 
@@ -240,8 +252,7 @@ def _owned_logits(
 ) -> mx.array:
     """Logits on the tile's owned box: (h_out, w_out)."""
     tile: Tile = data.tile
-    x = mx.array(data.image)[None].astype(mx.float32) / 255.0  # (1, h_in, w_in, 3)
-    z = model.logits(x, tile.in_box, padded_hw, fused_kernels)
+    z = model.logits(_window(data, fused_kernels), tile.in_box, padded_hw, fused_kernels)
     (cy, cx), (h, w) = tile.crop_yx, tile.out_box.hw
     return z[0, cy : cy + h, cx : cx + w, 0]
 

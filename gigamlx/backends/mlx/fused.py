@@ -111,6 +111,20 @@ def turns_windows() -> bool:
     return _built_at_least(0, 5)
 
 
+def copies_uint8() -> bool:
+    """Whether the built extension has `uint8_array` and its tile loss takes uint8 targets
+    (0.7 and later)."""
+    return _built_at_least(0, 7)
+
+
+def uint8_array(array: np.ndarray) -> mx.array:
+    """`mx.array(array)` for a uint8 array, copied by the extension: one memcpy over the
+    cores without the GIL, where MLX's own conversion copies element by element on one
+    thread (a training window is copied into MLX twice a step). Extension 0.7."""
+    module, _ = _load()
+    return module.uint8_array(np.ascontiguousarray(array, dtype=np.uint8))
+
+
 def turn_window(
     block: np.ndarray,
     table: np.ndarray | None,
@@ -209,7 +223,7 @@ def tile_loss(
 
     Args:
         z: (1, H, W, 1) window logits.
-        g: (h, w) float32 targets of the crop at `crop_yx`.
+        g: (h, w) targets of the crop at `crop_yx`: float32, or uint8 where `copies_uint8()`.
         coefficients: (a, b, c): value = sum((a*g + b) * p) + c * sum(bce(z, g)).
 
     Returns:

@@ -19,7 +19,8 @@ NB_MODULE(gigamlx_fused, m) {
   // 0.2: x may be uint8 (read as value / 255); 0.3: x may be standardised (mean, std, x_keep);
   // 0.4: turn_window (numpy in, numpy out: the training windows' turn and colour table);
   // 0.5: turn_window's row and column gains (the uneven-illumination augmentation)
-  m.attr("__version__") = "0.6.0";
+  // 0.7: uint8_array (numpy to MLX in one parallel copy); tile_loss takes uint8 targets
+  m.attr("__version__") = "0.7.0";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,
@@ -60,6 +61,26 @@ NB_MODULE(gigamlx_fused, m) {
       "relu(conv(x) + bias) zeroed outside keep (y0, x0, y1, x1) at the output's resolution, x "
       "standardised by mean and std and zero outside x_keep when given; differentiable in "
       "weight and bias only.");
+  m.def(
+      "uint8_array",
+      [](nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu> src) {
+        gigamlx::mx::Shape shape;
+        for (size_t axis = 0; axis < src.ndim(); ++axis)
+          shape.push_back(static_cast<int32_t>(src.shape(axis)));
+        const size_t bytes = src.size();
+        if (bytes == 0) return gigamlx::mx::zeros(shape, gigamlx::mx::uint8);
+        auto data = gigamlx::mx::allocator::malloc(bytes);
+        auto* dst = static_cast<uint8_t*>(data.buffer().raw_ptr());
+        {
+          nb::gil_scoped_release unlocked;  // the prefetch thread reads meanwhile
+          gigamlx::copy_bytes(src.data(), dst, bytes);
+        }
+        return gigamlx::mx::array(std::move(data), shape, gigamlx::mx::uint8);
+      },
+      "src"_a,
+      "An evaluated uint8 mx.array holding a copy of the C-contiguous uint8 array src: one "
+      "memcpy split over the cores, without the GIL (mx.array's own conversion copies "
+      "element by element on one thread).");
   m.def(
       "turn_window",
       [](nb::ndarray<const uint8_t, nb::ndim<3>, nb::device::cpu> src,

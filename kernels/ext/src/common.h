@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <atomic>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -43,6 +44,16 @@ void parallel_chunks(int n, int chunk, Make&& make, F&& f) {
   for (int t = 1; t < worker_count(chunks); ++t) pool.emplace_back(run);
   run();
   for (auto& th : pool) th.join();
+}
+
+// dst[0, bytes) = src[0, bytes), in chunks over the cores.
+inline void copy_bytes(const uint8_t* src, uint8_t* dst, size_t bytes) {
+  constexpr size_t kChunk = size_t{1} << 22;
+  const int chunks = static_cast<int>((bytes + kChunk - 1) / kChunk);
+  parallel_chunks(chunks, 1, [] { return 0; }, [&](int, int begin, int, int) {
+    const size_t at = static_cast<size_t>(begin) * kChunk;
+    std::memcpy(dst + at, src + at, std::min(kChunk, bytes - at));
+  });
 }
 
 // Element-wise sum of the per-chunk vectors, in chunk order (so independent of timing).

@@ -15,7 +15,7 @@ struct LossParams {
   bool operator==(const LossParams&) const = default;
 };
 
-// z (1, H, W, 1) window logits, g (h, w) targets on the crop at (cy, cx) ->
+// z (1, H, W, 1) window logits, g (h, w) targets on the crop at (cy, cx), float32 or uint8 ->
 // [value () = surrogate, rows (6, h) = per-row sums of p*g, p, g, bce, hard*g, hard].
 // Only `value` is differentiable (rows are statistics); its gradient is zero off the crop.
 std::vector<mx::array> tile_loss(const mx::array& z, const mx::array& g, LossParams params);

@@ -86,7 +86,10 @@ class GigaUNet(nn.Module):
                 parts = [h]
                 continue
             if layer.kind == "conv":
-                h = ops.conv2d_parts(parts, module.weight, module.bias, layer.stride, layer.pad)
+                # the first layer's input is the window: its blocks are not worth holding
+                h = ops.conv2d_parts(
+                    parts, module.weight, module.bias, layer.stride, layer.pad, index > 0
+                )
             else:
                 h = ops.conv_transpose2d(ops.join(parts), module.weight, module.bias, layer.stride)
             if index == len(self._spec) - 1:

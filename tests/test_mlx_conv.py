@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from gigamlx.backends.mlx import conv, conv_transpose, ops
@@ -143,3 +144,11 @@ def test_conv_kept_blocks_is_bit_identical_to_rebuilt(case):
     assert mx.array_equal(kept, rebuilt).item()
     for got, want in zip(kept_grads, rebuilt_grads, strict=True):
         assert mx.array_equal(got, want).item()
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 56, 2), (2, 17, 9, 3), (1, 12, 30, 1)])
+def test_channel_sums_equal_float64_sums(shape):
+    """The bias gradient is each channel's sum in float64, rounded once to float32."""
+    cotangent = mx.random.normal(shape, key=mx.random.key(11)) * 100 + 3
+    expected = np.array(cotangent).astype(np.float64).sum(axis=(0, 1, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.array(conv_transpose.channel_sums(cotangent)), expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from gigamlx.backends.mlx import conv, conv_transpose, ops
@@ -59,12 +60,13 @@ def assert_matches(fast, reference, primals) -> None:
         assert rel_err(got, want) < GRAD_RTOL, name
 
 
+@pytest.mark.parametrize("keep_blocks", [True, False], ids=["kept_blocks", "rebuilt_blocks"])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_matches_reference(case):
+def test_conv_matches_reference(case, keep_blocks):
     x_shape, kernel, stride, pad, c_out = CONV_CASES[case]
     primals = random_params(x_shape, kernel, x_shape[3], c_out)
     assert_matches(
-        lambda *p: conv.conv2d(*p, stride, pad),
+        lambda *p: conv.conv2d(*p, stride, pad, keep_blocks),
         lambda *p: conv.conv2d_reference(*p, stride, pad),
         list(primals),
     )
@@ -125,3 +127,28 @@ def test_ops_conv_transpose2d_matches_reference(case):
         lambda *p: conv_transpose.conv_transpose2d_reference(*p, stride),
         list(primals),
     )
+
+
+@pytest.mark.parametrize("case", ["k16_batch2_nonsquare", "k8_ragged", "k4_pad5"])
+def test_conv_kept_blocks_is_bit_identical_to_rebuilt(case):
+    """Keeping the blocks changes where z comes from, not one multiply-add."""
+    x_shape, kernel, stride, pad, c_out = CONV_CASES[case]
+    primals = list(random_params(x_shape, kernel, x_shape[3], c_out))
+    cotangent = mx.random.normal(conv.conv2d(*primals, stride, pad).shape, key=mx.random.key(5))
+
+    def vjp(keep_blocks):
+        return mx.vjp(lambda *p: conv.conv2d(*p, stride, pad, keep_blocks), primals, [cotangent])
+
+    (kept,), kept_grads = vjp(True)
+    (rebuilt,), rebuilt_grads = vjp(False)
+    assert mx.array_equal(kept, rebuilt).item()
+    for got, want in zip(kept_grads, rebuilt_grads, strict=True):
+        assert mx.array_equal(got, want).item()
+
+
+@pytest.mark.parametrize("shape", [(1, 40, 56, 2), (2, 17, 9, 3), (1, 12, 30, 1)])
+def test_channel_sums_equal_float64_sums(shape):
+    """The bias gradient is each channel's sum in float64, rounded once to float32."""
+    cotangent = mx.random.normal(shape, key=mx.random.key(11)) * 100 + 3
+    expected = np.array(cotangent).astype(np.float64).sum(axis=(0, 1, 2)).astype(np.float32)
+    np.testing.assert_array_equal(np.array(conv_transpose.channel_sums(cotangent)), expected)

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from gigamlx.backends.mlx.model import relu_in_box
+from gigamlx.core.geometry import Box
 from gigamlx.core.spec import (
     GIGAUNET_4492,
     Layer,
@@ -67,3 +69,35 @@ def test_window_margins_match_a_window_pass(model):
     # and a halo is needed at all: inside the margin the window pass is wrong
     edge = window[:lo, inner] - whole[128 : 128 + lo, 128:384][:, inner]
     assert np.abs(edge).max() > 1e-3
+
+
+def _relu_where(h: mx.array, keep: Box) -> mx.array:
+    """ReLU, then a select against the box's row and column masks: what relu_in_box replaces."""
+    rows, cols = mx.arange(h.shape[1]), mx.arange(h.shape[2])
+    row_in = (rows >= keep.y0) & (rows < keep.y1)
+    col_in = (cols >= keep.x0) & (cols < keep.x1)
+    inside = (row_in[:, None] & col_in[None, :])[None, :, :, None]
+    return mx.where(inside, mx.maximum(h, 0), 0)
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        Box(3, 5, 30, 41),  # cut on every side
+        Box(0, 0, 33, 40),  # the far edges (right, bottom) only
+        Box(7, 0, 33, 47),  # the top only
+        Box(0, 0, 33, 47),  # the whole tensor
+        Box(32, 46, 33, 47),  # one pixel
+        Box(10, 10, 10, 20),  # empty
+    ],
+)
+def test_relu_in_box_is_bit_identical_to_the_select(keep):
+    """The forward equals ReLU-then-select bit for bit, and the vjp value for value (the select's
+    gradient outside the box is -0 where the cotangent is negative; here +0)."""
+    h = mx.random.normal((2, 33, 47, 3), key=mx.random.key(3))
+    h = mx.where(mx.abs(h) < 0.3, 0.0, h)  # exact zeros: the ReLU's tie
+    cotangent = mx.random.normal(h.shape, key=mx.random.key(4))
+    out, (grad,) = mx.vjp(lambda a: relu_in_box(a, keep), [h], [cotangent])
+    out_ref, (grad_ref,) = mx.vjp(lambda a: _relu_where(a, keep), [h], [cotangent])
+    assert mx.array_equal(out[0].view(mx.uint32), out_ref[0].view(mx.uint32)).item()
+    assert mx.array_equal(grad, grad_ref).item()

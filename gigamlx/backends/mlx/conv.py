@@ -140,15 +140,28 @@ def _vjp_stride1(x, weight, cotangent, g: ConvGeometry):
     return grad_x, _weight_from_matrix(grad_w_mat, g, weight.shape[0])
 
 
+def _grad_blocks(z, weight, cotangent, g: ConvGeometry):
+    """Gradients of the conv of blocks z: (grad_z (N, blocks_h, blocks_w, s*s*C), grad_weight)."""
+    grad_planes = spread(cotangent, g, 0, (g.blocks_h, g.blocks_w))  # (K*K*C_out, N*blocks)
+    grad_z = (grad_planes.T @ _weight_matrix(weight, g)).reshape(z.shape)
+    grad_w_mat = grad_planes @ z.reshape(-1, z.shape[3])
+    return grad_z, _weight_from_matrix(grad_w_mat, g, weight.shape[0])
+
+
 def _vjp_strided(x, weight, cotangent, g: ConvGeometry):
     """Stride > 1: dP over the whole block grid, one matmul back to z, depth-to-space."""
-    grad_planes = spread(cotangent, g, 0, (g.blocks_h, g.blocks_w))  # (K*K*C_out, N*blocks)
-    w_mat = _weight_matrix(weight, g)
-    grad_z = (grad_planes.T @ w_mat).reshape(x.shape[0], g.blocks_h, g.blocks_w, -1)
-    grad_x = _from_blocks(grad_z, g, x.shape[1], x.shape[2])
     z = _to_blocks(x, g)  # recomputed rather than kept from the forward: saves its memory
-    grad_w_mat = grad_planes @ z.reshape(-1, z.shape[3])
-    return grad_x, _weight_from_matrix(grad_w_mat, g, weight.shape[0])
+    grad_z, grad_weight = _grad_blocks(z, weight, cotangent, g)
+    return _from_blocks(grad_z, g, x.shape[1], x.shape[2]), grad_weight
+
+
+def _conv_blocks(z: mx.array, weight: mx.array, bias: mx.array, g: ConvGeometry) -> mx.array:
+    """The conv of blocks z (N, blocks_h, blocks_w, s*s*C) -> (N, Ho, Wo, C_out)."""
+    n, c_out = z.shape[0], weight.shape[0]
+    # (K*K*C_out, N*blocks): B transposed is a BLAS flag, not a copy.
+    planes = _weight_matrix(weight, g) @ z.reshape(-1, z.shape[3]).T
+    planes = planes.reshape(g.taps, g.taps, c_out, n, g.blocks_h, g.blocks_w)
+    return _shift_sum(planes, g).transpose(1, 2, 3, 0) + bias
 
 
 @cache
@@ -158,12 +171,7 @@ def _make(kernel: int, stride: int, pad: int):
     @mx.custom_function
     def conv(x: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
         g = geometry(x.shape, kernel, stride, pad)
-        z = _to_blocks(x, g)
-        n, c_out = x.shape[0], weight.shape[0]
-        # (K*K*C_out, N*blocks): B transposed is a BLAS flag, not a copy.
-        planes = _weight_matrix(weight, g) @ z.reshape(-1, z.shape[3]).T
-        planes = planes.reshape(g.taps, g.taps, c_out, n, g.blocks_h, g.blocks_w)
-        return _shift_sum(planes, g).transpose(1, 2, 3, 0) + bias
+        return _conv_blocks(_to_blocks(x, g), weight, bias, g)
 
     @conv.vjp
     def conv_vjp(primals, cotangent, output):
@@ -176,7 +184,42 @@ def _make(kernel: int, stride: int, pad: int):
     return conv
 
 
-def conv2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int) -> mx.array:
+@cache
+def _make_on_blocks(kernel: int, stride: int, pad: int):
+    """The conv of blocks z made outside, by differentiable ops that MLX's autodiff reverses
+    (the input gradient); the graph keeps z for the weight gradient: no second space-to-depth
+    in the backward, at the cost of holding z (the size of the padded input) until then."""
+
+    @mx.custom_function
+    def conv(z: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
+        return _conv_blocks(z, weight, bias, _blocks_geometry(z.shape, kernel, stride, pad))
+
+    @conv.vjp
+    def conv_vjp(primals, cotangent, output):
+        z, weight, _ = primals
+        g = _blocks_geometry(z.shape, kernel, stride, pad)
+        grad_z, grad_weight = _grad_blocks(z, weight, cotangent, g)
+        return grad_z, grad_weight, channel_sums(cotangent)
+
+    return conv
+
+
+def _blocks_geometry(z_shape, kernel: int, stride: int, pad: int) -> ConvGeometry:
+    """The geometry of a conv read off its blocks z (N, blocks_h, blocks_w, s*s*C)."""
+    taps, (blocks_h, blocks_w) = kernel // stride, z_shape[1:3]
+    return ConvGeometry(
+        stride, pad, taps, blocks_h - taps + 1, blocks_w - taps + 1, blocks_h, blocks_w
+    )
+
+
+def conv2d(
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array,
+    stride: int,
+    pad: int,
+    keep_blocks: bool = True,
+) -> mx.array:
     """Square-kernel conv via space-to-depth + one matmul + shift-and-add (see module doc).
 
     Args:
@@ -185,6 +228,9 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int)
         bias: (C_out,).
         stride: s.
         pad: zero padding on every side, any value >= 0.
+        keep_blocks: with stride > 1, keep the space-to-depth copy of x from the forward for
+            the backward (faster) instead of building it again there (x's size less memory:
+            for a layer reading the input window).
 
     Returns:
         (N, Ho, Wo, C_out), equal to `mx.conv2d(x, weight, stride, pad) + bias`.
@@ -192,6 +238,9 @@ def conv2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int)
     _, k_h, k_w, _ = weight.shape
     if k_h != k_w:
         raise ValueError(f"square kernels only, got {k_h}x{k_w}")
+    if keep_blocks and stride > 1:
+        z = _to_blocks(x, geometry(x.shape, k_h, stride, pad))
+        return _make_on_blocks(k_h, stride, pad)(z, weight, bias)
     return _make(k_h, stride, pad)(x, weight, bias)
 
 

@@ -17,7 +17,11 @@ def channel_sums(cotangent: mx.array) -> mx.array:
     chain over a window loses the digits that matter: in float64 on the CPU, elsewhere (no
     float64 on a GPU) each row first, then the rows."""
     if mx.default_device() == mx.cpu:
-        return cotangent.astype(mx.float64).sum(axis=(0, 1, 2)).astype(cotangent.dtype)
+        n, h, w, c = cotangent.shape
+        # rows first, as columns of an (N*H, W*C) matrix: that reduce runs along contiguous
+        # rows, where one over (N, H, W) of a few channels steps through memory C at a time
+        col_sums = cotangent.reshape(n * h, w * c).astype(mx.float64).sum(axis=0)
+        return col_sums.reshape(w, c).sum(axis=0).astype(cotangent.dtype)
     return cotangent.sum(axis=2).sum(axis=(0, 1))
 
 
@@ -46,10 +50,12 @@ def _make(stride: int):
 
     @mx.custom_function
     def conv_transpose(x: mx.array, weight: mx.array, bias: mx.array) -> mx.array:
-        n, h, w, _ = x.shape
+        n, h, w, c_in = x.shape
         c_out = weight.shape[0]
-        blocks = (x @ _weight_matrix(weight)).reshape(n, h, w, stride, stride, c_out)
-        return depth_to_space(blocks + bias, stride)
+        # the bias tiled along the matrix's rows: the same sums as a broadcast over the
+        # (N, h, w, s, s, C_out) blocks, at the cost of a plain row-by-row add
+        blocks = x.reshape(-1, c_in) @ _weight_matrix(weight) + mx.tile(bias, stride * stride)
+        return depth_to_space(blocks.reshape(n, h, w, stride, stride, c_out), stride)
 
     @conv_transpose.vjp
     def conv_transpose_vjp(primals, cotangent, output):

@@ -86,7 +86,10 @@ class GigaUNet(nn.Module):
                 parts = [h]
                 continue
             if layer.kind == "conv":
-                h = ops.conv2d_parts(parts, module.weight, module.bias, layer.stride, layer.pad)
+                # the first layer's input is the window: its blocks are not worth holding
+                h = ops.conv2d_parts(
+                    parts, module.weight, module.bias, layer.stride, layer.pad, index > 0
+                )
             else:
                 h = ops.conv_transpose2d(ops.join(parts), module.weight, module.bias, layer.stride)
             if index == len(self._spec) - 1:
@@ -184,9 +187,7 @@ def _relu_inside(
 ) -> mx.array:
     """ReLU, then zero the positions of a window tensor (N, h, w, C) outside the padded image."""
     keep = None if in_box is None else inside_at_scale(in_box, padded_hw, scale)
-    if keep is None:
-        return relu(h)
-    return relu_where(h, *_inside(keep, h.shape[1:3]))
+    return relu(h) if keep is None else relu_in_box(h, keep)
 
 
 def _keep_yx(
@@ -204,10 +205,18 @@ def _inside(keep: Box, hw) -> tuple[mx.array, mx.array]:
     return (rows >= keep.y0) & (rows < keep.y1), (cols >= keep.x0) & (cols < keep.x1)
 
 
-def relu_where_reference(h: mx.array, row_in: mx.array, col_in: mx.array) -> mx.array:
-    """relu(h) where row_in[y] and col_in[x], else 0. h: (N, H, W, C); row_in (H,), col_in (W,)."""
-    inside = (row_in[:, None] & col_in[None, :])[None, :, :, None]
-    return mx.where(inside, mx.maximum(h, 0), 0)
+def relu_in_box(h: mx.array, keep: Box) -> mx.array:
+    """relu(h) inside `keep` (window rows and cols), 0 outside. h: (N, H, W, C) -> same shape.
+
+    The box is cut out, rectified and zero-padded back: a select against a broadcast mask (or
+    a multiply by one) takes MLX's general strided path, many times slower than these plain
+    copies. The gradient outside the box is zero, as for the select.
+    """
+    _, in_h, in_w, _ = h.shape
+    if keep.y1 <= keep.y0 or keep.x1 <= keep.x0:
+        return mx.zeros_like(h)
+    inner = relu(h[:, keep.y0 : keep.y1, keep.x0 : keep.x1])
+    return mx.pad(inner, [(0, 0), (keep.y0, in_h - keep.y1), (keep.x0, in_w - keep.x1), (0, 0)])
 
 
 def relu_reference(h: mx.array) -> mx.array:
@@ -215,6 +224,5 @@ def relu_reference(h: mx.array) -> mx.array:
 
 
 # compiled: one pass over the activation instead of one per op (bit-identical to the
-# references: element-wise ops only; tests/test_mlx_conv_taps.py)
-relu_where = mx.compile(relu_where_reference)
+# reference: element-wise ops only)
 relu = mx.compile(relu_reference)

@@ -15,23 +15,31 @@ from gigamlx.backends.mlx import conv_taps
 from gigamlx.backends.mlx import conv_transpose as fast_conv_transpose
 
 
-def conv2d(x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int) -> mx.array:
-    """Square-kernel conv. x: (N, H, W, C_in) -> (N, H', W', C_out)."""
+def conv2d(
+    x: mx.array, weight: mx.array, bias: mx.array, stride: int, pad: int, keep_blocks: bool = True
+) -> mx.array:
+    """Square-kernel conv. x: (N, H, W, C_in) -> (N, H', W', C_out); `keep_blocks` as in
+    conv.conv2d."""
     _, k_h, k_w, _ = weight.shape
     if k_h == k_w and k_h % stride == 0:
-        return fast_conv.conv2d(x, weight, bias, stride, pad)
+        return fast_conv.conv2d(x, weight, bias, stride, pad, keep_blocks)
     return mx.conv2d(x, weight, stride=stride, padding=pad) + bias
 
 
 def conv2d_parts(
-    parts: list[mx.array], weight: mx.array, bias: mx.array, stride: int, pad: int
+    parts: list[mx.array],
+    weight: mx.array,
+    bias: mx.array,
+    stride: int,
+    pad: int,
+    keep_blocks: bool = True,
 ) -> mx.array:
     """`conv2d` of the channel-concatenation of `parts` (N, H, W, C_i), never built for the
     one-channel stride-1 head (conv_taps.py); other layers join the parts first."""
     c_out, k_h, k_w, _ = weight.shape
     if len(parts) > 1 and c_out == 1 and stride == 1 and k_h == k_w and pad < k_h:
         return conv_taps.conv2d_parts(parts, weight, bias, pad)
-    return conv2d(join(parts), weight, bias, stride, pad)
+    return conv2d(join(parts), weight, bias, stride, pad, keep_blocks)
 
 
 def join(parts: list[mx.array]) -> mx.array:

@@ -424,6 +424,9 @@ def test_fused_model_and_backend_match_pure_mlx(model):
         backend = MLXBackend(kernels)
         z = model.logits(x, data.tile.in_box, plan.padded_hw, backend.kernels.fused)
         stats, grads = backend.tile_grad(model, data, plan.padded_hw, objective)
+        # without the stats (pass 2 of a Dice step): none, and the same gradients bit for bit
+        none, same = backend.tile_grad(model, data, plan.padded_hw, objective, with_stats=False)
+        assert none is None and all(np.array_equal(same[k], g) for k, g in grads.items())
         return z, stats, grads
 
     z, stats, grads = run("fused")

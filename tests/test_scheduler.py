@@ -245,6 +245,32 @@ def test_multi_tile_dice_takes_two_passes_and_bce_one(monkeypatch, model, loss, 
     assert (result.forward_seconds > 0) == (loss == "dice")
 
 
+def test_pass_two_takes_the_stats_of_pass_one(monkeypatch, model):
+    """A Dice step over several tiles asks pass 2 for gradients only: its stats are pass 1's
+    sums, as the tiles' own stats would give them; a BCE step (no pass 1) asks for both."""
+    backend = MLXBackend("mlx")
+    image, mask = random_case((333, 517), seed=8)
+    asked, pass_one = [], []
+    tile_grad, tile_stats = backend.tile_grad, backend.tile_stats
+
+    def recorded_grad(model, data, padded_hw, objective, with_stats=True):
+        asked.append(with_stats)
+        return tile_grad(model, data, padded_hw, objective, with_stats)
+
+    def recorded_stats(*args):
+        pass_one.append(tile_stats(*args))
+        return pass_one[-1]
+
+    monkeypatch.setattr(backend, "tile_grad", recorded_grad)
+    monkeypatch.setattr(backend, "tile_stats", recorded_stats)
+    result = tiled_step(backend, model, image, mask, "dice", 128)
+    assert asked == [False] * len(result.plan.tiles) == [False] * len(pass_one)
+    np.testing.assert_allclose(result.stats, np.sum(pass_one, axis=0), rtol=1e-12)
+    asked.clear()
+    bce = tiled_step(backend, model, image, mask, "bce", 128)
+    assert asked == [True] * len(bce.plan.tiles) and bce.stats.pixels == 333 * 517
+
+
 @pytest.mark.parametrize("tile,trims", [(128, 1), (576, 0)])
 def test_freed_memory_goes_back_after_a_step_of_several_tiles_only(monkeypatch, model, tile, trims):
     """Windows of several sizes fragment the heap, so their step hands freed blocks back; a

@@ -138,9 +138,18 @@ class Backend(Protocol):
         ...
 
     def tile_grad(
-        self, model: Any, data: TileData, padded_hw: tuple[int, int], objective: Objective
-    ) -> tuple[TileStats, FlatParams]:
-        """Forward + backward of the surrogate `objective` on one tile; float64 gradients."""
+        self,
+        model: Any,
+        data: TileData,
+        padded_hw: tuple[int, int],
+        objective: Objective,
+        with_stats: bool = True,
+    ) -> tuple[TileStats | None, FlatParams]:
+        """Forward + backward of the surrogate `objective` on one tile; float64 gradients.
+
+        `with_stats=False`: the caller has the tile's stats already (pass 1 of a Dice step),
+        so an engine may skip computing them and return None for them.
+        """
         ...
 
     def tile_loss_grad(

@@ -132,9 +132,10 @@ def _forward_pass(
 
 def _tile_grad(
     backend: Backend, model: Any, plan: TilePlan, loss: str, sums: TileStats | None, pixels: int
-) -> Callable[[TileData], tuple[TileStats, FlatParams]]:
-    """Pass 2's gradient of one tile: of the surrogate from pass 1's `sums`, or (Dice on a
-    one-tile plan, no pass 1) of the loss of the tile's own sums, in one forward."""
+) -> Callable[[TileData], tuple[TileStats | None, FlatParams]]:
+    """Pass 2's gradient of one tile: of the surrogate from pass 1's `sums` (the tile's stats
+    are pass 1's: not computed again), or (Dice on a one-tile plan, no pass 1) of the loss of
+    the tile's own sums, in one forward."""
     if needs_two_passes(loss) and sums is None:
 
         def of_own_sums(stats: TileStats) -> Objective:
@@ -142,7 +143,8 @@ def _tile_grad(
 
         return lambda data: backend.tile_loss_grad(model, data, plan.padded_hw, of_own_sums)
     coefficients = objective(loss, sums, pixels)
-    return lambda data: backend.tile_grad(model, data, plan.padded_hw, coefficients)
+    with_stats = sums is None
+    return lambda data: backend.tile_grad(model, data, plan.padded_hw, coefficients, with_stats)
 
 
 def tiled_step(
@@ -190,10 +192,12 @@ def tiled_step(
     second_pass = iter_tile_data(order, pass2_loader(read, backend.stage), clock)
     for done, data in enumerate(second_pass, 1):
         tile_stats, tile_grads = grad(data)
-        stats = stats + tile_stats
+        stats = stats if tile_stats is None else stats + tile_stats
         for name, g in tile_grads.items():
             grads[name] = grads[name] + g if name in grads else g
         _report(progress, "backward", done, len(plan.tiles))
+    if sums is not None:
+        stats = sums  # pass 1's: the same forward, so pass 2 did not compute them again
     reading = backend.memory()
     order.clear()  # the kept windows are done with: free them, then hand back what
     if len(plan.tiles) > 1:  # the C library keeps of the step's buffers (between steps)

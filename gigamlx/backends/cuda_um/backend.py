@@ -105,11 +105,18 @@ class CudaUMBackend(Backend):
         return _to_stats(rows, staged.tile)  # sync point: one tile's forward
 
     def tile_grad(
-        self, model: TorchGigaUNet, data, padded_hw: tuple[int, int], objective: Objective
-    ) -> tuple[TileStats, FlatParams]:
+        self,
+        model: TorchGigaUNet,
+        data,
+        padded_hw: tuple[int, int],
+        objective: Objective,
+        with_stats: bool = True,
+    ) -> tuple[TileStats | None, FlatParams]:
         staged = self._ready(data)
         z = _owned_logits(model, staged, padded_hw)
         flat = _surrogate_grads(model, z, staged.target, objective)
+        if not with_stats:
+            return None, flat
         with torch.no_grad():
             rows = _stat_rows(z.detach(), staged.target)
         return _to_stats(rows, staged.tile), flat

@@ -70,9 +70,17 @@ class MLXBackend(Backend):
         return _to_stats(rows, data.tile)
 
     def tile_grad(
-        self, model: GigaUNet, data: TileData, padded_hw: tuple[int, int], objective: Objective
-    ) -> tuple[TileStats, FlatParams]:
-        return _grad(model, data, padded_hw, self.kernels.fused, lambda head: head.of(objective))
+        self,
+        model: GigaUNet,
+        data: TileData,
+        padded_hw: tuple[int, int],
+        objective: Objective,
+        with_stats: bool = True,
+    ) -> tuple[TileStats | None, FlatParams]:
+        def of(head: _LossHead) -> tuple[mx.array, mx.array]:
+            return head.of(objective)
+
+        return _grad(model, data, padded_hw, self.kernels.fused, of, with_stats)
 
     def tile_loss_grad(
         self,
@@ -201,8 +209,10 @@ def _grad(
     padded_hw: tuple[int, int],
     fused_kernels: bool,
     loss_of: Callable[[_LossHead], tuple[mx.array, mx.array]],
-) -> tuple[TileStats, FlatParams]:
-    """One tile's forward + backward of the surrogate `loss_of` its head; float64 gradients."""
+    with_stats: bool = True,
+) -> tuple[TileStats | None, FlatParams]:
+    """One tile's forward + backward of the surrogate `loss_of` its head; float64 gradients,
+    and the tile's stats unless `with_stats` is False."""
     target = _target(data, fused_kernels)
 
     def surrogate(params_model: GigaUNet):
@@ -210,9 +220,11 @@ def _grad(
         return value, mx.stop_gradient(rows)
 
     (_, rows), grads = nn.value_and_grad(model, surrogate)(model)
-    mx.eval(rows, grads)  # sync point: one tile's forward + backward graph
+    # sync point: one tile's forward + backward graph. Without the stats the loss's own
+    # forward (value and rows) is never evaluated: its vjp reads only the logits and targets
+    mx.eval(rows, grads) if with_stats else mx.eval(grads)
     flat = {name: np.array(g, dtype=np.float64) for name, g in tree_flatten(grads)}
-    return _to_stats(rows, data.tile), flat
+    return (_to_stats(rows, data.tile) if with_stats else None), flat
 
 
 def _loss_head(

@@ -480,7 +480,7 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
     mask = rng.integers(0, 2, (37, 70), dtype=np.uint8)
     for flip in (False, True):
         for rot90 in range(4):
-            for block in (rgb, planar, mask):
+            for block in (rgb, planar, mask, mask[3:, ::2], rgb[1:, ::-1]):  # strided views too
                 want = np.ascontiguousarray(turn(block, flip, rot90))
                 got = fused.turn_window(block, None, flip, rot90)
                 assert got.flags.c_contiguous and got.base is None

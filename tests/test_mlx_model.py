@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from gigamlx.backends.mlx.model import relu_in_box
-from gigamlx.core.geometry import Box
+from gigamlx.backends.mlx.model import _standardised, relu_in_box
+from gigamlx.core.geometry import Box, inside_at_scale
+from gigamlx.core.normalise import InputNorm
 from gigamlx.core.spec import (
     GIGAUNET_4492,
     Layer,
@@ -101,3 +102,39 @@ def test_relu_in_box_is_bit_identical_to_the_select(keep):
     out_ref, (grad_ref,) = mx.vjp(lambda a: _relu_where(a, keep), [h], [cotangent])
     assert mx.array_equal(out[0].view(mx.uint32), out_ref[0].view(mx.uint32)).item()
     assert mx.array_equal(grad, grad_ref).item()
+
+
+def _standardised_where(x, norm, keep):
+    """The standardisation as a select against broadcast row × column masks (the reference)."""
+    if x.dtype == mx.uint8:
+        x = x.astype(mx.float32) / 255.0
+    x = (x - mx.array(norm.mean, mx.float32)) / mx.array(norm.std, mx.float32)
+    rows, cols = mx.arange(x.shape[1]), mx.arange(x.shape[2])
+    row_in = (rows >= keep.y0) & (rows < keep.y1)
+    col_in = (cols >= keep.x0) & (cols < keep.x1)
+    return mx.where((row_in[:, None] & col_in[None, :])[None, :, :, None], x, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [mx.uint8, mx.float32])
+@pytest.mark.parametrize(
+    "in_box, padded_hw",
+    [
+        (Box(-8, 20, 36, 80), (30, 70)),  # cut at the top, bottom and right
+        (Box(4, -12, 48, 48), (100, 100)),  # the left only
+        (Box(4, 4, 48, 64), (100, 100)),  # all inside
+        (Box(40, 4, 84, 64), (30, 100)),  # all outside
+        (None, None),  # a whole-image pass
+    ],
+)
+def test_standardised_is_bit_identical_to_the_select(dtype, in_box, padded_hw):
+    """Cut, standardised along tiled rows and padded back: the select's bits, for uint8 and
+    float32 windows, on interior, edge and empty keep boxes."""
+    norm = InputNorm((0.83, 0.62, 0.8), (0.11, 0.21, 0.09))
+    x = mx.array(np.random.default_rng(7).integers(0, 256, (2, 44, 60, 3), dtype=np.uint8))
+    x = x if dtype == mx.uint8 else x.astype(mx.float32) / 255.0
+    keep = Box(0, 0, 44, 60) if in_box is None else inside_at_scale(in_box, padded_hw, 1)
+    keep = keep or Box(0, 0, 44, 60)
+    out = _standardised(x, norm, in_box, padded_hw)
+    expected = _standardised_where(x, norm, keep)
+    assert out.shape == expected.shape and out.dtype == mx.float32
+    assert mx.array_equal(out.view(mx.uint32), expected.view(mx.uint32)).item()

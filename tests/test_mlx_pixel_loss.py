@@ -84,3 +84,23 @@ def test_surrogate_of_own_sums_is_the_loss_gradient_in_one_graph(case, loss):
     dz = mx.grad(lambda z: pixel_loss.surrogate_of_own_sums(z, g, objective_of)[0])(z)
     dz_ref = mx.grad(lambda z: loss_terms(z, g, loss, mx))(z)
     assert _rel(dz, dz_ref) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["small", "moderate", "large", "extreme"])
+def test_surrogate_without_stats_has_the_same_bits(case):
+    """The gradient that computes p from z again equals the one reading the forward's p, bit
+    for bit, and both the reference's; the value and rows are unchanged."""
+    z, g = _logits(case)
+    a, b, c = COEFFICIENTS
+    outputs = {}
+    for with_stats in (True, False):
+
+        def value_of(z, with_stats=with_stats):
+            return pixel_loss.surrogate(z, g, COEFFICIENTS, with_stats)[0]
+
+        value, rows = pixel_loss.surrogate(z, g, COEFFICIENTS, with_stats)
+        outputs[with_stats] = (value, rows, mx.grad(value_of)(z))
+    for got, expected in zip(outputs[False], outputs[True], strict=True):
+        assert mx.array_equal(got.view(mx.uint32), expected.view(mx.uint32)).item()
+    dz_ref = mx.grad(lambda z: pixel_loss.value_reference(z, g, a, b, c))(z)
+    assert _rel(outputs[False][2], dz_ref) < 1e-6

@@ -78,7 +78,7 @@ class MLXBackend(Backend):
         with_stats: bool = True,
     ) -> tuple[TileStats | None, FlatParams]:
         def of(head: _LossHead) -> tuple[mx.array, mx.array]:
-            return head.of(objective)
+            return head.of(objective, with_stats)
 
         return _grad(model, data, padded_hw, self.kernels.fused, of, with_stats)
 
@@ -185,9 +185,9 @@ class _LossHead(NamedTuple):
     target: mx.array  # (h_out, w_out) float32
     crop_yx: tuple[int, int] | None  # the owned box in z on the fused path; None: z is it
 
-    def of(self, objective: Objective) -> tuple[mx.array, mx.array]:
+    def of(self, objective: Objective, with_stats: bool = True) -> tuple[mx.array, mx.array]:
         if self.crop_yx is None:
-            return pixel_loss.surrogate(self.z, self.target, objective)
+            return pixel_loss.surrogate(self.z, self.target, objective, with_stats)
         return fused.tile_loss(self.z, self.target, self.crop_yx, objective)
 
     def of_own_sums(

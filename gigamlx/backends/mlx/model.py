@@ -172,14 +172,25 @@ def _standardised(
 ) -> mx.array:
     """(x - mean) / std per channel as float32, zeroed outside the padded image: the zero
     padding a whole-image pass gives the standardised input (core/normalise.py)."""
-    if x.dtype == mx.uint8:
-        x = x.astype(mx.float32) / 255.0
-    x = (x - mx.array(norm.mean, mx.float32)) / mx.array(norm.std, mx.float32)
+    n, in_h, in_w, c = x.shape
     keep = None if in_box is None else inside_at_scale(in_box, padded_hw, 1)
     if keep is None:
-        return x
-    row_in, col_in = _inside(keep, x.shape[1:3])
-    return mx.where((row_in[:, None] & col_in[None, :])[None, :, :, None], x, 0.0)
+        keep = Box(0, 0, in_h, in_w)
+    elif keep.y1 <= keep.y0 or keep.x1 <= keep.x0:
+        return mx.zeros(x.shape, mx.float32)
+    # the kept box is cut out, standardised and zero-padded back: a select against a
+    # broadcast mask takes MLX's general strided path (as in relu_in_box)
+    inner = x[:, keep.y0 : keep.y1, keep.x0 : keep.x1]
+    if inner.dtype == mx.uint8:
+        inner = inner.astype(mx.float32) / 255.0
+    # each row of pixels as one (w*C,) vector, the per-channel values tiled to match: the
+    # same sums as a broadcast over the last axis, without its 3-element inner loop
+    box_w = keep.x1 - keep.x0
+    rows = inner.reshape(n, keep.y1 - keep.y0, box_w * c)
+    mean, std = (mx.tile(mx.array(v, mx.float32), box_w) for v in (norm.mean, norm.std))
+    inner = ((rows - mean) / std).reshape(n, keep.y1 - keep.y0, box_w, c)
+    pads = [(0, 0), (keep.y0, in_h - keep.y1), (keep.x0, in_w - keep.x1), (0, 0)]
+    return mx.pad(inner, pads) if inner.shape != x.shape else inner
 
 
 def _relu_inside(
@@ -197,12 +208,6 @@ def _keep_yx(
     image (the fused kernels' `keep`): all of `hw` = (h, w) when nothing is outside."""
     keep = None if in_box is None else inside_at_scale(in_box, padded_hw, scale)
     return (0, 0, *hw) if keep is None else tuple(keep)
-
-
-def _inside(keep: Box, hw) -> tuple[mx.array, mx.array]:
-    """(rows inside, cols inside) of an (h, w) window grid, as boolean vectors."""
-    rows, cols = mx.arange(hw[0]), mx.arange(hw[1])
-    return (rows >= keep.y0) & (rows < keep.y1), (cols >= keep.x0) & (cols < keep.x1)
 
 
 def relu_in_box(h: mx.array, keep: Box) -> mx.array:

@@ -52,11 +52,16 @@ def stat_rows_reference(z: mx.array, g: mx.array) -> mx.array:
     return mx.stack([mx.sum(v, axis=1) for v in parts])
 
 
-def _p_and_bce(z: mx.array, g: mx.array) -> tuple[mx.array, mx.array]:
-    """sigmoid(z) and bce(z, g) from one e = exp(-|z|) (see the module doc)."""
+def _sigmoid_parts(z: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    """(e, u, p): e = exp(-|z|), u = 1 + e and p = sigmoid(z) (see the module doc)."""
     e = mx.power(mx.array(2.0, mx.float32), mx.abs(z) * -LOG2_E)
     u = 1.0 + e
-    p = mx.where(z >= 0, 1.0, e) / u
+    return e, u, mx.where(z >= 0, 1.0, e) / u
+
+
+def _p_and_bce(z: mx.array, g: mx.array) -> tuple[mx.array, mx.array]:
+    """sigmoid(z) and bce(z, g) from one e = exp(-|z|) (see the module doc)."""
+    e, u, p = _sigmoid_parts(z)
     log1p_e = mx.where(u == 1.0, e, mx.log(u) * (e / (u - 1.0)))
     return p, mx.maximum(z, 0) - z * g + log1p_e
 
@@ -81,7 +86,11 @@ stat_rows = mx.compile(_stat_rows)
 CoefficientsOf = Callable[[mx.array, mx.array], mx.array]
 
 
-def _make_surrogate(coefficients_of: CoefficientsOf):
+def _make_surrogate(coefficients_of: CoefficientsOf, p_from_forward: bool = True):
+    """The surrogate as a custom function. With `p_from_forward` False (coefficients given, no
+    stats wanted) the vjp computes p from z again: reading the forward's outputs would make
+    MLX evaluate all of them (bce, rows, value) only for p."""
+
     @mx.custom_function
     def surrogate(z: mx.array, g: mx.array, given: mx.array):
         p, bce = _p_and_bce(z, g)
@@ -95,7 +104,10 @@ def _make_surrogate(coefficients_of: CoefficientsOf):
     def surrogate_vjp(primals, cotangents, outputs):
         # only the value carries a gradient: rows, p and the coefficients are statistics
         z, g, given = primals
-        p, coefficients = outputs[2], outputs[3]
+        if p_from_forward:
+            p, coefficients = outputs[2], outputs[3]
+        else:
+            p, coefficients = _sigmoid_parts(z)[2], given
         a, b, c = coefficients[0], coefficients[1], coefficients[2]
         dz = cotangents[0] * ((a * g + b) * (p * (1.0 - p)) + c * (p - g))
         return dz, mx.zeros_like(g), mx.zeros_like(given)
@@ -104,12 +116,12 @@ def _make_surrogate(coefficients_of: CoefficientsOf):
 
 
 @cache
-def _given_surrogate():
-    return _make_surrogate(lambda rows, given: given)
+def _given_surrogate(p_from_forward: bool):
+    return _make_surrogate(lambda rows, given: given, p_from_forward)
 
 
 def surrogate(
-    z: mx.array, g: mx.array, coefficients: tuple[float, float, float]
+    z: mx.array, g: mx.array, coefficients: tuple[float, float, float], with_stats: bool = True
 ) -> tuple[mx.array, mx.array]:
     """value () = sum((a*g + b)*p) + c*sum(bce), differentiable in z, and rows (6, h), not.
 
@@ -117,8 +129,12 @@ def surrogate(
         z: (h, w) logits of a tile's owned pixels.
         g: (h, w) float32 {0, 1} targets.
         coefficients: (a, b, c), losses.Objective.
+        with_stats: whether the value or rows will be evaluated. Without, the gradient reads
+            z alone and the forward (bce, rows, value) is never evaluated; with, the gradient
+            reuses the forward's p. Same values either way.
     """
-    value, rows, _, _ = _given_surrogate()(z, g, mx.array(coefficients, mx.float32))
+    surrogate_of = _given_surrogate(with_stats)
+    value, rows, _, _ = surrogate_of(z, g, mx.array(coefficients, mx.float32))
     return value, mx.stop_gradient(rows)
 
 

@@ -10,6 +10,7 @@ from scipy import ndimage
 from gigamlx.runs.config import PostprocessConfig
 from gigamlx.slide.morphology import (
     PixelSettings,
+    held_array,
     pixel_settings,
     postprocess_array,
     postprocessed_array,
@@ -156,3 +157,24 @@ def test_postprocessed_array_reads_like_the_plane():
     mask = postprocessed_array(binary, settings, block_px=64)
     assert mask.dtype == np.uint8 and mask.shape == binary.shape
     assert np.array_equal(mask[:, :] != 0, _reference(binary, settings))
+
+
+@pytest.mark.parametrize("block_px", [37, 64, 1000])
+def test_held_array_holds_the_plane_read_once(block_px):
+    """A plane read block by block on all cores and held in memory: the same pixels, from
+    blocks that are not a multiple of the plane (the last ones short) or one block."""
+    binary = _blobs((130, 170), seed=4)
+    reads = []
+
+    class Counted:  # an array-like that counts what is read of it
+        shape, dtype = binary.shape, binary.dtype
+
+        def __getitem__(self, index):
+            reads.append(index)
+            return binary[index]
+
+    held = held_array(Counted(), block_px)
+    assert held.dtype == np.uint8 and held.shape == binary.shape
+    assert np.array_equal(held[:, :] != 0, binary)
+    blocks = -(-130 // block_px) * -(-170 // block_px)
+    assert len(reads) == blocks  # each block read once

@@ -112,6 +112,20 @@ def morph_plane(
     )
 
 
+def held_plane(plane: WindowArray) -> WindowArray:
+    """`plane` ((H, W) bool) computed once, on all cores, and held compressed in memory: for
+    a plane read by several passes (scored, then closed chunk by chunk with halos)."""
+    from gigamlx.slide.morphology import held_array
+
+    held = held_array(plane)
+    return WindowArray(
+        plane.shape,
+        bool,
+        lambda box: np.asarray(held[box.y0 : box.y1, box.x0 : box.x1]) != 0,
+        plane.chunk_hw,
+    )
+
+
 def mask_plane(masker: Any, chunk_hw: tuple[int, int]) -> WindowArray:
     """(H, W) bool view of a masker (anything with `image_hw` and `read(Box)`)."""
     return WindowArray(masker.image_hw, bool, lambda box: masker.read(box) != 0, chunk_hw)

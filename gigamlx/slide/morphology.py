@@ -243,8 +243,30 @@ def postprocessed_array(binary, settings: PixelSettings, block_px: int = BLOCK_P
     """The post-processed plane as an (H, W) uint8 0/1 zarr array held in memory, compressed
     (a mask is mostly long runs: little memory even for a gigapixel plane), chunked like
     `block_px`: readable box by box in any order, as the metrics read."""
+    out = _memory_plane(tuple(binary.shape[:2]), block_px)
+    write_postprocessed(binary, out, settings, block_px)
+    return out
+
+
+def held_array(binary, block_px: int = BLOCK_PX):
+    """The (H, W) bool array-like `binary` read once, block by block on all usable cores (a
+    plane computed from a slide's pixels, read again by every pass over it otherwise), and
+    held as `postprocessed_array` holds its result: (H, W) uint8 0/1 zarr in memory."""
     hw = tuple(binary.shape[:2])
-    out = zarr.create_array(
+    out = _memory_plane(hw, block_px)
+
+    def copy(box: Box) -> None:  # blocks are whole chunks of `out`: no two write one chunk
+        out[box.y0 : box.y1, box.x0 : box.x1] = read_window(binary, box).astype(bool).view(np.uint8)
+
+    boxes = list(chunk_boxes(hw, block_px))
+    with ThreadPoolExecutor(min(len(boxes), usable_cores()) or 1) as pool:
+        list(pool.map(copy, boxes))
+    return out
+
+
+def _memory_plane(hw: tuple[int, int], block_px: int):
+    """An (H, W) uint8 zarr array in memory, zstd-compressed, in chunks of `block_px`."""
+    return zarr.create_array(
         store=MemoryStore(),
         shape=hw,
         chunks=(min(block_px, hw[0]), min(block_px, hw[1])),
@@ -252,8 +274,6 @@ def postprocessed_array(binary, settings: PixelSettings, block_px: int = BLOCK_P
         fill_value=0,
         compressors=ZstdCodec(level=1),
     )
-    write_postprocessed(binary, out, settings, block_px)
-    return out
 
 
 def write_postprocessed(

@@ -40,7 +40,7 @@ import numpy as np
 from gigamlx.core.arrays import crop_view
 from gigamlx.core.geometry import Box
 from gigamlx.core.normalise import InputNorm
-from gigamlx.eval.baseline import mask_plane, morph_plane
+from gigamlx.eval.baseline import held_plane, mask_plane, morph_plane
 from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
 from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.export import write_overlay
@@ -153,7 +153,8 @@ class Validator:
         if self._baselines is None:
             otsu, morph = PixelCounts(), PixelCounts()
             for area in self.areas:
-                plane = mask_plane(OtsuMask.fit([area.image], source=area.name), BLOCK_HW)
+                otsu_mask = OtsuMask.fit([area.image], source=area.name)
+                plane = held_plane(mask_plane(otsu_mask, BLOCK_HW))  # scored, then closed
                 otsu += evaluate_pair(plane, area.mask, block_hw=BLOCK_HW)
                 if area.mpp:
                     morph_mask = morph_plane(plane, area.mpp, BLOCK_HW, area.name)

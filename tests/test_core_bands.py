@@ -55,3 +55,16 @@ def test_usable_cores_without_an_affinity_call(monkeypatch):
     assert usable_cores() == 6
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert usable_cores() == 1
+
+
+def test_map_on_cores_keeps_the_items_order():
+    import time
+
+    from gigamlx.core.bands import map_on_cores
+
+    def slow_square(n: int) -> int:
+        time.sleep(0.01 * (5 - n))  # later items finish first
+        return n * n
+
+    assert map_on_cores(slow_square, [0, 1, 2, 3, 4]) == [0, 1, 4, 9, 16]
+    assert map_on_cores(slow_square, []) == []

@@ -4,16 +4,18 @@ A prefetch thread reads on one core while the compute runs on the others. But wh
 compute is blocked waiting for a read (a step of one tile, the first window of a pass), its
 core is idle and can take a share of the read. The waiting consumer says so with
 `compute_waiting()`; a reader asks `read_workers()` how many threads the window may use and
-runs its bands with `by_row_bands`.
+runs its bands with `by_row_bands`. Independent pieces of work that release the GIL (the
+validation's masks) run on all cores with `map_on_cores`.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 
@@ -29,6 +31,17 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_on_cores(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """[fn(item) for item in items], run on up to `usable_cores()` threads (for work that
+    releases the GIL: numpy, scipy.ndimage, zarr's decode), results in the items' order."""
+    with ThreadPoolExecutor(max(1, min(len(items), usable_cores()))) as pool:
+        return list(pool.map(fn, items))
 
 
 @contextmanager

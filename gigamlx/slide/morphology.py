@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -24,7 +23,7 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import MemoryStore
 
 from gigamlx.core.arrays import read_window
-from gigamlx.core.bands import usable_cores
+from gigamlx.core.bands import map_on_cores
 from gigamlx.core.geometry import Box
 from gigamlx.runs.config import PostprocessConfig
 from gigamlx.slide.pyramid import chunk_boxes
@@ -227,8 +226,7 @@ def _close_all(binary, boxes: list[Box], radius_px: float) -> list[np.ndarray]:
     """Each box's closing (`closed_block`), bit-packed, computed on all usable cores: each
     reads its own halo, so they are independent, and the distance transforms that dominate
     them release the GIL."""
-    with ThreadPoolExecutor(min(len(boxes), usable_cores()) or 1) as pool:
-        return list(pool.map(lambda box: np.packbits(closed_block(binary, box, radius_px)), boxes))
+    return map_on_cores(lambda box: np.packbits(closed_block(binary, box, radius_px)), boxes)
 
 
 def postprocess_array(binary: np.ndarray, settings: PixelSettings) -> np.ndarray:
@@ -258,9 +256,7 @@ def held_array(binary, block_px: int = BLOCK_PX):
     def copy(box: Box) -> None:  # blocks are whole chunks of `out`: no two write one chunk
         out[box.y0 : box.y1, box.x0 : box.x1] = read_window(binary, box).astype(bool).view(np.uint8)
 
-    boxes = list(chunk_boxes(hw, block_px))
-    with ThreadPoolExecutor(min(len(boxes), usable_cores()) or 1) as pool:
-        list(pool.map(copy, boxes))
+    map_on_cores(copy, list(chunk_boxes(hw, block_px)))
     return out
 
 

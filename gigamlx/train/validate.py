@@ -31,13 +31,13 @@ import dataclasses
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from gigamlx.core.arrays import crop_view
+from gigamlx.core.bands import map_on_cores
 from gigamlx.core.geometry import Box
 from gigamlx.core.normalise import InputNorm
 from gigamlx.eval.baseline import held_plane, mask_plane, morph_plane
@@ -186,9 +186,8 @@ class Validator:
         area has a pixel size."""
         # side by side: the labelling that dominates a mask releases the GIL, and the cores
         # are otherwise idle while a validation scores its maps
-        with ThreadPoolExecutor(len(FILL_CHOICES_UM2)) as pool:
-            dice = pool.map(lambda fill: self.post_dice(probs, cut_u8, fill), FILL_CHOICES_UM2)
-            scored = list(zip(FILL_CHOICES_UM2, dice, strict=True))
+        dice = map_on_cores(lambda fill: self.post_dice(probs, cut_u8, fill), FILL_CHOICES_UM2)
+        scored = list(zip(FILL_CHOICES_UM2, dice, strict=True))
         if scored[0][1] is None:
             return POSTPROCESS.fill_holes_um2, None
         floor = max(dice for _, dice in scored) - THRESHOLD_TOLERANCE

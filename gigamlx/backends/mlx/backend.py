@@ -222,7 +222,7 @@ def _grad(
     (_, rows), grads = nn.value_and_grad(model, surrogate)(model)
     # sync point: one tile's forward + backward graph. Without the stats the loss's own
     # forward (value and rows) is never evaluated: its vjp reads only the logits and targets
-    mx.eval(rows, grads) if with_stats else mx.eval(grads)
+    mx.eval([rows, grads] if with_stats else grads)
     flat = {name: np.array(g, dtype=np.float64) for name, g in tree_flatten(grads)}
     return (_to_stats(rows, data.tile) if with_stats else None), flat
 

@@ -475,32 +475,37 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
     rng = np.random.default_rng(9)
     jitter = draw_jitter(rng, 1.0)
     table = lut32(jitter)
-    rgb = rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)
-    planar = np.ascontiguousarray(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)  # (h, w, 3) view
-    mask = rng.integers(0, 2, (37, 70), dtype=np.uint8)
-    for flip in (False, True):
-        for rot90 in range(4):
-            for block in (rgb, planar, mask, mask[3:, ::2], rgb[1:, ::-1]):  # strided views too
-                want = np.ascontiguousarray(turn(block, flip, rot90))
-                got = fused.turn_window(block, None, flip, rot90)
-                assert got.flags.c_contiguous and got.base is None
-                np.testing.assert_array_equal(got, want)
-            recoloured = unpack_rgb(np.ascontiguousarray(turn(jitter.lookup(rgb), flip, rot90)))
-            out_hw = recoloured.shape[:2]
-            # gains round to .5 on some pixels (x.5 * 2 = odd): rounding half to even is tested
-            rows, cols = np.arange(out_hw[0]), np.arange(out_hw[1])
-            gains = (
-                np.where(rows % 2 == 0, 1.0, rng.uniform(0.5, 1.5, out_hw[0])).astype(np.float32),
-                np.where(cols % 3 == 0, 0.5, 1.25).astype(np.float32),
-            )
-            for block in (rgb, planar):
-                got = fused.turn_window(block, table, flip, rot90)
-                np.testing.assert_array_equal(got, recoloured)
-                got = fused.turn_window(block, table, flip, rot90, gains)
-                np.testing.assert_array_equal(got, apply_gains(recoloured, *gains))
-                plain = np.ascontiguousarray(turn(block, flip, rot90))
-                got = fused.turn_window(block, None, flip, rot90, gains)
-                np.testing.assert_array_equal(got, apply_gains(plain, *gains))
+    # a window smaller than one of the kernel's blocks, and one spanning several, partial
+    # blocks at its edges (quarter turns copy RGB in 256 x 32 blocks, a mask in 64 x 64)
+    for hw in ((37, 70), (300, 517)):
+        rgb = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+        planar = np.ascontiguousarray(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)  # (h, w, 3) view
+        mask = rng.integers(0, 2, hw, dtype=np.uint8)
+        for flip in (False, True):
+            for rot90 in range(4):
+                for block in (rgb, planar, mask, mask[3:, ::2], rgb[1:, ::-1]):  # strided views too
+                    want = np.ascontiguousarray(turn(block, flip, rot90))
+                    got = fused.turn_window(block, None, flip, rot90)
+                    assert got.flags.c_contiguous and got.base is None
+                    np.testing.assert_array_equal(got, want)
+                recoloured = unpack_rgb(np.ascontiguousarray(turn(jitter.lookup(rgb), flip, rot90)))
+                out_hw = recoloured.shape[:2]
+                # gains round to .5 on some pixels (x.5 * 2 = odd): rounding half to even is tested
+                rows, cols = np.arange(out_hw[0]), np.arange(out_hw[1])
+                gains = (
+                    np.where(rows % 2 == 0, 1.0, rng.uniform(0.5, 1.5, out_hw[0])).astype(
+                        np.float32
+                    ),
+                    np.where(cols % 3 == 0, 0.5, 1.25).astype(np.float32),
+                )
+                for block in (rgb, planar):
+                    got = fused.turn_window(block, table, flip, rot90)
+                    np.testing.assert_array_equal(got, recoloured)
+                    got = fused.turn_window(block, table, flip, rot90, gains)
+                    np.testing.assert_array_equal(got, apply_gains(recoloured, *gains))
+                    plain = np.ascontiguousarray(turn(block, flip, rot90))
+                    got = fused.turn_window(block, None, flip, rot90, gains)
+                    np.testing.assert_array_equal(got, apply_gains(plain, *gains))
     with pytest.raises(ValueError, match="colour table"):
         fused.turn_window(mask, table, False, 0)
     with pytest.raises(ValueError, match="gains"):

@@ -140,6 +140,13 @@ def test_the_colour_table_gives_the_same_bytes(monkeypatch):
     image[0, :8] = [[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]] + [
         [1, 2, 3]
     ] * 3
+    levels = np.arange(256, dtype=np.uint8)
+    cube = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1)  # every colour
+    for strength in (0.5, 2.0):  # the table is built another way than `apply` computes
+        other = draw_jitter(np.random.default_rng(4), strength)
+        packed = np.zeros((2**24, 4), np.uint8)
+        packed[:, :3] = other.apply(cube).reshape(-1, 3)
+        np.testing.assert_array_equal(lut32.__wrapped__(other), packed.view(np.uint32).ravel())
     jitter = draw_jitter(np.random.default_rng(3), 1.0)
     np.testing.assert_array_equal(jitter.apply_table(image), jitter.apply(image))
     region = Region(0, (0, 0), (48, 80), False, 3)

@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gigamlx.core.bands import map_on_cores
 from gigamlx.core.geometry import Box
 
 # A region at least this large is transformed through a 256³ lookup table of the transform,
@@ -138,23 +137,22 @@ def lut32(jitter: ColorJitter) -> np.ndarray:
     `ColorJitter.apply`'s float32 operations in its order, over the colour cube as outer
     products of the per-channel factors (red x green, then x blue) instead of nine gathers
     per colour from a list of pixels: the same bytes. Built LUT_RED_BLOCK reds at a time
-    on all cores (~20 MB of temporaries per thread instead of ~500 MB): freed blocks stay
-    with the process (core.memory.keep_freed_memory), so a large transient would stay in its
-    RSS. A training region builds its table on its first window, while the compute waits.
+    (~20 MB of temporaries instead of ~500 MB) on the calling thread: freed blocks stay with
+    the process (core.memory.keep_freed_memory), so a large transient would stay in its RSS,
+    as would the heaps of a pool's threads (docs/experiments.md).
     """
     luts, scale, mix, shift = jitter._tables()
     blue = [luts[2, c] * np.float32(scale[c]) for c in range(3)]  # as `apply` multiplies
     table = np.zeros((256, 256, 256, 4), np.uint8)  # [R, G, B, byte]
-
-    def fill(red: int) -> None:
+    lit = np.empty((3, LUT_RED_BLOCK, 256, 256), np.float32)  # per channel, before the mix
+    mixed = np.empty(lit.shape[1:], np.float32)
+    for red in range(0, 256, LUT_RED_BLOCK):
         reds = slice(red, red + LUT_RED_BLOCK)
-        lit = np.empty((3, LUT_RED_BLOCK, 256, 256), np.float32)
         for c in range(3):
             red_green = luts[0, c][reds, None] * luts[1, c][None, :]
             np.multiply(red_green[:, :, None], blue[c], out=lit[c])
             np.minimum(lit[c], np.float32(256), out=lit[c])  # OD >= 0: no brighter than I0
             lit[c] -= np.float32(1)
-        mixed = np.empty(lit.shape[1:], np.float32)
         for c in range(3):
             np.multiply(lit[0], np.float32(mix[0, c]), out=mixed)
             mixed += np.float32(shift)
@@ -163,8 +161,6 @@ def lut32(jitter: ColorJitter) -> np.ndarray:
             np.rint(mixed, out=mixed)
             np.clip(mixed, 0, 255, out=mixed)
             table[reds, :, :, c] = mixed
-
-    map_on_cores(fill, range(0, 256, LUT_RED_BLOCK))
     return table.view(np.uint32).ravel()
 
 

@@ -476,14 +476,21 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
     jitter = draw_jitter(rng, 1.0)
     table = lut32(jitter)
     # a window smaller than one of the kernel's blocks, and one spanning several, partial
-    # blocks at its edges (quarter turns copy RGB in 256 x 32 blocks, a mask in 64 x 64)
+    # blocks at its edges (quarter turns copy 256 x 32 blocks, a mask 8 x 8 pixels at a time)
     for hw in ((37, 70), (300, 517)):
         rgb = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
         planar = np.ascontiguousarray(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)  # (h, w, 3) view
         mask = rng.integers(0, 2, hw, dtype=np.uint8)
         for flip in (False, True):
             for rot90 in range(4):
-                for block in (rgb, planar, mask, mask[3:, ::2], rgb[1:, ::-1]):  # strided views too
+                for block in (
+                    rgb,
+                    planar,
+                    mask,
+                    mask[3:, ::2],
+                    mask[:, ::-1],
+                    rgb[1:, ::-1],
+                ):  # strided views too
                     want = np.ascontiguousarray(turn(block, flip, rot90))
                     got = fused.turn_window(block, None, flip, rot90)
                     assert got.flags.c_contiguous and got.base is None

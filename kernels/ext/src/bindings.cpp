@@ -20,7 +20,7 @@ NB_MODULE(gigamlx_fused, m) {
   // 0.4: turn_window (numpy in, numpy out: the training windows' turn and colour table);
   // 0.5: turn_window's row and column gains (the uneven-illumination augmentation)
   // 0.7: uint8_array (numpy to MLX in one parallel copy); tile_loss takes uint8 targets
-  // 0.7.1: quarter turns of RGB windows copied in tall narrow blocks (same bytes, faster)
+  // 0.7.1: quarter turns in tall narrow blocks, a mask 8 x 8 pixels at a time (same bytes)
   m.attr("__version__") = "0.7.1";
   m.def(
       "head_logits",

@@ -4,6 +4,7 @@
 #include "window.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <vector>
 
@@ -82,6 +83,60 @@ void copy_block(const PixelView& src, const uint32_t* table, const Walk& w, int6
   }
 }
 
+// x[r] holds bytes c = 0..7 of row r of an 8 x 8 block (byte c at bits 8c): afterwards x[c]
+// holds column c. Three rounds swap the off-diagonal 4 x 4, 2 x 2 and 1 x 1 blocks.
+inline void transpose_8x8(uint64_t (&x)[8]) {
+  for (int r : {0, 1, 2, 3}) {
+    const uint64_t t = ((x[r] >> 32) ^ x[r + 4]) & 0x00000000FFFFFFFFull;
+    x[r] ^= t << 32;
+    x[r + 4] ^= t;
+  }
+  for (int r : {0, 1, 4, 5}) {
+    const uint64_t t = ((x[r] >> 16) ^ x[r + 2]) & 0x0000FFFF0000FFFFull;
+    x[r] ^= t << 16;
+    x[r + 2] ^= t;
+  }
+  for (int r : {0, 2, 4, 6}) {
+    const uint64_t t = ((x[r] >> 8) ^ x[r + 1]) & 0x00FF00FF00FF00FFull;
+    x[r] ^= t << 8;
+    x[r + 1] ^= t;
+  }
+}
+
+// Whether quarter_bytes can turn `src`: one byte a pixel along contiguous rows, on a
+// little-endian CPU (x86-64, arm64).
+bool bytes_by_eight(const PixelView& src, const Walk& w) {
+  return std::endian::native == std::endian::little && src.channels == 1 && w.jy != 0 &&
+         (src.col_stride == 1 || src.col_stride == -1);
+}
+
+// A mask's quarter turn (bytes_by_eight), 8 x 8 pixels at a time: 8 bytes of each of eight
+// source rows, transposed in registers, are 8 bytes of each of eight output rows, where the
+// pixel loop moved one byte per load and store. Rows and columns left over go pixel by pixel.
+void quarter_bytes(const PixelView& src, const Walk& w, int64_t out_cols, int64_t i0,
+                   int64_t i1, int64_t j0, int64_t j1, uint8_t* out) {
+  const int64_t step_i = w.ix * src.col_stride;  // +-1: a quarter turn has iy == 0
+  const int64_t step_j = w.jy * src.row_stride + w.jx * src.col_stride;
+  const uint8_t* origin =
+      src.data + w.origin_y * src.row_stride + w.origin_x * src.col_stride;
+  const int64_t i8 = i0 + (i1 - i0) / 8 * 8, j8 = j0 + (j1 - j0) / 8 * 8;
+  for (int64_t i = i0; i < i8; i += 8) {
+    // output rows i..i+7 read source columns (i..i+7) * step_i: the lowest address first
+    const int64_t first = step_i > 0 ? i * step_i : (i + 7) * step_i;
+    for (int64_t j = j0; j < j8; j += 8) {
+      uint64_t x[8];  // x[b] byte a: source row j + b, the column of output row i + a
+      for (int b = 0; b < 8; ++b) {
+        std::memcpy(&x[b], origin + (j + b) * step_j + first, 8);
+        if (step_i < 0) x[b] = __builtin_bswap64(x[b]);
+      }
+      transpose_8x8(x);  // x[a] byte b: output pixel (i + a, j + b)
+      for (int a = 0; a < 8; ++a) std::memcpy(out + (i + a) * out_cols + j, &x[a], 8);
+    }
+  }
+  if (j8 < j1) copy_block<false, 1>(src, nullptr, w, out_cols, i0, i8, j8, j1, out);
+  if (i8 < i1) copy_block<false, 1>(src, nullptr, w, out_cols, i8, i1, j0, j1, out);
+}
+
 // The gains over a block just written (still in cache), as a second loop: inside the gather
 // loop the float work stalled the table's cache misses (0.33 -> 1.2 s per 4032^2 window).
 // gain_x3 holds gain_x repeated per channel, so each row is one flat loop the compiler
@@ -105,17 +160,20 @@ void copy_all(const PixelView& src, const uint32_t* table, const Gains* gains, c
     for (int64_t k = 0; k < out_cols * 3; ++k) gain_x3[k] = gains->x[k / 3];
   }
   // Quarter turns read the source down its columns, a source row (and page) per output pixel,
-  // in blocks that keep both sides in cache. For RGB, tall narrow blocks (few source rows, a
-  // long stretch of each) beat square ones by a third (docs/experiments.md); a mask's 1-byte
-  // pixels keep square blocks, which were as fast there.
+  // in blocks that keep both sides in cache: tall narrow ones (few source rows, a long
+  // stretch of each) beat square ones by a third (docs/experiments.md).
   const bool quarter = w.jy != 0;
-  const int64_t block_rows = quarter && kChannels == 3 ? 256 : 64;
-  const int64_t block_cols = !quarter ? out_cols : kChannels == 3 ? 32 : 64;
+  const bool by_eight = bytes_by_eight(src, w);
+  const int64_t block_rows = quarter ? 256 : 64, block_cols = quarter ? 32 : out_cols;
   for (int64_t i0 = 0; i0 < out_rows; i0 += block_rows) {
     for (int64_t j0 = 0; j0 < out_cols; j0 += block_cols) {
       const int64_t i1 = std::min(out_rows, i0 + block_rows);
       const int64_t j1 = std::min(out_cols, j0 + block_cols);
-      copy_block<kTable, kChannels>(src, table, w, out_cols, i0, i1, j0, j1, out);
+      if (!kTable && kChannels == 1 && by_eight) {
+        quarter_bytes(src, w, out_cols, i0, i1, j0, j1, out);
+      } else {
+        copy_block<kTable, kChannels>(src, table, w, out_cols, i0, i1, j0, j1, out);
+      }
       if constexpr (kGains) light_block(gains->y, gain_x3.data(), out_cols, i0, i1, j0, j1, out);
     }
   }

@@ -66,19 +66,25 @@ void copy_block(const PixelView& src, const uint32_t* table, const Walk& w, int6
     }
     return;
   }
+  // A looked-up colour is a word (R, G, B, 0): stored as one, its fourth byte overwritten by
+  // the next pixel's, but for a row's last pixel, where it would reach past the block.
+  if constexpr (kTable) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint8_t* p = origin + i * step_i + j0 * step_j;
+      uint8_t* q = out + (i * out_cols + j0) * kChannels;
+      for (int64_t j = j0; j < j1; ++j, p += step_j, q += kChannels) {
+        const uint32_t index = (uint32_t(p[0]) << 16) | (uint32_t(p[cs]) << 8) | p[2 * cs];
+        if (j + 1 < j1) std::memcpy(q, table + index, 4);  // sizes known: one move each
+        else std::memcpy(q, table + index, 3);
+      }
+    }
+    return;
+  }
   for (int64_t i = i0; i < i1; ++i) {
     const uint8_t* p = origin + i * step_i + j0 * step_j;
     uint8_t* q = out + (i * out_cols + j0) * kChannels;
     for (int64_t j = j0; j < j1; ++j, p += step_j, q += kChannels) {
-      if constexpr (kTable) {
-        const uint32_t index = (uint32_t(p[0]) << 16) | (uint32_t(p[cs]) << 8) | p[2 * cs];
-        const auto* colour = reinterpret_cast<const uint8_t*>(table + index);
-        q[0] = colour[0];
-        q[1] = colour[1];
-        q[2] = colour[2];
-      } else {
-        for (int c = 0; c < kChannels; ++c) q[c] = p[c * cs];
-      }
+      for (int c = 0; c < kChannels; ++c) q[c] = p[c * cs];
     }
   }
 }

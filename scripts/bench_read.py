@@ -28,6 +28,7 @@ from rich.table import Table
 from gigamlx.backends import get_backend
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import plan_tiles
+from gigamlx.core.memory import keep_freed_memory, parse_bytes
 from gigamlx.runs.config import DEFAULTS, parse_region
 from gigamlx.slide.store import open_store
 from gigamlx.train.augment import draw_illumination, draw_jitter, lut32
@@ -68,6 +69,9 @@ def main(
     ),
 ) -> None:
     """Time one pass of window reads: numpy vs native turn, zarr vs direct chunk decode."""
+    # freed windows reused as in a training process (its backend's bound_memory at the
+    # default budget), instead of fresh pages faulted in for every window
+    keep_freed_memory(parse_bytes(DEFAULTS.memory_budget) // 4)
     slide = open_training_slides(tuple(slides or ()))[0]
     by_zarr = open_store(slide.path, direct_chunks=False)
     source_hw = parse_region(region)

@@ -483,14 +483,8 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
         mask = rng.integers(0, 2, hw, dtype=np.uint8)
         for flip in (False, True):
             for rot90 in range(4):
-                for block in (
-                    rgb,
-                    planar,
-                    mask,
-                    mask[3:, ::2],
-                    mask[:, ::-1],
-                    rgb[1:, ::-1],
-                ):  # strided views too
+                strided = (mask[3:, ::2], mask[:, ::-1], rgb[1:, ::-1])
+                for block in (rgb, planar, mask, *strided):
                     want = np.ascontiguousarray(turn(block, flip, rot90))
                     got = fused.turn_window(block, None, flip, rot90)
                     assert got.flags.c_contiguous and got.base is None
@@ -499,10 +493,9 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
                 out_hw = recoloured.shape[:2]
                 # gains round to .5 on some pixels (x.5 * 2 = odd): rounding half to even is tested
                 rows, cols = np.arange(out_hw[0]), np.arange(out_hw[1])
+                row_gains = np.where(rows % 2 == 0, 1.0, rng.uniform(0.5, 1.5, out_hw[0]))
                 gains = (
-                    np.where(rows % 2 == 0, 1.0, rng.uniform(0.5, 1.5, out_hw[0])).astype(
-                        np.float32
-                    ),
+                    row_gains.astype(np.float32),
                     np.where(cols % 3 == 0, 0.5, 1.25).astype(np.float32),
                 )
                 for block in (rgb, planar):

@@ -107,16 +107,31 @@ def _apply_block(
         channel = luts[0, c][pixels[:, 0]]
         channel *= luts[1, c][pixels[:, 1]]
         channel *= luts[2, c][pixels[:, 2]] * np.float32(scale[c])
-        np.minimum(channel, np.float32(256), out=channel)  # OD >= 0: no brighter than I0
-        channel -= np.float32(1)
-        lit.append(channel)
+        lit.append(_lit(channel))
     out = np.empty(pixels.shape, np.uint8)
+    mixed = np.empty(len(pixels), np.float32)
     for c in range(3):
-        mixed = lit[0] * np.float32(mix[0, c]) + np.float32(shift)
-        mixed += lit[1] * np.float32(mix[1, c])
-        mixed += lit[2] * np.float32(mix[2, c])
-        out[:, c] = np.clip(np.rint(mixed), 0, 255)
+        out[:, c] = _mixed(lit, mix, shift, c, mixed)
     return out
+
+
+def _lit(channel: np.ndarray) -> np.ndarray:
+    """A channel's transmitted light, in place: no brighter than I0 (OD >= 0), less one."""
+    np.minimum(channel, np.float32(256), out=channel)
+    channel -= np.float32(1)
+    return channel
+
+
+def _mixed(lit, mix: np.ndarray, shift: float, c: int, out: np.ndarray) -> np.ndarray:
+    """Output channel c from the three lit channels, into `out` (float32, rounded half to even
+    and clipped to 0..255): the saturation, contrast and brightness mix, in the one order both
+    `ColorJitter.apply` and its table (`lut32`) use, so the two give the same bytes."""
+    np.multiply(lit[0], np.float32(mix[0, c]), out=out)
+    out += np.float32(shift)
+    out += lit[1] * np.float32(mix[1, c])
+    out += lit[2] * np.float32(mix[2, c])
+    np.rint(out, out=out)
+    return np.clip(out, 0, 255, out=out)
 
 
 def unpack_rgb(packed: np.ndarray) -> np.ndarray:
@@ -150,17 +165,9 @@ def lut32(jitter: ColorJitter) -> np.ndarray:
         reds = slice(red, red + LUT_RED_BLOCK)
         for c in range(3):
             red_green = luts[0, c][reds, None] * luts[1, c][None, :]
-            np.multiply(red_green[:, :, None], blue[c], out=lit[c])
-            np.minimum(lit[c], np.float32(256), out=lit[c])  # OD >= 0: no brighter than I0
-            lit[c] -= np.float32(1)
+            _lit(np.multiply(red_green[:, :, None], blue[c], out=lit[c]))
         for c in range(3):
-            np.multiply(lit[0], np.float32(mix[0, c]), out=mixed)
-            mixed += np.float32(shift)
-            mixed += lit[1] * np.float32(mix[1, c])
-            mixed += lit[2] * np.float32(mix[2, c])
-            np.rint(mixed, out=mixed)
-            np.clip(mixed, 0, 255, out=mixed)
-            table[reds, :, :, c] = mixed
+            table[reds, :, :, c] = _mixed(lit, mix, shift, c, mixed)
     return table.view(np.uint32).ravel()
 
 

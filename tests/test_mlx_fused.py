@@ -260,6 +260,18 @@ def test_fused_down1_generic_shape_matches_pure_mlx():
     assert y.shape == y_ref.shape and _rel(y, y_ref) <= VALUE_RTOL
     for g, w in zip(got, want, strict=True):
         assert _rel(g, w) <= GRAD_RTOL
+    if fused.reads_uint8():  # two channels' byte values looked up: bit for bit value / 255
+        x_u8 = mx.array(np.random.default_rng(11).integers(0, 256, x.shape, dtype=np.uint8))
+
+        def vjp_of(image):
+            return mx.vjp(
+                lambda w, b: fused.down1(image, w, b, 4, 2, keep_yx), [weight, bias], [cotangent]
+            )
+
+        (y8,), got8 = vjp_of(x_u8)
+        (y,), got = vjp_of(x_u8.astype(mx.float32) / 255.0)
+        assert mx.array_equal(y8, y)
+        assert all(mx.array_equal(a, b) for a, b in zip(got8, got, strict=True))
 
 
 def test_fused_kernels_read_uint8_images_as_value_over_255():

@@ -21,7 +21,9 @@ NB_MODULE(gigamlx_fused, m) {
   // 0.5: turn_window's row and column gains (the uneven-illumination augmentation)
   // 0.7: uint8_array (numpy to MLX in one parallel copy); tile_loss takes uint8 targets
   // 0.7.1: quarter turns in tall narrow blocks, a mask 8 x 8 pixels at a time (same bytes)
-  m.attr("__version__") = "0.7.1";
+  // 0.7.2: down1 reads its input rows through a table of the 256 byte values and reuses them
+  // across a thread's consecutive chunks (same bits)
+  m.attr("__version__") = "0.7.2";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -26,22 +27,26 @@ inline int worker_count(int work_items) {
 }
 
 // Run f(state, begin, end, chunk) over [0, n) in chunks of `chunk` rows that the threads
-// (this one included) claim one at a time, each thread with its own state = make(). A thread
-// slowed down by another process or by the prefetch thread then takes fewer chunks instead of
-// holding the others up at the join (a static split leaves a core idle). Results must depend
-// only on the chunk index, never on which thread ran it (sums: one slot per chunk).
+// (this one included) claim `claim` consecutive chunks at a time, each thread with its own
+// state = make(). A thread slowed down by another process or by the prefetch thread then takes
+// fewer chunks instead of holding the others up at the join (a static split leaves a core
+// idle); consecutive chunks in one claim let a thread reuse what its state cached (input rows
+// shared by neighbouring output rows). Results must depend only on the chunk index, never on
+// which thread ran it (sums: one slot per chunk).
 template <class Make, class F>
-void parallel_chunks(int n, int chunk, Make&& make, F&& f) {
-  const int chunks = (n + chunk - 1) / chunk;
+void parallel_chunks(int n, int chunk, Make&& make, F&& f, int claim = 1) {
+  const int chunks = (n + chunk - 1) / chunk, claims = (chunks + claim - 1) / claim;
   std::atomic<int> next{0};
   auto run = [&]() {
     auto state = make();
-    for (int c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
-      f(state, c * chunk, std::min(n, (c + 1) * chunk), c);
+    for (int c0 = next.fetch_add(claim); c0 < chunks; c0 = next.fetch_add(claim)) {
+      for (int c = c0; c < std::min(chunks, c0 + claim); ++c) {
+        f(state, c * chunk, std::min(n, (c + 1) * chunk), c);
+      }
     }
   };
   std::vector<std::thread> pool;
-  for (int t = 1; t < worker_count(chunks); ++t) pool.emplace_back(run);
+  for (int t = 1; t < worker_count(claims); ++t) pool.emplace_back(run);
   run();
   for (auto& th : pool) th.join();
 }
@@ -112,6 +117,9 @@ struct Image {
   bool u8 = false;
   int channels = 3;
   InputNorm norm{};
+  // uint8 input: the float each byte value becomes, per channel ([c * 256 + value]), by the
+  // same float operations as gather's (value / 255, then standardised when on)
+  std::shared_ptr<const std::vector<float>> values;
   // out[m] = x[offset + m * step] for m in [0, n), one channel (step is a multiple of the
   // channel count); GigaUNet's steps (3, 12) are constants
   void gather(long offset, long step, int n, float* out) const {
@@ -123,6 +131,17 @@ struct Image {
       const float mean = norm.mean[c], sd = norm.std[c];
       for (int m = 0; m < n; ++m) out[m] = (out[m] - mean) / sd;
     }
+  }
+
+  // gather's values looked up by byte instead of computed: for strides the compiler cannot
+  // vectorise (down1's phase planes, 12 bytes apart), where the scalar loads cost the same
+  // either way and the two divisions per value are saved; where it can (a pixel's channel, 3
+  // apart, with byte shuffles), gather's divisions run in vectors and are cheaper
+  void gather_looked_up(long offset, long step, int n, float* out) const {
+    if (!u8) return gather(offset, step, n, out);
+    const auto* src = static_cast<const uint8_t*>(data) + offset;
+    const float* value = values->data() + (offset % channels) * 256;
+    for (int m = 0; m < n; ++m) out[m] = value[src[m * step]];
   }
 
  private:
@@ -139,11 +158,26 @@ struct Image {
   }
 };
 
+// Image::values: value / 255.0f for each byte value of each channel, then (x - mean) / std
+// when standardised.
+inline std::shared_ptr<const std::vector<float>> byte_values(int channels, const InputNorm& norm) {
+  auto table = std::make_shared<std::vector<float>>(static_cast<size_t>(channels) * 256);
+  for (int c = 0; c < channels; ++c)
+    for (int v = 0; v < 256; ++v) {
+      float x = static_cast<float>(v) / 255.0f;
+      if (norm.on) x = (x - norm.mean[c]) / norm.std[c];
+      (*table)[c * 256 + v] = x;
+    }
+  return table;
+}
+
 inline Image image_of(const mx::array& x, const InputNorm& norm = {}) {
   require(!norm.on || x.shape(3) == 3, "a standardised input must have 3 channels");
-  return Image{x.dtype() == mx::uint8 ? static_cast<const void*>(x.data<uint8_t>())
-                                      : static_cast<const void*>(x.data<float>()),
-               x.dtype() == mx::uint8, static_cast<int>(x.shape(3)), norm};
+  const bool u8 = x.dtype() == mx::uint8;
+  const int channels = static_cast<int>(x.shape(3));
+  return Image{u8 ? static_cast<const void*>(x.data<uint8_t>())
+                  : static_cast<const void*>(x.data<float>()),
+               u8, channels, norm, u8 ? byte_values(channels, norm) : nullptr};
 }
 
 // The input image: uint8 (0..255) or float32, row-contiguous.

@@ -14,7 +14,8 @@
 namespace gigamlx {
 namespace {
 
-constexpr int kRowsPerChunk = 8;  // output rows a thread claims at a time
+constexpr int kRowsPerChunk = 8;   // output rows per chunk
+constexpr int kChunksPerClaim = 4;  // consecutive chunks a thread claims at a time
 
 bool row_inside(const Down1Args& a, int i) { return i >= a.keep[0] && i < a.keep[2]; }
 
@@ -177,7 +178,7 @@ void down1_forward(const Down1Args& a, const float* bias, float* out) {
       write_rows(a, bias, st.acc.data(), n, i0, count, out);
       r += count;
     }
-  });
+  }, kChunksPerClaim);
 }
 
 }  // namespace gigamlx

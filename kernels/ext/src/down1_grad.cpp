@@ -111,7 +111,7 @@ void down1_backward(const Down1Args& a, const float* out, const float* d_out,
                     std::vector<double>& d_weight, std::vector<double>& d_bias) {
   const Down1Dims& d = a.d;
   const int Ho = d.out_h(), Wo = d.out_w(), total = d.n * Ho;
-  constexpr int kRowsPerChunk = 8;
+  constexpr int kRowsPerChunk = 8, kChunksPerClaim = 4;  // a claim's chunks share input rows
   // per chunk: d weight then d bias, summed in chunk order below
   std::vector<std::vector<double>> parts((total + kRowsPerChunk - 1) / kRowsPerChunk);
   auto make = [&] { return Worker(d); };
@@ -126,7 +126,7 @@ void down1_backward(const Down1Args& a, const float* out, const float* d_out,
     }
     parts[chunk] = wk.weight;
     parts[chunk].insert(parts[chunk].end(), wk.bias.begin(), wk.bias.end());
-  });
+  }, kChunksPerClaim);
   const std::vector<double> total_sums = sum_chunks(parts);
   const size_t n_weight = static_cast<size_t>(d.c_out) * d.k * d.k * d.c_in;
   d_weight.assign(total_sums.begin(), total_sums.begin() + n_weight);

@@ -39,19 +39,25 @@ class PlaneRing {
   // rows and columns outside a standardised input's keep box, stay zero
   void fill(const Image& x, int y, long row, float* dst) const {
     const int M = d_.plane(), c_in = d_.c_in, step = d_.s * c_in;
-    std::fill(dst, dst + size_, 0.0f);
-    if (!x.norm.row_inside(y)) return;
+    if (!x.norm.row_inside(y)) {
+      std::fill(dst, dst + size_, 0.0f);
+      return;
+    }
     const int col_lo = x.norm.col_lo(), col_hi = x.norm.col_hi(d_.w);
     for (int ph = 0; ph < d_.s; ++ph) {
       // plane columns m whose input column s*m + ph - pad lies in [col_lo, col_hi)
       const int first = col_lo - ph + d_.p;  // s * m_lo at least
-      const int m_lo = std::max(0, first <= 0 ? 0 : (first + d_.s - 1) / d_.s);
+      const int m_lo = std::min(M, std::max(0, first <= 0 ? 0 : (first + d_.s - 1) / d_.s));
       const int last = col_hi - 1 - ph + d_.p;  // s * m_hi - s at most
-      const int m_hi = last < 0 ? 0 : std::min(M, last / d_.s + 1);
+      const int m_hi = std::max(m_lo, last < 0 ? 0 : std::min(M, last / d_.s + 1));
       for (int c = 0; c < c_in; ++c) {
         float* plane = dst + (ph * c_in + c) * M;
-        if (m_hi > m_lo) x.gather(row + (ph - d_.p) * c_in + c + m_lo * step, step, m_hi - m_lo,
-                                  plane + m_lo);
+        std::fill(plane, plane + m_lo, 0.0f);  // only the columns no input reaches
+        if (m_hi > m_lo) {
+          x.gather_looked_up(row + (ph - d_.p) * c_in + c + m_lo * step, step, m_hi - m_lo,
+                             plane + m_lo);
+        }
+        std::fill(plane + m_hi, plane + M, 0.0f);
       }
     }
   }

@@ -1,0 +1,207 @@
+"""Time the fused CPU kernels on one training window, and compare two builds of the extension.
+
+    python scripts/bench_kernels.py                          # the installed gigamlx_fused
+    python scripts/bench_kernels.py --against OLD/gigamlx_fused.cpython-311-x86_64-linux-gnu.so
+
+A window of the default 2 GB budget's training tile (4288x4864: a 4032x4608 tile with its
+halo), uint8 and standardised in the kernel as training reads it: down1 (the 16x16 stride-4
+first layer) and the head (up-sampling, concatenation with the input, 3x3 conv), forward and
+forward + gradients. With `--against`, a second build is loaded into the same process and the
+two alternate `--rounds` times, so their ratio is taken under the same load; their outputs and
+gradients are compared bit for bit. Prints a table with numpy's sgemm beside it, writes JSON.
+
+An older build to compare with, from its commit (the extension builds in under a minute):
+
+    git worktree add /tmp/old COMMIT
+    pip install --no-build-isolation --target /tmp/old/site /tmp/old/kernels/ext
+    python scripts/bench_kernels.py --against /tmp/old/site/gigamlx_fused.*.so
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+from gigamlx.backends.mlx.blas import preload_blas
+
+BLAS = preload_blas()  # must run before mlx.core is imported
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+from benchmarks_md import publish, sgemm_gflops  # noqa: E402  (scripts/benchmarks_md.py)
+
+from gigamlx.backends.mlx import fused  # noqa: E402
+from gigamlx.core.memory import keep_freed_memory  # noqa: E402
+
+MARKDOWN_TITLE = "Fused CPU kernels on one training window (bench_kernels.py)"
+MARKDOWN_WHAT = (
+    "Best-of-`--repeat` milliseconds of the extension's kernels on a 4288x4864 uint8 window "
+    "standardised in the kernel (the 2 GB budget's training tile with its halo), forward and "
+    "forward + gradients; GFLOP/s from the multiply-adds of each op's own arithmetic."
+)
+# down1: 16x16x3 -> 2 at stride 4; the head: up1 (4 -> 3 channels, 4x4 stride 4) + 3x3x6 -> 1
+DOWN1_MAC_PER_OUT = 16 * 16 * 3 * 2
+HEAD_MAC_PER_PX = 3 * 4 + 9 * 6
+# the head's gradients: d w_head (9x6), d of the 3 up-sampled channels (9x3), d w_up and d h2
+HEAD_GRAD_MAC_PER_PX = 9 * 6 + 9 * 3 + 2 * 3 * 4
+
+
+def load_build(path: Path) -> ModuleType:
+    """A build of the extension from its .so file, beside the installed one."""
+    spec = importlib.util.spec_from_file_location("gigamlx_fused", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_inputs(window_hw: tuple[int, int]) -> dict:
+    """A random uint8 window, the coarse input of up1, weights and cotangents."""
+    h, w = window_hw
+    rng = np.random.default_rng(0)
+    ho, wo = (h + 2 * 6 - 16) // 4 + 1, (w + 2 * 6 - 16) // 4 + 1
+
+    def normal(shape, scale=1.0):
+        return mx.array(rng.normal(0, scale, shape).astype(np.float32))
+
+    inputs = {
+        "x": mx.array(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8)),
+        "norm": ([0.7, 0.6, 0.75], [0.2, 0.25, 0.18], (0, 0, h, w)),
+        "down1": (normal((2, 16, 16, 3), 0.05), normal((2,), 0.1)),
+        "down1_keep": (0, 0, ho, wo),
+        "down1_cotangent": normal((1, ho, wo, 2)),
+        "h2": mx.maximum(normal((1, h // 4, w // 4, 4)), 0),
+        "head": (normal((3, 4, 4, 4), 0.3), normal((3,), 0.1)),
+        "head_conv": (normal((1, 3, 3, 6), 0.3), normal((1,), 0.1)),
+        "head_cotangent": normal((1, h, w, 1)),
+        "macs": {
+            "down1": ho * wo * DOWN1_MAC_PER_OUT,
+            "head": h * w * HEAD_MAC_PER_PX,
+            "head_grad": h * w * HEAD_GRAD_MAC_PER_PX,
+        },
+    }
+    mx.eval([v for v in inputs.values() if isinstance(v, mx.array)])
+    return inputs
+
+
+def kernel_calls(module: ModuleType, a: dict) -> dict[str, tuple[Callable, int]]:
+    """name -> (a call returning arrays, its multiply-adds)."""
+    x, norm, keep = a["x"], a["norm"], a["down1_keep"]
+
+    def down1(weight, bias):
+        return module.down1(x, weight, bias, 4, 6, keep, *norm)
+
+    def head(h2, w_up, b_up, w_head, b_head):
+        return module.head_logits(h2, x, w_up, b_up, w_head, b_head, norm[2], *norm)
+
+    head_args = [a["h2"], *a["head"], *a["head_conv"]]
+    macs = a["macs"]
+    return {
+        "down1 forward": (lambda: [down1(*a["down1"])], macs["down1"]),
+        "down1 forward+grad": (
+            lambda: mx.vjp(down1, list(a["down1"]), [a["down1_cotangent"]]),
+            2 * macs["down1"],
+        ),
+        "head forward": (lambda: [head(*head_args)], macs["head"]),
+        "head forward+grad": (
+            lambda: mx.vjp(head, head_args, [a["head_cotangent"]]),
+            macs["head"] + macs["head_grad"],
+        ),
+    }
+
+
+def best_ms(call: Callable, repeat: int) -> tuple[float, list]:
+    """Best wall milliseconds of `repeat` evaluated calls (after one warm-up), and the output."""
+    out = call()
+    mx.eval(out)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = call()
+        mx.eval(out)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3, out
+
+
+def flat(output) -> list[mx.array]:
+    if isinstance(output, mx.array):
+        return [output]
+    return [leaf for item in output for leaf in flat(item)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--window", default="4288x4864", help="window H x W in pixels")
+    parser.add_argument("--repeat", type=int, default=5, help="timed calls per round (best kept)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, builds alternating")
+    parser.add_argument("--against", type=Path, help="another build's .so to compare with")
+    parser.add_argument("--json", type=Path, default=Path("out/bench_kernels.json"))
+    parser.add_argument(
+        "--markdown", type=Path, help="rewrite this script's section of docs/benchmarks.md"
+    )
+    args = parser.parse_args()
+    keep_freed_memory(500_000_000)  # a training process keeps freed windows for reuse
+    module, version = fused._load()
+    if module is None:
+        raise SystemExit(f"the fused extension is not installed ({version}): bash setup.sh")
+    builds = {f"installed {module.__version__}": module}
+    if args.against:
+        other = load_build(args.against)
+        builds[f"against {other.__version__}"] = other
+    h, w = (int(v) for v in args.window.lower().split("x"))
+    inputs = make_inputs((h, w))
+    sgemm = sgemm_gflops()
+    print(f"window {h}x{w}; numpy sgemm {sgemm:.0f} GFLOP/s; BLAS {BLAS.name}")
+    times: dict[tuple[str, str], list[float]] = {}
+    outputs: dict[tuple[str, str], list] = {}
+    macs: dict[str, int] = {}
+    for round_ in range(args.rounds):
+        for build, mod in builds.items():
+            for name, (call, count) in kernel_calls(mod, inputs).items():
+                ms, out = best_ms(call, args.repeat)
+                times.setdefault((name, build), []).append(ms)
+                outputs.setdefault((name, build), flat(out))
+                macs[name] = count
+            print(f"round {round_ + 1}: {build} done", flush=True)
+    names = list(builds)
+    header = ["kernel", *(f"{b} ms" for b in names), "GFLOP/s", "% sgemm"]
+    if len(names) == 2:
+        header += ["installed / against", "same bits"]
+    rows, table = [], []
+    for name in macs:
+        best = {b: min(times[(name, b)]) for b in names}
+        gflops = 2 * macs[name] / best[names[0]] / 1e6
+        cells = [name, *(f"{best[b]:.1f}" for b in names), f"{gflops:.1f}"]
+        cells.append(f"{100 * gflops / sgemm:.0f}%")
+        row = {"kernel": name, "best_ms": best, "rounds_ms": {b: times[(name, b)] for b in names}}
+        if len(names) == 2:
+            same = all(
+                mx.array_equal(p, q).item()
+                for p, q in zip(outputs[(name, names[0])], outputs[(name, names[1])], strict=True)
+            )
+            cells += [f"{best[names[0]] / best[names[1]]:.2f}", "yes" if same else "NO"]
+            row["same_bits"] = same
+        rows.append({**row, "gflops": gflops})
+        table.append(cells)
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
+    for cells in [header, *table]:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    facts = {"window_hw": [h, w], "sgemm_gflops": sgemm, "builds": names, "kernels": rows}
+    args.json.write_text(json.dumps(facts, indent=2))
+    print(f"wrote {args.json}")
+    if args.markdown:
+        from benchmarks_md import markdown_table
+
+        tables = [f"window {h}x{w}; numpy sgemm {sgemm:.0f} GFLOP/s", markdown_table(header, table)]
+        publish(args.markdown, "bench_kernels.py", MARKDOWN_TITLE, MARKDOWN_WHAT, tables, sgemm)
+
+
+if __name__ == "__main__":
+    main()

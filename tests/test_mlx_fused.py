@@ -338,6 +338,40 @@ def test_fused_kernels_standardise_as_the_pure_mlx_path_does():
     assert not mx.array_equal(fused.head_logits(h2, x_u8, *tail, box), z_k)
 
 
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [
+        ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),  # powers of two: exact reciprocals
+        ((0.0, 1.0, 0.371), (1.0, 1e-3, 7.3)),  # no shift, a tiny and a large spread
+        *[(tuple(m), tuple(s)) for m, s in np.random.default_rng(9).uniform(
+            [[0.3] * 3, [0.02] * 3], [[0.95] * 3, [0.4] * 3], (4, 2, 3)).tolist()],
+    ],
+)  # fmt: skip
+def test_fused_standardisation_is_bit_exact_for_every_byte_value(mean, std):
+    """Every byte value of every channel, standardised in the kernels, is what the pure-MLX
+    path computes bit for bit, whatever the slide's statistics (the kernels may compute the
+    divisions as corrected products only where that gives the quotients exactly)."""
+    _require_ext()
+    if not fused.standardises():
+        pytest.skip("extension built before 0.3 (no standardisation): bash setup.sh rebuilds it")
+    rng = np.random.default_rng(10)
+    values = np.stack([rng.permutation(256) for _ in range(3)], axis=-1)  # each byte, each channel
+    x_u8 = mx.array(np.tile(values.reshape(16, 16, 3), (3, 4, 1))[None].astype(np.uint8))
+    norm = InputNorm(mean, std)
+    in_box = Box(0, 0, 48, 64)
+    x_std = _standardised(x_u8, norm, in_box, (48, 64))
+    kernel_norm = (norm.mean, norm.std, (0, 0, 48, 64))
+    h2, _, *tail = _tail_inputs(1, 12, 16, seed=10)
+    box = (0, 0, 48, 64)
+    z = fused.head_logits(h2, x_u8, *tail, box, kernel_norm)
+    assert mx.array_equal(z, fused.head_logits(h2, x_std, *tail, box))
+    mx.random.seed(10)
+    weight, bias = mx.random.normal((2, 16, 16, 3)) * 0.05, mx.random.normal((2,)) * 0.1
+    keep = (0, 0, 12, 16)
+    y = fused.down1(x_u8, weight, bias, 4, 6, keep, kernel_norm)
+    assert mx.array_equal(y, fused.down1(x_std, weight, bias, 4, 6, keep))
+
+
 def test_fused_down1_refuses_an_input_gradient():
     _require_ext()
     x = mx.random.uniform(shape=(1, 16, 16, 3))

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -112,6 +113,21 @@ inline InputNorm input_norm(const std::vector<float>& mean, const std::vector<fl
 // The network input x: float32 in [0, 1], or uint8 read as value / 255.0f (bit for bit what
 // the pure-MLX path computes with astype(float32) / 255), which spares a tile two full-size
 // float copies of its window; then standardised as the pure-MLX path does, (x - mean) / std.
+// a / d as the product with r = 1 / d corrected once by its residual (two FMAs): nearly always
+// the correctly rounded quotient, and used only where every value was checked to give it.
+inline float divided(float a, float d, float r) {
+  const float q = a * r;
+  return std::fma(std::fma(-q, d, a), r, q);
+}
+
+// `divided` is cheaper than a division only where FMA is an instruction (a library call
+// otherwise, which also keeps the loops scalar).
+#if defined(__FMA__) || defined(__aarch64__)
+constexpr bool kFmaInstruction = true;
+#else
+constexpr bool kFmaInstruction = false;
+#endif
+
 struct Image {
   const void* data = nullptr;
   bool u8 = false;
@@ -120,6 +136,11 @@ struct Image {
   // uint8 input: the float each byte value becomes, per channel ([c * 256 + value]), by the
   // same float operations as gather's (value / 255, then standardised when on)
   std::shared_ptr<const std::vector<float>> values;
+  // uint8 input: gather's two divisions done by `divided`, which gives every entry of `values`
+  // bit for bit (checked for all 256 bytes of each channel, see image_of); vector divisions
+  // took a third of the head's feature rows
+  bool by_products = false;
+  std::array<float, 3> r_std{1.0f, 1.0f, 1.0f};  // 1 / norm.std
   // out[m] = x[offset + m * step] for m in [0, n), one channel (step is a multiple of the
   // channel count); GigaUNet's steps (3, 12) are constants
   void gather(long offset, long step, int n, float* out) const {
@@ -128,15 +149,19 @@ struct Image {
     else gather_as<0>(offset, step, n, out);
     if (norm.on) {
       const int c = static_cast<int>(offset % channels);
-      const float mean = norm.mean[c], sd = norm.std[c];
-      for (int m = 0; m < n; ++m) out[m] = (out[m] - mean) / sd;
+      const float mean = norm.mean[c], sd = norm.std[c], r = r_std[c];
+      if (by_products) {
+        for (int m = 0; m < n; ++m) out[m] = divided(out[m] - mean, sd, r);
+      } else {
+        for (int m = 0; m < n; ++m) out[m] = (out[m] - mean) / sd;
+      }
     }
   }
 
   // gather's values looked up by byte instead of computed: for strides the compiler cannot
   // vectorise (down1's phase planes, 12 bytes apart), where the scalar loads cost the same
-  // either way and the two divisions per value are saved; where it can (a pixel's channel, 3
-  // apart, with byte shuffles), gather's divisions run in vectors and are cheaper
+  // either way and the arithmetic per value is saved; where it can (a pixel's channel, 3
+  // apart, with byte shuffles), gather's arithmetic runs in vectors and is cheaper
   void gather_looked_up(long offset, long step, int n, float* out) const {
     if (!u8) return gather(offset, step, n, out);
     const auto* src = static_cast<const uint8_t*>(data) + offset;
@@ -148,7 +173,11 @@ struct Image {
   template <int kStep>
   void gather_as(long offset, long step, int n, float* out) const {
     const long stride = kStep ? kStep : step;
-    if (u8) {
+    if (u8 && by_products) {
+      const auto* src = static_cast<const uint8_t*>(data) + offset;
+      constexpr float r255 = 1.0f / 255.0f;
+      for (int m = 0; m < n; ++m) out[m] = divided(static_cast<float>(src[m * stride]), 255.0f, r255);
+    } else if (u8) {
       const auto* src = static_cast<const uint8_t*>(data) + offset;
       for (int m = 0; m < n; ++m) out[m] = static_cast<float>(src[m * stride]) / 255.0f;
     } else {
@@ -171,13 +200,30 @@ inline std::shared_ptr<const std::vector<float>> byte_values(int channels, const
   return table;
 }
 
+// Whether gather's arithmetic by `divided` gives every entry of `values` bit for bit: the
+// input has only 256 values per channel, so checking them all decides it for this image.
+inline bool products_give(const Image& x) {
+  if (!kFmaInstruction || !x.u8) return false;
+  const auto same = [](float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; };
+  for (int c = 0; c < x.channels; ++c)
+    for (int v = 0; v < 256; ++v) {
+      float got = divided(static_cast<float>(v), 255.0f, 1.0f / 255.0f);
+      if (x.norm.on) got = divided(got - x.norm.mean[c], x.norm.std[c], x.r_std[c]);
+      if (!same(got, (*x.values)[c * 256 + v])) return false;
+    }
+  return true;
+}
+
 inline Image image_of(const mx::array& x, const InputNorm& norm = {}) {
   require(!norm.on || x.shape(3) == 3, "a standardised input must have 3 channels");
   const bool u8 = x.dtype() == mx::uint8;
   const int channels = static_cast<int>(x.shape(3));
-  return Image{u8 ? static_cast<const void*>(x.data<uint8_t>())
+  Image image{u8 ? static_cast<const void*>(x.data<uint8_t>())
                   : static_cast<const void*>(x.data<float>()),
-               u8, channels, norm, u8 ? byte_values(channels, norm) : nullptr};
+              u8, channels, norm, u8 ? byte_values(channels, norm) : nullptr};
+  for (int c = 0; c < 3; ++c) image.r_std[c] = 1.0f / norm.std[c];
+  image.by_products = products_give(image);
+  return image;
 }
 
 // The input image: uint8 (0..255) or float32, row-contiguous.

@@ -110,9 +110,6 @@ inline InputNorm input_norm(const std::vector<float>& mean, const std::vector<fl
   return InputNorm{true, {mean[0], mean[1], mean[2]}, {std[0], std[1], std[2]}, keep};
 }
 
-// The network input x: float32 in [0, 1], or uint8 read as value / 255.0f (bit for bit what
-// the pure-MLX path computes with astype(float32) / 255), which spares a tile two full-size
-// float copies of its window; then standardised as the pure-MLX path does, (x - mean) / std.
 // a / d as the product with r = 1 / d corrected once by its residual (two FMAs): nearly always
 // the correctly rounded quotient, and used only where every value was checked to give it.
 inline float divided(float a, float d, float r) {
@@ -127,7 +124,11 @@ constexpr bool kFmaInstruction = true;
 #else
 constexpr bool kFmaInstruction = false;
 #endif
+constexpr float kReciprocal255 = 1.0f / 255.0f;
 
+// The network input x: float32 in [0, 1], or uint8 read as value / 255.0f (bit for bit what
+// the pure-MLX path computes with astype(float32) / 255), which spares a tile two full-size
+// float copies of its window; then standardised as the pure-MLX path does, (x - mean) / std.
 struct Image {
   const void* data = nullptr;
   bool u8 = false;
@@ -136,9 +137,8 @@ struct Image {
   // uint8 input: the float each byte value becomes, per channel ([c * 256 + value]), by the
   // same float operations as gather's (value / 255, then standardised when on)
   std::shared_ptr<const std::vector<float>> values;
-  // uint8 input: gather's two divisions done by `divided`, which gives every entry of `values`
-  // bit for bit (checked for all 256 bytes of each channel, see image_of); vector divisions
-  // took a third of the head's feature rows
+  // uint8 input: gather's two divisions done by `divided` (vector divisions are slow), which
+  // gives every entry of `values` bit for bit (all 256 bytes of each channel checked, image_of)
   bool by_products = false;
   std::array<float, 3> r_std{1.0f, 1.0f, 1.0f};  // 1 / norm.std
   // out[m] = x[offset + m * step] for m in [0, n), one channel (step is a multiple of the
@@ -175,8 +175,9 @@ struct Image {
     const long stride = kStep ? kStep : step;
     if (u8 && by_products) {
       const auto* src = static_cast<const uint8_t*>(data) + offset;
-      constexpr float r255 = 1.0f / 255.0f;
-      for (int m = 0; m < n; ++m) out[m] = divided(static_cast<float>(src[m * stride]), 255.0f, r255);
+      for (int m = 0; m < n; ++m) {
+        out[m] = divided(static_cast<float>(src[m * stride]), 255.0f, kReciprocal255);
+      }
     } else if (u8) {
       const auto* src = static_cast<const uint8_t*>(data) + offset;
       for (int m = 0; m < n; ++m) out[m] = static_cast<float>(src[m * stride]) / 255.0f;
@@ -207,7 +208,7 @@ inline bool products_give(const Image& x) {
   const auto same = [](float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; };
   for (int c = 0; c < x.channels; ++c)
     for (int v = 0; v < 256; ++v) {
-      float got = divided(static_cast<float>(v), 255.0f, 1.0f / 255.0f);
+      float got = divided(static_cast<float>(v), 255.0f, kReciprocal255);
       if (x.norm.on) got = divided(got - x.norm.mean[c], x.norm.std[c], x.r_std[c]);
       if (!same(got, (*x.values)[c * 256 + v])) return false;
     }

@@ -25,7 +25,8 @@ NB_MODULE(gigamlx_fused, m) {
   // across a thread's consecutive chunks (same bits)
   // 0.7.3: the standardisation's divisions as corrected products where all 256 byte values
   // were checked to give the same bits
-  m.attr("__version__") = "0.7.3";
+  // 0.7.4: the head's forward computes two output rows per pass over their feature rows
+  m.attr("__version__") = "0.7.4";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,

@@ -129,6 +129,40 @@ void forward_row(const HeadArgs& a, const float* rows[3], float b_head, float* z
   }
 }
 
+// Output rows y and y + 1 from feature rows y - 1 .. y + 2 (rows[0..3]): each load of a
+// feature block serves both rows it reaches. Each output's sum runs over (dy, dx, ch) in
+// forward_row's order, so the bits are the same.
+void forward_rows_2(const HeadArgs& a, const float* rows[4], float b_head, float* z_top,
+                    float* z_bottom) {
+  const int W = a.d.W(), c_f = a.d.c_f(), stride = feature_stride(W);
+  for (int x0 = 0; x0 < W; x0 += kHeadBlock) {
+    Vec top[kHeadVecs], bottom[kHeadVecs];
+    for (int v = 0; v < kHeadVecs; ++v) top[v] = bottom[v] = splat(b_head);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r)
+      for (int dx = 0; dx < 3; ++dx)
+        for (int ch = 0; ch < c_f; ++ch) {
+          const float* src = rows[r] + ch * stride + dx + x0;
+          Vec x[kHeadVecs];
+          for (int v = 0; v < kHeadVecs; ++v) x[v] = load(src + v * kLanes);
+          if (r < 3) {
+            const float wv = a.w_head[(r * 3 + dx) * c_f + ch];
+            for (int v = 0; v < kHeadVecs; ++v) top[v] += wv * x[v];
+          }
+          if (r > 0) {
+            const float wv = a.w_head[((r - 1) * 3 + dx) * c_f + ch];
+            for (int v = 0; v < kHeadVecs; ++v) bottom[v] += wv * x[v];
+          }
+        }
+    const int n = std::min(kHeadBlock, W - x0);
+    float lanes[kHeadBlock];
+    std::memcpy(lanes, top, sizeof(lanes));
+    std::copy_n(lanes, n, z_top + x0);
+    std::memcpy(lanes, bottom, sizeof(lanes));
+    std::copy_n(lanes, n, z_bottom + x0);
+  }
+}
+
 }  // namespace
 
 void head_forward(const HeadArgs& a, float b_head, float* z) {
@@ -137,18 +171,24 @@ void head_forward(const HeadArgs& a, float b_head, float* z) {
     RowRing ring;
     Expanded h2e;
   };
-  auto make = [&] { return Scratch{RowRing(a.d.c_f(), W), Expanded(a.d)}; };
+  auto make = [&] { return Scratch{RowRing(a.d.c_f(), W, 4), Expanded(a.d)}; };
   parallel_chunks(total, 32, make, [&](Scratch& st, int begin, int end, int) {
     RowRing& ring = st.ring;
     Expanded& h2e = st.h2e;
-    for (int r = begin; r < end; ++r) {
-      const int n = r / H, y = r % H;
-      const float* rows[3];
-      for (int dy = 0; dy < 3; ++dy) {
-        const int yy = y + dy - 1;
-        rows[dy] = ring.get(n, yy, [&](float* dst) { fill_features(a, n, yy, h2e, dst); });
+    for (int r = begin; r < end;) {
+      const int n = r / H, y = r % H, count = (r + 1 < end && y + 1 < H) ? 2 : 1;
+      const float* rows[4];
+      for (int k = 0; k < count + 2; ++k) {
+        const int yy = y + k - 1;
+        rows[k] = ring.get(n, yy, [&](float* dst) { fill_features(a, n, yy, h2e, dst); });
       }
-      forward_row(a, rows, b_head, z + static_cast<long>(r) * W);
+      float* z_row = z + static_cast<long>(r) * W;
+      if (count == 2) {
+        forward_rows_2(a, rows, b_head, z_row, z_row + W);
+      } else {
+        forward_row(a, rows, b_head, z_row);
+      }
+      r += count;
     }
   });
 }

@@ -14,30 +14,31 @@ namespace gigamlx {
 // zeros at 0 and W + 1 (the head's padding) and beyond, so 64-column blocks may read past W.
 inline int feature_stride(int width) { return round_up(width, 64) + 64; }
 
-// Three consecutive rows ([channels][feature_stride]), filled on demand and reused by the next
-// output row, so each row is computed once per pass.
+// The last `slots` (at least 3) consecutive rows ([channels][feature_stride]), filled on demand
+// and reused by the next output rows, so each row is computed once per pass.
 class RowRing {
  public:
-  RowRing(int channels, int width)
-      : stride_(feature_stride(width)), plane_(channels * stride_) {
-    data_.assign(3 * plane_, 0.0f);
+  RowRing(int channels, int width, int slots = 3)
+      : stride_(feature_stride(width)), plane_(channels * stride_), tags_(slots, -1) {
+    data_.assign(static_cast<size_t>(slots) * plane_, 0.0f);
   }
   template <class Fill>
   const float* get(int n, int y, Fill&& fill) {
+    const int slots = static_cast<int>(tags_.size());
     long key = static_cast<long>(n) * (1L << 24) + (y + 1);
-    int slot = (y + 3) % 3;
-    if (tag_[slot] != key) {
-      fill(data_.data() + slot * plane_);
-      tag_[slot] = key;
+    int slot = (y + slots) % slots;
+    if (tags_[slot] != key) {
+      fill(data_.data() + static_cast<size_t>(slot) * plane_);
+      tags_[slot] = key;
     }
-    return data_.data() + slot * plane_;
+    return data_.data() + static_cast<size_t>(slot) * plane_;
   }
   int stride() const { return stride_; }
 
  private:
   int stride_, plane_;
   std::vector<float> data_;
-  long tag_[3] = {-1, -1, -1};
+  std::vector<long> tags_;
 };
 
 // Coarse rows of h2 repeated s times along the row, channel-planar: row[ci][X] = h2[X / s][ci]

@@ -26,7 +26,8 @@ NB_MODULE(gigamlx_fused, m) {
   // 0.7.3: the standardisation's divisions as corrected products where all 256 byte values
   // were checked to give the same bits
   // 0.7.4: the head's forward computes two output rows per pass over their feature rows
-  m.attr("__version__") = "0.7.4";
+  // 0.7.5: down1 fills its phase planes from each channel's bytes with the corrected products
+  m.attr("__version__") = "0.7.5";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,

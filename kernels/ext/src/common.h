@@ -158,10 +158,20 @@ struct Image {
     }
   }
 
-  // gather's values looked up by byte instead of computed: for strides the compiler cannot
-  // vectorise (down1's phase planes, 12 bytes apart), where the scalar loads cost the same
-  // either way and the arithmetic per value is saved; where it can (a pixel's channel, 3
-  // apart, with byte shuffles), gather's arithmetic runs in vectors and is cheaper
+  // out[m] = the float of byte src[m * kStride] of channel c, by gather's arithmetic as
+  // corrected products: only where by_products
+  template <int kStride>
+  void bytes_by_products(const uint8_t* src, int c, int n, float* out) const {
+    const float mean = norm.on ? norm.mean[c] : 0.0f, sd = norm.std[c], r = r_std[c];
+    for (int m = 0; m < n; ++m) {
+      const float x = divided(static_cast<float>(src[m * kStride]), 255.0f, kReciprocal255);
+      out[m] = norm.on ? divided(x - mean, sd, r) : x;
+    }
+  }
+
+  // gather's values looked up by byte instead of computed by divisions: for strides the
+  // compiler cannot vectorise (down1's phase planes, 12 bytes apart, where the products are
+  // not used), the scalar loads cost the same either way and the divisions are saved
   void gather_looked_up(long offset, long step, int n, float* out) const {
     if (!u8) return gather(offset, step, n, out);
     const auto* src = static_cast<const uint8_t*>(data) + offset;

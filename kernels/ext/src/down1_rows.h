@@ -37,13 +37,25 @@ class PlaneRing {
  private:
   // input row y (at `row`, its first element) as phase planes; columns outside [0, w), and
   // rows and columns outside a standardised input's keep box, stay zero
-  void fill(const Image& x, int y, long row, float* dst) const {
+  void fill(const Image& x, int y, long row, float* dst) {
     const int M = d_.plane(), c_in = d_.c_in, step = d_.s * c_in;
     if (!x.norm.row_inside(y)) {
       std::fill(dst, dst + size_, 0.0f);
       return;
     }
     const int col_lo = x.norm.col_lo(), col_hi = x.norm.col_hi(d_.w);
+    // uint8 with the arithmetic as products, the GigaUNet shape: each channel's bytes first (3
+    // apart), then each phase's 4 apart, both vectorised, converted on the way into the plane
+    const bool staged = x.u8 && x.by_products && c_in == 3 && d_.s == 4;
+    const int padded = d_.s * M;
+    if (staged) {
+      lines_.resize(static_cast<size_t>(c_in) * padded);
+      const auto* src = static_cast<const uint8_t*>(x.data) + row;
+      for (int c = 0; c < c_in; ++c) {
+        uint8_t* line = lines_.data() + static_cast<size_t>(c) * padded + d_.p;
+        for (int col = col_lo; col < col_hi; ++col) line[col] = src[col * 3 + c];
+      }
+    }
     for (int ph = 0; ph < d_.s; ++ph) {
       // plane columns m whose input column s*m + ph - pad lies in [col_lo, col_hi)
       const int first = col_lo - ph + d_.p;  // s * m_lo at least
@@ -53,7 +65,10 @@ class PlaneRing {
       for (int c = 0; c < c_in; ++c) {
         float* plane = dst + (ph * c_in + c) * M;
         std::fill(plane, plane + m_lo, 0.0f);  // only the columns no input reaches
-        if (m_hi > m_lo) {
+        if (m_hi > m_lo && staged) {
+          const uint8_t* line = lines_.data() + static_cast<size_t>(c) * padded + ph;
+          x.bytes_by_products<4>(line + d_.s * m_lo, c, m_hi - m_lo, plane + m_lo);
+        } else if (m_hi > m_lo) {
           x.gather_looked_up(row + (ph - d_.p) * c_in + c + m_lo * step, step, m_hi - m_lo,
                              plane + m_lo);
         }
@@ -66,6 +81,7 @@ class PlaneRing {
   size_t size_;
   std::vector<long> tags_;
   std::vector<float> data_;
+  std::vector<uint8_t> lines_;  // fill's scratch: each channel's bytes of one row, padded
 };
 
 }  // namespace gigamlx

@@ -8,10 +8,17 @@ detector. The reference is drawn by `scripts/real_slide_reference.py` (docs/real
 
 Usage: python scripts/real_slide_dice.py [RUN] [--work DIR] [--json FILE]  (no RUN: bundled)
        python scripts/real_slide_dice.py --mask MASK.png   (score a ready mask instead)
+       python scripts/real_slide_dice.py --closing-um 8 --fill-holes-um2 1e6   (other settings)
+
+The tissue mask is post-processed as the model records (its checkpoint, or the bundled model's
+card); `--closing-um`, `--fill-holes-um2` and `--min-object-um2` replace single settings, as
+`gigamlx predict` takes them: a diagnostic of what the settings do on a real slide. This slide
+is a held-out check, so no default is ever chosen on it (docs/real-slide.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -77,19 +84,27 @@ def score_mask(mask: Path, store: Path) -> dict[str, float]:
 
 
 def predict_and_score(
-    checkpoint: Path, work: Path = WORK, memory_budget: str | None = None
+    checkpoint: Path,
+    work: Path = WORK,
+    memory_budget: str | None = None,
+    postprocess: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Predict the real slide with `checkpoint` (a run folder, checkpoint folder or weights
-    file, as `gigamlx predict` takes) into `work`, then `score_prediction`."""
+    file, as `gigamlx predict` takes) into `work`, then `score_prediction`. `postprocess`
+    replaces settings of the model's recorded post-processing (`PostprocessConfig` fields)."""
+    from gigamlx.infer.model import postprocess_for, trained_scale
     from gigamlx.infer.predict import PredictOptions, predict_slides
 
     store = reference_store(work)
     options = PredictOptions(overlay=True, overwrite=True)
     if memory_budget is not None:
         options = options._replace(memory_budget=memory_budget)
+    post = dataclasses.replace(postprocess_for(trained_scale(checkpoint)), **(postprocess or {}))
+    options = options._replace(postprocess=post.validate())
     result = predict_slides(checkpoint, [store], work / "predictions", options)[0]
     return score_prediction(result.outputs.zarr, store) | {
         "checkpoint": str(checkpoint),
+        "postprocess": dataclasses.asdict(post),
         "overlay": str(result.outputs.overlay),
     }
 
@@ -126,16 +141,37 @@ def main(
     work: Annotated[Path, typer.Option(help="the ingested slide and predictions")] = WORK,
     json_path: Annotated[Path | None, typer.Option("--json", help="result JSON")] = None,
     memory_budget: Annotated[str | None, typer.Option(help="predict's memory budget")] = None,
+    closing_um: Annotated[
+        float | None, typer.Option(help="closing radius, µm (default: the model's)")
+    ] = None,
+    fill_holes_um2: Annotated[
+        float | None, typer.Option(help="hole-filling limit, µm² (default: the model's)")
+    ] = None,
+    min_object_um2: Annotated[
+        float | None, typer.Option(help="smallest piece kept, µm² (default: the model's)")
+    ] = None,
 ) -> None:
     """Dice of a model (or a mask) on the real slide, beside Otsu and morph."""
     reason = missing()
     if reason:
         raise SystemExit(reason)
+    typed = {"closing_um": closing_um, "fill_holes_um2": fill_holes_um2}
+    typed["min_object_um2"] = min_object_um2
+    post = {name: value for name, value in typed.items() if value is not None}
     if mask is not None:
+        if post:
+            raise SystemExit("--mask is scored as it is: drop the post-processing options")
         result = score_mask(mask, reference_store(work)) | {"mask": str(mask)}
     else:
-        result = predict_and_score(run or default_checkpoint(), work, memory_budget)
+        checkpoint = run or default_checkpoint()
+        try:
+            result = predict_and_score(checkpoint, work, memory_budget, post)
+        except ValueError as error:  # a negative setting, named by PostprocessConfig.validate
+            raise SystemExit(f"real_slide_dice.py: {error}") from None
     print(format_result(result))
+    if "postprocess" in result:
+        settings = ", ".join(f"{k} {v:g}" for k, v in result["postprocess"].items())
+        print(f"  (tissue mask post-processed with {settings})")
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2))
         print(f"wrote {json_path}")

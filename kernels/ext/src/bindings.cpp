@@ -27,7 +27,9 @@ NB_MODULE(gigamlx_fused, m) {
   // were checked to give the same bits
   // 0.7.4: the head's forward computes two output rows per pass over their feature rows
   // 0.7.5: down1 fills its phase planes from each channel's bytes with the corrected products
-  m.attr("__version__") = "0.7.5";
+  // 0.7.6: the head's feature rows split the input's channels once per row and convert them in
+  // vectors
+  m.attr("__version__") = "0.7.6";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,

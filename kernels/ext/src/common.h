@@ -169,6 +169,27 @@ struct Image {
     }
   }
 
+  // gather of all channels of n pixels from `offset` (a pixel's first channel): channel c to
+  // out + c * out_stride. uint8 RGB with the products splits each channel's bytes off first
+  // and converts them in vectors (a stride-3 gather keeps the conversion scalar); the same
+  // arithmetic as gather's, so the same bits
+  void gather_channels(long offset, int n, float* out, long out_stride) const {
+    if (!(u8 && by_products && channels == 3)) {
+      for (int c = 0; c < channels; ++c) gather(offset + c, channels, n, out + c * out_stride);
+      return;
+    }
+    thread_local std::vector<uint8_t> lines;
+    lines.resize(3 * static_cast<size_t>(n));
+    const auto* src = static_cast<const uint8_t*>(data) + offset;
+    uint8_t* red = lines.data();
+    uint8_t* green = red + n;
+    uint8_t* blue = green + n;
+    for (int m = 0; m < n; ++m) {
+      red[m] = src[3 * m], green[m] = src[3 * m + 1], blue[m] = src[3 * m + 2];
+    }
+    for (int c = 0; c < 3; ++c) bytes_by_products<1>(red + c * n, c, n, out + c * out_stride);
+  }
+
   // gather's values looked up by byte instead of computed by divisions: for strides the
   // compiler cannot vectorise (down1's phase planes, 12 bytes apart, where the products are
   // not used), the scalar loads cost the same either way and the divisions are saved

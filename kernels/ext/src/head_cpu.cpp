@@ -98,9 +98,11 @@ void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
   const bool x_in = a.x.norm.row_inside(y) && xc_lo < xc_hi;
   const long row = (static_cast<long>(n) * d.H() + y) * W * d.c_x;
   for (int cx = 0; cx < d.c_x; ++cx) {
-    float* out = dst + (d.c_up + cx) * stride;
-    zero_outside(out, xc_lo, x_in ? xc_hi : xc_lo);
-    if (x_in) a.x.gather(row + xc_lo * d.c_x + cx, d.c_x, xc_hi - xc_lo, out + 1 + xc_lo);
+    zero_outside(dst + (d.c_up + cx) * stride, xc_lo, x_in ? xc_hi : xc_lo);
+  }
+  if (x_in) {
+    a.x.gather_channels(row + xc_lo * d.c_x, xc_hi - xc_lo, dst + d.c_up * stride + 1 + xc_lo,
+                        stride);
   }
 }
 

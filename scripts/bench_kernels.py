@@ -6,9 +6,11 @@
 A window of the default 2 GB budget's training tile (4288x4864: a 4032x4608 tile with its
 halo), uint8 and standardised in the kernel as training reads it: down1 (the 16x16 stride-4
 first layer) and the head (up-sampling, concatenation with the input, 3x3 conv), forward and
-forward + gradients. With `--against`, a second build is loaded into the same process and the
-two alternate `--rounds` times, so their ratio is taken under the same load; their outputs and
-gradients are compared bit for bit. Prints a table with numpy's sgemm beside it, writes JSON.
+forward + gradients; then the head with the loss on the tile's owned crop, as a training step
+runs it (one op from extension 0.7.7 on, which never writes the logits out). With
+`--against`, a second build is loaded into the same process and the two alternate `--rounds`
+times, so their ratio is taken under the same load; their outputs and gradients are compared
+bit for bit. Prints a table with numpy's sgemm beside it, writes JSON.
 
 An older build to compare with, from its commit (the extension builds in under a minute):
 
@@ -47,6 +49,8 @@ MARKDOWN_WHAT = (
 # down1: 16x16x3 -> 2 at stride 4; the head: up1 (4 -> 3 channels, 4x4 stride 4) + 3x3x6 -> 1
 DOWN1_MAC_PER_OUT = 16 * 16 * 3 * 2
 HEAD_MAC_PER_PX = 3 * 4 + 9 * 6
+HALO_PX = 128  # the 2 GB budget's tile halo: the loss reads the window less this margin
+LOSS_COEFFICIENTS = (-1e-9, 1e-9, 1e-9)  # a Dice+BCE surrogate's (tiny, as on a region)
 # the head's gradients: d w_head (9x6), d of the 3 up-sampled channels (9x3), d w_up and d h2
 HEAD_GRAD_MAC_PER_PX = 9 * 6 + 9 * 3 + 2 * 3 * 4
 
@@ -66,6 +70,7 @@ def make_inputs(window_hw: tuple[int, int]) -> dict:
     h, w = window_hw
     rng = np.random.default_rng(0)
     ho, wo = (h + 2 * 6 - 16) // 4 + 1, (w + 2 * 6 - 16) // 4 + 1
+    halo = min(HALO_PX, h // 4, w // 4)  # small windows keep a crop
 
     def normal(shape, scale=1.0):
         return mx.array(rng.normal(0, scale, shape).astype(np.float32))
@@ -80,6 +85,9 @@ def make_inputs(window_hw: tuple[int, int]) -> dict:
         "head": (normal((3, 4, 4, 4), 0.3), normal((3,), 0.1)),
         "head_conv": (normal((1, 3, 3, 6), 0.3), normal((1,), 0.1)),
         "head_cotangent": normal((1, h, w, 1)),
+        # the owned crop of a training tile (the halo cut off) and its {0, 1} target
+        "crop_yx": (halo, halo),
+        "target": mx.array(rng.integers(0, 2, (h - 2 * halo, w - 2 * halo), np.uint8)),
         "macs": {
             "down1": ho * wo * DOWN1_MAC_PER_OUT,
             "head": h * w * HEAD_MAC_PER_PX,
@@ -100,6 +108,11 @@ def kernel_calls(module: ModuleType, a: dict) -> dict[str, tuple[Callable, int]]
     def head(h2, w_up, b_up, w_head, b_head):
         return module.head_logits(h2, x, w_up, b_up, w_head, b_head, norm[2], *norm)
 
+    def head_loss(*params):
+        """The loss of the head's logits on the crop: one op from extension 0.7.7 on, the
+        logits and the loss (two ops) before."""
+        return module.tile_loss(head(*params), a["target"], *a["crop_yx"], *LOSS_COEFFICIENTS)
+
     head_args = [a["h2"], *a["head"], *a["head_conv"]]
     macs = a["macs"]
     return {
@@ -111,6 +124,12 @@ def kernel_calls(module: ModuleType, a: dict) -> dict[str, tuple[Callable, int]]
         "head forward": (lambda: [head(*head_args)], macs["head"]),
         "head forward+grad": (
             lambda: mx.vjp(head, head_args, [a["head_cotangent"]]),
+            macs["head"] + macs["head_grad"],
+        ),
+        "head+loss forward": (lambda: list(head_loss(*head_args)), macs["head"]),
+        # only the gradients, as a step's second pass evaluates them (not the loss's value)
+        "head+loss gradients": (
+            lambda: mx.vjp(lambda *p: [head_loss(*p)[0]], head_args, [mx.array(1.0)])[1],
             macs["head"] + macs["head_grad"],
         ),
     }

@@ -147,7 +147,7 @@ def test_bench_script_help_lists_markdown(name):
 
 def test_kernel_benchmark_compares_two_builds_bit_for_bit(tmp_path):
     """scripts/bench_kernels.py on a small window, the installed build against itself loaded
-    from its file: four kernels timed, every output the same bits."""
+    from its file: six kernels timed, every output the same bits."""
     from gigamlx.backends.mlx import fused
 
     module, why = fused._load()
@@ -162,7 +162,14 @@ def test_kernel_benchmark_compares_two_builds_bit_for_bit(tmp_path):
     report = json.loads(out.read_text())
     assert report["window_hw"] == [96, 128] and len(report["builds"]) == 2
     kernels = [k["kernel"] for k in report["kernels"]]
-    assert kernels == ["down1 forward", "down1 forward+grad", "head forward", "head forward+grad"]
+    assert kernels == [
+        "down1 forward",
+        "down1 forward+grad",
+        "head forward",
+        "head forward+grad",
+        "head+loss forward",
+        "head+loss gradients",
+    ]
     assert all(k["same_bits"] and k["gflops"] > 0 for k in report["kernels"])
     section = (tmp_path / "b.md").read_text()
     assert section.count("<!-- bench:bench_kernels.py") == 2 and "| down1 forward |" in section

@@ -408,6 +408,56 @@ def test_fused_tile_loss_matches_pure_mlx(crop_yx, crop_hw):
             assert mx.array_equal(got, want)
 
 
+@pytest.mark.parametrize(
+    ("hw", "crop", "u8_target"),
+    [
+        ((64, 128), (4, 8, 50, 100), True),  # a crop with a halo, as a training tile's
+        ((68, 132), (0, 0, 68, 132), False),  # the whole window, float targets
+        ((100, 200), (99, 199, 1, 1), True),  # one pixel in the corner
+    ],
+)
+def test_fused_loss_of_the_tail_gives_the_two_ops_bits(hw, crop, u8_target):
+    """tile_loss on head_logits's unevaluated logits computes them row by row inside the loss
+    (extension 0.7.7): value, rows and every gradient the same bits as the loss of the logits
+    evaluated first, with the loss's own vjp chained into the tail's."""
+    _require_ext()
+    if not fused.copies_uint8():
+        pytest.skip("extension before 0.7: no uint8 windows")
+    (h, w), (cy, cx, ch, cw) = hw, crop
+    rng = np.random.default_rng(h + w)
+    h2, _, w_up, b_up, w_head, b_head = _tail_inputs(1, h // 4, w // 4, seed=h)
+    h2 = mx.maximum(h2, 0)
+    x = mx.array(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8))
+    norm = ((0.7, 0.6, 0.75), (0.2, 0.25, 0.18), (0, 0, h, w))
+    g = mx.array((rng.random((ch, cw)) > 0.5).astype(np.uint8 if u8_target else np.float32))
+    coefficients, keep_yx = (-0.3, 0.2, 0.7), (3, 5, h - 2, w - 7)
+
+    def tail(*params):
+        return fused.head_logits(params[0], x, *params[1:], keep_yx, norm)
+
+    def loss(z):
+        return fused.tile_loss(z, g, (cy, cx), coefficients)
+
+    params = [h2, w_up, b_up, w_head, b_head]
+    value, rows = loss(tail(*params))  # one op: the logits never written out
+    z = tail(*params)
+    mx.eval(z)
+    value_two, rows_two = loss(z)  # the logits evaluated first: two ops
+    assert mx.array_equal(value, value_two) and mx.array_equal(rows, rows_two)
+    cotangent = mx.array(1.5)
+    _, grads = mx.vjp(lambda *p: [loss(tail(*p))[0]], params, [cotangent])
+    _, (dz,) = mx.vjp(lambda z: [loss(z)[0]], [z], [cotangent])
+    _, grads_two = mx.vjp(lambda *p: [tail(*p)], params, [dz])
+    for got, want in zip(grads, grads_two, strict=True):
+        assert got.shape == want.shape and mx.array_equal(got, want)
+    with pytest.raises(ValueError, match="one window"):  # the one op, not the two: batch 1
+        loss(
+            fused.head_logits(
+                mx.concatenate([h2, h2]), mx.concatenate([x, x]), *params[1:], keep_yx, norm
+            )
+        )
+
+
 @pytest.mark.parametrize("shape", [(37, 53, 3), (3, 5), (0, 4), (1 << 22) + 3])
 def test_uint8_array_copies_as_mx_array(shape):
     """The extension's copy into MLX: same shape, dtype and bytes as mx.array, any size (the

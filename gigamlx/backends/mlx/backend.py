@@ -178,8 +178,9 @@ def _describe_memory(device: limits.DeviceMemory) -> str:
 
 class _LossHead(NamedTuple):
     """One tile's logits, built once, and its surrogate value () and stat rows (6, h_out) on
-    them: fused on the fused path. The per-pixel cotangent of the real loss is a*g + b (Dice)
-    and c*dbce (BCE)."""
+    them: fused on the fused path, where the loss op takes the tail's inputs from the logits'
+    graph and computes them row by row, so they are never written out (extension 0.7.7). The
+    per-pixel cotangent of the real loss is a*g + b (Dice) and c*dbce (BCE)."""
 
     z: mx.array  # (1, h_in, w_in, 1) window logits (fused), else (h_out, w_out) owned ones
     target: mx.array  # (h_out, w_out) float32
@@ -200,7 +201,9 @@ class _LossHead(NamedTuple):
         # keeps a traced graph through an evaluation for the backward
         _, rows = self.of(Objective())
         mx.eval(rows)  # sync point: the tile's forward
-        return self.of(objective_of(_to_stats(rows, tile)))
+        value, _ = self.of(objective_of(_to_stats(rows, tile)))
+        # the statistics do not depend on the objective: these rows spare a second forward
+        return value, rows
 
 
 def _grad(

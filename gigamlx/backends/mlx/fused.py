@@ -228,7 +228,9 @@ def tile_loss(
 
     Returns:
         value () differentiable in z, and rows (6, h): per-row sums of p*g, p, g, bce, hard*g,
-        hard (not differentiable).
+        hard (not differentiable). Where z comes straight from `head_logits` and is not yet
+        evaluated, the extension (0.7.7) computes the logits row by row inside the loss, forward
+        and backward, without writing them out: the same bits, and z is never evaluated.
     """
     module, _ = _load()
     a, b, c = coefficients

@@ -29,7 +29,9 @@ NB_MODULE(gigamlx_fused, m) {
   // 0.7.5: down1 fills its phase planes from each channel's bytes with the corrected products
   // 0.7.6: the head's feature rows split the input's channels once per row and convert them in
   // vectors
-  m.attr("__version__") = "0.7.6";
+  // 0.7.7: tile_loss on head_logits's unevaluated logits computes them row by row inside the
+  // loss, forward and backward (head_loss.h), never writing them out (same bits)
+  m.attr("__version__") = "0.7.7";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,

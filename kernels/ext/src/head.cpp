@@ -1,6 +1,7 @@
 // MLX plumbing of the fused tail: the op, its two primitives' CPU evaluation and the vjp.
 #include "head.h"
 
+#include "head_args.h"
 #include "head_cpu.h"
 
 namespace gigamlx {
@@ -30,11 +31,17 @@ HeadArgs args_of(const std::vector<mx::array>& in, const HeadParams& p) {
                   in[4].data<float>()};
 }
 
+}  // namespace
+
+HeadDims head_dims(const std::vector<mx::array>& in) { return dims_of(in); }
+
+HeadArgs head_args(const std::vector<mx::array>& in, const HeadParams& p) {
+  return args_of(in, p);
+}
+
 void write_doubles(float* dst, const std::vector<double>& values) {
   for (size_t k = 0; k < values.size(); ++k) dst[k] = static_cast<float>(values[k]);
 }
-
-}  // namespace
 
 mx::array head_logits(
     const mx::array& h2, const mx::array& x, const mx::array& w_up, const mx::array& b_up,

@@ -41,6 +41,7 @@ class HeadLogits : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     return p_ == static_cast<const HeadLogits&>(other).p_;
   }
+  const HeadParams& params() const { return p_; }
 
  private:
   HeadParams p_;

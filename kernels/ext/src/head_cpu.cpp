@@ -6,6 +6,7 @@
 #include "head_cpu.h"
 #include "fastmath.h"
 #include "head_rows.h"
+#include "loss_rows.h"
 
 namespace gigamlx {
 
@@ -107,8 +108,8 @@ void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst) {
 }
 
 namespace {
-
 constexpr int kHeadVecs = 4, kHeadBlock = kHeadVecs * kLanes;
+}  // namespace
 
 // z_row[X] = b + sum over (dy, dx, ch) of w_head * feature[y + dy - 1][ch][X + dx - 1], 64
 // columns at a time with their sums in registers.
@@ -165,8 +166,6 @@ void forward_rows_2(const HeadArgs& a, const float* rows[4], float b_head, float
   }
 }
 
-}  // namespace
-
 void head_forward(const HeadArgs& a, float b_head, float* z) {
   const int H = a.d.H(), W = a.d.W(), total = a.d.n * H;
   struct Scratch {
@@ -193,6 +192,58 @@ void head_forward(const HeadArgs& a, float b_head, float* z) {
       r += count;
     }
   });
+}
+
+namespace {
+
+template <class G>
+void loss_rows_of(const HeadArgs& a, float b_head, const G* target, const LossParams& p,
+                  int crop_h, int crop_w, double* values, double* stats) {
+  require(a.d.n == 1, "the head's loss takes one window");
+  const int W = a.d.W();
+  struct Scratch {
+    RowRing ring;
+    Expanded h2e;
+    std::vector<float> z;  // two rows of logits
+  };
+  auto make = [&] {
+    return Scratch{RowRing(a.d.c_f(), W, 4), Expanded(a.d), std::vector<float>(2 * W)};
+  };
+  // only the crop's rows: the loss never reads the others
+  parallel_chunks(crop_h, 32, make, [&](Scratch& st, int begin, int end, int) {
+    for (int i = begin; i < end;) {
+      const int y = p.cy + i, count = i + 1 < end ? 2 : 1;
+      const float* rows[4];
+      for (int k = 0; k < count + 2; ++k) {
+        const int yy = y + k - 1;
+        rows[k] = st.ring.get(0, yy, [&](float* dst) { fill_features(a, 0, yy, st.h2e, dst); });
+      }
+      float* z = st.z.data();
+      if (count == 2) {
+        forward_rows_2(a, rows, b_head, z, z + W);
+      } else {
+        forward_row(a, rows, b_head, z);
+      }
+      for (int k = 0; k < count; ++k) {
+        const long row = i + k;
+        values[row] = loss_row(z + k * W + p.cx, target + row * crop_w, crop_w, p,
+                               stats + 6 * row);
+      }
+      i += count;
+    }
+  });
+}
+
+}  // namespace
+
+void head_loss_rows(const HeadArgs& a, float b_head, const uint8_t* target, const LossParams& p,
+                    int crop_h, int crop_w, double* values, double* stats) {
+  loss_rows_of(a, b_head, target, p, crop_h, crop_w, values, stats);
+}
+
+void head_loss_rows(const HeadArgs& a, float b_head, const float* target, const LossParams& p,
+                    int crop_h, int crop_w, double* values, double* stats) {
+  loss_rows_of(a, b_head, target, p, crop_h, crop_w, values, stats);
 }
 
 }  // namespace gigamlx

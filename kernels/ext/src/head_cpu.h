@@ -42,4 +42,21 @@ void head_forward(const HeadArgs& a, float b_head, float* z);
 // All gradients of sum(dz * z); dz (n, H, W). Weight sums are float per row, double across.
 void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g);
 
+struct LossParams;  // loss.h: the owned crop's offset and the surrogate's coefficients
+
+// The loss of loss.h on the owned crop (crop_h x crop_w at p.cy, p.cx; target (crop_h,
+// crop_w)) of one window's logits, computed row by row without writing them out: values[i]
+// and stats[6 i .. 6 i + 5] of crop row i, the same bits as tile_loss on head_forward's z.
+void head_loss_rows(const HeadArgs& a, float b_head, const uint8_t* target, const LossParams& p,
+                    int crop_h, int crop_w, double* values, double* stats);
+void head_loss_rows(const HeadArgs& a, float b_head, const float* target, const LossParams& p,
+                    int crop_h, int crop_w, double* values, double* stats);
+
+// head_backward of the loss's d z (scaled by `scale`), each row of it computed from the
+// logits when the backward reaches it: the same bits as head_backward on tile_loss's vjp.
+void head_loss_backward(const HeadArgs& a, float b_head, const uint8_t* target,
+                        const LossParams& p, int crop_h, int crop_w, float scale, HeadGrads& g);
+void head_loss_backward(const HeadArgs& a, float b_head, const float* target,
+                        const LossParams& p, int crop_h, int crop_w, float scale, HeadGrads& g);
+
 }  // namespace gigamlx

@@ -7,6 +7,7 @@
 #include "fastmath.h"
 #include "head_cpu.h"
 #include "head_rows.h"
+#include "loss_rows.h"
 
 namespace gigamlx {
 namespace {
@@ -14,8 +15,11 @@ namespace {
 constexpr int kMaxFeatures = 16;  // head input channels the block loops support
 
 struct Worker {
+  // four feature rows: a cotangent row computed from the logits (head_loss_backward) reads
+  // the feature rows around it, one past those the backward reads
   explicit Worker(const HeadDims& d)
-      : feats(d.c_f(), d.W()), dz(1, d.W()), h2e(d), width(round_up(d.W(), 64)),
+      : feats(d.c_f(), d.W(), 4), dz(1, d.W()), h2e(d), width(round_up(d.W(), 64)),
+        z_row(static_cast<size_t>(d.W())),
         du(static_cast<size_t>(d.c_up) * width, 0.0f),
         dh2e(static_cast<size_t>(d.c_in) * width, 0.0f),
         pattern(static_cast<size_t>(d.c_up) * d.c_in * kLanes),
@@ -23,6 +27,7 @@ struct Worker {
   RowRing feats, dz;
   Expanded h2e;
   int width;
+  std::vector<float> z_row;  // one row of logits (head_loss_backward)
   std::vector<float> du;    // [c_up][width]: cotangent of the up-sampled pre-activations; 0 past W
   std::vector<float> dh2e;  // [c_in][width]: d h2 of one coarse row, expanded like h2e
   std::vector<float> pattern;  // up_pattern of the current kernel row
@@ -155,23 +160,25 @@ void fold_expanded(const HeadDims& d, Worker& wk, float* d_h2_row) {
   std::fill(wk.dh2e.begin(), wk.dh2e.end(), 0.0f);
 }
 
-void backward_rows(const HeadArgs& a, const float* dz, float* d_h2, int begin, int end,
-                   Worker& wk) {
+// g_row(wk, n, yy, dst) writes the cotangent of z row yy (zero outside the window) to dst[1..W],
+// zeros around it (dst holds feature_stride(W) floats). Rows outside [g_lo, g_hi) are known to
+// be zero: a full row y whose three cotangent rows are all outside adds only zeros to every
+// sum, so it is skipped (the sums are the same).
+template <class GRow>
+void backward_rows(const HeadArgs& a, GRow& g_row, int g_lo, int g_hi, float* d_h2, int begin,
+                   int end, Worker& wk) {
   const HeadDims& d = a.d;
-  const int H = d.H(), W = d.W();
   const bool blocked = d.c_up == 3 && d.c_in == 4 && kLanes % d.s == 0;
   for (int b = begin; b < end; ++b) {
     const int n = b / d.h, i = b % d.h;
     for (int ky = 0; ky < d.s; ++ky) {
       const int y = i * d.s + ky;
+      if (y + 1 < g_lo || y - 1 >= g_hi) continue;
       const float *f[3], *g[3];
       for (int k = 0; k < 3; ++k) {
         const int yy = y + k - 1;
         f[k] = wk.feats.get(n, yy, [&](float* dst) { fill_features(a, n, yy, wk.h2e, dst); });
-        g[k] = wk.dz.get(n, yy, [&](float* dst) {
-          std::fill(dst, dst + feature_stride(W), 0.0f);
-          if (yy >= 0 && yy < H) std::copy_n(dz + (static_cast<long>(n) * H + yy) * W, W, dst + 1);
-        });
+        g[k] = wk.dz.get(n, yy, [&](float* dst) { g_row(wk, n, yy, dst); });
       }
       head_weight_sums(a, f, g[1] + 1, wk);
       up_cotangent(a, f[1], g, wk);
@@ -186,9 +193,10 @@ void backward_rows(const HeadArgs& a, const float* dz, float* d_h2, int begin, i
   }
 }
 
-}  // namespace
-
-void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g) {
+// The backward over all coarse rows, with the cotangent rows from g_row (zero outside rows
+// [g_lo, g_hi)).
+template <class GRow>
+void backward_with(const HeadArgs& a, GRow&& g_row, int g_lo, int g_hi, HeadGrads& g) {
   require(a.d.c_f() <= kMaxFeatures, "the head sees at most 16 channels");
   const int total = a.d.n * a.d.h;
   constexpr int kRowsPerChunk = 8;  // coarse rows a thread claims at a time
@@ -197,7 +205,7 @@ void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g) {
   auto make = [&] { return Worker(a.d); };
   parallel_chunks(total, kRowsPerChunk, make, [&](Worker& wk, int begin, int end, int chunk) {
     wk.clear_sums();
-    backward_rows(a, dz, g.d_h2, begin, end, wk);
+    backward_rows(a, g_row, g_lo, g_hi, g.d_h2, begin, end, wk);
     auto& part = parts[chunk];
     part = wk.w_up;
     part.insert(part.end(), wk.b_up.begin(), wk.b_up.end());
@@ -211,6 +219,47 @@ void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g) {
   g.d_b_up.assign(at + n_w_up, at + n_w_up + a.d.c_up);
   g.d_w_head.assign(at + n_w_up + a.d.c_up, sums.end() - 1);
   g.d_b_head = sums.back();
+}
+
+template <class G>
+void loss_backward(const HeadArgs& a, float b_head, const G* target, const LossParams& p,
+                   int crop_h, int crop_w, float scale, HeadGrads& g) {
+  require(a.d.n == 1, "the head's loss takes one window");
+  const int W = a.d.W();
+  auto g_row = [&](Worker& wk, int n, int yy, float* dst) {
+    std::fill(dst, dst + feature_stride(W), 0.0f);
+    if (yy < p.cy || yy >= p.cy + crop_h) return;  // d z is zero off the crop
+    const float* f[3];
+    for (int k = 0; k < 3; ++k) {
+      const int row = yy + k - 1;
+      f[k] = wk.feats.get(n, row, [&](float* out) { fill_features(a, n, row, wk.h2e, out); });
+    }
+    forward_row(a, f, b_head, wk.z_row.data());
+    const G* g_row_target = target + static_cast<long>(yy - p.cy) * crop_w;
+    loss_grad_row(wk.z_row.data() + p.cx, g_row_target, crop_w, p, scale, dst + 1 + p.cx);
+  };
+  backward_with(a, g_row, p.cy, p.cy + crop_h, g);
+}
+
+}  // namespace
+
+void head_backward(const HeadArgs& a, const float* dz, HeadGrads& g) {
+  const int H = a.d.H(), W = a.d.W();
+  auto g_row = [&](Worker&, int n, int yy, float* dst) {
+    std::fill(dst, dst + feature_stride(W), 0.0f);
+    if (yy >= 0 && yy < H) std::copy_n(dz + (static_cast<long>(n) * H + yy) * W, W, dst + 1);
+  };
+  backward_with(a, g_row, 0, H, g);
+}
+
+void head_loss_backward(const HeadArgs& a, float b_head, const uint8_t* target,
+                        const LossParams& p, int crop_h, int crop_w, float scale, HeadGrads& g) {
+  loss_backward(a, b_head, target, p, crop_h, crop_w, scale, g);
+}
+
+void head_loss_backward(const HeadArgs& a, float b_head, const float* target,
+                        const LossParams& p, int crop_h, int crop_w, float scale, HeadGrads& g) {
+  loss_backward(a, b_head, target, p, crop_h, crop_w, scale, g);
 }
 
 }  // namespace gigamlx

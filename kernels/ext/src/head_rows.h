@@ -105,4 +105,12 @@ void up_pattern(const HeadArgs& a, int ky, int x0, float* pattern);
 // rows outside the window (the head's padding). dst: [c_f][feature_stride(W)].
 void fill_features(const HeadArgs& a, int n, int y, Expanded& h2e, float* dst);
 
+// z_row = the logits of one full row from its feature rows y - 1, y, y + 1 (rows[0..2]).
+void forward_row(const HeadArgs& a, const float* rows[3], float b_head, float* z_row);
+
+// Two rows y, y + 1 from feature rows y - 1 .. y + 2 (rows[0..3]): each the same bits as
+// forward_row gives it.
+void forward_rows_2(const HeadArgs& a, const float* rows[4], float b_head, float* z_top,
+                    float* z_bottom);
+
 }  // namespace gigamlx

@@ -2,10 +2,13 @@
 // sums are double (they are finished in float64 on the host anyway).
 #include "loss.h"
 
+#include "head_loss.h"
+
 #include <cmath>
 #include <cstring>
 
 #include "fastmath.h"
+#include "loss_rows.h"
 
 namespace gigamlx {
 namespace {
@@ -21,67 +24,6 @@ Crop crop_of(const mx::array& z, const mx::array& g, const LossParams& p) {
   require(p.cy >= 0 && p.cx >= 0 && p.cy + c.h <= c.H && p.cx + c.w <= c.W,
           "the crop must lie inside the window");
   return c;
-}
-
-// 16 targets as floats: float32 as they are, uint8 (0 or 1, a quarter of the bytes) converted.
-inline Vec load_target(const float* g) { return load(g); }
-inline Vec load_target(const uint8_t* g) {
-  using Bytes = uint8_t __attribute__((vector_size(kLanes)));
-  Bytes b;
-  std::memcpy(&b, g, sizeof(Bytes));
-  return __builtin_convertvector(b, Vec);
-}
-
-// z and g of columns [x0, x0 + 16) of a row of w, zero-padded past w (pad z: any value).
-template <class G>
-void load_block(const float* z, const G* g, int x0, int w, Vec& zv, Vec& gv, Vec& valid) {
-  float zt[kLanes] = {}, gt[kLanes] = {}, vt[kLanes] = {};
-  const int n = std::min(kLanes, w - x0);
-  for (int l = 0; l < n; ++l) zt[l] = z[x0 + l], gt[l] = static_cast<float>(g[x0 + l]), vt[l] = 1.0f;
-  zv = load(zt), gv = load(gt), valid = load(vt);
-}
-
-// One crop row: surrogate value (returned) and the six statistics into stats[0..5]; float per
-// lane along the row, double across lanes.
-template <class G>
-double loss_row(const float* z, const G* g, int w, const LossParams& p, double* stats) {
-  Vec value = {}, s[6] = {};
-  for (int x0 = 0; x0 < w; x0 += kLanes) {
-    Vec zv, gv, valid = splat(1.0f);
-    if (x0 + kLanes <= w) {
-      zv = load(z + x0), gv = load_target(g + x0);
-    } else {
-      load_block(z, g, x0, w, zv, gv, valid);
-    }
-    Vec e;
-    const Vec prob = vsigmoid(zv, e) * valid;
-    const Vec hard = select(zv > 0.0f, valid, splat(0.0f));
-    const Vec bce = (vmax(zv, splat(0.0f)) - zv * gv + vlog1p_unit(e)) * valid;
-    value += (p.a * gv + p.b) * prob + p.c * bce;
-    s[0] += prob * gv, s[1] += prob, s[2] += gv, s[3] += bce, s[4] += hard * gv, s[5] += hard;
-  }
-  for (int k = 0; k < 6; ++k) stats[k] = lane_sum_double(s[k]);
-  return lane_sum_double(value);
-}
-
-// One row of d z on the crop: scale * (d loss / d p * p (1 - p) + c (p - g)).
-template <class G>
-void loss_grad_row(const float* z, const G* g, int w, const LossParams& p, float scale,
-                   float* dz) {
-  for (int x0 = 0; x0 < w; x0 += kLanes) {
-    Vec zv, gv, valid;
-    if (x0 + kLanes <= w) {
-      zv = load(z + x0), gv = load_target(g + x0);
-    } else {
-      load_block(z, g, x0, w, zv, gv, valid);
-    }
-    Vec e;
-    const Vec prob = vsigmoid(zv, e);
-    const Vec d = scale * ((p.a * gv + p.b) * prob * (1.0f - prob) + p.c * (prob - gv));
-    float lanes[kLanes];
-    store(lanes, d);
-    std::copy_n(lanes, std::min(kLanes, w - x0), dz + x0);
-  }
 }
 
 // The surrogate value and the per-row statistics of the crop (TileLoss), one crop row each.
@@ -126,6 +68,13 @@ mx::array as_dense_target(const mx::array& g, const mx::Stream& s) {
 }  // namespace
 
 std::vector<mx::array> tile_loss(const mx::array& z, const mx::array& g, LossParams params) {
+  // logits straight from the fused tail, not yet computed: one op computes them row by row
+  // for the loss and never writes them out (the same bits; head_loss.h)
+  if (z.has_primitive() && !z.is_available()) {
+    if (const auto* head = dynamic_cast<const HeadLogits*>(&z.primitive())) {
+      return head_loss(z.inputs(), head->params(), g, params);
+    }
+  }
   auto s = cpu_stream();
   std::vector<mx::array> in = {as_dense(z, s), as_dense_target(g, s)};
   const Crop c = crop_of(in[0], in[1], params);

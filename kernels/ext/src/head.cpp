@@ -39,8 +39,24 @@ HeadArgs head_args(const std::vector<mx::array>& in, const HeadParams& p) {
   return args_of(in, p);
 }
 
+namespace {
+
 void write_doubles(float* dst, const std::vector<double>& values) {
   for (size_t k = 0; k < values.size(); ++k) dst[k] = static_cast<float>(values[k]);
+}
+
+}  // namespace
+
+void GradOutputs::write(const HeadGrads& g) const {
+  write_doubles(w_up, g.d_w_up);
+  write_doubles(b_up, g.d_b_up);
+  write_doubles(w_head, g.d_w_head);
+  write_doubles(b_head, {g.d_b_head});
+}
+
+GradOutputs allocate_grads(std::vector<mx::array>& out) {
+  return GradOutputs{allocate(out[0]), allocate(out[1]), allocate(out[2]), allocate(out[3]),
+                     allocate(out[4])};
 }
 
 mx::array head_logits(
@@ -90,20 +106,14 @@ std::vector<mx::array> HeadLogits::vjp(
 }
 
 void HeadLogitsVJP::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  float* d_h2 = allocate(out[0]);
+  const GradOutputs dst = allocate_grads(out);
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& a : in) encoder.set_input_array(a);
   for (auto& o : out) encoder.set_output_array(o);
-  float* dst[4];
-  for (int k = 0; k < 4; ++k) dst[k] = allocate(out[k + 1]);
-  encoder.dispatch([args = args_of(in, p_), dz = in[5].data<float>(), d_h2,
-                    w_up = dst[0], b_up = dst[1], w_head = dst[2], b_head = dst[3]]() {
-    HeadGrads g{d_h2};
+  encoder.dispatch([args = args_of(in, p_), dz = in[5].data<float>(), dst]() {
+    HeadGrads g{dst.d_h2};
     head_backward(args, dz, g);
-    write_doubles(w_up, g.d_w_up);
-    write_doubles(b_up, g.d_b_up);
-    write_doubles(w_head, g.d_w_head);
-    write_doubles(b_head, {g.d_b_head});
+    dst.write(g);
   });
 }
 

@@ -15,6 +15,17 @@ HeadDims head_dims(const std::vector<mx::array>& in);
 // (h2, x, w_up, b_up, w_head, ...) evaluated, checked and as the row kernels take them.
 HeadArgs head_args(const std::vector<mx::array>& in, const HeadParams& p);
 
-void write_doubles(float* dst, const std::vector<double>& values);
+// The tail's gradient outputs (d h2, d w_up, d b_up, d w_head, d b_head) of a vjp primitive,
+// allocated; `write` puts the double weight sums in once the backward has run (d h2 it writes
+// itself).
+struct GradOutputs {
+  float* d_h2;
+  float* w_up;
+  float* b_up;
+  float* w_head;
+  float* b_head;
+  void write(const HeadGrads& g) const;
+};
+GradOutputs allocate_grads(std::vector<mx::array>& out);
 
 }  // namespace gigamlx

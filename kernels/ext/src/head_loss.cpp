@@ -25,6 +25,12 @@ CropSize crop_of(const std::vector<mx::array>& in, const LossParams& p) {
   return c;
 }
 
+// The targets' bytes: uint8 or float32 (head_loss_rows and head_loss_backward take either).
+const void* target_of(const mx::array& g) {
+  return g.dtype() == mx::uint8 ? static_cast<const void*>(g.data<uint8_t>())
+                                : static_cast<const void*>(g.data<float>());
+}
+
 mx::array as_dense_target(const mx::array& g, const mx::Stream& s) {
   return g.dtype() == mx::uint8 ? mx::contiguous(g, false, s) : as_dense(g, s);
 }
@@ -49,10 +55,9 @@ void HeadLoss::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>
   for (const auto& a : in) encoder.set_input_array(a);
   for (auto& o : out) encoder.set_output_array(o);
   const mx::array& g = in[kHeadInputs];
-  const void* target = g.dtype() == mx::uint8 ? static_cast<const void*>(g.data<uint8_t>())
-                                              : static_cast<const void*>(g.data<float>());
-  encoder.dispatch([args = head_args(in, head_), b = in[5].data<float>(), u8 = g.dtype() == mx::uint8,
-                    target, c, p = loss_, value, rows]() {
+  encoder.dispatch([args = head_args(in, head_), b = in[5].data<float>(),
+                    u8 = g.dtype() == mx::uint8, target = target_of(g), c, p = loss_, value,
+                    rows]() {
     std::vector<double> values(c.h), stats(6 * static_cast<size_t>(c.h));
     if (u8) {
       head_loss_rows(args, *b, static_cast<const uint8_t*>(target), p, c.h, c.w,
@@ -92,20 +97,15 @@ std::vector<mx::array> HeadLoss::vjp(
 
 void HeadLossVJP::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
   const CropSize c = crop_of(in, loss_);
-  float* d_h2 = allocate(out[0]);
+  const GradOutputs dst = allocate_grads(out);
   auto& encoder = mx::cpu::get_command_encoder(stream());
   for (const auto& a : in) encoder.set_input_array(a);
   for (auto& o : out) encoder.set_output_array(o);
-  float* dst[4];
-  for (int k = 0; k < 4; ++k) dst[k] = allocate(out[k + 1]);
   const mx::array& g = in[kHeadInputs];
-  const void* target = g.dtype() == mx::uint8 ? static_cast<const void*>(g.data<uint8_t>())
-                                              : static_cast<const void*>(g.data<float>());
   encoder.dispatch([args = head_args(in, head_), b = in[5].data<float>(),
                     d_value = in[kHeadInputs + 1].data<float>(), u8 = g.dtype() == mx::uint8,
-                    target, c, p = loss_, d_h2, w_up = dst[0], b_up = dst[1], w_head = dst[2],
-                    b_head = dst[3]]() {
-    HeadGrads grads{d_h2};
+                    target = target_of(g), c, p = loss_, dst]() {
+    HeadGrads grads{dst.d_h2};
     if (u8) {
       head_loss_backward(args, *b, static_cast<const uint8_t*>(target), p, c.h, c.w, *d_value,
                          grads);
@@ -113,10 +113,7 @@ void HeadLossVJP::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::arr
       head_loss_backward(args, *b, static_cast<const float*>(target), p, c.h, c.w, *d_value,
                          grads);
     }
-    write_doubles(w_up, grads.d_w_up);
-    write_doubles(b_up, grads.d_b_up);
-    write_doubles(w_head, grads.d_w_head);
-    write_doubles(b_head, {grads.d_b_head});
+    dst.write(grads);
   });
 }
 

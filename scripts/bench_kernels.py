@@ -44,7 +44,9 @@ MARKDOWN_TITLE = "Fused CPU kernels on one training window (bench_kernels.py)"
 MARKDOWN_WHAT = (
     "Best-of-`--repeat` milliseconds of the extension's kernels on a 4288x4864 uint8 window "
     "standardised in the kernel (the 2 GB budget's training tile with its halo), forward and "
-    "forward + gradients; GFLOP/s from the multiply-adds of each op's own arithmetic."
+    "forward + gradients; then the head with the loss on the tile's owned crop as a step runs "
+    "it (the statistics pass, and the gradients alone as the second pass evaluates them); "
+    "GFLOP/s from the multiply-adds of each op's own arithmetic (the head's over the window)."
 )
 # down1: 16x16x3 -> 2 at stride 4; the head: up1 (4 -> 3 channels, 4x4 stride 4) + 3x3x6 -> 1
 DOWN1_MAC_PER_OUT = 16 * 16 * 3 * 2

@@ -3,6 +3,7 @@
 #include "head_loss.h"
 
 #include "head_args.h"
+#include "loss_rows.h"
 
 namespace gigamlx {
 namespace {
@@ -29,10 +30,6 @@ CropSize crop_of(const std::vector<mx::array>& in, const LossParams& p) {
 const void* target_of(const mx::array& g) {
   return g.dtype() == mx::uint8 ? static_cast<const void*>(g.data<uint8_t>())
                                 : static_cast<const void*>(g.data<float>());
-}
-
-mx::array as_dense_target(const mx::array& g, const mx::Stream& s) {
-  return g.dtype() == mx::uint8 ? mx::contiguous(g, false, s) : as_dense(g, s);
 }
 
 }  // namespace
@@ -66,11 +63,7 @@ void HeadLoss::eval_cpu(const std::vector<mx::array>& in, std::vector<mx::array>
       head_loss_rows(args, *b, static_cast<const float*>(target), p, c.h, c.w, values.data(),
                      stats.data());
     }
-    double total = 0.0;
-    for (double v : values) total += v;  // row order, as tile_loss sums
-    *value = static_cast<float>(total);
-    for (int y = 0; y < c.h; ++y)
-      for (int k = 0; k < 6; ++k) rows[k * c.h + y] = static_cast<float>(stats[6 * y + k]);
+    write_loss_rows(values, stats, c.h, value, rows);  // as tile_loss finishes them
   });
 }
 

@@ -37,11 +37,7 @@ void loss_rows(const float* z, const G* g, const Crop& c, const LossParams& p, f
       values[y] = loss_row(z_row, g + static_cast<long>(y) * c.w, c.w, p, &stats[6 * y]);
     }
   });
-  double total = 0.0;
-  for (double v : values) total += v;  // row order: independent of timing
-  *value = static_cast<float>(total);
-  for (int y = 0; y < c.h; ++y)
-    for (int k = 0; k < 6; ++k) rows[k * c.h + y] = static_cast<float>(stats[6 * y + k]);
+  write_loss_rows(values, stats, c.h, value, rows);
 }
 
 // d z over the whole window (TileLossVJP): zero off the crop.
@@ -60,12 +56,11 @@ void loss_grad(const float* z, const G* g, const Crop& c, const LossParams& p, f
   });
 }
 
-// The targets: float32, or uint8 (0 or 1; read as float, the same values), row-contiguous.
+}  // namespace
+
 mx::array as_dense_target(const mx::array& g, const mx::Stream& s) {
   return g.dtype() == mx::uint8 ? mx::contiguous(g, false, s) : as_dense(g, s);
 }
-
-}  // namespace
 
 std::vector<mx::array> tile_loss(const mx::array& z, const mx::array& g, LossParams params) {
   // logits straight from the fused tail, not yet computed: one op computes them row by row

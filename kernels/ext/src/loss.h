@@ -20,6 +20,9 @@ struct LossParams {
 // Only `value` is differentiable (rows are statistics); its gradient is zero off the crop.
 std::vector<mx::array> tile_loss(const mx::array& z, const mx::array& g, LossParams params);
 
+// The targets: float32, or uint8 (0 or 1; read as float, the same values), row-contiguous.
+mx::array as_dense_target(const mx::array& g, const mx::Stream& s);
+
 class TileLoss : public mx::Primitive {
  public:
   TileLoss(mx::Stream stream, LossParams params) : mx::Primitive(stream), params_(params) {}

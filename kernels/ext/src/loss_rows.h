@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "fastmath.h"
 #include "loss.h"
@@ -72,6 +73,17 @@ inline void loss_grad_row(const float* z, const G* g, int w, const LossParams& p
     store(lanes, d);
     std::copy_n(lanes, std::min(kLanes, w - x0), dz + x0);
   }
+}
+
+// The op's outputs from the per-row results of an h-row crop: value = the rows' values summed
+// in row order (independent of which thread ran which row), rows (6, h) = the statistics.
+inline void write_loss_rows(const std::vector<double>& values, const std::vector<double>& stats,
+                            int h, float* value, float* rows) {
+  double total = 0.0;
+  for (double v : values) total += v;
+  *value = static_cast<float>(total);
+  for (int y = 0; y < h; ++y)
+    for (int k = 0; k < 6; ++k) rows[k * h + y] = static_cast<float>(stats[6 * y + k]);
 }
 
 }  // namespace gigamlx

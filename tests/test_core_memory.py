@@ -2,6 +2,7 @@
 
 import mmap
 import resource
+import subprocess
 import sys
 import threading
 import time
@@ -117,3 +118,40 @@ def test_released_freed_blocks_leave_the_resident_set():
     assert memory.release_freed_memory()
     assert current_rss_bytes() < kept - (150 << 20)
     del above
+
+
+_THREAD_FAULTS = """
+import resource, sys, threading
+import numpy as np
+from gigamlx.core import memory
+memory.keep_freed_memory(1 << 30)
+if sys.argv[1] == "share":
+    assert memory.share_one_heap()
+faults = []
+def tiles():  # as a thread computing tiles (or reading their windows) allocates and frees
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = [np.ones(40 << 20, np.uint8) for _ in range(3)]  # touches every page
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        del blocks
+thread = threading.Thread(target=tiles)
+thread.start()
+thread.join()
+print(faults[-1])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_threads_sharing_one_heap_reuse_freed_blocks():
+    """A thread's freed blocks come back without fresh page faults once threads share the
+    main heap; in heaps of its own (at most 64 MB each) one emptied heap is unmapped and the
+    next round faults it in and zeroes it again."""
+
+    def last_round_faults(mode: str) -> int:
+        run = [sys.executable, "-c", _THREAD_FAULTS, mode]
+        return int(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
+
+    # 40 MB is ~10k pages; transparent huge pages fault 2 MB at once, so the default's
+    # count is a few hundred where they are on, ten thousand where they are off
+    assert last_round_faults("own") > 200
+    assert last_round_faults("share") < 50

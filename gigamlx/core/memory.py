@@ -49,7 +49,7 @@ def peak_rss_bytes() -> int:
 
 
 # glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _kept: dict[str, int] = {}
 
 
@@ -86,6 +86,20 @@ def keep_freed_memory(max_block_bytes: int) -> bool:
         return False
     _kept["bytes"] = max_block_bytes
     return True
+
+
+def share_one_heap() -> bool:
+    """Make threads that have not allocated yet use the main thread's malloc heap (glibc's
+    M_ARENA_MAX = 1), where `keep_freed_memory` lets freed blocks be reused.
+
+    Otherwise each thread (MLX's, the window readers') allocates from heaps of its own, at
+    most 64 MB each: an emptied one is unmapped, so the next tile's activations or window
+    fault in and zero its pages again, and their freed memory sits apart from the main heap
+    that `release_freed_memory` trims. These threads allocate a few large blocks per tile,
+    so sharing one lock costs nothing measurable. False where the C library is not glibc.
+    """
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(_M_ARENA_MAX, 1))
 
 
 def release_freed_memory() -> bool:

@@ -14,7 +14,7 @@ limit above the largest of them scores the same there. A large slide's strip (th
 slide's, the first run's validation) has holes of the size a whole section has.
 
 Usage: python scripts/postprocess_ablation.py [--work runs/reproduce] [--json FILE]
-       [--large ~/.cache/gigamlx/synth-v3-s0-16384x65536.zarr] [--markdown docs/benchmarks.md]
+       [--large ~/.cache/gigamlx/synth-v4-s0-16384x65536.zarr] [--markdown docs/benchmarks.md]
 """
 
 from __future__ import annotations

@@ -106,15 +106,15 @@ def test_committed_reference_is_what_the_script_draws():
 
 @needs_slide
 def test_predict_and_score_replaces_single_postprocessing_settings(tmp_path):
-    """A closing replaces one of the bundled model's settings: the map is the same, and the
-    tissue mask can only grow (a closing adds pixels, holes and pieces only grow with it)."""
+    """A wider closing replaces one of the bundled model's settings: the map is the same, and
+    the tissue mask can only grow (a closing adds pixels, holes and pieces only grow with it)."""
     checkpoint = dice_script.default_checkpoint()
     own = dice_script.predict_and_score(checkpoint, tmp_path / "own")
+    wider = own["postprocess"]["closing_um"] + 8.0
     closed = dice_script.predict_and_score(
-        checkpoint, tmp_path / "closed", postprocess={"closing_um": 8.0}
+        checkpoint, tmp_path / "closed", postprocess={"closing_um": wider}
     )
-    assert own["postprocess"]["closing_um"] == 0.0
-    assert closed["postprocess"] == own["postprocess"] | {"closing_um": 8.0}
+    assert closed["postprocess"] == own["postprocess"] | {"closing_um": wider}
     assert closed["dice"] == own["dice"]  # the raw map at the same cut
     assert closed["post_recall"] > own["post_recall"]
     with pytest.raises(ValueError, match="closing"):

@@ -149,7 +149,7 @@ DEFAULT_HW = (16384, 65536)  # the default slide, seed 0
 class Pinned(NamedTuple):
     """Sampled rows and columns of one slide, and the first 16 hex digits of the SHA-256 of the
     rgb and mask bytes that synth version 3's renderer gave for them (as of this test's first
-    commit, before the renderer was made faster)."""
+    commit, before the renderer was made faster); version 4's where its loose margins reach."""
 
     hw: tuple[int, int]
     seed: int
@@ -215,8 +215,8 @@ PINNED_BYTES = {
         seed=0,
         box=Box(0, 0, *DEFAULT_HW),
         stride=64,
-        rgb_sha256="a92524894cb716cb",
-        mask_sha256="74d96f7939e735e0",
+        rgb_sha256="3000ee6d517b87e6",
+        mask_sha256="dcc446cb70dfcb37",
     ),
     # defocus up to 0.7, holes, a fold, fat, bubble rims, pen; then a box off the chunk grid
     "seed4-left": Pinned(
@@ -224,16 +224,16 @@ PINNED_BYTES = {
         seed=4,
         box=Box(0, 0, 2048, 2048),
         stride=1,
-        rgb_sha256="af351882feb3024d",
-        mask_sha256="b54f712810d3e532",
+        rgb_sha256="efc963b2377eda2b",
+        mask_sha256="0c4944822d46557d",
     ),
     "seed4-odd-box": Pinned(
         hw=(2048, 4096),
         seed=4,
         box=Box(517, 2349, 2048, 4096),
         stride=1,
-        rgb_sha256="eda964c55da59e85",
-        mask_sha256="f6aeb7cb40dee05c",
+        rgb_sha256="282f9fe5af9e0537",
+        mask_sha256="a6d3b17b3b3d8ba4",
     ),
 }
 
@@ -257,4 +257,23 @@ def test_synth_bytes_pinned(case):
 def test_scene_layers_pinned():
     """The layers error_anatomy.py attributes errors to, on the strongly defocused slide."""
     layers = scene_layers(make_scene((2048, 4096), 4), np.arange(2048), np.arange(2048))
-    assert _digest(np.packbits(np.stack(layers))) == "283f3a8d402976d2"
+    assert _digest(np.packbits(np.stack(layers))) == "ca00f999477d5765"
+
+
+def test_synth_loose_margin_is_fibres_and_glass_all_tissue():
+    # where a piece frays: stained fibres with glass between them, all inside the tissue
+    # region a pathologist outlines, the glass reaching the open glass beyond the piece
+    scene = make_scene((2048, 2048), 3000)
+    e = max(scene.loose, key=lambda p: p.b)
+    half = int(e.b / 2)
+    ys = np.arange(int(e.cy) - half, int(e.cy) + half)
+    xs = np.arange(int(e.cx) - half, int(e.cx) + half)
+    rgb, mask = render(scene, ys, xs)
+    layers = scene_layers(scene, ys, xs)
+    assert mask.all() and layers.loose.all()  # the middle of a patch: tissue, all of it
+    glass = render(scene._replace(pieces=(), loose=()), ys, xs)[0].astype(int)
+    near_glass = np.abs(rgb.astype(int) - glass).max(axis=-1) < 12
+    assert 0.3 < near_glass.mean() < 0.9  # glass between the fibres, and fibres
+    without = render(scene._replace(loose=()), ys, xs)[1]
+    assert not without.all()  # the patch reaches past the piece's own edge
+    assert not (layers.faint & layers.loose).any()

@@ -1,5 +1,6 @@
 """Training to quality: validation, the best checkpoint, the lr schedule, colour augmentation."""
 
+import dataclasses
 import json
 from functools import partial
 
@@ -17,7 +18,7 @@ from gigamlx.runs.checkpoint import list_checkpoints, read_state
 from gigamlx.runs.config import DEFAULTS, TrainConfig
 from gigamlx.synth.slide import synth_slide
 from gigamlx.tiling.scheduler import tiled_predict
-from gigamlx.train import augment, regions
+from gigamlx.train import augment, regions, validate
 from gigamlx.train.augment import Illumination, _axis_gain, apply_gains, draw_jitter, lut32
 from gigamlx.train.loop import train
 from gigamlx.train.regions import Region, RegionSampler, region_view
@@ -222,12 +223,12 @@ def test_validation_chooses_the_threshold_with_the_best_pooled_dice():
 def test_validation_scores_the_post_processed_mask_beside_the_raw_map(tmp_path):
     """Tissue whose fat the map calls glass, and a speck on the glass: the raw map loses Dice
     to both, the tissue mask (the defaults at 0.5 µm/px) to neither; no pixel size, no score."""
-    mask = np.zeros((400, 500), np.uint8)
-    mask[50:350, 50:450] = 1
+    mask = np.zeros((500, 600), np.uint8)
+    mask[100:400, 100:500] = 1
     prob = np.where(mask > 0, 230, 10).astype(np.uint8)
-    prob[150:250, 150:250] = 10  # 2,500 µm² of fat
-    prob[10:14, 470:474] = 230  # a 4 µm² speck
-    image = np.zeros((400, 500, 3), np.uint8)
+    prob[200:300, 200:300] = 10  # 2,500 µm² of fat
+    prob[10:14, 10:14] = 230  # a 4 µm² speck, farther from the tissue than the closing reaches
+    image = np.zeros((500, 600, 3), np.uint8)
     raw = evaluate_pair(prob, mask).metrics()["dice"]
     validator = Validator([ValArea("a", image, mask, mpp=0.5)], tmp_path, None, None)
     assert raw < 0.99 and validator.post_dice([prob], 128) == 1.0
@@ -235,10 +236,13 @@ def test_validation_scores_the_post_processed_mask_beside_the_raw_map(tmp_path):
     assert validator.post_dice([prob], 128) is None
 
 
-def test_validation_fills_large_holes_only_where_that_scores_better(tmp_path):
+def test_validation_fills_large_holes_only_where_that_scores_better(tmp_path, monkeypatch):
     """A white space of 0.04 mm² inside tissue: beyond the default fill, within the largest
     choice. Where the truth calls it tissue (fat), validation chooses to fill it; where the
     truth calls it glass (a gap between pieces), the default; with no such hole, the default."""
+    # the hole filling alone: the default closing would also round off the square's corners
+    no_closing = dataclasses.replace(validate.POSTPROCESS, closing_um=0.0)
+    monkeypatch.setattr(validate, "POSTPROCESS", no_closing)
     mpp = 2.0  # 4 µm² a pixel
     mask = np.zeros((300, 300), np.uint8)
     mask[20:280, 20:280] = 1

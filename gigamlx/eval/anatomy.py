@@ -1,10 +1,10 @@
 """Where a prediction's errors on a synthetic slide come from.
 
-Each wrong pixel is attributed to what the synthetic scene drew there (fat, faint stain, a pen
-stroke, dust, a bubble's rim, or nothing special), and split by its distance to the true
-tissue boundary. Costs are shares of Dice: since 1 − Dice = (FP + FN) / (|G| + |P|), the costs
-of all categories add up to exactly one minus the pooled Dice, so a table of them says what
-the remaining Dice is made of.
+Each wrong pixel is attributed to what the synthetic scene drew there (fat, a loose margin,
+faint stain, a pen stroke, dust, a bubble's rim, or nothing special), and split by its distance
+to the true tissue boundary. Costs are shares of Dice: since 1 − Dice = (FP + FN) / (|G| +
+|P|), the costs of all categories add up to exactly one minus the pooled Dice, so a table of
+them says what the remaining Dice is made of.
 
 Streamed in square blocks, each read with a margin so that distances to the boundary up to
 the margin are exact: memory stays around one block whatever the slide size.
@@ -26,7 +26,7 @@ from gigamlx.synth.render import SYNTH_VERSION, Layers, scene_layers
 from gigamlx.synth.scene import make_scene
 
 # attribution order: a pixel counts for the first layer that covers it
-MISSED = ("fat", "faint", "pen", "dust", "bubble_rim")
+MISSED = ("fat", "loose", "faint", "pen", "dust", "bubble_rim")
 FALSE = ("pen", "dust", "bubble_rim")
 PROFILE_PX = 12  # the boundary profile covers signed distances -12 … +12 px
 BLOCK_PX = 2048

@@ -302,7 +302,7 @@ class PostprocessConfig:
         metadata={"help": "drop tissue pieces smaller than this area, µm² (0: keep all)"},
     )
     closing_um: float = field(
-        default=0.0, metadata={"help": "morphological closing, disk radius in µm (0: none)"}
+        default=16.0, metadata={"help": "morphological closing, disk radius in µm (0: none)"}
     )
 
     @property

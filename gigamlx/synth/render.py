@@ -34,7 +34,8 @@ from gigamlx.synth.noise import fbm, uniform, value_noise
 from gigamlx.synth.scene import Scene, Stroke
 from gigamlx.synth.tissue import Tissue, tissue_layer
 
-SYNTH_VERSION = 3  # 2: slide styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue
+SYNTH_VERSION = 4  # 2: styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue;
+# 4: loose margins (fibres with glass between, all tissue)
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
 F32 = np.float32
 
@@ -196,8 +197,9 @@ class Layers(NamedTuple):
 
     tissue: np.ndarray  # the label
     fat: np.ndarray  # fat patches: tissue, most of it as white as glass
-    faint: np.ndarray  # tissue outside fat with stain density < FAINT_DENSITY (pale pieces, edges,
-    # holes)
+    loose: np.ndarray  # loose margins: tissue, fibres with glass between them
+    faint: np.ndarray  # tissue outside fat and loose margins with stain density < FAINT_DENSITY
+    # (pale pieces, edges, holes)
     pen: np.ndarray  # under a pen stroke (coverage >= 5 %)
     dust: np.ndarray  # under a dust speck (coverage >= 5 %)
     bubble_rim: np.ndarray  # under a bubble's dark rim (light dimmed by >= 3 %)
@@ -213,7 +215,7 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)
     hw = (len(ys), len(xs))
     tissue = tissue_layer(scene, ys, xs, ysf, xsf)
-    faint = tissue.region & ~tissue.fat & (tissue.density < F32(FAINT_DENSITY))
+    faint = tissue.region & ~tissue.fat & ~tissue.loose & (tissue.density < F32(FAINT_DENSITY))
     pen = np.zeros(hw, bool)
     for stroke in scene.strokes:
         covered = _stroke_alpha(stroke, ys, xs, ysf, xsf)
@@ -222,6 +224,7 @@ def scene_layers(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> Layers:
     return Layers(
         tissue=_full(hw, tissue.window, tissue.region),
         fat=_full(hw, tissue.window, tissue.fat),
+        loose=_full(hw, tissue.window, tissue.loose),
         faint=_full(hw, tissue.window, faint),
         pen=pen,
         dust=dust(scene, ys, xs, ysf, xsf) >= F32(0.05),

@@ -84,6 +84,7 @@ class Scene(NamedTuple):
     style: Style
     fat: tuple[Ellipse, ...]  # adipose patches: white cells inside tissue, labelled tissue
     bubbles: tuple[Bubble, ...]
+    loose: tuple[Ellipse, ...] = ()  # loose margins: stained fibres with glass between, tissue
 
 
 INKS = (
@@ -94,6 +95,12 @@ INKS = (
     (120.0, 60.0, 150.0),
 )
 FAT_LOBULE_PX = (30.0, 90.0)  # semi-axes of a fat lobule
+# a loose margin patch's semi-axes along the edge and across it: shares of its lobe's shorter
+# semi-axis (across, at most a quarter: the patch stays within the window tissue.py evaluates
+# around the lobes), and at most LOOSE_PATCH_PX
+LOOSE_ALONG_SHARE = (0.3, 0.8)
+LOOSE_ACROSS_SHARE = (0.12, 0.25)
+LOOSE_PATCH_PX = (800.0, 300.0)
 EOSIN_OD = np.array([22.0, 110.0, 55.0])
 HEMATOXYLIN_OD = np.array([125.0, 150.0, 70.0])
 
@@ -165,6 +172,35 @@ def _holes_and_folds(rng: np.random.Generator, piece: Piece, radius_px: float):
     return holes, folds, fat
 
 
+def _loose_margins(rng: np.random.Generator, piece: Piece, count: int) -> list[Ellipse]:
+    """Patches of loose tissue centred on the piece's outline (a lobe's edge no other lobe
+    covers), long along it: half on the piece, half out on the glass, where the fibres fray."""
+    patches = []
+    for _ in range(20 * count):
+        if len(patches) == count:
+            break
+        lobe = piece.lobes[int(rng.integers(len(piece.lobes)))]
+        phi = rng.uniform(0, 2 * math.pi)
+        u, v = lobe.a * math.cos(phi), lobe.b * math.sin(phi)  # on the lobe's edge
+        cy = lobe.cy + u * lobe.cos - v * lobe.sin
+        cx = lobe.cx + u * lobe.sin + v * lobe.cos
+        if any(_normalized(other, cy, cx) < 0.97 for other in piece.lobes if other is not lobe):
+            continue  # inside another lobe: not the outline
+        du, dv = -lobe.a * math.sin(phi), lobe.b * math.cos(phi)  # the edge's direction
+        ty, tx = du * lobe.cos - dv * lobe.sin, du * lobe.sin + dv * lobe.cos
+        norm = math.hypot(ty, tx)
+        short = min(lobe.a, lobe.b)
+        along = min(rng.uniform(*LOOSE_ALONG_SHARE) * short, LOOSE_PATCH_PX[0])
+        across = min(rng.uniform(*LOOSE_ACROSS_SHARE) * short, LOOSE_PATCH_PX[1])
+        patches.append(Ellipse(cy, cx, along, across, ty / norm, tx / norm))
+    return patches
+
+
+def _normalized(e: Ellipse, y: float, x: float) -> float:
+    dy, dx = y - e.cy, x - e.cx
+    return math.hypot((dy * e.cos + dx * e.sin) / e.a, (dx * e.cos - dy * e.sin) / e.b)
+
+
 def _bubble(rng: np.random.Generator, image_hw: tuple[int, int], short_px: int) -> Bubble:
     radius = rng.uniform(0.03, 0.12) * short_px
     cy, cx = rng.uniform(0, image_hw[0]), rng.uniform(0, image_hw[1])
@@ -214,6 +250,13 @@ def make_scene(image_hw: tuple[int, int], seed: int) -> Scene:
         pieces.append(_piece(rng, rng.uniform(0, h), rng.uniform(0, w), radius, style.faint_share))
     strokes = [_stroke(rng, image_hw, short) for _ in range(1 + slots // 2)]
     bubbles = [_bubble(rng, image_hw, short) for _ in range(int(rng.integers(1, 2 + slots)))]
+    # drawn from their own stream, so that the rest of the scene is the one version 3 drew
+    loose_rng = np.random.default_rng([seed, h, w, 4])
+    loose = [
+        patch
+        for piece in pieces[:slots]
+        for patch in _loose_margins(loose_rng, piece, int(loose_rng.integers(1, 5)))
+    ]
     boundary_px = int(2 ** np.clip(round(math.log2(max(short, 1) / 6)), 4, 11))
     return Scene(
         (h, w),
@@ -226,4 +269,5 @@ def make_scene(image_hw: tuple[int, int], seed: int) -> Scene:
         style,
         tuple(fat),
         tuple(bubbles),
+        tuple(loose),
     )

@@ -52,11 +52,6 @@ def _reach_box(e: Ellipse, reach: float) -> Box:
     )
 
 
-def _distance(e: Ellipse, y: float, x: float) -> float:
-    dy, dx = y - e.cy, x - e.cx
-    return math.hypot((dy * e.cos + dx * e.sin) / e.a, (dx * e.cos - dy * e.sin) / e.b)
-
-
 def _nearest_on_segment(e: Ellipse, fixed: float, lo: float, hi: float, along_x: bool) -> float:
     """Least normalized distance on the segment y = fixed, x in [lo, hi] (or x = fixed, y in
     [lo, hi]): the squared distance is a convex quadratic there, least at its clamped vertex."""
@@ -65,18 +60,18 @@ def _nearest_on_segment(e: Ellipse, fixed: float, lo: float, hi: float, along_x:
         d = fixed - e.cy
         t = -(d * ca * sa - d * sb * cb) / (sa * sa + cb * cb)
         x = min(max(e.cx + t, lo), hi)
-        return _distance(e, fixed, x)
+        return e.distance(fixed, x)
     d = fixed - e.cx
     t = -(d * sa * ca - d * cb * sb) / (ca * ca + sb * sb)
     y = min(max(e.cy + t, lo), hi)
-    return _distance(e, y, fixed)
+    return e.distance(y, fixed)
 
 
 def distance_range(e: Ellipse, rect: Box) -> tuple[float, float]:
     """Least and greatest normalized distance to `e` over the closed rectangle
     [y0, y1] x [x0, x1] (corners inclusive here), in float64."""
     corners = [(y, x) for y in (rect.y0, rect.y1) for x in (rect.x0, rect.x1)]
-    far = max(_distance(e, y, x) for y, x in corners)  # convex: greatest at a corner
+    far = max(e.distance(y, x) for y, x in corners)  # convex: greatest at a corner
     if rect.y0 <= e.cy <= rect.y1 and rect.x0 <= e.cx <= rect.x1:
         return 0.0, far
     near = min(

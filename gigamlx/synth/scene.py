@@ -27,6 +27,13 @@ class Ellipse(NamedTuple):
     cos: float
     sin: float
 
+    def distance(self, y: float, x: float) -> float:
+        """Normalized distance of point (y, x) to the centre (1 on the outline), in float64."""
+        dy, dx = y - self.cy, x - self.cx
+        return math.hypot(
+            (dy * self.cos + dx * self.sin) / self.a, (dx * self.cos - dy * self.sin) / self.b
+        )
+
     def bbox(self, grow: float = 1.0) -> Box:
         """Box outside which the normalized distance is >= `grow`."""
         r = max(self.a, self.b) * grow + 1
@@ -184,7 +191,7 @@ def _loose_margins(rng: np.random.Generator, piece: Piece, count: int) -> list[E
         u, v = lobe.a * math.cos(phi), lobe.b * math.sin(phi)  # on the lobe's edge
         cy = lobe.cy + u * lobe.cos - v * lobe.sin
         cx = lobe.cx + u * lobe.sin + v * lobe.cos
-        if any(_normalized(other, cy, cx) < 0.97 for other in piece.lobes if other is not lobe):
+        if any(other.distance(cy, cx) < 0.97 for other in piece.lobes if other is not lobe):
             continue  # inside another lobe: not the outline
         du, dv = -lobe.a * math.sin(phi), lobe.b * math.cos(phi)  # the edge's direction
         ty, tx = du * lobe.cos - dv * lobe.sin, du * lobe.sin + dv * lobe.cos
@@ -194,11 +201,6 @@ def _loose_margins(rng: np.random.Generator, piece: Piece, count: int) -> list[E
         across = min(rng.uniform(*LOOSE_ACROSS_SHARE) * short, LOOSE_PATCH_PX[1])
         patches.append(Ellipse(cy, cx, along, across, ty / norm, tx / norm))
     return patches
-
-
-def _normalized(e: Ellipse, y: float, x: float) -> float:
-    dy, dx = y - e.cy, x - e.cx
-    return math.hypot((dy * e.cos + dx * e.sin) / e.a, (dx * e.cos - dy * e.sin) / e.b)
 
 
 def _bubble(rng: np.random.Generator, image_hw: tuple[int, int], short_px: int) -> Bubble:

@@ -168,14 +168,32 @@ class Validator:
         """Pooled Dice of the tissue masks: each map at `cut_u8`, post-processed with the
         defaults (`POSTPROCESS`, holes filled up to `fill_um2` if given) at its area's pixel
         size; None when no area has one."""
+        return self._post_dice(self._closed(probs, cut_u8), fill_um2)
+
+    def _closed(self, probs: list, cut_u8: int) -> list:
+        """Per area: its map at `cut_u8` closed with the default closing, held compressed in
+        memory (None where the area has no pixel size). The closing is the costly step of
+        the post-processing and the same for every hole-filling limit: done once."""
+        closed = []
+        for area, prob in zip(self.areas, probs, strict=True):
+            if not area.mpp:
+                closed.append(None)
+                continue
+            settings = pixel_settings(POSTPROCESS, area.mpp)
+            only_closing = settings._replace(fill_holes_px=0.0, min_object_px=0.0)
+            closed.append(postprocessed_array(tissue_plane(prob, cut_u8), only_closing))
+        return closed
+
+    def _post_dice(self, closed: list, fill_um2: float | None) -> float | None:
+        """`post_dice` from the closed planes of `_closed`."""
         config = POSTPROCESS
         if fill_um2 is not None:
             config = dataclasses.replace(config, fill_holes_um2=fill_um2)
         counts, scored = PixelCounts(), False
-        for area, prob in zip(self.areas, probs, strict=True):
-            if area.mpp:
-                settings = pixel_settings(config, area.mpp)
-                mask = postprocessed_array(tissue_plane(prob, cut_u8), settings)
+        for area, plane in zip(self.areas, closed, strict=True):
+            if plane is not None:
+                settings = pixel_settings(config, area.mpp)._replace(closing_px=0.0)
+                mask = postprocessed_array(plane, settings)
                 counts += evaluate_pair(mask, area.mask, 0.5, BLOCK_HW, pred_scale=1)
                 scored = True
         return counts.metrics()["dice"] if scored else None
@@ -184,9 +202,10 @@ class Validator:
         """(hole-filling limit in µm², pooled tissue-mask Dice there): of `FILL_CHOICES_UM2`,
         the smallest within `THRESHOLD_TOLERANCE` of the best; (the default, None) when no
         area has a pixel size."""
-        # side by side: the labelling that dominates a mask releases the GIL, and the cores
-        # are otherwise idle while a validation scores its maps
-        dice = map_on_cores(lambda fill: self.post_dice(probs, cut_u8, fill), FILL_CHOICES_UM2)
+        closed = self._closed(probs, cut_u8)  # its chunks on all cores (morphology._close_all)
+        # the limits side by side: the labelling that dominates them releases the GIL, and
+        # the cores are otherwise idle while a validation scores its maps
+        dice = map_on_cores(lambda fill: self._post_dice(closed, fill), FILL_CHOICES_UM2)
         scored = list(zip(FILL_CHOICES_UM2, dice, strict=True))
         if scored[0][1] is None:
             return POSTPROCESS.fill_holes_um2, None

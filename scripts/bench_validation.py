@@ -1,5 +1,5 @@
 """What one validation pays per probability map besides predicting it: the counts at every
-cut validation may choose, and the tissue mask at each hole limit it may choose.
+cut validation may choose, the closing, and the tissue mask at each hole limit it may choose.
 
 Usage: python scripts/bench_validation.py [--size 8192x6554] [--repeats 3]
        [--json out/bench_validation.json] [--markdown docs/benchmarks.md]
@@ -7,8 +7,10 @@ Usage: python scripts/bench_validation.py [--size 8192x6554] [--repeats 3]
 The map is synthetic (smoothed noise cut into blobs with holes and specks, its probabilities
 spread around the cut, as round(255 p)), at 0.5 µm/px. The counts are timed on the uint8 map
 (one histogram per block) and on the same values as float32 (the per-cut loop every other
-dtype takes), in one process, so their ratio holds on a shared machine. Prints a table,
-writes JSON.
+dtype takes), in one process, so their ratio holds on a shared machine. The closing is timed
+twice, the same chunks and halos: as gigamlx applies the disk (on rows of bits) and with the
+Euclidean distance transforms it used before (scipy's), checked to give the same mask. Prints a
+table, writes JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from benchmarks_md import sgemm_gflops  # scripts/benchmarks_md.py
@@ -26,6 +29,7 @@ from scipy import ndimage
 
 from gigamlx.eval.metrics import evaluate_thresholds
 from gigamlx.runs.config import POSTPROCESS, parse_region
+from gigamlx.slide import morphology
 from gigamlx.slide.morphology import pixel_settings, postprocessed_array
 from gigamlx.train.validate import BLOCK_HW, FILL_CHOICES_UM2, THRESHOLDS
 
@@ -51,6 +55,30 @@ def synthetic_map(hw: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.nd
     return np.clip(prob, 0, 255).astype(np.uint8), truth
 
 
+def _edt_dilate(block: np.ndarray, radius_px: float) -> np.ndarray:
+    if not block.any():
+        return np.zeros_like(block)
+    return ndimage.distance_transform_edt(~block) <= radius_px
+
+
+def _edt_erode(block: np.ndarray, radius_px: float) -> np.ndarray:
+    if block.all():
+        return block.copy()
+    return ndimage.distance_transform_edt(block) > radius_px
+
+
+def _closing(cut: np.ndarray, settings, distance_transform: bool):
+    """The closing step alone (no holes filled, no pieces dropped), as an in-memory plane."""
+    only_closing = settings._replace(fill_holes_px=0.0, min_object_px=0.0)
+    if not distance_transform:
+        return postprocessed_array(cut, only_closing)
+    with (
+        mock.patch.object(morphology, "_dilate", _edt_dilate),
+        mock.patch.object(morphology, "_erode", _edt_erode),
+    ):
+        return postprocessed_array(cut, only_closing)
+
+
 def _median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -72,6 +100,13 @@ def rows(prob: np.ndarray, truth: np.ndarray, repeats: int) -> list[dict]:
             as_float, truth, THRESHOLDS, BLOCK_HW
         ),
     }
+    settings = pixel_settings(POSTPROCESS, MPP)
+    closing = f"closing {POSTPROCESS.closing_um:g} µm"
+    bits, distances = (_closing(cut, settings, edt)[:, :] for edt in (False, True))
+    if not np.array_equal(bits, distances):
+        raise SystemExit("the two closings differ: the bit-row disk is wrong")
+    timed[(f"{closing}, distance transforms", "bool")] = lambda: _closing(cut, settings, True)
+    timed[(f"{closing}, rows of bits", "bool")] = lambda: _closing(cut, settings, False)
     for fill in FILL_CHOICES_UM2:
         settings = pixel_settings(dataclasses.replace(POSTPROCESS, fill_holes_um2=fill), MPP)
         timed[(f"tissue mask, holes <= {fill:g} µm²", "bool")] = lambda s=settings: (
@@ -114,7 +149,7 @@ def main() -> None:
     caption = f"one {hw[0]}x{hw[1]} map (HxW) at {MPP} µm/px, {args.repeats} repeats"
     print(caption)
     for cells in [list(HEADER), *table]:
-        print(f"{cells[0]:<34}{cells[1]:>9}{cells[2]:>10}{cells[3]:>9}{cells[4]:>9}")
+        print(f"{cells[0]:<40}{cells[1]:>9}{cells[2]:>10}{cells[3]:>9}{cells[4]:>9}")
     print(f"sgemm {gflops:.0f} GFLOP/s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     summary = {"hw": list(hw), "mpp": MPP, "sgemm_gflops": gflops, "rows": found}

@@ -118,14 +118,16 @@ def test_synth_benchmark_times_current_beside_baseline(tmp_path):
 
 
 def test_validation_benchmark_times_each_step_and_writes_its_rows(tmp_path):
-    """scripts/bench_validation.py: the counts on both map kinds and a mask per hole limit."""
+    """scripts/bench_validation.py: the counts on both map kinds, the closing both ways (the
+    script checks they agree) and a mask per hole limit."""
     out = tmp_path / "val.json"
     cmd = [sys.executable, str(SCRIPT.with_name("bench_validation.py")), "--size", "300x500"]
     cmd += ["--repeats", "1", "--json", str(out), "--markdown", str(tmp_path / "b.md")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [r["map"] for r in rows] == ["uint8", "float32", "bool", "bool"]
+    assert [r["map"] for r in rows] == ["uint8", "float32", "bool", "bool", "bool", "bool"]
+    assert [r["step"].split(",")[-1] for r in rows[2:4]] == [" distance transforms", " rows of bits"]
     assert all(r["seconds"] > 0 for r in rows)
     assert (tmp_path / "b.md").read_text().count("<!-- bench:bench_validation.py") == 2
 

@@ -10,6 +10,9 @@ from scipy import ndimage
 from gigamlx.runs.config import PostprocessConfig
 from gigamlx.slide.morphology import (
     PixelSettings,
+    _dilate,
+    _erode,
+    fill_every_hole,
     held_array,
     pixel_settings,
     postprocess_array,
@@ -119,6 +122,38 @@ def test_a_component_across_many_chunks_is_one_component():
     assert np.array_equal(out, ring) and np.array_equal(out, _reference(binary, settings))
     settings = PixelSettings(0.0, hole_px, 20.0)  # now the hole is small enough: filled
     assert np.array_equal(_chunked(binary, settings, 80), ring | (radius <= 80))
+
+
+@pytest.mark.parametrize("radius_px", [0.5, 1.0, 2.5, 7.3, 31.9999, 32.0, 32.0001, 70.7])
+def test_dilation_and_erosion_are_a_distance_transform_cut_at_the_radius(radius_px):
+    """The bit-row disk reaches exactly the pixels a Euclidean distance transform puts within
+    the radius, across word boundaries (rows of 300 px: 4 words and a part), at the array's
+    edges, and on planes the disk covers half of."""
+    rng = np.random.default_rng(int(radius_px * 10))
+    density = min(0.2, 0.3 / radius_px**2)  # about half the plane within reach of a point
+    points = rng.random((211, 300)) < density
+    dilated = _dilate(points, radius_px)
+    assert 0.1 < dilated.mean() < 0.9
+    assert np.array_equal(dilated, ndimage.distance_transform_edt(~points) <= radius_px)
+    holes = ~points  # a plane of tissue with pinholes: eroded around each
+    assert np.array_equal(
+        _erode(holes, radius_px), ndimage.distance_transform_edt(holes) > radius_px
+    )
+
+
+@pytest.mark.parametrize("block_px", [37, 80, 1000])
+def test_fill_every_hole_equals_a_whole_plane_fill(block_px):
+    """In place, chunk by chunk: every hole, however large (the ring's spans nine chunks of
+    80 px), filled as scipy's whole-array fill does; glass reaching the border stays."""
+    yy, xx = np.mgrid[:240, :300]
+    ring = (np.hypot(yy - 120, xx - 120) - 87.5) ** 2 < 7.5**2
+    plane = (ring | _blobs()[:240, :300]).astype(np.uint8)
+    expected = ndimage.binary_fill_holes(plane)
+    assert expected.sum() - plane.sum() > 80 * 80  # a hole larger than a chunk
+    filled = plane.copy()
+    assert fill_every_hole(filled, block_px) == expected.sum() - plane.sum()
+    assert filled.dtype == np.uint8 and np.array_equal(filled, expected)
+    assert fill_every_hole(filled, block_px) == 0  # nothing left to fill
 
 
 def test_areas_are_physical_the_same_at_two_levels():

@@ -14,7 +14,8 @@ limit above the largest of them scores the same there. A large slide's strip (th
 slide's, the first run's validation) has holes of the size a whole section has.
 
 Usage: python scripts/postprocess_ablation.py [--work runs/reproduce] [--json FILE]
-       [--large ~/.cache/gigamlx/synth-v4-s0-16384x65536.zarr] [--markdown docs/benchmarks.md]
+       [--large ~/.cache/gigamlx/synth-v5-s0-16384x65536.zarr] [--markdown docs/benchmarks.md]
+       [--checkpoint bundled]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from gigamlx.eval.baseline import baseline_plane
 from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.model import cut_of, trained_scale
 from gigamlx.infer.predict import PredictOptions, predict_slides
+from gigamlx.runs.bundled import BUNDLED
 from gigamlx.runs.config import POSTPROCESS, PostprocessConfig
 from gigamlx.slide.morphology import pixel_settings, postprocess_array
 from gigamlx.slide.planes import open_plane
@@ -179,14 +181,21 @@ def main(
         Path | None,
         typer.Option(help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"),
     ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="the weights to score: a checkpoint or run folder, a .safetensors file, or "
+            "`bundled` (the model that ships); default WORK/run/checkpoints/best"
+        ),
+    ] = None,
 ) -> None:
     """Score post-processing settings on the validation slides and choose the defaults."""
     logging.basicConfig(level=logging.WARNING)
     console = Console(width=120)
-    checkpoint = work / "run" / "checkpoints" / "best"
+    checkpoint = checkpoint or work / "run" / "checkpoints" / "best"
     stores = sorted((work / "slides").glob("val-*.zarr"))
-    if not checkpoint.is_dir() or not stores:
-        console.print(f"{work} has no run/checkpoints/best or slides/val-*.zarr: run "
+    if not (checkpoint == BUNDLED or Path(checkpoint).exists()) or not stores:
+        console.print(f"no weights at {checkpoint} or no {work}/slides/val-*.zarr: run "
                       "`python scripts/reproduce_paper.py --quick` first")  # fmt: skip
         raise typer.Exit(2)
     threshold = cut_of(None, trained_scale(checkpoint))

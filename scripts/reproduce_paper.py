@@ -396,6 +396,10 @@ def main(
     ] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="override the lr schedule")] = None,
     warmup: Annotated[float | None, typer.Option(help="override the warm-up share")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="override the training seed (weights and regions; slides unchanged)"),
+    ] = None,
     markdown: Annotated[
         Path | None,
         typer.Option(help="rewrite this script's section of this file (e.g. docs/benchmarks.md)"),
@@ -419,7 +423,7 @@ def main(
     plan = QUICK if quick else FULL
     overrides = {"steps": steps, "lr": lr, "loss": loss, "region": region}
     overrides |= {"color_jitter": color_jitter, "illumination": illumination}
-    overrides |= {"lr_schedule": lr_schedule, "warmup": warmup}
+    overrides |= {"lr_schedule": lr_schedule, "warmup": warmup, "seed": seed}
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     json_path = json_path or work / "reproduce.json"
     result = reproduce(work, plan, json_path, Console(width=120))  # the tables need ~110 columns

@@ -127,7 +127,10 @@ def test_validation_benchmark_times_each_step_and_writes_its_rows(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["map"] for r in rows] == ["uint8", "float32", "bool", "bool", "bool", "bool"]
-    assert [r["step"].split(",")[-1] for r in rows[2:4]] == [" distance transforms", " rows of bits"]
+    assert [r["step"].split(",")[-1] for r in rows[2:4]] == [
+        " distance transforms",
+        " rows of bits",
+    ]
     assert all(r["seconds"] > 0 for r in rows)
     assert (tmp_path / "b.md").read_text().count("<!-- bench:bench_validation.py") == 2
 

@@ -27,9 +27,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "error_anatomy.py"
 
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
+    """The slide and its layers, `tissue` its stored label (the drawn region and the glass it
+    encloses)."""
     path = synth_slide(tmp_path_factory.mktemp("anatomy") / "s.zarr", HW, SEED, chunk_px=256)
     layers = scene_layers(make_scene(HW, SEED), np.arange(HW[0]), np.arange(HW[1]))
-    return path, layers
+    return path, layers._replace(tissue=np.asarray(open_store(path).mask[:, :]) != 0)
 
 
 def _png(path: Path, tissue: np.ndarray) -> Path:
@@ -46,6 +48,15 @@ def test_the_label_itself_has_no_errors(slide, tmp_path):
     anatomy = slide_anatomy(_png(tmp_path / "p.png", layers.tissue), path)
     assert anatomy.dice == 1.0 and _errors(anatomy) == {}
     assert anatomy.tissue_px == anatomy.predicted_px == int(layers.tissue.sum())
+
+
+def test_enclosed_glass_missed_is_its_own_cause(slide, tmp_path):
+    path, layers = slide
+    drawn = scene_layers(make_scene(HW, SEED), np.arange(HW[0]), np.arange(HW[1])).tissue
+    enclosed = int((layers.tissue & ~drawn).sum())
+    assert enclosed > 0 and not (drawn & ~layers.tissue).any()
+    anatomy = slide_anatomy(_png(tmp_path / "p.png", drawn), path)
+    assert _errors(anatomy) == {"missed: enclosed": enclosed}
 
 
 def test_errors_land_on_their_cause_and_cost_one_minus_dice(slide, tmp_path):

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from gigamlx.core.geometry import Box
 from gigamlx.slide.store import open_store
@@ -22,6 +23,17 @@ def test_synth_same_bytes_whatever_chunking(tmp_path):
     assert a.mask[:, :].tobytes() == b.mask[:, :].tobytes()
     rgb, mask = render(make_scene((700, 900), 3), np.arange(700), np.arange(900))  # one chunk
     assert a.image[:, :].tobytes() == rgb.tobytes() and a.mask[:, :].tobytes() == mask.tobytes()
+
+
+def test_synth_mask_is_the_drawn_region_with_every_hole_filled(tmp_path):
+    # the tissue region a pathologist outlines: the glass it encloses is in it, between
+    # touching pieces too, however many chunks the hole spans
+    hw, seed = (768, 1024), 3
+    _, drawn = render(make_scene(hw, seed), np.arange(hw[0]), np.arange(hw[1]))
+    expected = ndimage.binary_fill_holes(drawn)
+    assert expected.sum() - drawn.sum() > 1000  # this scene encloses glass
+    store = open_store(synth_slide(tmp_path / "s.zarr", hw, seed, chunk_px=256))
+    assert np.array_equal(np.asarray(store.mask[:, :]) != 0, expected)
 
 
 def test_synth_same_bytes_whatever_the_worker_processes(tmp_path):

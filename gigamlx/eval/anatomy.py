@@ -1,10 +1,11 @@
 """Where a prediction's errors on a synthetic slide come from.
 
 Each wrong pixel is attributed to what the synthetic scene drew there (fat, a loose margin,
-faint stain, a pen stroke, dust, a bubble's rim, or nothing special), and split by its distance
-to the true tissue boundary. Costs are shares of Dice: since 1 − Dice = (FP + FN) / (|G| +
-|P|), the costs of all categories add up to exactly one minus the pooled Dice, so a table of
-them says what the remaining Dice is made of.
+glass the tissue encloses (tissue in the slide's mask, synth/slide.py), faint stain, a pen
+stroke, dust, a bubble's rim, or nothing special), and split by its distance to the true
+tissue boundary. Costs are shares of Dice: since 1 − Dice = (FP + FN) / (|G| + |P|), the costs
+of all categories add up to exactly one minus the pooled Dice, so a table of them says what
+the remaining Dice is made of.
 
 Streamed in square blocks, each read with a margin so that distances to the boundary up to
 the margin are exact: memory stays around one block whatever the slide size.
@@ -26,7 +27,7 @@ from gigamlx.synth.render import SYNTH_VERSION, Layers, scene_layers
 from gigamlx.synth.scene import make_scene
 
 # attribution order: a pixel counts for the first layer that covers it
-MISSED = ("fat", "loose", "faint", "pen", "dust", "bubble_rim")
+MISSED = ("fat", "loose", "enclosed", "faint", "pen", "dust", "bubble_rim")
 FALSE = ("pen", "dust", "bubble_rim")
 PROFILE_PX = 12  # the boundary profile covers signed distances -12 … +12 px
 BLOCK_PX = 2048
@@ -147,7 +148,11 @@ def _boundary_steps(tissue: np.ndarray, cap: int) -> np.ndarray:
     return np.where(tissue, -1 - _rings(~tissue, cap), _rings(tissue, cap)).astype(np.int16)
 
 
-def _block_anatomy(pred: np.ndarray, layers: Layers, step: np.ndarray, edge_px: int) -> Anatomy:
+def _block_anatomy(
+    pred: np.ndarray, layers: Layers, enclosed: np.ndarray, step: np.ndarray, edge_px: int
+) -> Anatomy:
+    """`layers.tissue`: the slide's label; `enclosed`: its glass the tissue encloses."""
+    cover = layers._asdict() | {"enclosed": enclosed}
     tissue = layers.tissue
     missed, false = tissue & ~pred, ~tissue & pred
     near = (step >= -edge_px) & (step < edge_px)
@@ -155,7 +160,7 @@ def _block_anatomy(pred: np.ndarray, layers: Layers, step: np.ndarray, edge_px: 
     for kind, wrong, causes in (("missed", missed, MISSED), ("false", false, FALSE)):
         left = wrong
         for cause in causes:
-            here = left & getattr(layers, cause)
+            here = left & cover[cause]
             left = left & ~here
             out.errors[f"{kind}: {cause}"] = [int((here & near).sum()), int((here & ~near).sum())]
         rest = "other tissue" if kind == "missed" else "other glass"
@@ -216,13 +221,15 @@ def slide_anatomy(
             steps = _boundary_steps(label, PROFILE_PX)[core]
             ys, xs = np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop)
             layers = scene_layers(scene, ys, xs)
-            if not np.array_equal(layers.tissue, label[core]):
+            drawn, label = layers.tissue, label[core]
+            if (drawn & ~label).any():  # the mask holds the drawn region and what it encloses
                 raise EvaluationError(
                     f"{slide_path}: its mask differs from the scene its seed draws at rows "
                     f"{rows.start}-{rows.stop}: the store was edited after `gigamlx synth`"
                 )
+            layers = layers._replace(tissue=label)
             prob = to_probability(np.asarray(plane[rows, cols]), str(pred_path), scale)
-            total.add(_block_anatomy(prob >= threshold, layers, steps, edge_px))
+            total.add(_block_anatomy(prob >= threshold, layers, label & ~drawn, steps, edge_px))
         return total
     except ArrayReadError as err:
         raise EvaluationError(str(err)) from err

@@ -18,6 +18,10 @@ What each part models, and its label (mask 1 = tissue):
 - dust and pen marks: dark specks and coloured strokes painted on top: labels unchanged
   (background on glass, which is where most of them lie).
 - background: tinted glass, uneven illumination and sensor grain: background.
+
+The mask drawn here is the tissue region as each window sees it. A slide's stored mask also
+fills the glass the region encloses, between touching pieces too (synth/slide.py): that needs
+the whole slide, so it is not a function of one window.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from gigamlx.synth.noise import fbm, uniform, value_noise
 from gigamlx.synth.scene import Scene, Stroke
 from gigamlx.synth.tissue import Tissue, tissue_layer
 
-SYNTH_VERSION = 4  # 2: styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue;
-# 4: loose margins (fibres with glass between, all tissue)
+SYNTH_VERSION = 5  # 2: styles, faint tissue, fat, bubbles, defocus; 3: holes labelled tissue;
+# 4: loose margins (fibres with glass between, all tissue); 5: the stored mask fills every
+# white space the tissue encloses (synth/slide.py), glass between touching pieces included
 DUST_RGB = np.array([70.0, 66.0, 62.0], np.float32)
 F32 = np.float32
 
@@ -171,7 +176,8 @@ def render(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np
         xs: (w,) ascending column coordinates.
 
     Returns:
-        rgb (h, w, 3) uint8 and tissue mask (h, w) uint8 (0/1).
+        rgb (h, w, 3) uint8 and tissue region (h, w) uint8 (0/1), before the slide's
+        enclosed glass is filled (synth/slide.py).
     """
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
     ysf, xsf = ys.astype(np.float32), xs.astype(np.float32)

@@ -1,6 +1,12 @@
 """Synthetic slides as slide stores: chunks rendered in worker processes (synth/render.py
 draws each), written as they come, and the default slide generated once into a cache.
 
+The stored mask is the rendered tissue region with every white space it encloses filled (glass
+between touching pieces included): the tissue region as a pathologist outlines it, which the
+real slide's reference draws too (docs/real-slide.md). Whether glass is enclosed depends on the
+whole slide, so that one pass runs over the written mask after the chunks
+(`slide.morphology.fill_every_hole`); everything else in a chunk depends on its pixels alone.
+
 The same seed and size give the same bytes whatever the chunk size and the number of workers.
 """
 
@@ -23,6 +29,7 @@ from gigamlx.core.geometry import Box
 from gigamlx.core.memory import keep_freed_memory
 from gigamlx.core.progress import ChunkProgress
 from gigamlx.runs.config import DEFAULT_CHUNK_PX, DEFAULT_SLIDE_HW, check_seed
+from gigamlx.slide.morphology import fill_every_hole
 from gigamlx.slide.pyramid import chunk_boxes
 from gigamlx.slide.store import StoreError, open_store
 from gigamlx.slide.writer import StoreWriter
@@ -127,13 +134,15 @@ def synth_slide(
         for box, rgb, mask in rendered_chunks(scene, boxes, workers):
             writer.write_image(box, rgb)
             writer.write_mask(box, mask)
+        filled_px = fill_every_hole(writer.masks[0])
         out = writer.finish()
     log.info(
-        "synth %dx%d (HxW) seed %d: %.1f s (%d worker(s))",
+        "synth %dx%d (HxW) seed %d: %.1f s (%d worker(s)); %d px of enclosed glass in the mask",
         *size_hw,
         seed,
         time.perf_counter() - start,
         workers,
+        filled_px,
     )
     return out
 

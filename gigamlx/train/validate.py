@@ -16,8 +16,8 @@ the checkpoint of that step) and `gigamlx predict` cuts there.
 
 The tissue mask's hole filling is chosen the same way, from `FILL_CHOICES_UM2`: the smallest
 area limit within `THRESHOLD_TOLERANCE` of the best pooled Dice. No one limit suits every
-slide: where pieces are large, the white spaces inside them are large too, while glass
-enclosed between touching pieces is glass (docs/postprocessing.md). It is kept beside the cut
+slide: where pieces are large, the white spaces inside them are large too, while a bubble whose
+dark rim the map takes for tissue encloses glass (docs/postprocessing.md). It is kept beside the cut
 (`best`'s "postprocess") and `gigamlx predict` fills holes up to it.
 
 With a moving average of the weights (train/ema.py) each validation scores it too, on the

@@ -1,7 +1,8 @@
 """What a model's remaining Dice is made of, on synthetic slides.
 
 Each wrong pixel of each prediction is attributed to what the synthetic scene drew there —
-fat, a loose margin, faint stain, a pen stroke, dust, a bubble's rim, or nothing special —
+fat, a loose margin, glass the tissue encloses, faint stain, a pen stroke, dust, a bubble's
+rim, or nothing special —
 and split into "at the boundary" (within --edge-px of the true tissue edge) and "away". Costs
 are shares of Dice pooled over the slides and add up to one minus the pooled Dice. A second
 table gives the error rate by distance to the boundary (is the predicted edge shifted, or only

@@ -237,29 +237,55 @@ def test_validation_scores_the_post_processed_mask_beside_the_raw_map(tmp_path):
 
 
 def test_validation_fills_large_holes_only_where_that_scores_better(tmp_path, monkeypatch):
-    """A white space of 0.04 mm² inside tissue: beyond the default fill, within the largest
-    choice. Where the truth calls it tissue (fat), validation chooses to fill it; where the
-    truth calls it glass (a gap between pieces), the default; with no such hole, the default."""
+    """A white space of 0.04 mm² inside tissue: beyond the small limit, within the default.
+    Where the truth calls it tissue (fat), validation keeps the default and fills it; where
+    the truth calls it glass (a bubble's inside, its rim taken for tissue), the small limit;
+    with no such hole, a tie: the default."""
     # the hole filling alone: the default closing would also round off the square's corners
     no_closing = dataclasses.replace(validate.POSTPROCESS, closing_um=0.0)
     monkeypatch.setattr(validate, "POSTPROCESS", no_closing)
+    default, small = FILL_CHOICES_UM2
     mpp = 2.0  # 4 µm² a pixel
     mask = np.zeros((300, 300), np.uint8)
     mask[20:280, 20:280] = 1
     prob = np.where(mask > 0, 230, 10).astype(np.uint8)
     prob[100:200, 100:200] = 10  # 40,000 µm²
-    assert FILL_CHOICES_UM2[0] < 100 * 100 * mpp**2 < FILL_CHOICES_UM2[-1]
+    assert small < 100 * 100 * mpp**2 < default
     image = np.zeros((300, 300, 3), np.uint8)
     fat = Validator([ValArea("a", image, mask, mpp=mpp)], tmp_path, None, None)
-    assert fat.best_fill([prob], 128) == (FILL_CHOICES_UM2[-1], 1.0)
+    assert fat.best_fill([prob], 128) == (default, 1.0)
     gap = mask.copy()
     gap[100:200, 100:200] = 0
     glass = Validator([ValArea("a", image, gap, mpp=mpp)], tmp_path, None, None)
-    assert glass.best_fill([prob], 128) == (FILL_CHOICES_UM2[0], 1.0)
+    assert glass.best_fill([prob], 128) == (small, 1.0)
     solid = np.where(mask > 0, 230, 10).astype(np.uint8)
-    assert fat.best_fill([solid], 128) == (FILL_CHOICES_UM2[0], 1.0)  # a tie: the gentlest
+    assert glass.best_fill([solid], 128)[0] == default  # no hole in the mask: a tie
     no_mpp = Validator([ValArea("a", image, mask)], tmp_path, None, None)
-    assert no_mpp.best_fill([prob], 128) == (FILL_CHOICES_UM2[0], None)
+    assert no_mpp.best_fill([prob], 128) == (default, None)
+
+
+def test_validation_cuts_where_the_tissue_mask_scores_best(tmp_path):
+    """Faint noise on the glass at p 0.3-0.4, a pixel in 30: the map's best cut is low (it
+    also finds a faint strip of tissue), where the noise costs the map little; the closing
+    joins it into solid tissue, so the tissue mask chooses 0.5. Without the noise, the low
+    cut's mask scores best and stays."""
+    mask = np.zeros((600, 600), np.uint8)
+    mask[100:500, 100:300] = 1
+    prob = np.where(mask > 0, 230, 10).astype(np.uint8)
+    prob[100:500, 280:300] = 90  # faint tissue at the edge: only cuts <= 0.35 find it
+    clean = prob.copy()
+    noise = np.random.default_rng(0).random(prob.shape) < 1 / 30
+    prob[noise & (mask == 0) & (np.arange(600) > 350)[None, :]] = 90  # 0.35 on the glass
+    image = np.zeros((600, 600, 3), np.uint8)
+    validator = Validator([ValArea("a", image, mask, mpp=0.5)], tmp_path, None, None)
+    map_cut, _ = best_threshold(evaluate_thresholds(prob, mask, THRESHOLDS))
+    assert map_cut < 0.5  # the map alone would cut low
+    cut, _, post = validator.best_mask([prob], map_cut)
+    assert cut == 0.5 and post < 1.0
+    low, _, low_post = validator.best_mask([clean], map_cut)
+    assert low == map_cut and low_post == 1.0
+    no_mpp = Validator([ValArea("a", image, mask)], tmp_path, None, None)
+    assert no_mpp.best_mask([prob], map_cut)[::2] == (map_cut, None)
 
 
 def test_val_stores_are_scored_whole(slides, tmp_path):

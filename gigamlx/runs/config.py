@@ -294,7 +294,7 @@ class PostprocessConfig:
     docs/postprocessing.md)."""
 
     fill_holes_um2: float = field(
-        default=10_000.0,
+        default=1_000_000.0,
         metadata={"help": "fill holes enclosed by tissue up to this area, µm² (0: fill none)"},
     )
     min_object_um2: float = field(

@@ -11,14 +11,18 @@ post-processed with the defaults, infer/postprocess.py) is scored beside its raw
 Each validation also picks the decision threshold: the cut of p (0.10 … 0.90) with the best
 pooled Dice on these pixels, or the cut nearest 0.5 within `THRESHOLD_TOLERANCE` of it. A
 model trained with BCE puts ambiguous pixels (faint tissue, fat) at their base rate, below
-0.5, so 0.5 is often not its best cut; the chosen one is kept with the weights (`best` and
-the checkpoint of that step) and `gigamlx predict` cuts there.
+0.5, so 0.5 is often not its best cut. Where the areas have a pixel size the tissue mask
+decides between that cut and 0.5 (`best_mask`): the mask is what `predict` writes, and at a low
+cut a calibrated map's faint noise on the glass, harmless to the map, is joined by the closing
+into solid tissue. The chosen cut is kept with the weights (`best` and the checkpoint of that
+step) and `gigamlx predict` cuts there.
 
-The tissue mask's hole filling is chosen the same way, from `FILL_CHOICES_UM2`: the smallest
-area limit within `THRESHOLD_TOLERANCE` of the best pooled Dice. No one limit suits every
-slide: where pieces are large, the white spaces inside them are large too, while a bubble whose
-dark rim the map takes for tissue encloses glass (docs/postprocessing.md). It is kept beside the cut
-(`best`'s "postprocess") and `gigamlx predict` fills holes up to it.
+The tissue mask's hole filling is chosen the same way, from `FILL_CHOICES_UM2`: the default
+limit unless the other scores more than `THRESHOLD_TOLERANCE` better on the pooled pixels. No
+one limit suits every slide: where pieces are large, the white spaces inside them are large
+too, while a bubble whose dark rim the map takes for tissue encloses glass
+(docs/postprocessing.md). It is kept beside the cut (`best`'s "postprocess") and `gigamlx
+predict` fills holes up to it.
 
 With a moving average of the weights (train/ema.py) each validation scores it too, on the
 same pixels with its own cut (`val_ema_*`). `best` keeps the weights whose tissue mask scores
@@ -45,7 +49,7 @@ from gigamlx.eval.metrics import PixelCounts, evaluate_pair, evaluate_thresholds
 from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.export import write_overlay
 from gigamlx.infer.postprocess import tissue_plane
-from gigamlx.runs.config import DEFAULT_THRESHOLD, MORPH_POSTPROCESS, POSTPROCESS
+from gigamlx.runs.config import DEFAULT_THRESHOLD, POSTPROCESS
 from gigamlx.slide.masks import OtsuMask
 from gigamlx.slide.morphology import pixel_settings, postprocessed_array
 from gigamlx.tiling.scheduler import tiled_predict
@@ -59,9 +63,11 @@ OVERLAY_SIDE_PX = 1024  # validation overlays: small and fast to write, every va
 IN_MEMORY_MAX_PX = 2**28  # validation maps beyond this many pixels go to zarr scratch arrays
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # the cuts validation may choose
 THRESHOLD_TOLERANCE = 0.001  # Dice a cut nearer 0.5 may give up (below: best_threshold)
-# the hole-filling limits validation may choose, gentlest first: the default, and the
-# morphological detector's "every hole inside the tissue" (up to 1 mm²)
-FILL_CHOICES_UM2 = (POSTPROCESS.fill_holes_um2, MORPH_POSTPROCESS.fill_holes_um2)
+# the hole-filling limits validation may choose, the preferred first: the default (the
+# morphological detector's "every hole inside the tissue", up to 1 mm²), and 0.01 mm² for
+# slides where the large holes in the mask are glass (a bubble whose rim the map outlines)
+SMALL_FILL_UM2 = 10_000.0
+FILL_CHOICES_UM2 = (POSTPROCESS.fill_holes_um2, SMALL_FILL_UM2)
 
 
 class ValArea(NamedTuple):
@@ -200,8 +206,8 @@ class Validator:
 
     def best_fill(self, probs: list, cut_u8: int) -> tuple[float, float | None]:
         """(hole-filling limit in µm², pooled tissue-mask Dice there): of `FILL_CHOICES_UM2`,
-        the smallest within `THRESHOLD_TOLERANCE` of the best; (the default, None) when no
-        area has a pixel size."""
+        the first within `THRESHOLD_TOLERANCE` of the best (the default, unless the other
+        is clearly better); (the default, None) when no area has a pixel size."""
         closed = self._closed(probs, cut_u8)  # its chunks on all cores (morphology._close_all)
         # the limits side by side: the labelling that dominates them releases the GIL, and
         # the cores are otherwise idle while a validation scores its maps
@@ -211,6 +217,20 @@ class Validator:
             return POSTPROCESS.fill_holes_um2, None
         floor = max(dice for _, dice in scored) - THRESHOLD_TOLERANCE
         return next((fill, dice) for fill, dice in scored if dice >= floor)
+
+    def best_mask(self, probs: list, map_cut: float) -> tuple[float, float, float | None]:
+        """(cut, hole-filling limit, pooled tissue-mask Dice): the tissue mask is what
+        `predict` writes, so the cut is chosen where it scores best, between the map's own
+        best cut `map_cut` and 0.5 (0.5 within `THRESHOLD_TOLERANCE`). A calibrated map
+        (BCE) puts faint noise on the glass just above a low cut, harmless to the map's Dice;
+        the closing joins it into solid tissue. (map_cut, the default limit, None) when no
+        area has a pixel size."""
+        cuts = sorted({map_cut, DEFAULT_THRESHOLD}, key=lambda t: abs(t - DEFAULT_THRESHOLD))
+        found = [(cut, *self.best_fill(probs, threshold_u8(cut))) for cut in cuts]
+        if found[0][2] is None:
+            return map_cut, POSTPROCESS.fill_holes_um2, None
+        floor = max(dice for _, _, dice in found) - THRESHOLD_TOLERANCE
+        return next(choice for choice in found if choice[2] >= floor)
 
     def score(self, backend, model, overlays: bool = True) -> Scores:
         """Predict every area with `model` and score the maps at every cut; `overlays`: write
@@ -232,18 +252,18 @@ class Validator:
                 total += counts
             per_slide[area.name] = area_counts
             probs.append(prob)  # kept (in memory up to IN_MEMORY_MAX_PX) for the overlays
-        threshold, threshold_dice = best_threshold(pooled)
+        map_cut, _ = best_threshold(pooled)
+        threshold, fill_um2, post = self.best_mask(probs, map_cut)
         cut = threshold_u8(threshold)
         for area, prob in zip(self.areas, probs, strict=True) if overlays else ():
             overlay = self.out_dir / f"{area.name}_overlay.png"
             write_overlay([area.image], [prob], overlay, OVERLAY_SIDE_PX, cut, compress_level=1)
-        fill_um2, post = self.best_fill(probs, cut)  # the tissue mask, at that cut
         shutil.rmtree(scratch, ignore_errors=True)
         at_cut = THRESHOLDS.index(threshold)  # each slide's Dice as its overlay shows it
         return Scores(
             at_half=pooled[THRESHOLDS.index(DEFAULT_THRESHOLD)].metrics(),
             threshold=threshold,
-            threshold_dice=threshold_dice,
+            threshold_dice=pooled[at_cut].metrics()["dice"],
             post_dice=post,
             fill_holes_um2=fill_um2,
             slides={name: c[at_cut].metrics()["dice"] for name, c in per_slide.items()},
@@ -286,8 +306,8 @@ class Scores(NamedTuple):
     """One model's validation: pooled over every area."""
 
     at_half: dict  # PixelCounts.metrics() at p >= 0.5
-    threshold: float  # the cut chosen (best_threshold)
-    threshold_dice: float  # pooled Dice there
+    threshold: float  # the cut chosen (best_mask; best_threshold where no area has an mpp)
+    threshold_dice: float  # the map's pooled Dice there
     post_dice: float | None  # the tissue mask (post-processed at that cut); None: no mpp
     fill_holes_um2: float  # the hole-filling limit chosen for it (best_fill)
     slides: dict[str, float]  # each area's Dice at the chosen cut

@@ -60,13 +60,10 @@ def _disk_half_widths(radius_px: float) -> list[tuple[int, int]]:
     sqrt(dx² + dy²) <= radius_px, computed in float64 as a Euclidean distance transform
     computes it, so the disk holds exactly the offsets such a transform puts within reach."""
     reach = math.floor(radius_px) + 1
-    rows = []
-    for dy in range(-reach, reach + 1):
-        dx = np.arange(reach + 1, dtype=np.float64)
-        inside = np.flatnonzero(np.sqrt(dx * dx + float(dy * dy)) <= radius_px)
-        if inside.size:
-            rows.append((dy, int(inside[-1])))
-    return rows
+    dy = np.arange(-reach, reach + 1)[:, None]
+    dx = np.arange(reach + 1)[None, :]
+    widths = (np.sqrt((dx * dx + dy * dy).astype(np.float64)) <= radius_px).sum(axis=1) - 1
+    return [(int(y), int(n)) for y, n in zip(dy[:, 0], widths, strict=True) if n >= 0]
 
 
 def _shifted(words: np.ndarray, k: int) -> np.ndarray:
@@ -328,8 +325,8 @@ def fill_every_hole(plane, block_px: int = BLOCK_PX) -> int:
 
 def _close_all(binary, boxes: list[Box], radius_px: float) -> list[np.ndarray]:
     """Each box's closing (`closed_block`), bit-packed, computed on all usable cores: each
-    reads its own halo, so they are independent, and the distance transforms that dominate
-    them release the GIL."""
+    reads its own halo, so they are independent, and the whole-array numpy operations on
+    rows of bits that dominate them release the GIL."""
     return map_on_cores(lambda box: np.packbits(closed_block(binary, box, radius_px)), boxes)
 
 

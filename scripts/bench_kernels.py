@@ -7,7 +7,9 @@ A window of the default 2 GB budget's training tile (4288x4864: a 4032x4608 tile
 halo), uint8 and standardised in the kernel as training reads it: down1 (the 16x16 stride-4
 first layer) and the head (up-sampling, concatenation with the input, 3x3 conv), forward and
 forward + gradients; then the head with the loss on the tile's owned crop, as a training step
-runs it (one op from extension 0.7.7 on, which never writes the logits out). With
+runs it (one op from extension 0.7.7 on, which never writes the logits out); then the middle
+(down2 ... up2 on the first layer's output, an edge tile's boxes) as the pure-MLX ops the
+model ran before extension 0.8 and as the fused op. With
 `--against`, a second build is loaded into the same process and the two alternate `--rounds`
 times, so their ratio is taken under the same load; their outputs and gradients are compared
 bit for bit. Prints a table with numpy's sgemm beside it, writes JSON.
@@ -37,7 +39,9 @@ import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from benchmarks_md import publish, sgemm_gflops  # noqa: E402  (scripts/benchmarks_md.py)
 
-from gigamlx.backends.mlx import fused  # noqa: E402
+from gigamlx.backends.mlx import fused, ops  # noqa: E402
+from gigamlx.backends.mlx.model import relu_in_box  # noqa: E402
+from gigamlx.core.geometry import Box  # noqa: E402
 from gigamlx.core.memory import keep_freed_memory  # noqa: E402
 
 MARKDOWN_TITLE = "Fused CPU kernels on one training window (bench_kernels.py)"
@@ -45,8 +49,10 @@ MARKDOWN_WHAT = (
     "Best-of-`--repeat` milliseconds of the extension's kernels on a 4288x4864 uint8 window "
     "standardised in the kernel (the 2 GB budget's training tile with its halo), forward and "
     "forward + gradients; then the head with the loss on the tile's owned crop as a step runs "
-    "it (the statistics pass, and the gradients alone as the second pass evaluates them); "
-    "GFLOP/s from the multiply-adds of each op's own arithmetic (the head's over the window)."
+    "it (the statistics pass, and the gradients alone as the second pass evaluates them); then "
+    "the middle (down2 ... up2 on the first layer's output, an edge tile's boxes) as the "
+    "pure-MLX ops the model ran before extension 0.8 and as the fused op; GFLOP/s from the "
+    "multiply-adds of each op's own arithmetic (the head's over the window)."
 )
 # down1: 16x16x3 -> 2 at stride 4; the head: up1 (4 -> 3 channels, 4x4 stride 4) + 3x3x6 -> 1
 DOWN1_MAC_PER_OUT = 16 * 16 * 3 * 2
@@ -55,6 +61,13 @@ HALO_PX = 128  # the 2 GB budget's tile halo: the loss reads the window less thi
 LOSS_COEFFICIENTS = (-1e-9, 1e-9, 1e-9)  # a Dice+BCE surrogate's (tiny, as on a region)
 # the head's gradients: d w_head (9x6), d of the 3 up-sampled channels (9x3), d w_up and d h2
 HEAD_GRAD_MAC_PER_PX = 9 * 6 + 9 * 3 + 2 * 3 * 4
+# the middle per output pixel at 1/16 scale (down2 8x8x2 -> 4, up2 from 8 channels to a 4x4
+# block of 2) and at 1/64 (down3 8x8x4 -> 6, up3 from 6 to a 4x4 block of 4); its gradient
+# is twice its forward (input and weights), after the forward it recomputes
+MIDDLE_MAC_PER_PX16 = 8 * 8 * 2 * 4 + 8 * 4 * 4 * 2
+MIDDLE_MAC_PER_PX64 = 8 * 8 * 4 * 6 + 6 * 4 * 4 * 4
+# the middle's layers: (stride, pad) of down2 and down3; kernel == stride 4 on the way up
+MIDDLE_DOWN = ((4, 2), (4, 2))
 
 
 def load_build(path: Path) -> ModuleType:
@@ -87,6 +100,16 @@ def make_inputs(window_hw: tuple[int, int]) -> dict:
         "head": (normal((3, 4, 4, 4), 0.3), normal((3,), 0.1)),
         "head_conv": (normal((1, 3, 3, 6), 0.3), normal((1,), 0.1)),
         "head_cotangent": normal((1, h, w, 1)),
+        "h1": mx.maximum(normal((1, ho, wo, 2)), 0),
+        "middle": [
+            *(normal((4, 8, 8, 2), 0.3), normal((4,), 0.1)),
+            *(normal((6, 8, 8, 4), 0.3), normal((6,), 0.1)),
+            *(normal((4, 4, 4, 6), 0.3), normal((4,), 0.1)),
+            *(normal((2, 4, 4, 8), 0.3), normal((2,), 0.1)),
+        ],
+        # an edge tile's boxes: the first row and column of every layer outside the image
+        "middle_keeps": [(1, 1, ho // s, wo // s) for s in (4, 16, 4, 1)],
+        "middle_cotangent": normal((1, ho, wo, 4)),
         # the owned crop of a training tile (the halo cut off) and its {0, 1} target
         "crop_yx": (halo, halo),
         "target": mx.array(rng.integers(0, 2, (h - 2 * halo, w - 2 * halo), np.uint8)),
@@ -94,6 +117,8 @@ def make_inputs(window_hw: tuple[int, int]) -> dict:
             "down1": ho * wo * DOWN1_MAC_PER_OUT,
             "head": h * w * HEAD_MAC_PER_PX,
             "head_grad": h * w * HEAD_GRAD_MAC_PER_PX,
+            "middle": (ho // 4) * (wo // 4) * MIDDLE_MAC_PER_PX16
+            + (ho // 16) * (wo // 16) * MIDDLE_MAC_PER_PX64,
         },
     }
     mx.eval([v for v in inputs.values() if isinstance(v, mx.array)])
@@ -117,6 +142,30 @@ def kernel_calls(module: ModuleType, a: dict) -> dict[str, tuple[Callable, int]]
 
     head_args = [a["h2"], *a["head"], *a["head_conv"]]
     macs = a["macs"]
+    middle_args, middle_cotangent = [a["h1"], *a["middle"]], a["middle_cotangent"]
+
+    def middle_of(run):  # run(h1, params, keeps) -> the middle's output
+        forward = (lambda: [run(a["h1"], a["middle"], a["middle_keeps"])], macs["middle"])
+        backward = (
+            lambda: mx.vjp(
+                lambda h1, *p: [run(h1, list(p), a["middle_keeps"])],
+                middle_args,
+                [middle_cotangent],
+            ),
+            3 * macs["middle"],
+        )
+        return forward, backward
+
+    def fused_middle(h1, params, keeps):
+        return module.middle(h1, params, *MIDDLE_DOWN, keeps)
+
+    middles = {}
+    for label, run in [("pure-MLX ops", mlx_middle), ("fused", fused_middle)]:
+        if label == "fused" and not hasattr(module, "middle"):
+            continue  # builds before 0.8 run the middle as pure-MLX ops
+        forward, backward = middle_of(run)
+        middles[f"middle forward ({label})"] = forward
+        middles[f"middle forward+grad ({label})"] = backward
     return {
         "down1 forward": (lambda: [down1(*a["down1"])], macs["down1"]),
         "down1 forward+grad": (
@@ -134,7 +183,20 @@ def kernel_calls(module: ModuleType, a: dict) -> dict[str, tuple[Callable, int]]
             lambda: mx.vjp(lambda *p: [head_loss(*p)[0]], head_args, [mx.array(1.0)])[1],
             macs["head"] + macs["head_grad"],
         ),
+        **middles,
     }
+
+
+def mlx_middle(h1: mx.array, params: list[mx.array], keeps: list[tuple]) -> mx.array:
+    """The middle as the pure-MLX path computes it (GigaUNet.logits' layer loop, the model's
+    own ops): down2, down3, up3 joined with down2, up2 joined with h1."""
+    w2, b2, w3, b3, wu3, bu3, wu2, bu2 = params
+    (s2, p2), (s3, p3) = MIDDLE_DOWN
+    a2 = relu_in_box(ops.conv2d_parts([h1], w2, b2, s2, p2), Box(*keeps[0]))
+    a3 = relu_in_box(ops.conv2d_parts([a2], w3, b3, s3, p3), Box(*keeps[1]))
+    a4 = relu_in_box(ops.conv_transpose2d(a3, wu3, bu3, 4), Box(*keeps[2]))
+    up2 = ops.conv_transpose2d(ops.join([a4, a2]), wu2, bu2, 4)
+    return ops.join([relu_in_box(up2, Box(*keeps[3])), h1])
 
 
 def best_ms(call: Callable, repeat: int) -> tuple[float, list]:
@@ -196,6 +258,15 @@ def main() -> None:
         header += ["installed / against", "same bits"]
     rows, table = [], []
     for name in macs:
+        if any((name, b) not in times for b in names):  # a row one build lacks: the other's
+            names_here = [b for b in names if (name, b) in times]
+            best = {b: min(times[(name, b)]) for b in names_here}
+            gflops = 2 * macs[name] / best[names_here[0]] / 1e6
+            cells = [name, *(f"{best[b]:.1f}" if b in best else "-" for b in names)]
+            cells += [f"{gflops:.1f}", f"{100 * gflops / sgemm:.0f}%", "", ""]
+            table.append(cells)
+            rows.append({"kernel": name, "best_ms": best, "gflops": gflops})
+            continue
         best = {b: min(times[(name, b)]) for b in names}
         gflops = 2 * macs[name] / best[names[0]] / 1e6
         cells = [name, *(f"{best[b]:.1f}" for b in names), f"{gflops:.1f}"]

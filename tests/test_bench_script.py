@@ -152,20 +152,20 @@ def test_bench_script_help_lists_markdown(name):
 
 def test_kernel_benchmark_compares_two_builds_bit_for_bit(tmp_path):
     """scripts/bench_kernels.py on a small window, the installed build against itself loaded
-    from its file: six kernels timed, every output the same bits."""
+    from its file: the kernels and the middle both ways timed, every output the same bits."""
     from gigamlx.backends.mlx import fused
 
     module, why = fused._load()
     if module is None:
         pytest.skip(f"the fused extension is not installed ({why}): bash setup.sh builds it")
     out = tmp_path / "kernels.json"
-    cmd = [sys.executable, str(SCRIPT.with_name("bench_kernels.py")), "--window", "96x128"]
+    cmd = [sys.executable, str(SCRIPT.with_name("bench_kernels.py")), "--window", "128x192"]
     cmd += ["--repeat", "1", "--rounds", "1", "--against", module.__file__, "--json", str(out)]
     cmd += ["--markdown", str(tmp_path / "b.md")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    assert report["window_hw"] == [96, 128] and len(report["builds"]) == 2
+    assert report["window_hw"] == [128, 192] and len(report["builds"]) == 2
     kernels = [k["kernel"] for k in report["kernels"]]
     assert kernels == [
         "down1 forward",
@@ -174,6 +174,11 @@ def test_kernel_benchmark_compares_two_builds_bit_for_bit(tmp_path):
         "head forward+grad",
         "head+loss forward",
         "head+loss gradients",
+        *(
+            f"middle {what} ({path})"
+            for path in ("pure-MLX ops", "fused")
+            for what in ("forward", "forward+grad")
+        ),
     ]
     assert all(k["same_bits"] and k["gflops"] > 0 for k in report["kernels"])
     section = (tmp_path / "b.md").read_text()

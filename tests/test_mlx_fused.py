@@ -372,6 +372,105 @@ def test_fused_standardisation_is_bit_exact_for_every_byte_value(mean, std):
     assert mx.array_equal(y, fused.down1(x_std, weight, bias, 4, 6, keep))
 
 
+def _kept(a: mx.array, keep_yx) -> mx.array:
+    """`a` (N, H, W, C) zeroed outside the box (y0, x0, y1, x1), as a select."""
+    rows, cols = mx.arange(a.shape[1]), mx.arange(a.shape[2])
+    y0, x0, y1, x1 = keep_yx
+    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    return mx.where(inside[None, :, :, None], a, mx.zeros_like(a))
+
+
+def _reference_middle(h1, params, down2, down3, keeps):
+    """Pure-MLX middle: two strided convs down, two conv-transposes up joined with the skips,
+    each ReLU'd and zeroed outside its box; then [up2, h1] along channels."""
+    w2, b2, w3, b3, wu3, bu3, wu2, bu2 = params
+    a2 = _kept(nn.relu(conv.conv2d(h1, w2, b2, *down2)), keeps[0])
+    a3 = _kept(nn.relu(conv.conv2d(a2, w3, b3, *down3)), keeps[1])
+    a4 = _kept(nn.relu(conv_transpose.conv_transpose2d(a3, wu3, bu3, wu3.shape[1])), keeps[2])
+    joined = mx.concatenate([a4, a2], axis=-1)
+    a5 = _kept(nn.relu(conv_transpose.conv_transpose2d(joined, wu2, bu2, wu2.shape[1])), keeps[3])
+    return mx.concatenate([a5, h1], axis=-1)
+
+
+# (channels c1..c5, down2 (k, s, p), down3 (k, s, p)): GigaUNet's, then other channel counts
+# and strides (kernel rows of 1, 2 and 3 vectors of taps; conv-transpose blocks of 6 to 16)
+MIDDLES = [
+    ((2, 4, 6, 4, 2), (8, 4, 2), (8, 4, 2)),
+    ((3, 5, 7, 3, 4), (4, 2, 1), (4, 2, 1)),
+    ((1, 5, 2, 3, 1), (8, 4, 2), (8, 4, 2)),
+]
+
+
+@pytest.mark.parametrize("channels,down2,down3", MIDDLES)
+@pytest.mark.parametrize(
+    ("n", "scale_hw", "boxes"),
+    [
+        (1, (2, 3), None),  # everything kept
+        (2, (3, 2), "cut"),  # batch of two, boxes cutting rows and columns at every layer
+        (1, (1, 1), "empty"),  # everything outside the image
+    ],
+)
+def test_fused_middle_matches_pure_mlx(channels, down2, down3, n, scale_hw, boxes):
+    """The fused middle (extension 0.8), values and the gradients of h1 and every parameter,
+    against the same layers in pure MLX."""
+    _require_ext()
+    if not fused.fuses_middle():
+        pytest.skip("the built extension predates the fused middle: `bash setup.sh`")
+    c1, c2, c3, c4, c5 = channels
+    (k2, s2, _), (k3, s3, _) = down2, down3
+    h, w = (s2 * s3 * v for v in scale_hw)  # at down3's scale: scale_hw
+    mx.random.seed(n * 10 + c1 + k2)
+    h1 = mx.maximum(mx.random.normal((n, h, w, c1)), 0)
+    params = [
+        mx.random.normal((c2, k2, k2, c1)) * 0.3,
+        mx.random.normal((c2,)) * 0.1,
+        mx.random.normal((c3, k3, k3, c2)) * 0.3,
+        mx.random.normal((c3,)) * 0.1,
+        mx.random.normal((c4, s3, s3, c3)) * 0.3,
+        mx.random.normal((c4,)) * 0.1,
+        mx.random.normal((c5, s2, s2, c4 + c2)) * 0.3,
+        mx.random.normal((c5,)) * 0.1,
+    ]
+    sizes = [(h // s2, w // s2), (h // (s2 * s3), w // (s2 * s3)), (h // s2, w // s2), (h, w)]
+    if boxes is None:
+        keeps = [(0, 0, *hw) for hw in sizes]
+    elif boxes == "cut":
+        keeps = [(1, 0, hh - 1, ww // 2 + 1) for hh, ww in sizes]
+    else:
+        keeps = [(0, 0, 0, 0)] * 4
+    y = fused.middle(h1, params, down2[1:], down3[1:], keeps)
+    y_ref = _reference_middle(h1, params, down2[1:], down3[1:], keeps)
+    assert y.shape == y_ref.shape == (n, h, w, c5 + c1)
+    assert _rel(y, y_ref) <= VALUE_RTOL
+
+    cotangent = mx.random.normal(y_ref.shape)
+
+    def grads(fn):
+        def call(h1, *params):
+            return fn(h1, list(params), down2[1:], down3[1:], keeps)
+
+        return mx.vjp(call, [h1, *params], [cotangent])[1]
+
+    names = ("h1", "w_down2", "b_down2", "w_down3", "b_down3", "w_up3", "b_up3", "w_up2", "b_up2")
+    for name, got, want in zip(names, grads(fused.middle), grads(_reference_middle), strict=True):
+        assert got.shape == want.shape, name
+        if float(mx.abs(want).max()) > 0:
+            assert _rel(got, want) <= GRAD_RTOL, name
+        else:
+            assert float(mx.abs(got).max()) == 0.0, name
+
+
+def test_fused_middle_is_taken_only_for_the_layers_it_computes():
+    """GigaUNet's middle fuses; a middle whose skips join other layers does not."""
+    from gigamlx.backends.mlx.model import _fusable_middle
+    from gigamlx.core.spec import GIGAUNET_4492
+
+    assert _fusable_middle(GIGAUNET_4492)
+    up2 = GIGAUNET_4492[4]._replace(skip=None)
+    assert not _fusable_middle((*GIGAUNET_4492[:4], up2, *GIGAUNET_4492[5:]))
+    assert not _fusable_middle(GIGAUNET_4492[1:])
+
+
 def test_fused_down1_refuses_an_input_gradient():
     _require_ext()
     x = mx.random.uniform(shape=(1, 16, 16, 3))

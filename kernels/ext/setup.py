@@ -5,7 +5,7 @@ from setuptools import setup
 
 setup(
     name="gigamlx-fused",
-    version="0.7.7",
+    version="0.8.0",
     description="Fused full-resolution tail of GigaUNet for MLX on the CPU.",
     ext_modules=[extension.CMakeExtension("gigamlx_fused", sourcedir=".")],
     cmdclass={"build_ext": extension.CMakeBuild},

@@ -117,6 +117,11 @@ def copies_uint8() -> bool:
     return _built_at_least(0, 7)
 
 
+def fuses_middle() -> bool:
+    """Whether the built extension has `middle`: down2 ... up2 as one op (0.8 and later)."""
+    return _built_at_least(0, 8)
+
+
 def uint8_array(array: np.ndarray) -> mx.array:
     """`mx.array(array)` for a uint8 array, copied by the extension: one memcpy over the
     cores without the GIL, where MLX's own conversion copies element by element on one
@@ -185,6 +190,32 @@ def down1(
     """
     module, _ = _load()
     return module.down1(x, weight, bias, stride, pad, keep_yx, *_norm_args(norm))
+
+
+def middle(
+    h1: mx.array,
+    params: list[mx.array],
+    down2: tuple[int, int],
+    down3: tuple[int, int],
+    keeps_yx: list[tuple[int, int, int, int]],
+) -> mx.array:
+    """Fused middle of GigaUNet (only on the fused path): every layer between the first and
+    the last up-sampling, each conv + bias + ReLU + zeroing, and the skip joins.
+
+    Args:
+        h1: (N, H, W, C_1) the first layer's output.
+        params: down2's, down3's, up3's and up2's weight and bias, in that order (MLX layout:
+            (C_out, k, k, C_in); the two conv-transposes have kernel == stride, no pad).
+        down2, down3: (stride, pad) of the two strided convs (kernel a multiple of the stride).
+        keeps_yx: for down2, down3, up3 and up2, the (y0, x0, y1, x1) box of its output kept;
+            outside it the activations are zeroed.
+
+    Returns:
+        (N, H, W, C_up2 + C_1): [up2's output, h1] along channels, the last up-sampling's
+        input; differentiable in h1 and every parameter (extension 0.8).
+    """
+    module, _ = _load()
+    return module.middle(h1, params, tuple(down2), tuple(down3), [tuple(k) for k in keeps_yx])
 
 
 def head_logits(

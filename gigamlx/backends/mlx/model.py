@@ -29,6 +29,7 @@ class GigaUNet(nn.Module):
         object.__setattr__(self, "_scales", scales(spec))
         object.__setattr__(self, "_fusable_tail", _fusable_tail(spec))
         object.__setattr__(self, "_fusable_first", _fusable_first(spec))
+        object.__setattr__(self, "_fusable_middle", _fusable_middle(spec))
         self.input_norm = InputNorm()  # a plain attribute: set from the run, never trained
         for layer in spec:
             kind = nn.Conv2d if layer.kind == "conv" else nn.ConvTranspose2d
@@ -66,6 +67,7 @@ class GigaUNet(nn.Module):
         fuse_at = len(self._spec) - 2 if fusable and self._fusable_tail else None
         fuse_first = fusable and self._fusable_first
         kernels_only = fuse_at is not None and fuse_first and fused.reads_uint8()
+        fuse_middle = kernels_only and self._fusable_middle and fused.fuses_middle()
         kernel_norm = None  # the kernels standardise the window they read: no float copy
         if not self.input_norm.is_identity:
             if kernels_only and fused.standardises():
@@ -84,6 +86,10 @@ class GigaUNet(nn.Module):
             if index == 0 and fuse_first:
                 h = saved[layer.name] = self._fused_first(x, in_box, padded_hw, kernel_norm)
                 parts = [h]
+                if fuse_middle:  # every layer up to the tail in one op: the tail's input
+                    return self._fused_tail(
+                        self._fused_middle(h, in_box, padded_hw), x, in_box, padded_hw, kernel_norm
+                    )
                 continue
             if layer.kind == "conv":
                 # the first layer's input is the window: its blocks are not worth holding
@@ -119,6 +125,24 @@ class GigaUNet(nn.Module):
         keep_yx = _keep_yx(in_box, padded_hw, self._scales[layer.name], out_hw)
         return fused.down1(x, module.weight, module.bias, layer.stride, layer.pad, keep_yx, norm)
 
+    def _fused_middle(
+        self, h1: mx.array, in_box: Box | None, padded_hw: tuple[int, int] | None
+    ) -> mx.array:
+        """The layers between the first and the last up-sampling, with their ReLUs, zeroing
+        and skip joins, as one compiled op (backends/mlx/fused.py).
+
+        h1: (N, H/s, W/s, C) the first layer's output -> the last up-sampling's input.
+        """
+        layers = self._spec[1:-2]
+        params = [p for layer in layers for p in self._weight_and_bias(layer.name)]
+        keeps = [_keep_yx(in_box, padded_hw, self._scales[layer.name], _ALL) for layer in layers]
+        down2, down3 = ((layer.stride, layer.pad) for layer in layers[:2])
+        return fused.middle(h1, params, down2, down3, keeps)
+
+    def _weight_and_bias(self, name: str) -> tuple[mx.array, mx.array]:
+        module = getattr(self, name)
+        return module.weight, module.bias
+
     def _fused_tail(
         self,
         h: mx.array,
@@ -151,6 +175,30 @@ def _fusable_tail(spec: tuple[Layer, ...]) -> bool:
         and up.skip == "input"
         and head.kind == "conv"
         and (head.kernel, head.stride, head.pad, head.out_ch) == (3, 1, 1, 1)
+    )
+
+
+def _fusable_middle(spec: tuple[Layer, ...]) -> bool:
+    """Whether the layers between the first and the tail are what the fused middle computes:
+    two strided convs down (kernel a multiple of the stride), two conv-transposes up (kernel
+    == stride, no pad), each with ReLU, the first up joined with the second conv's output and
+    the second with the first layer's."""
+    if len(spec) != 7:  # the first layer, the four middle ones, up1 and the head
+        return False
+    first, down2, down3, up3, up2 = spec[:5]
+    downs_ok = all(
+        layer.kind == "conv" and layer.kernel % layer.stride == 0 and layer.skip is None
+        for layer in (down2, down3)
+    )
+    ups_ok = all(
+        layer.kind == "conv_transpose" and layer.kernel == layer.stride and layer.pad == 0
+        for layer in (up3, up2)
+    )
+    return (
+        downs_ok
+        and ups_ok
+        and all(layer.activation == "relu" for layer in (down2, down3, up3, up2))
+        and (up3.skip, up2.skip) == (down2.name, first.name)
     )
 
 
@@ -199,6 +247,9 @@ def _relu_inside(
     """ReLU, then zero the positions of a window tensor (N, h, w, C) outside the padded image."""
     keep = None if in_box is None else inside_at_scale(in_box, padded_hw, scale)
     return relu(h) if keep is None else relu_in_box(h, keep)
+
+
+_ALL = (1 << 30, 1 << 30)  # a tensor size no window reaches: "keep everything"
 
 
 def _keep_yx(

@@ -9,6 +9,7 @@
 #include "down1.h"
 #include "head.h"
 #include "loss.h"
+#include "middle.h"
 #include "window.h"
 
 namespace nb = nanobind;
@@ -31,7 +32,8 @@ NB_MODULE(gigamlx_fused, m) {
   // vectors
   // 0.7.7: tile_loss on head_logits's unevaluated logits computes them row by row inside the
   // loss, forward and backward (head_loss.h), never writing them out (same bits)
-  m.attr("__version__") = "0.7.7";
+  // 0.8: middle (down2 ... up2 and the skip joins as one op, forward and backward)
+  m.attr("__version__") = "0.8.0";
   m.def(
       "head_logits",
       [](const gigamlx::mx::array& h2, const gigamlx::mx::array& x,
@@ -72,6 +74,20 @@ NB_MODULE(gigamlx_fused, m) {
       "relu(conv(x) + bias) zeroed outside keep (y0, x0, y1, x1) at the output's resolution, x "
       "standardised by mean and std and zero outside x_keep when given; differentiable in "
       "weight and bias only.");
+  m.def(
+      "middle",
+      [](const gigamlx::mx::array& h1, const std::vector<gigamlx::mx::array>& params,
+         std::array<int, 2> down2, std::array<int, 2> down3,
+         std::array<std::array<int, 4>, 4> keep) {
+        std::vector<gigamlx::mx::array> in{h1};
+        in.insert(in.end(), params.begin(), params.end());
+        return gigamlx::middle(in, gigamlx::MiddleParams{down2, down3, keep});
+      },
+      "h1"_a, "params"_a, "down2"_a, "down3"_a, "keep"_a,
+      "[up2's output, h1] along channels: the layers between down1 and up1, each conv + bias + "
+      "ReLU zeroed outside its keep box (y0, x0, y1, x1) at its own resolution (down2, down3, "
+      "up3, up2). params: the weights and biases of down2, down3, up3 and up2 in that order; "
+      "down2 and down3: (stride, pad). Differentiable in h1 and every parameter.");
   m.def(
       "uint8_array",
       [](nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu> src) {

@@ -460,6 +460,30 @@ def test_fused_middle_matches_pure_mlx(channels, down2, down3, n, scale_hw, boxe
             assert float(mx.abs(got).max()) == 0.0, name
 
 
+def test_fused_middle_refuses_layers_that_do_not_join():
+    """Shapes that cannot make GigaUNet's joins are refused, naming the layer."""
+    _require_ext()
+    if not fused.fuses_middle():
+        pytest.skip("the built extension predates the fused middle: `bash setup.sh`")
+    h1 = mx.zeros((1, 32, 32, 2))
+    params = [
+        *(mx.zeros((4, 8, 8, 2)), mx.zeros(4)),
+        *(mx.zeros((6, 8, 8, 4)), mx.zeros(6)),
+        *(mx.zeros((4, 4, 4, 6)), mx.zeros(4)),
+        *(mx.zeros((2, 4, 4, 8)), mx.zeros(2)),
+    ]
+    keeps = [(0, 0, 64, 64)] * 4
+    mx.eval(fused.middle(h1, params, (4, 2), (4, 2), keeps))  # GigaUNet's: accepted
+    bad_down3 = [*params[:2], mx.zeros((6, 8, 8, 3)), *params[3:]]
+    with pytest.raises(ValueError, match="down3's weight"):
+        fused.middle(h1, bad_down3, (4, 2), (4, 2), keeps)
+    with pytest.raises(ValueError, match="down2's kernel must be a multiple of its stride"):
+        fused.middle(h1, params, (3, 2), (4, 2), keeps)
+    bad_up2 = [*params[:6], mx.zeros((2, 4, 4, 6)), params[7]]
+    with pytest.raises(ValueError, match="up2's weight"):
+        fused.middle(h1, bad_up2, (4, 2), (4, 2), keeps)
+
+
 def test_fused_middle_is_taken_only_for_the_layers_it_computes():
     """GigaUNet's middle fuses; a middle whose skips join other layers does not."""
     from gigamlx.backends.mlx.model import _fusable_middle

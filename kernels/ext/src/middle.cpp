@@ -1,6 +1,9 @@
 // MLX plumbing of the fused middle: the op, its two primitives' CPU evaluation and the vjp.
 #include "middle.h"
 
+#include <string>
+#include <tuple>
+
 namespace gigamlx {
 namespace {
 
@@ -18,25 +21,27 @@ struct MiddleDims {
 
 int conv_out(int in, int k, int s, int p) { return (in + 2 * p - k) / s + 1; }
 
+// A strided conv's (output channels, kernel, output rows, output cols) on an input of
+// h x w x c_in with (stride, pad) = sp, validated; `name` in the errors.
+std::tuple<int, int, int, int> down_dims(const mx::array& weight, int h, int w, int c_in,
+                                         const std::array<int, 2>& sp, const std::string& name) {
+  const int c_out = weight.shape(0), k = weight.shape(1);
+  require(weight.shape(2) == k && weight.shape(3) == c_in,
+          name + "'s weight must be (C_out, k, k, C_in)");
+  require(sp[0] > 0 && k % sp[0] == 0 && sp[1] >= 0,
+          name + "'s kernel must be a multiple of its stride");
+  return {c_out, k, conv_out(h, k, sp[0], sp[1]), conv_out(w, k, sp[0], sp[1])};
+}
+
 MiddleDims dims_of(const std::vector<mx::array>& in, const MiddleParams& p) {
   require(in.size() >= 1 + kParams, "the middle takes h1 and eight parameters");
   for (int i : {0, 1, 3, 5, 7})
     require(in[i].ndim() == 4, "h1 and the weights must be 4-d (channels-last)");
-  const auto &h1 = in[0], &w2 = in[1], &w3 = in[3], &wu3 = in[5], &wu2 = in[7];
+  const auto &h1 = in[0], &wu3 = in[5], &wu2 = in[7];
   MiddleDims d{};
   d.n = h1.shape(0), d.h1 = h1.shape(1), d.w1 = h1.shape(2), d.c1 = h1.shape(3);
-  d.c2 = w2.shape(0), d.k2 = w2.shape(1);
-  require(w2.shape(2) == d.k2 && w2.shape(3) == d.c1, "down2's weight must be (C_2, k, k, C_1)");
-  require(p.down2[0] > 0 && d.k2 % p.down2[0] == 0 && p.down2[1] >= 0,
-          "down2's kernel must be a multiple of its stride");
-  d.h2 = conv_out(d.h1, d.k2, p.down2[0], p.down2[1]);
-  d.w2 = conv_out(d.w1, d.k2, p.down2[0], p.down2[1]);
-  d.c3 = w3.shape(0), d.k3 = w3.shape(1);
-  require(w3.shape(2) == d.k3 && w3.shape(3) == d.c2, "down3's weight must be (C_3, k, k, C_2)");
-  require(p.down3[0] > 0 && d.k3 % p.down3[0] == 0 && p.down3[1] >= 0,
-          "down3's kernel must be a multiple of its stride");
-  d.h3 = conv_out(d.h2, d.k3, p.down3[0], p.down3[1]);
-  d.w3 = conv_out(d.w2, d.k3, p.down3[0], p.down3[1]);
+  std::tie(d.c2, d.k2, d.h2, d.w2) = down_dims(in[1], d.h1, d.w1, d.c1, p.down2, "down2");
+  std::tie(d.c3, d.k3, d.h3, d.w3) = down_dims(in[3], d.h2, d.w2, d.c2, p.down3, "down3");
   require(d.h2 >= 1 && d.w2 >= 1 && d.h3 >= 1 && d.w3 >= 1, "h1 too small for the middle");
   d.c4 = wu3.shape(0), d.t3 = wu3.shape(1);
   require(wu3.shape(2) == d.t3 && wu3.shape(3) == d.c3, "up3's weight must be (C_4, t, t, C_3)");

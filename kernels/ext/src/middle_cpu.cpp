@@ -83,7 +83,8 @@ void fill_row(const Act& x, int b, int y, int pad, int span, float* dst) {
     if (hi > lo) std::memcpy(dst + lo * x.c, x.at(b, y, lo - pad), sizeof(float) * (hi - lo) * x.c);
     return;
   }
-  for (int j = lo; j < hi; ++j) std::memcpy(dst + j * x.c, x.at(b, y, j - pad), sizeof(float) * x.c);
+  for (int j = lo; j < hi; ++j)
+    std::memcpy(dst + j * x.c, x.at(b, y, j - pad), sizeof(float) * x.c);
 }
 
 // Row Y of the cotangent dy where y > 0 (the ReLU and zeroing mask), dense: g[X * c + co].
@@ -147,125 +148,130 @@ void conv_forward(const Act& x, const float* w, const float* b, int k, int s, in
   const size_t row_floats = padded_row_floats(span, x.c);
   auto make = [&] { return std::vector<float>(k * row_floats); };
   with_vecs(taps.vecs, [&](auto fixed) {
-  const int nv = fixed() ? fixed() : taps.vecs;
-  parallel_chunks(y.n * y.h, 1, make, [&](std::vector<float>& rows, int r0, int r1, int) {
-    for (int r = r0; r < r1; ++r) {
-      const int bn = r / y.h, yo = r % y.h;
-      const int x_lo = std::max(0, keep[1]), x_hi = std::min(y.w, keep[3]);
-      if (y.pixel == y.c) std::fill(y.at(bn, yo, 0), y.at(bn, yo, 0) + y.w * y.c, 0.0f);
-      else for (int xo = 0; xo < y.w; ++xo) std::fill(y.at(bn, yo, xo), y.at(bn, yo, xo) + y.c, 0.0f);
-      if (!rows_kept(keep, yo) || x_lo >= x_hi) continue;
-      for (int a = 0; a < k; ++a) fill_row(x, bn, yo * s - p + a, p, span, rows.data() + a * row_floats);
-      for (int xo = x_lo; xo < x_hi; ++xo) {
-        float* out = y.at(bn, yo, xo);
-        for (int co = 0; co < y.c; ++co) {
-          Vec acc{};
-          for (int a = 0; a < k; ++a) {
-            const float* seg = rows.data() + a * row_floats + static_cast<size_t>(xo) * s * x.c;
-            const Vec* t = taps.of(co, a);
-            for (int v = 0; v < nv; ++v) acc += load(seg + v * kLanes) * t[v];
+    const int nv = fixed() ? fixed() : taps.vecs;
+    parallel_chunks(y.n * y.h, 1, make, [&](std::vector<float>& rows, int r0, int r1, int) {
+      for (int r = r0; r < r1; ++r) {
+        const int bn = r / y.h, yo = r % y.h;
+        const int x_lo = std::max(0, keep[1]), x_hi = std::min(y.w, keep[3]);
+        for (int xo = 0; xo < y.w; ++xo) std::fill(y.at(bn, yo, xo), y.at(bn, yo, xo) + y.c, 0.0f);
+        if (!rows_kept(keep, yo) || x_lo >= x_hi) continue;
+        for (int a = 0; a < k; ++a)
+          fill_row(x, bn, yo * s - p + a, p, span, rows.data() + a * row_floats);
+        for (int xo = x_lo; xo < x_hi; ++xo) {
+          float* out = y.at(bn, yo, xo);
+          for (int co = 0; co < y.c; ++co) {
+            Vec acc{};
+            for (int a = 0; a < k; ++a) {
+              const float* seg = rows.data() + a * row_floats + static_cast<size_t>(xo) * s * x.c;
+              const Vec* t = taps.of(co, a);
+              for (int v = 0; v < nv; ++v) acc += load(seg + v * kLanes) * t[v];
+            }
+            const float sum = tree_sum(acc) + b[co];
+            out[co] = sum > 0.0f ? sum : 0.0f;
           }
-          const float sum = tree_sum(acc) + b[co];
-          out[co] = sum > 0.0f ? sum : 0.0f;
         }
       }
-    }
-  });
+    });
   });
 }
 
 void conv_backward(const Act& x, const float* w, int k, int s, int p, const Act& y,
                    const Act& dy, const Act& dx, double* dw, double* db, const Act* add) {
   const ConvTaps taps(w, y.c, k, x.c);
-  require(taps.vecs <= kMaxTapVecs && k / s <= kMaxTapRows, "a conv kernel too large for the middle");
+  require(taps.vecs <= kMaxTapVecs && k / s <= kMaxTapRows,
+          "a conv kernel too large for the middle");
   with_vecs(taps.vecs, [&](auto fixed) {
-  const int nv = fixed() ? fixed() : taps.vecs;
-  const int span = (y.w - 1) * s + k, row = k * x.c;
-  const size_t row_floats = padded_row_floats(span, x.c);
-  const std::vector<float> g = masked(y, dy);
-  auto g_row = [&](int bn, int yo) { return g.data() + (static_cast<size_t>(bn) * y.h + yo) * y.w * y.c; };
+    const int nv = fixed() ? fixed() : taps.vecs;
+    const int span = (y.w - 1) * s + k, row = k * x.c;
+    const size_t row_floats = padded_row_floats(span, x.c);
+    const std::vector<float> g = masked(y, dy);
+    auto g_row = [&](int bn, int yo) {
+      return g.data() + (static_cast<size_t>(bn) * y.h + yo) * y.w * y.c;
+    };
 
-  // weight and bias: one part per output row
-  const size_t w_size = static_cast<size_t>(y.c) * k * row;
-  std::vector<std::vector<double>> parts(y.n * y.h);
-  struct Rows {
-    std::vector<float> input;
-    std::vector<Vec> acc;
-  };
-  auto make = [&] {
-    return Rows{std::vector<float>(k * row_floats), std::vector<Vec>(taps.tap.size())};
-  };
-  parallel_chunks(y.n * y.h, 1, make, [&](Rows& t, int r0, int r1, int chunk) {
-    for (int r = r0; r < r1; ++r) {
-      const int bn = r / y.h, yo = r % y.h;
-      const float* gr = g_row(bn, yo);
-      if (std::all_of(gr, gr + y.w * y.c, [](float v) { return v == 0.0f; })) continue;
-      for (int a = 0; a < k; ++a) fill_row(x, bn, yo * s - p + a, p, span, t.input.data() + a * row_floats);
-      std::fill(t.acc.begin(), t.acc.end(), Vec{});
-      std::vector<float> bias(y.c, 0.0f);
-      for (int xo = 0; xo < y.w; ++xo)
-        for (int co = 0; co < y.c; ++co) {
-          const float gv = gr[xo * y.c + co];
-          if (gv == 0.0f) continue;
-          bias[co] += gv;
-          const Vec gs = splat(gv);
-          for (int a = 0; a < k; ++a) {
-            const float* seg = t.input.data() + a * row_floats + static_cast<size_t>(xo) * s * x.c;
-            Vec* acc = t.acc.data() + (co * k + a) * nv;
-            for (int v = 0; v < nv; ++v) acc[v] += gs * load(seg + v * kLanes);
-          }
-        }
-      std::vector<double>& part = parts[chunk];
-      part.assign(w_size + y.c, 0.0);
-      for (int co = 0; co < y.c; ++co) {
+    // weight and bias: one part per output row
+    const size_t w_size = static_cast<size_t>(y.c) * k * row;
+    std::vector<std::vector<double>> parts(y.n * y.h);
+    struct Rows {
+      std::vector<float> input;
+      std::vector<Vec> acc;
+    };
+    auto make = [&] {
+      return Rows{std::vector<float>(k * row_floats), std::vector<Vec>(taps.tap.size())};
+    };
+    parallel_chunks(y.n * y.h, 1, make, [&](Rows& t, int r0, int r1, int chunk) {
+      for (int r = r0; r < r1; ++r) {
+        const int bn = r / y.h, yo = r % y.h;
+        const float* gr = g_row(bn, yo);
+        if (std::all_of(gr, gr + y.w * y.c, [](float v) { return v == 0.0f; })) continue;
         for (int a = 0; a < k; ++a)
-          for (int e = 0; e < row; ++e)
-            part[(co * k + a) * row + e] = t.acc[(co * k + a) * nv + e / kLanes][e % kLanes];
-        part[w_size + co] = bias[co];
-      }
-    }
-  });
-  for (auto& part : parts)  // rows with no gradient count as zeros
-    if (part.empty()) part.assign(w_size + y.c, 0.0);
-  add_parts(parts, dw, w_size, db);
-
-  if (dx.data == nullptr) return;
-  // the input's gradient: one input row at a time, from the output rows whose kernel covers it
-  parallel_chunks(x.n * x.h, 1, [&] { return std::vector<float>(row_floats); },
-                  [&](std::vector<float>& acc, int r0, int r1, int) {
-    for (int r = r0; r < r1; ++r) {
-      const int bn = r / x.h, yi = r % x.h;
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      int rows_a[kMaxTapRows], n_rows = 0;  // kernel rows of output rows covering yi
-      for (int a = 0; a < k; ++a) {
-        const int t = yi + p - a;
-        if (t >= 0 && t % s == 0 && t / s < y.h) rows_a[n_rows++] = a;
-      }
-      const int passes = overlap_passes(nv, s * x.c);
-      for (int first = 0; first < passes; ++first)
-        for (int xo = first; xo < y.w; xo += passes) {
-          Vec sum[kMaxTapVecs] = {};
-          for (int i = 0; i < n_rows; ++i) {
-            const int a = rows_a[i];
-            const float* gr = g_row(bn, (yi + p - a) / s) + xo * y.c;
-            for (int co = 0; co < y.c; ++co) {
-              const Vec gs = splat(gr[co]);
-              const Vec* tap = taps.of(co, a);
-              for (int v = 0; v < nv; ++v) sum[v] += gs * tap[v];
+          fill_row(x, bn, yo * s - p + a, p, span, t.input.data() + a * row_floats);
+        std::fill(t.acc.begin(), t.acc.end(), Vec{});
+        std::vector<float> bias(y.c, 0.0f);
+        for (int xo = 0; xo < y.w; ++xo)
+          for (int co = 0; co < y.c; ++co) {
+            const float gv = gr[xo * y.c + co];
+            if (gv == 0.0f) continue;
+            bias[co] += gv;
+            const Vec gs = splat(gv);
+            for (int a = 0; a < k; ++a) {
+              const float* seg =
+                  t.input.data() + a * row_floats + static_cast<size_t>(xo) * s * x.c;
+              Vec* acc = t.acc.data() + (co * k + a) * nv;
+              for (int v = 0; v < nv; ++v) acc[v] += gs * load(seg + v * kLanes);
             }
           }
-          float* seg = acc.data() + static_cast<size_t>(xo) * s * x.c;
-          for (int v = 0; v < nv; ++v) store(seg + v * kLanes, load(seg + v * kLanes) + sum[v]);
+        std::vector<double>& part = parts[chunk];
+        part.assign(w_size + y.c, 0.0);
+        for (int co = 0; co < y.c; ++co) {
+          for (int a = 0; a < k; ++a)
+            for (int e = 0; e < row; ++e)
+              part[(co * k + a) * row + e] = t.acc[(co * k + a) * nv + e / kLanes][e % kLanes];
+          part[w_size + co] = bias[co];
         }
-      for (int xi = 0; xi < x.w; ++xi) {  // columns past the last window get no gradient
-        const int j = xi + p;
-        float* d = dx.at(bn, yi, xi);
-        for (int c = 0; c < x.c; ++c) d[c] = j < span ? acc[j * x.c + c] : 0.0f;
-        if (add != nullptr)
-          for (int c = 0; c < x.c; ++c) d[c] += add->at(bn, yi, xi)[c];
       }
-    }
-  });
+    });
+    for (auto& part : parts)  // rows with no gradient count as zeros
+      if (part.empty()) part.assign(w_size + y.c, 0.0);
+    add_parts(parts, dw, w_size, db);
+
+    if (dx.data == nullptr) return;
+    // the input's gradient: one input row at a time, from the output rows whose kernel covers it
+    parallel_chunks(x.n * x.h, 1, [&] { return std::vector<float>(row_floats); },
+                    [&](std::vector<float>& acc, int r0, int r1, int) {
+      for (int r = r0; r < r1; ++r) {
+        const int bn = r / x.h, yi = r % x.h;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        int rows_a[kMaxTapRows], n_rows = 0;  // kernel rows of output rows covering yi
+        for (int a = 0; a < k; ++a) {
+          const int t = yi + p - a;
+          if (t >= 0 && t % s == 0 && t / s < y.h) rows_a[n_rows++] = a;
+        }
+        const int passes = overlap_passes(nv, s * x.c);
+        for (int first = 0; first < passes; ++first)
+          for (int xo = first; xo < y.w; xo += passes) {
+            Vec sum[kMaxTapVecs] = {};
+            for (int i = 0; i < n_rows; ++i) {
+              const int a = rows_a[i];
+              const float* gr = g_row(bn, (yi + p - a) / s) + xo * y.c;
+              for (int co = 0; co < y.c; ++co) {
+                const Vec gs = splat(gr[co]);
+                const Vec* tap = taps.of(co, a);
+                for (int v = 0; v < nv; ++v) sum[v] += gs * tap[v];
+              }
+            }
+            float* seg = acc.data() + static_cast<size_t>(xo) * s * x.c;
+            for (int v = 0; v < nv; ++v) store(seg + v * kLanes, load(seg + v * kLanes) + sum[v]);
+          }
+        for (int xi = 0; xi < x.w; ++xi) {  // columns past the last window get no gradient
+          const int j = xi + p;
+          float* d = dx.at(bn, yi, xi);
+          for (int c = 0; c < x.c; ++c) d[c] = j < span ? acc[j * x.c + c] : 0.0f;
+          if (add != nullptr)
+            for (int c = 0; c < x.c; ++c) d[c] += add->at(bn, yi, xi)[c];
+        }
+      }
+    });
   });
 }
 
@@ -308,33 +314,33 @@ void conv_transpose_forward(const Act& x, const float* w, const float* b, int s,
   const BlockTaps taps(w, y.c, s, x.c);
   require(taps.vecs <= kMaxBlockVecs, "conv-transpose block rows of more than 64 outputs");
   with_vecs(taps.vecs, [&](auto fixed) {
-  const int nv = fixed() ? fixed() : taps.vecs;
-  const int lanes = s * y.c;
-  Vec bias[kMaxBlockVecs] = {};
-  for (int lane = 0; lane < lanes; ++lane) bias[lane / kLanes][lane % kLanes] = b[lane % y.c];
-  const int x_lo = std::max(0, keep[1]), x_hi = std::min(y.w, keep[3]);
-  // one output row, dense: s * c_out floats per input column, one block's vectors spare
-  const size_t row_floats = static_cast<size_t>(x.w) * lanes + kMaxBlockVecs * kLanes;
-  auto make = [&] { return std::vector<float>(row_floats); };
-  parallel_chunks(y.n * y.h, 4, make, [&](std::vector<float>& row, int r0, int r1, int) {
-    for (int r = r0; r < r1; ++r) {
-      const int bn = r / y.h, Y = r % y.h, yi = Y / s, ky = Y % s;
-      const bool kept = rows_kept(keep, Y) && x_lo < x_hi;
-      if (kept)
-        for (int xi = 0; xi < x.w; ++xi) {  // a block's spare lanes are overwritten by the next
-          Vec acc[kMaxBlockVecs] = {};
-          const float* in = x.at(bn, yi, xi);
-          for (int ci = 0; ci < x.c; ++ci) {
-            const Vec xs = splat(in[ci]);
-            const Vec* tap = taps.of(ky, ci);
-            for (int v = 0; v < nv; ++v) acc[v] += xs * tap[v];
+    const int nv = fixed() ? fixed() : taps.vecs;
+    const int lanes = s * y.c;
+    Vec bias[kMaxBlockVecs] = {};
+    for (int lane = 0; lane < lanes; ++lane) bias[lane / kLanes][lane % kLanes] = b[lane % y.c];
+    const int x_lo = std::max(0, keep[1]), x_hi = std::min(y.w, keep[3]);
+    // one output row, dense: s * c_out floats per input column, one block's vectors spare
+    const size_t row_floats = static_cast<size_t>(x.w) * lanes + kMaxBlockVecs * kLanes;
+    auto make = [&] { return std::vector<float>(row_floats); };
+    parallel_chunks(y.n * y.h, 4, make, [&](std::vector<float>& row, int r0, int r1, int) {
+      for (int r = r0; r < r1; ++r) {
+        const int bn = r / y.h, Y = r % y.h, yi = Y / s, ky = Y % s;
+        const bool kept = rows_kept(keep, Y) && x_lo < x_hi;
+        if (kept)
+          for (int xi = 0; xi < x.w; ++xi) {  // a block's spare lanes are overwritten by the next
+            Vec acc[kMaxBlockVecs] = {};
+            const float* in = x.at(bn, yi, xi);
+            for (int ci = 0; ci < x.c; ++ci) {
+              const Vec xs = splat(in[ci]);
+              const Vec* tap = taps.of(ky, ci);
+              for (int v = 0; v < nv; ++v) acc[v] += xs * tap[v];
+            }
+            float* dst = row.data() + static_cast<size_t>(xi) * lanes;
+            for (int v = 0; v < nv; ++v) store(dst + v * kLanes, acc[v] + bias[v]);
           }
-          float* dst = row.data() + static_cast<size_t>(xi) * lanes;
-          for (int v = 0; v < nv; ++v) store(dst + v * kLanes, acc[v] + bias[v]);
-        }
-      relu_row(row.data(), kept ? x_lo : 0, kept ? x_hi : 0, y, bn, Y, skip);
-    }
-  });
+        relu_row(row.data(), kept ? x_lo : 0, kept ? x_hi : 0, y, bn, Y, skip);
+      }
+    });
   });
 }
 
@@ -343,74 +349,74 @@ void conv_transpose_backward(const Act& x, const float* w, int s, const Act& y, 
   const BlockTaps taps(w, y.c, s, x.c);
   require(taps.vecs <= kMaxBlockVecs, "conv-transpose block rows of more than 64 outputs");
   with_vecs(taps.vecs, [&](auto fixed) {
-  const int nv = fixed() ? fixed() : taps.vecs;
-  const int lanes = s * y.c, in_vecs = vectors_for(x.c);
-  require(in_vecs <= kMaxBlockVecs, "conv-transposes of more than 64 input channels");
-  // for the input's gradient, the weight the other way round: for block row ky and output
-  // lane, the c_in weights in whole vectors: by_input[(ky * lanes + lane) * in_vecs + v]
-  std::vector<Vec> by_input(static_cast<size_t>(s) * lanes * in_vecs, Vec{});
-  for (int ky = 0; ky < s; ++ky)
-    for (int lane = 0; lane < lanes; ++lane)
-      for (int ci = 0; ci < x.c; ++ci)
-        by_input[(ky * lanes + lane) * in_vecs + ci / kLanes][ci % kLanes] =
-            w[taps.weight_index(ky, ci, lane)];
-  const size_t w_size = static_cast<size_t>(y.c) * s * s * x.c;
-  // the cotangent of one block row: s * c_out floats per input column, one block spare
-  const size_t g_floats = static_cast<size_t>(x.w) * lanes + kMaxBlockVecs * kLanes;
-  struct Rows {
-    std::vector<float> g;     // [ky][xi * lanes + lane], masked
-    std::vector<Vec> weight;  // as BlockTaps::tap
-    std::vector<Vec> bias;    // [ky * vecs + v]
-  };
-  auto make = [&] {
-    return Rows{std::vector<float>(s * g_floats), std::vector<Vec>(taps.tap.size()),
-                std::vector<Vec>(static_cast<size_t>(s) * nv)};
-  };
-  std::vector<std::vector<double>> parts(x.n * x.h);
-  parallel_chunks(x.n * x.h, 1, make, [&](Rows& t, int r0, int r1, int chunk) {
-    for (int r = r0; r < r1; ++r) {
-      const int bn = r / x.h, yi = r % x.h;
-      for (int ky = 0; ky < s; ++ky)  // the block rows are the output rows, in order
-        masked_row(y, dy, bn, yi * s + ky, t.g.data() + ky * g_floats);
-      std::vector<double>& part = parts[chunk];
-      part.assign(w_size + y.c, 0.0);
-      std::fill(t.weight.begin(), t.weight.end(), Vec{});
-      std::fill(t.bias.begin(), t.bias.end(), Vec{});
-      for (int xi = 0; xi < x.w; ++xi) {
-        const float* in = x.at(bn, yi, xi);
-        Vec d_in[kMaxBlockVecs] = {};
-        for (int ky = 0; ky < s; ++ky) {
-          const float* gb = t.g.data() + ky * g_floats + static_cast<size_t>(xi) * lanes;
-          Vec g[kMaxBlockVecs];
-          for (int v = 0; v < nv; ++v) {
-            g[v] = load(gb + v * kLanes);
-            t.bias[ky * nv + v] += g[v];
+    const int nv = fixed() ? fixed() : taps.vecs;
+    const int lanes = s * y.c, in_vecs = vectors_for(x.c);
+    require(in_vecs <= kMaxBlockVecs, "conv-transposes of more than 64 input channels");
+    // for the input's gradient, the weight the other way round: for block row ky and output
+    // lane, the c_in weights in whole vectors: by_input[(ky * lanes + lane) * in_vecs + v]
+    std::vector<Vec> by_input(static_cast<size_t>(s) * lanes * in_vecs, Vec{});
+    for (int ky = 0; ky < s; ++ky)
+      for (int lane = 0; lane < lanes; ++lane)
+        for (int ci = 0; ci < x.c; ++ci)
+          by_input[(ky * lanes + lane) * in_vecs + ci / kLanes][ci % kLanes] =
+              w[taps.weight_index(ky, ci, lane)];
+    const size_t w_size = static_cast<size_t>(y.c) * s * s * x.c;
+    // the cotangent of one block row: s * c_out floats per input column, one block spare
+    const size_t g_floats = static_cast<size_t>(x.w) * lanes + kMaxBlockVecs * kLanes;
+    struct Rows {
+      std::vector<float> g;     // [ky][xi * lanes + lane], masked
+      std::vector<Vec> weight;  // as BlockTaps::tap
+      std::vector<Vec> bias;    // [ky * vecs + v]
+    };
+    auto make = [&] {
+      return Rows{std::vector<float>(s * g_floats), std::vector<Vec>(taps.tap.size()),
+                  std::vector<Vec>(static_cast<size_t>(s) * nv)};
+    };
+    std::vector<std::vector<double>> parts(x.n * x.h);
+    parallel_chunks(x.n * x.h, 1, make, [&](Rows& t, int r0, int r1, int chunk) {
+      for (int r = r0; r < r1; ++r) {
+        const int bn = r / x.h, yi = r % x.h;
+        for (int ky = 0; ky < s; ++ky)  // the block rows are the output rows, in order
+          masked_row(y, dy, bn, yi * s + ky, t.g.data() + ky * g_floats);
+        std::vector<double>& part = parts[chunk];
+        part.assign(w_size + y.c, 0.0);
+        std::fill(t.weight.begin(), t.weight.end(), Vec{});
+        std::fill(t.bias.begin(), t.bias.end(), Vec{});
+        for (int xi = 0; xi < x.w; ++xi) {
+          const float* in = x.at(bn, yi, xi);
+          Vec d_in[kMaxBlockVecs] = {};
+          for (int ky = 0; ky < s; ++ky) {
+            const float* gb = t.g.data() + ky * g_floats + static_cast<size_t>(xi) * lanes;
+            Vec g[kMaxBlockVecs];
+            for (int v = 0; v < nv; ++v) {
+              g[v] = load(gb + v * kLanes);
+              t.bias[ky * nv + v] += g[v];
+            }
+            for (int ci = 0; ci < x.c; ++ci) {
+              const Vec xs = splat(in[ci]);
+              Vec* acc = t.weight.data() + (ky * x.c + ci) * nv;
+              for (int v = 0; v < nv; ++v) acc[v] += xs * g[v];
+            }
+            for (int lane = 0; lane < lanes; ++lane) {
+              const Vec gs = splat(gb[lane]);
+              const Vec* wv = by_input.data() + (ky * lanes + lane) * in_vecs;
+              for (int v = 0; v < in_vecs; ++v) d_in[v] += gs * wv[v];
+            }
           }
-          for (int ci = 0; ci < x.c; ++ci) {
-            const Vec xs = splat(in[ci]);
-            Vec* acc = t.weight.data() + (ky * x.c + ci) * nv;
-            for (int v = 0; v < nv; ++v) acc[v] += xs * g[v];
-          }
+          if (dx.data != nullptr)
+            for (int ci = 0; ci < x.c; ++ci) dx.at(bn, yi, xi)[ci] = d_in[ci / kLanes][ci % kLanes];
+        }
+        // lanes past s * c_out read the next column's cotangents: they are never read out
+        for (int ky = 0; ky < s; ++ky)
           for (int lane = 0; lane < lanes; ++lane) {
-            const Vec gs = splat(gb[lane]);
-            const Vec* wv = by_input.data() + (ky * lanes + lane) * in_vecs;
-            for (int v = 0; v < in_vecs; ++v) d_in[v] += gs * wv[v];
+            for (int ci = 0; ci < x.c; ++ci)
+              part[taps.weight_index(ky, ci, lane)] =
+                  t.weight[(ky * x.c + ci) * nv + lane / kLanes][lane % kLanes];
+            part[w_size + lane % y.c] += t.bias[ky * nv + lane / kLanes][lane % kLanes];
           }
-        }
-        if (dx.data != nullptr)
-          for (int ci = 0; ci < x.c; ++ci) dx.at(bn, yi, xi)[ci] = d_in[ci / kLanes][ci % kLanes];
       }
-      // lanes past s * c_out read the next column's cotangents: they are never read out
-      for (int ky = 0; ky < s; ++ky)
-        for (int lane = 0; lane < lanes; ++lane) {
-          for (int ci = 0; ci < x.c; ++ci)
-            part[taps.weight_index(ky, ci, lane)] =
-                t.weight[(ky * x.c + ci) * nv + lane / kLanes][lane % kLanes];
-          part[w_size + lane % y.c] += t.bias[ky * nv + lane / kLanes][lane % kLanes];
-        }
-    }
-  });
-  add_parts(parts, dw, w_size, db);
+    });
+    add_parts(parts, dw, w_size, db);
   });
 }
 

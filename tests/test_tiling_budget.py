@@ -137,13 +137,19 @@ mx.set_cache_limit(mx.get_memory_limit())  # MLX's default on Metal (32 MB on th
 backend, budget = MLXBackend(sys.argv[2]), int(sys.argv[1])
 model = backend.build_model(0)
 rng = np.random.default_rng(0)  # uint8 straight away: no float64 temporaries in the peak
-image = rng.integers(0, 256, (2048, 3072, 3), dtype=np.uint8)
-mask = rng.integers(0, 2, (2048, 3072), dtype=np.uint8)
+hw = (2048, int(sys.argv[3]))
+image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+mask = rng.integers(0, 2, hw, dtype=np.uint8)
 result = tiled_step(backend, model, image, mask, "dice", budget_bytes=budget)
 host = tile_cost(backend, model, "grad").host_bytes
 print(json.dumps({"peak": result.peak_bytes, "cache": result.cache_bytes, "host": host,
                   "rss_peak": rss.peak(), "tiles": len(result.plan.tiles)}))
 """
+
+
+# image widths (2048 rows) the budget must split: the fused path takes less memory per pixel,
+# and where no RSS reading is subtracted (/proc hidden) its tile covers 2048 x 3072 whole
+METAL_CACHE_IMAGE_W = {"mlx": 3072, "fused": 6144}
 
 
 @pytest.mark.parametrize("kernels", ["mlx", "fused"])
@@ -155,8 +161,9 @@ def test_budget_bounds_process_with_metal_sized_cache(tmp_path, kernels):
     budget = 600 * 10**6
     if kernels == "fused" and fused._load()[0] is None:
         pytest.skip(f"fused kernels unavailable: {fused._load()[1]}")
+    width = str(METAL_CACHE_IMAGE_W[kernels])
     done = subprocess.run(
-        [sys.executable, "-c", _METAL_CACHE_STEP, str(budget), kernels],
+        [sys.executable, "-c", _METAL_CACHE_STEP, str(budget), kernels, width],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

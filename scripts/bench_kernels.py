@@ -258,27 +258,21 @@ def main() -> None:
         header += ["installed / against", "same bits"]
     rows, table = [], []
     for name in macs:
-        if any((name, b) not in times for b in names):  # a row one build lacks: the other's
-            names_here = [b for b in names if (name, b) in times]
-            best = {b: min(times[(name, b)]) for b in names_here}
-            gflops = 2 * macs[name] / best[names_here[0]] / 1e6
-            cells = [name, *(f"{best[b]:.1f}" if b in best else "-" for b in names)]
-            cells += [f"{gflops:.1f}", f"{100 * gflops / sgemm:.0f}%", "", ""]
-            table.append(cells)
-            rows.append({"kernel": name, "best_ms": best, "gflops": gflops})
-            continue
-        best = {b: min(times[(name, b)]) for b in names}
-        gflops = 2 * macs[name] / best[names[0]] / 1e6
-        cells = [name, *(f"{best[b]:.1f}" for b in names), f"{gflops:.1f}"]
-        cells.append(f"{100 * gflops / sgemm:.0f}%")
-        row = {"kernel": name, "best_ms": best, "rounds_ms": {b: times[(name, b)] for b in names}}
-        if len(names) == 2:
+        present = [b for b in names if (name, b) in times]  # builds before 0.8 lack the middle
+        best = {b: min(times[(name, b)]) for b in present}
+        gflops = 2 * macs[name] / best[present[0]] / 1e6
+        cells = [name, *(f"{best[b]:.1f}" if b in best else "-" for b in names)]
+        cells += [f"{gflops:.1f}", f"{100 * gflops / sgemm:.0f}%"]
+        row = {"kernel": name, "best_ms": best, "rounds_ms": {b: times[(name, b)] for b in present}}
+        if len(names) == 2 and len(present) == 2:
             same = all(
                 mx.array_equal(p, q).item()
                 for p, q in zip(outputs[(name, names[0])], outputs[(name, names[1])], strict=True)
             )
             cells += [f"{best[names[0]] / best[names[1]]:.2f}", "yes" if same else "NO"]
             row["same_bits"] = same
+        elif len(names) == 2:
+            cells += ["", ""]
         rows.append({**row, "gflops": gflops})
         table.append(cells)
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]

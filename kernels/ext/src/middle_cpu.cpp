@@ -146,15 +146,18 @@ void conv_forward(const Act& x, const float* w, const float* b, int k, int s, in
   const ConvTaps taps(w, y.c, k, x.c);
   const int span = (y.w - 1) * s + k;
   const size_t row_floats = padded_row_floats(span, x.c);
+  const int x_lo = std::max(0, keep[1]), x_hi = std::min(y.w, keep[3]);
   auto make = [&] { return std::vector<float>(k * row_floats); };
   with_vecs(taps.vecs, [&](auto fixed) {
     const int nv = fixed() ? fixed() : taps.vecs;
     parallel_chunks(y.n * y.h, 1, make, [&](std::vector<float>& rows, int r0, int r1, int) {
       for (int r = r0; r < r1; ++r) {
         const int bn = r / y.h, yo = r % y.h;
-        const int x_lo = std::max(0, keep[1]), x_hi = std::min(y.w, keep[3]);
-        for (int xo = 0; xo < y.w; ++xo) std::fill(y.at(bn, yo, xo), y.at(bn, yo, xo) + y.c, 0.0f);
-        if (!rows_kept(keep, yo) || x_lo >= x_hi) continue;
+        const bool kept = rows_kept(keep, yo) && x_lo < x_hi;
+        for (int xo = 0; xo < y.w; ++xo)  // outside the kept box: zero
+          if (!kept || xo < x_lo || xo >= x_hi)
+            std::fill(y.at(bn, yo, xo), y.at(bn, yo, xo) + y.c, 0.0f);
+        if (!kept) continue;
         for (int a = 0; a < k; ++a)
           fill_row(x, bn, yo * s - p + a, p, span, rows.data() + a * row_floats);
         for (int xo = x_lo; xo < x_hi; ++xo) {
@@ -195,19 +198,24 @@ void conv_backward(const Act& x, const float* w, int k, int s, int p, const Act&
     struct Rows {
       std::vector<float> input;
       std::vector<Vec> acc;
+      std::vector<float> bias;
     };
     auto make = [&] {
-      return Rows{std::vector<float>(k * row_floats), std::vector<Vec>(taps.tap.size())};
+      return Rows{std::vector<float>(k * row_floats), std::vector<Vec>(taps.tap.size()),
+                  std::vector<float>(y.c)};
     };
     parallel_chunks(y.n * y.h, 1, make, [&](Rows& t, int r0, int r1, int chunk) {
       for (int r = r0; r < r1; ++r) {
         const int bn = r / y.h, yo = r % y.h;
         const float* gr = g_row(bn, yo);
+        std::vector<double>& part = parts[chunk];
+        part.assign(w_size + y.c, 0.0);  // a row with no gradient adds zeros
         if (std::all_of(gr, gr + y.w * y.c, [](float v) { return v == 0.0f; })) continue;
         for (int a = 0; a < k; ++a)
           fill_row(x, bn, yo * s - p + a, p, span, t.input.data() + a * row_floats);
         std::fill(t.acc.begin(), t.acc.end(), Vec{});
-        std::vector<float> bias(y.c, 0.0f);
+        std::vector<float>& bias = t.bias;
+        std::fill(bias.begin(), bias.end(), 0.0f);
         for (int xo = 0; xo < y.w; ++xo)
           for (int co = 0; co < y.c; ++co) {
             const float gv = gr[xo * y.c + co];
@@ -221,8 +229,6 @@ void conv_backward(const Act& x, const float* w, int k, int s, int p, const Act&
               for (int v = 0; v < nv; ++v) acc[v] += gs * load(seg + v * kLanes);
             }
           }
-        std::vector<double>& part = parts[chunk];
-        part.assign(w_size + y.c, 0.0);
         for (int co = 0; co < y.c; ++co) {
           for (int a = 0; a < k; ++a)
             for (int e = 0; e < row; ++e)
@@ -231,8 +237,6 @@ void conv_backward(const Act& x, const float* w, int k, int s, int p, const Act&
         }
       }
     });
-    for (auto& part : parts)  // rows with no gradient count as zeros
-      if (part.empty()) part.assign(w_size + y.c, 0.0);
     add_parts(parts, dw, w_size, db);
 
     if (dx.data == nullptr) return;

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from gigamlx.cli import app
 from gigamlx.core.normalise import slide_norm
 from gigamlx.eval.metrics import evaluate_pair, evaluate_thresholds
+from gigamlx.infer.annotations import threshold_u8
 from gigamlx.infer.model import load_model
 from gigamlx.runs.checkpoint import list_checkpoints, read_state
 from gigamlx.runs.config import DEFAULTS, TrainConfig
@@ -30,6 +31,7 @@ from gigamlx.train.validate import (
     ValArea,
     Validator,
     best_threshold,
+    midway,
     resolve_val_fraction,
     split_hw,
 )
@@ -286,6 +288,33 @@ def test_validation_cuts_where_the_tissue_mask_scores_best(tmp_path):
     assert low == map_cut and low_post == 1.0
     no_mpp = Validator([ValArea("a", image, mask)], tmp_path, None, None)
     assert no_mpp.best_mask([prob], map_cut)[::2] == (map_cut, None)
+
+
+def test_midway_is_the_threshold_halfway_to_one_half():
+    assert midway(0.3) == 0.4 and midway(0.1) == 0.3 and midway(0.7) == 0.6
+    assert midway(0.35) == 0.45 and midway(0.45) == 0.5  # ties: the nearer 0.5
+    assert midway(0.5) == 0.5
+    assert all(midway(t) in THRESHOLDS for t in THRESHOLDS)
+
+
+def test_validation_scores_the_mask_midway_between_its_cuts(tmp_path):
+    """Glass noise at p 0.32 and a faint margin at p 0.42 along a piece's edge. The map's
+    best cut passed in is 0.3: there the closing joins the noise into tissue; at 0.5 the
+    margin is lost; midway, at 0.4, the mask keeps the margin without the noise and is
+    chosen. Where the map's cut is 0.5 already, nothing else is scored."""
+    mask = np.zeros((600, 600), np.uint8)
+    mask[100:500, 100:300] = 1
+    prob = np.where(mask > 0, 230, 10).astype(np.uint8)
+    prob[100:500, 290:300] = 107  # p 0.42: above 0.4, below 0.5
+    noise = np.random.default_rng(0).random(prob.shape) < 1 / 30
+    prob[noise & (mask == 0) & (np.arange(600) > 350)[None, :]] = 82  # p 0.32
+    image = np.zeros((600, 600, 3), np.uint8)
+    validator = Validator([ValArea("a", image, mask, mpp=0.5)], tmp_path, None, None)
+    cut, _, post = validator.best_mask([prob], 0.3)
+    assert cut == 0.4 and post == 1.0
+    assert validator.post_dice([prob], threshold_u8(0.3)) < post
+    cut, _, post = validator.best_mask([prob], 0.5)
+    assert cut == 0.5 and post < 1.0
 
 
 def test_val_stores_are_scored_whole(slides, tmp_path):

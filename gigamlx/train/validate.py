@@ -12,10 +12,11 @@ Each validation also picks the decision threshold: the cut of p (0.10 … 0.90) 
 pooled Dice on these pixels, or the cut nearest 0.5 within `THRESHOLD_TOLERANCE` of it. A
 model trained with BCE puts ambiguous pixels (faint tissue, fat) at their base rate, below
 0.5, so 0.5 is often not its best cut. Where the areas have a pixel size the tissue mask
-decides between that cut and 0.5 (`best_mask`): the mask is what `predict` writes, and at a low
-cut a calibrated map's faint noise on the glass, harmless to the map, is joined by the closing
-into solid tissue. The chosen cut is kept with the weights (`best` and the checkpoint of that
-step) and `gigamlx predict` cuts there.
+decides among that cut, 0.5 and the cut midway between them (`best_mask`): the mask is what
+`predict` writes; at the map's low cut a calibrated map's faint noise on the glass, harmless
+to the map, is joined by the closing into solid tissue, while at 0.5 the mask loses a loose
+margin's faint outer pixels. The chosen cut is kept with the weights (`best` and the
+checkpoint of that step) and `gigamlx predict` cuts there.
 
 The tissue mask's hole filling is chosen the same way, from `FILL_CHOICES_UM2`: the default
 limit unless the other scores more than `THRESHOLD_TOLERANCE` better on the pooled pixels. No
@@ -68,6 +69,13 @@ THRESHOLD_TOLERANCE = 0.001  # Dice a cut nearer 0.5 may give up (below: best_th
 # slides where the large holes in the mask are glass (a bubble whose rim the map outlines)
 SMALL_FILL_UM2 = 10_000.0
 FILL_CHOICES_UM2 = (POSTPROCESS.fill_holes_um2, SMALL_FILL_UM2)
+
+
+def midway(cut: float) -> float:
+    """The cut of `THRESHOLDS` nearest halfway between `cut` and 0.5 (of two as near, the
+    nearer 0.5): where the tissue mask is scored besides its ends (`Validator.best_mask`)."""
+    half = (cut + DEFAULT_THRESHOLD) / 2
+    return min(THRESHOLDS, key=lambda t: (round(abs(t - half), 6), abs(t - DEFAULT_THRESHOLD)))
 
 
 class ValArea(NamedTuple):
@@ -220,12 +228,15 @@ class Validator:
 
     def best_mask(self, probs: list, map_cut: float) -> tuple[float, float, float | None]:
         """(cut, hole-filling limit, pooled tissue-mask Dice): the tissue mask is what
-        `predict` writes, so the cut is chosen where it scores best, between the map's own
-        best cut `map_cut` and 0.5 (0.5 within `THRESHOLD_TOLERANCE`). A calibrated map
-        (BCE) puts faint noise on the glass just above a low cut, harmless to the map's Dice;
-        the closing joins it into solid tissue. (map_cut, the default limit, None) when no
+        `predict` writes, so the cut is chosen where it scores best of the map's own best cut
+        `map_cut`, 0.5 and the cut `midway` between them, the nearest 0.5 within
+        `THRESHOLD_TOLERANCE` of the best. A calibrated map (BCE) puts faint noise on the glass
+        just above its own best cut, harmless to the map's Dice, which the closing joins into
+        solid tissue; at 0.5 the mask loses a loose margin's faint outer pixels; midway it
+        can keep the margin without the noise. (map_cut, the default limit, None) when no
         area has a pixel size."""
-        cuts = sorted({map_cut, DEFAULT_THRESHOLD}, key=lambda t: abs(t - DEFAULT_THRESHOLD))
+        candidates = {map_cut, midway(map_cut), DEFAULT_THRESHOLD}
+        cuts = sorted(candidates, key=lambda t: abs(t - DEFAULT_THRESHOLD))
         found = [(cut, *self.best_fill(probs, threshold_u8(cut))) for cut in cuts]
         if found[0][2] is None:
             return map_cut, POSTPROCESS.fill_holes_um2, None

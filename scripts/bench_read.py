@@ -44,11 +44,12 @@ MARKDOWN_WHAT = (
 )
 
 
-def read_pass(slide, region: Region, tile_px: int, turner) -> dict[str, float]:
-    """Read every window of one pass; wall and CPU seconds, and pixels read."""
+def read_pass(slide, region: Region, tile_hw: int | tuple[int, int], turner) -> dict[str, float]:
+    """Read every window of one pass over owned tiles of `tile_hw` px; wall and CPU seconds,
+    and pixels read."""
     image = region_view(slide.image, region, region.color, turner, region.light)
     mask = region_view(slide.mask, region, turner=turner)
-    plan = plan_tiles(image.shape[:2], (tile_px, tile_px))
+    plan = plan_tiles(image.shape[:2], tile_hw)
     wall, cpu, pixels = time.perf_counter(), time.process_time(), 0
     for tile in plan.tiles:
         pixels += read_window(image, tile.in_box).shape[0] * tile.in_box.hw[1]

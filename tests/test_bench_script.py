@@ -98,6 +98,40 @@ def test_read_benchmark_runs_and_writes_its_rows(tmp_path):
     assert section.count("<!-- bench:bench_read.py") == 2 and "| numpy | direct |" in section
 
 
+def test_step_floor_adds_its_measured_parts(tmp_path):
+    """scripts/step_floor.py on a small synthetic store: the windows' multiply-adds from the
+    layer table, each floor the kernels plus that turn's reads over the cores, and the share of
+    sgemm the kernels would need to meet the target in what the reads leave."""
+    from gigamlx.backends.mlx import fused
+    from gigamlx.core.spec import macs_per_px
+    from gigamlx.synth.slide import synth_slide
+
+    module, why = fused._load()
+    if module is None or not hasattr(module, "middle"):
+        pytest.skip(f"needs the fused extension 0.8 ({why}): bash setup.sh builds it")
+    store = synth_slide(tmp_path / "s.zarr", (320, 640), seed=1)
+    out = tmp_path / "floor.json"
+    cmd = [sys.executable, str(SCRIPT.with_name("step_floor.py")), "--slide", str(store)]
+    cmd += ["--region", "256x512", "--budget", "200MB", "--repeat", "1", "--target-s", "0.5"]
+    cmd += ["--json", str(out), "--markdown", str(tmp_path / "b.md")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())
+    forward, backward = macs_per_px()
+    assert r["windows_px"] >= 256 * 512  # the windows cover the region, halos added
+    assert r["flop"] == pytest.approx(2 * r["windows_px"] * (2 * forward + backward))
+    reads = r["reads_per_step_cpu_s"]["straight"] / r["cores"]
+    at_sgemm = r["flop"] / r["sgemm_gflops"] / 1e9
+    assert reads > 0 and r["kernels_s"] > 0
+    left = 0.5 - reads
+    needed = r["kernel_share_of_sgemm_needed"]["straight"]
+    assert needed is None if left <= 0 else needed == pytest.approx(at_sgemm / left)
+    assert r["floors_s"]["floor at sgemm, straight"] == pytest.approx(at_sgemm + reads)
+    assert r["floors_s"]["floor as built, straight"] == pytest.approx(r["kernels_s"] + reads)
+    assert "floor as built, quarter-turned" in done.stdout
+    assert (tmp_path / "b.md").read_text().count("<!-- bench:step_floor.py") == 2
+
+
 def test_synth_benchmark_times_current_beside_baseline(tmp_path):
     """scripts/bench_synth.py: a grid of small chunks, HEAD's renderer beside the checkout's."""
     if not (SCRIPT.parent.parent / ".git").exists():
@@ -137,7 +171,7 @@ def test_validation_benchmark_times_each_step_and_writes_its_rows(tmp_path):
 
 BENCH_SCRIPTS = ("bench.py", "bench_memory.py", "bench_ops.py", "bench_read.py",
                  "bench_geojson.py", "bench_synth.py", "bench_validation.py",
-                 "reproduce_paper.py", "exactness_table.py")  # fmt: skip
+                 "reproduce_paper.py", "exactness_table.py", "step_floor.py")  # fmt: skip
 
 
 @pytest.mark.parametrize("name", BENCH_SCRIPTS)

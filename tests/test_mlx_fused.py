@@ -725,6 +725,14 @@ def test_native_window_turn_gives_numpys_bytes(monkeypatch):
                     plain = np.ascontiguousarray(turn(block, flip, rot90))
                     got = fused.turn_window(block, None, flip, rot90, gains)
                     np.testing.assert_array_equal(got, apply_gains(plain, *gains))
+    # into rows of a larger window, as a read's bands write: only those rows change
+    window = np.full((3 * 300, 517, 3), 7, np.uint8)
+    got = fused.turn_window(rgb, table, True, 2, None, window[300:600])
+    assert got.base is window
+    np.testing.assert_array_equal(window[300:600], unpack_rgb(turn(jitter.lookup(rgb), True, 2)))
+    assert (window[:300] == 7).all() and (window[600:] == 7).all()
+    with pytest.raises(ValueError, match=r"out must be C-contiguous uint8 \(517, 300, 3\)"):
+        fused.turn_window(rgb, table, True, 1, None, window[300:600])
     with pytest.raises(ValueError, match="colour table"):
         fused.turn_window(mask, table, False, 0)
     with pytest.raises(ValueError, match="gains"):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from gigamlx.core import bands
 from gigamlx.core.arrays import read_window
 from gigamlx.core.geometry import Box
 from gigamlx.slide.pyramid import chunk_boxes
@@ -88,8 +89,8 @@ def test_sampler_without_padding_skips_small_slides():
 @pytest.mark.parametrize("turner", ["numpy", "native"])
 def test_region_view_in_bands_gives_the_serial_bytes(store, monkeypatch, by_table, turner):
     """A window read in row bands on several threads is the serial numpy read, byte for byte
-    (the native turn too): for every flip and turn, windows over several chunks, odd-sized
-    and past the region's edge."""
+    (the native turn too, writing its bands into the window): for every flip and turn,
+    windows over several chunks, odd-sized and past the region's edge."""
     turn_window = _native_turner() if turner == "native" else None
     if turner == "native" and turn_window is None:
         pytest.skip("fused extension 0.5 not built: bash setup.sh builds it")
@@ -109,5 +110,7 @@ def test_region_view_in_bands_gives_the_serial_bytes(store, monkeypatch, by_tabl
                     for n in (1, 2, 3)
                 ]
                 for box in boxes:
+                    monkeypatch.setattr(bands, "BAND_ROWS", 1 << 30)  # one band: serial
                     want = read_window(serial, box).tobytes()
+                    monkeypatch.setattr(bands, "BAND_ROWS", 37)  # several, written in place
                     assert all(read_window(view, box).tobytes() == want for view in views)

@@ -19,10 +19,18 @@ from gigamlx.core.losses import Objective, TileStats
 
 FlatParams = dict[str, np.ndarray]  # "down1.weight" -> array, engine layout, float64 or float32
 AllSum = Callable[[np.ndarray], np.ndarray]  # float64 (n,) -> the same on every rank, summed
-# (block, colour table or None, flip, rot90, (gain_y, gain_x) or None) -> the turned,
-# recoloured, lit block (train/regions.py)
+# (block, colour table or None, flip, rot90, (gain_y, gain_x) or None, out or None) -> the
+# turned, recoloured, lit block, written into `out` where given (train/regions.py)
 WindowTurner = Callable[
-    [np.ndarray, np.ndarray | None, bool, int, tuple[np.ndarray, np.ndarray] | None], np.ndarray
+    [
+        np.ndarray,
+        np.ndarray | None,
+        bool,
+        int,
+        tuple[np.ndarray, np.ndarray] | None,
+        np.ndarray | None,
+    ],
+    np.ndarray,
 ]
 
 

@@ -1,7 +1,7 @@
 """A bounded prefetch queue: read item n+1 on a thread while the caller computes on item n.
 
 The reader thread never runs more than `depth` results ahead; errors reach the caller. While
-the caller waits for a result, the read in flight may use its core (`core.bands`).
+the caller waits for a result, it takes bands of the read in flight (`core.bands`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from gigamlx.core.bands import compute_waiting
+from gigamlx.core.bands import get_lending
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ class Prefetcher:
         if self._finished:
             raise StopIteration
         start = time.perf_counter()
-        with compute_waiting():  # this thread's core is idle: the read in flight may use it
-            value = self._queue.get()
+        value = get_lending(self._queue)  # idle till then: it takes bands of the read
         self.wait_s += time.perf_counter() - start
         if value is _DONE or isinstance(value, _Failure):
             self._finished = True

@@ -109,10 +109,11 @@ def region_view(
         gains = None if light is None else light.gains(box, shape[:2])
         table = lut32(color) if by_table else None  # built (and cached) here, not by each band
 
-        def band(y0: int, y1: int) -> np.ndarray:  # rows y0:y1 of the window
+        def band(y0: int, y1: int, out: np.ndarray | None) -> np.ndarray:  # rows y0:y1
             part = source_box(Box(y0, 0, y1, box.hw[1]), block.shape[:2], r.flip, r.rot90)
             rows = block[part.y0 : part.y1, part.x0 : part.x1]
-            return finish(rows, table, None if gains is None else (gains[0][y0:y1], gains[1]))
+            lit = None if gains is None else (gains[0][y0:y1], gains[1])
+            return finish(rows, table, lit, out)
 
         count = read_workers() if workers is None else workers
         return by_row_bands(box.hw + shape[2:], array.dtype, band, count)
@@ -123,20 +124,22 @@ def region_view(
 def _window_finisher(
     region: Region, color: ColorJitter | None, by_table: bool, turner: WindowTurner | None
 ):
-    """(source block, colour table or None, gains or None) -> the turned, recoloured, lit
-    block: in one native pass where the turner does it all, else the native or numpy turn
-    followed by numpy's colour and light."""
+    """(source block, colour table or None, gains or None, out or None) -> the turned,
+    recoloured, lit block (written into `out` where given): in one native pass where the
+    turner does it all, else the native or numpy turn followed by numpy's colour and light."""
     flip, rot90 = region.flip, region.rot90
 
-    def finish(block: np.ndarray, table: np.ndarray | None, gains) -> np.ndarray:
+    def finish(block: np.ndarray, table: np.ndarray | None, gains, out=None) -> np.ndarray:
         native = turner is not None and block.dtype == np.uint8
         if native and (color is None or by_table):
-            return turner(block, table, flip, rot90, gains)
+            return turner(block, table, flip, rot90, gains, out)
         if by_table:  # look colours up, turn the packed words, then unpack: fewest bytes moved
             packed = np.ascontiguousarray(turn(color.lookup(block), flip, rot90))
             block = unpack_rgb(packed)
         else:  # the native turn is one copy, numpy's a view copied once
-            turned = turner(block, None, flip, rot90, None) if native else turn(block, flip, rot90)
+            turned = (
+                turner(block, None, flip, rot90, None, None) if native else turn(block, flip, rot90)
+            )
             block = np.ascontiguousarray(turned)
             block = block if color is None else color.apply(block)
         return block if gains is None else apply_gains(block, *gains)

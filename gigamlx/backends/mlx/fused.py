@@ -136,8 +136,9 @@ def turn_window(
     flip: bool,
     rot90: int,
     gains: tuple[np.ndarray, np.ndarray] | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """np.rot90(block flipped left-right if `flip`, rot90) as a new contiguous array, each RGB
+    """np.rot90(block flipped left-right if `flip`, rot90) as a contiguous array, each RGB
     looked up in `table` (augment.lut32) when given, then lit by `gains` when given: one pass
     without the GIL (extension 0.5).
 
@@ -145,10 +146,17 @@ def turn_window(
         block: (h, w) or (h, w, 3) uint8, any strides.
         table: (2^24,) uint32 colours packed as bytes R, G, B, 0, indexed R << 16 | G << 8 | B.
         gains: float32 (out rows,) and (out cols,) factors (augment.apply_gains), RGB only.
+        out: a C-contiguous uint8 array of the turned shape to write into (rows of a larger
+            window: no copy afterwards); a new one when None.
     """
     module, _ = _load()
     h, w = block.shape[:2]
-    out = np.empty(((w, h) if rot90 % 2 else (h, w)) + block.shape[2:], np.uint8)
+    shape = ((w, h) if rot90 % 2 else (h, w)) + block.shape[2:]
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        got = f"{out.dtype} {out.shape}"
+        raise ValueError(f"turn_window: out must be C-contiguous uint8 {shape}, got {got}")
     channel_axis = () if block.ndim == 3 else (None,)  # the kernel takes (h, w, C) views
     gain_y, gain_x = (None, None) if gains is None else gains
     module.turn_window(

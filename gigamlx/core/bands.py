@@ -133,7 +133,7 @@ def by_row_bands(
     band: Callable[[int, int, np.ndarray | None], np.ndarray],
     workers: int,
 ) -> np.ndarray:
-    """The array of `shape` whose rows y0:y1 are `band(y0, y1)`: bands of about BAND_ROWS
+    """The array of `shape` whose rows y0:y1 are `band(y0, y1, ...)`: bands of about BAND_ROWS
     rows (at least `workers`) claimed by this thread, `workers - 1` pool threads and any
     consumer waiting in `get_lending` meanwhile.
 

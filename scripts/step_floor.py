@@ -26,20 +26,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from pathlib import Path
 
 # bench_kernels loads the fast BLAS before mlx.core; it and bench_read are scripts/ modules
 from bench_kernels import kernel_calls, make_inputs, best_ms  # isort: skip
 import numpy as np  # noqa: E402
+from bench import flop_per_step  # noqa: E402
 from bench_read import read_pass  # noqa: E402
 from benchmarks_md import publish, sgemm_gflops  # noqa: E402
 
 from gigamlx.backends import get_backend  # noqa: E402
 from gigamlx.backends.mlx import fused  # noqa: E402
+from gigamlx.core.bands import usable_cores  # noqa: E402
 from gigamlx.core.memory import keep_freed_memory, parse_bytes  # noqa: E402
-from gigamlx.core.spec import macs_per_px  # noqa: E402
 from gigamlx.runs.config import DEFAULTS, parse_region  # noqa: E402
 from gigamlx.tiling.scheduler import resolve_plan  # noqa: E402
 from gigamlx.tiling.windows import cache_limit_bytes, kept_tiles  # noqa: E402
@@ -92,15 +92,14 @@ def main() -> None:
     args = parser.parse_args()
     budget = parse_bytes(args.budget)
     keep_freed_memory(budget // 4)  # freed windows reused, as in a training process
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     image_hw = parse_region(args.region)
     backend = get_backend("mlx")
     model = backend.build_model(0)
     plan = resolve_plan(backend, model, "grad", image_hw, None, budget)
     turned = resolve_plan(backend, model, "grad", image_hw[::-1], None, budget)
     windows_px = sum(t.in_box.area() for t in plan.tiles)
-    forward, backward = macs_per_px()
-    flop = 2.0 * windows_px * (2 * forward + backward)
+    flop = flop_per_step("gigamlx", windows_px, tiles=2)  # the two-pass step bounded here
     sgemm = sgemm_gflops(2048)
 
     largest = max((t.in_box.hw for t in plan.tiles), key=lambda hw: hw[0] * hw[1])
